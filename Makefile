@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch/torchvision are pinned for this project's own machines only (constraints.txt); users keep theirs.
+PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
+
+.PHONY: setup test test-core demo bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e ".[dev]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+test-core: setup
+	$(PY) -m pytest -m "not comfyui and not browser"
+
+demo: setup
+	@echo "make demo: not yet (the built-in world lands with issue 4)"
+
+bench: setup
+	$(PY) -m higfa.bench
+
+clean:
+	rm -rf $(VENV) .cache outputs .pytest_cache

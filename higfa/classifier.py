@@ -1,0 +1,159 @@
+"""Fine-grained classifiers: a timm model in `<name>.safetensors` plus a `<name>.json` sidecar.
+
+Sidecar keys: architecture (timm model name), class_names (list, optional if the weights fix the
+count), input_size ([C,H,W] or H), mean, std (per channel, for images in [0,1]), model_kwargs
+(optional extra timm.create_model arguments, e.g. {"img_size": 64} for a ViT).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Classifier(torch.nn.Module):
+    """image [B,3,H,W] in [0,1] -> logits [B,K]: resizes to the model's input size, normalises."""
+
+    def __init__(self, model: torch.nn.Module, class_names: Sequence[str], input_size: int | Sequence[int],
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 architecture: str = "", model_kwargs: dict[str, Any] | None = None):
+        super().__init__()
+        self.model = model
+        self.class_names = list(class_names)
+        size = input_size if isinstance(input_size, int) else input_size[-1]
+        self.input_size = (int(input_size[-2]), int(size)) if not isinstance(input_size, int) else (size, size)
+        self.architecture = architecture
+        self.model_kwargs = dict(model_kwargs or {})
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"classifier input must be [B,3,H,W] in [0,1], got shape {tuple(image.shape)}")
+        if tuple(image.shape[-2:]) != self.input_size:
+            down = image.shape[-1] > self.input_size[1]
+            image = F.interpolate(image, size=self.input_size, mode="bilinear", align_corners=False, antialias=down)
+        x = (image - self.mean.to(image)) / self.std.to(image)
+        param = next(self.model.parameters(), None)
+        if param is not None:
+            x = x.to(param.dtype)
+        return self.model(x)
+
+    def resolve(self, target: int | str) -> int:
+        """Class index from an index, a digit string or a name (case and '_'/' ' insensitive)."""
+        if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+            target = int(target.strip())
+        if isinstance(target, int):
+            if not 0 <= target < self.num_classes:
+                raise ValueError(f"target class index {target} is out of range: this classifier has "
+                                 f"{self.num_classes} classes (0..{self.num_classes - 1})")
+            return target
+        key = _norm(target)
+        for i, name in enumerate(self.class_names):
+            if _norm(name) == key:
+                return i
+        close = difflib.get_close_matches(target, self.class_names, n=3)
+        hint = f" Did you mean {close}?" if close else f" Known classes: {self.class_names[:10]}{' ...' if self.num_classes > 10 else ''}"
+        raise ValueError(f"target class {target!r} is not a class of this classifier.{hint}")
+
+    def sidecar(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "class_names": self.class_names,
+                "input_size": [3, *self.input_size], "mean": self.mean.flatten().tolist(),
+                "std": self.std.flatten().tolist(), "model_kwargs": self.model_kwargs}
+
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
+
+
+def sidecar_path(weights: str | Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def save_classifier(clf: Classifier, path: str | Path) -> Path:
+    """Write `<path>.safetensors` and its sidecar; returns the weights path."""
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in clf.model.state_dict().items()}
+    save_file(state, str(path))
+    sidecar_path(path).write_text(json.dumps(clf.sidecar(), indent=1))
+    return path
+
+
+def build_classifier(architecture: str, class_names: Sequence[str], input_size: int | Sequence[int],
+                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                     **model_kwargs: Any) -> Classifier:
+    """A freshly initialised timm classifier (training scripts and tests)."""
+    import timm
+
+    model = timm.create_model(architecture, pretrained=False, num_classes=len(class_names), **model_kwargs)
+    return Classifier(model, class_names, input_size, mean, std, architecture, model_kwargs)
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Classifier:
+    """Load weights + sidecar; eval mode, gradients off for the weights (they are never trained here)."""
+    import timm
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier weights not found: {path}. Put the .safetensors file (and its .json "
+                                "sidecar) there, e.g. in ComfyUI's models/classifiers/")
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise FileNotFoundError(f"classifier sidecar not found: {side}. Create it next to the weights with at least "
+                                '{"architecture": "<timm model name>", "class_names": [...], "input_size": 224}')
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"classifier sidecar {side} is not valid JSON: {e}") from e
+    arch = meta.get("architecture")
+    if not arch:
+        raise ValueError(f"classifier sidecar {side} has no 'architecture' (a timm model name such as 'resnet50')")
+    if arch not in timm.list_models():
+        raise ValueError(f"classifier sidecar {side}: architecture {arch!r} is not a timm model. Close names: "
+                         f"{difflib.get_close_matches(arch, timm.list_models(), n=3)}")
+    state = load_file(str(path))
+    kwargs = dict(meta.get("model_kwargs") or {})
+    probe = timm.create_model(arch, pretrained=False, num_classes=1, **kwargs)
+    head = probe.pretrained_cfg.get("classifier", "fc")
+    head = head[0] if isinstance(head, (list, tuple)) else head
+    head_w = state.get(f"{head}.weight")
+    if head_w is None:
+        raise ValueError(f"classifier weights {path} do not match architecture {arch!r}: no '{head}.weight' "
+                         f"(the {arch} head). Fix 'architecture' in {side.name} to the model that was trained.")
+    num_classes = int(head_w.shape[0])
+    names = meta.get("class_names") or [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"classifier sidecar {side} lists {len(names)} class_names but the weights have "
+                         f"{num_classes} outputs: make the list match the trained head")
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"classifier weights {path} do not match architecture {arch!r}: {str(e).splitlines()[-1].strip()} "
+                         f"Fix 'architecture' or 'model_kwargs' in {side.name}.") from e
+    if missing or unexpected:
+        raise ValueError(f"classifier weights {path} do not match architecture {arch!r}: missing keys "
+                         f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}. Fix 'architecture' or 'model_kwargs' in {side.name}.")
+    cfg = model.pretrained_cfg
+    size = meta.get("input_size") or cfg.get("input_size", (3, 224, 224))
+    mean = meta.get("mean") or cfg.get("mean", IMAGENET_MEAN)
+    std = meta.get("std") or cfg.get("std", IMAGENET_STD)
+    clf = Classifier(model, names, size, mean, std, arch, kwargs).eval().requires_grad_(False)
+    return clf.to(device)

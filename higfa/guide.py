@@ -1,0 +1,148 @@
+"""The per-evaluation controller that applies a Schedule inside any sampler loop.
+
+Every backend (the reference sampler, the diffusers backend, the ComfyUI guider) does the same
+two calls around its own model evaluation:
+
+    plan = guide.plan(sigma, progress, index)      # strengths for this evaluation
+    x0   = <CFG at plan.cfg, contour at plan.contour>
+    x0   = guide.refine(x0, plan)                  # classifier step, confidence, trace row
+
+so the schedule semantics (p_{k-1} drives step k, first-stage-2 measurement, gating, NaN guard)
+live here once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .guidance import Costs, Decode, classifier_log_prob, normalise, sigma_form_update
+from .schedule import Schedule, Strengths
+from .trace import Trace, TraceStep
+
+
+@dataclass(frozen=True)
+class Plan:
+    index: int
+    progress: float
+    sigma: float
+    stage2_index: int
+    strengths: Strengths
+    started: float
+
+    @property
+    def cfg(self) -> float:
+        return self.strengths.cfg
+
+    @property
+    def contour(self) -> float:
+        return self.strengths.contour
+
+
+class Guide:
+    """Holds the run state: p of the latest measurement, the previous step's p, the trace.
+
+    classifier: image [B,3,H,W] in [0,1] -> logits [B,K]; decode: latent x̂0 -> such an image;
+    target: class index, or one per sample.
+    """
+
+    def __init__(self, schedule: Schedule, classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 decode: Decode | None = None, target: int | Sequence[int] | torch.Tensor | None = None,
+                 class_names: Sequence[str] | None = None):
+        uses_classifier = schedule.classifier_steps != "off" and schedule.classifier_scale > 0
+        if uses_classifier:
+            missing = [n for n, v in (("classifier", classifier), ("decode", decode), ("target", target)) if v is None]
+            if missing:
+                raise ValueError(f"schedule preset '{schedule.preset}' uses classifier guidance but "
+                                 f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing: connect "
+                                 "them, or choose the 'cfg' or 'contour' preset")
+        self.schedule, self.classifier, self.decode = schedule, classifier, decode
+        self.target = None if target is None else torch.as_tensor(target).long().reshape(-1)
+        self.class_names = list(class_names) if class_names else None
+        self.costs = Costs()
+        self.gated_evaluations = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new run (guider objects are reused across ComfyUI prompts)."""
+        tgt = None if self.target is None else self.target.tolist()
+        self.trace = Trace(schedule=self.schedule.to_dict(), target=tgt, class_names=self.class_names)
+        self.p_latest: torch.Tensor | None = None  # p measured at the current/latest step
+        self.p_prev: torch.Tensor | None = None  # p of the previous step: drives this step
+        self.step = -1
+        self.last_sigma: float | None = None
+        self.last_x0: torch.Tensor | None = None
+        self.stage2_steps = -1
+
+    # ------------------------------------------------------------------ per evaluation
+    def plan(self, sigma: float, progress: float, index: int | None = None) -> Plan:
+        sigma = float(sigma)
+        if index is None:  # a new step whenever σ goes down (multi-evaluation samplers repeat σ)
+            new = self.last_sigma is None or sigma < self.last_sigma * (1 - 1e-6)
+            index = self.step + 1 if new else self.step
+        started = time.perf_counter()
+        if index != self.step:
+            self.p_prev = self.p_latest
+            self.step = index
+            if self.schedule.stage(progress) == 2:
+                self.stage2_steps += 1
+        self.last_sigma = sigma
+        stage = self.schedule.stage(progress)
+        if (stage == 2 and self.p_prev is None and self.last_x0 is not None
+                and self.schedule.classifier_active(2)):
+            # First stage-2 step: nothing measured yet, so measure once on the latest x̂0.
+            self.p_prev, _ = self._measure(self.last_x0, grad=False)
+            self.p_latest = self.p_prev
+        strengths = self.schedule.strengths(progress, self._batch_confidence(self.p_prev), max(self.stage2_steps, 0))
+        return Plan(index, float(progress), sigma, max(self.stage2_steps, 0), strengths, started)
+
+    def refine(self, x0: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """Apply the classifier step to the CFG-combined x̂0 [B,C,h,w]; record the trace row."""
+        s, B = plan.strengths, x0.shape[0]
+        row = TraceStep(index=plan.index, progress=plan.progress, sigma=plan.sigma, stage=s.stage, cfg=s.cfg,
+                        contour=s.contour, classifier_scale=[0.0] * B, confidence=None, grad_norm=None,
+                        gated=[False] * B, nan_skipped=[False] * B)
+        out = x0
+        if s.classifier:
+            p_prev = self.p_prev if self.p_prev is not None and len(self.p_prev) == B else torch.zeros(B)
+            p_prev = p_prev.to(x0.device)
+            w = torch.as_tensor(self.schedule.classifier_scale_at(s.stage, p_prev), dtype=torch.float32).reshape(B)
+            gate = torch.as_tensor(self.schedule.gated(p_prev)).reshape(B) & (w > 0)
+            want = (w > 0) & ~gate
+            p, g = self._measure(x0, grad=bool(want.any()))
+            if g is None:
+                self.gated_evaluations += int(bool(gate.any()))
+                applied = torch.zeros(B, dtype=torch.bool, device=x0.device)
+            else:
+                finite = torch.isfinite(g.flatten(1)).all(1)
+                g = torch.where(finite.reshape(-1, *[1] * (g.ndim - 1)), g, torch.zeros_like(g))
+                applied = want & finite
+                row.grad_norm = g.flatten(1).norm(dim=1).tolist()
+                row.nan_skipped = (want & ~finite).tolist()
+                step = normalise(g.to(x0.dtype), self.schedule.grad_norm)
+                out = sigma_form_update(x0, step, (w * applied).to(x0.dtype), plan.sigma)
+            row.classifier_scale = (w * applied).tolist()
+            row.gated = gate.tolist()
+            if torch.isfinite(p).all():
+                self.p_latest = p.detach().float().cpu()
+            row.confidence = p.float().cpu().tolist()
+        self.last_x0 = out.detach()
+        row.seconds = time.perf_counter() - plan.started
+        self.trace.add(row)
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def _measure(self, x0: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        assert self.classifier is not None and self.decode is not None and self.target is not None
+        p, g = classifier_log_prob(x0, self.decode, self.classifier, self.target.to(x0.device), grad=grad,
+                                   costs=self.costs)
+        return p.float().cpu(), g
+
+    def _batch_confidence(self, p: torch.Tensor | None) -> float | None:
+        if p is None or len(p) == 0:
+            return None
+        reduce = {"mean": torch.mean, "min": torch.min, "max": torch.max}[self.schedule.batch_confidence]
+        return float(reduce(p.float()))

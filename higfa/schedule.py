@@ -1,0 +1,214 @@
+"""The stage schedule of METHOD.md: which strengths apply at sampling progress π.
+
+Stage 1 (π < π_c): fixed text CFG `cfg` and contour strength `contour_strength`.
+Stage 2 (π ≥ π_c): with `modulate`, the three strengths follow the confidence p of the
+previous step through the ramp h(p) = clamp((p − τ_lo)/(τ_hi − τ_lo), 0, 1):
+
+    cfg      = lerp(cfg_lowconf,      cfg_highconf,      h)
+    contour  = lerp(contour_lowconf,  contour_highconf,  h)
+    w_cls    = lerp(classifier_scale, 0,                 h)
+
+π is a noise-level percent (ComfyUI's `start_percent` convention), not a fraction of steps.
+Everything here is plain Python/numpy so the node layer, the CLI and the front end share it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+GRAD_NORMS = ("rms", "identity")
+CLASSIFIER_STEPS = ("off", "stage2", "all")
+BATCH_CONFIDENCE = ("mean", "min", "max")
+
+
+@dataclass(frozen=True)
+class Strengths:
+    """What one sampler evaluation uses. `classifier_scale` is for the batch confidence;
+    the guide recomputes it per sample with `Schedule.classifier_scale_at`."""
+
+    stage: int
+    cfg: float
+    contour: float
+    classifier_scale: float
+    classifier: bool  # the classifier runs (at least a no-grad forward that measures p)
+    backward: bool  # the gradient is computed and applied (False: gated, or classifier off)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Two-stage HiGFA schedule. Defaults: METHOD.md (base recipe from SaSPA; the stage-2 values,
+    the ramp and the gate are our formulation, see docs/method.md)."""
+
+    preset: str = "higfa"
+    stage_boundary: float = 0.7  # π_c
+    cfg: float = 7.5  # w_txt0, stage 1 (and stage 2 without modulation)
+    contour_strength: float = 0.75  # λ0
+    cfg_lowconf: float = 4.0
+    cfg_highconf: float = 7.5
+    contour_lowconf: float = 0.3
+    contour_highconf: float = 0.6
+    classifier_scale: float = 1.0  # w_cls_max (ours): x̂0' = x̂0 + w_cls·σ²·normalise(∇ log p)
+    tau_lo: float = 0.3
+    tau_hi: float = 0.9
+    tau_skip: float = 0.95
+    grad_norm: str = "rms"
+    measure_every: int = 1
+    classifier_steps: str = "stage2"
+    modulate: bool = True
+    gating: bool = True
+    batch_confidence: str = "mean"  # how a batch's confidences set the shared cfg and contour strength
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"schedule input '{field}' = {getattr(self, field)!r}: {why}")
+
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("float", float) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise bad(f.name, "must be a number")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise bad(f.name, "must be finite")
+        if not 0.0 <= self.stage_boundary <= 1.0:
+            raise bad("stage_boundary", "π_c is a noise-level percent and must lie in [0, 1] (0.7 = last 30% of the noise range)")
+        for name in ("cfg", "cfg_lowconf", "cfg_highconf", "contour_strength", "contour_lowconf",
+                     "contour_highconf", "classifier_scale"):
+            if getattr(self, name) < 0:
+                raise bad(name, "scales must be >= 0 (0 switches the signal off)")
+        for name in ("tau_lo", "tau_hi", "tau_skip"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise bad(name, "confidence thresholds are probabilities in [0, 1]")
+        if self.tau_lo >= self.tau_hi:
+            raise ValueError(f"schedule inputs 'tau_lo' = {self.tau_lo} and 'tau_hi' = {self.tau_hi}: "
+                             "tau_lo must be smaller than tau_hi (the ramp goes from tau_lo to tau_hi)")
+        if self.grad_norm not in GRAD_NORMS:
+            raise bad("grad_norm", f"choose one of {GRAD_NORMS}")
+        if self.classifier_steps not in CLASSIFIER_STEPS:
+            raise bad("classifier_steps", f"choose one of {CLASSIFIER_STEPS}")
+        if self.batch_confidence not in BATCH_CONFIDENCE:
+            raise bad("batch_confidence", f"choose one of {BATCH_CONFIDENCE}")
+        if isinstance(self.measure_every, bool) or not isinstance(self.measure_every, int) or self.measure_every < 1:
+            raise bad("measure_every", "must be an integer >= 1 (1 = measure every stage-2 step)")
+        for name in ("modulate", "gating"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
+
+    # ----------------------------------------------------------------- the math
+    def stage(self, progress: float) -> int:
+        # 1e-9: π computed from a sigma table lands a hair below an exact boundary.
+        return 2 if progress >= self.stage_boundary - 1e-9 else 1
+
+    def confidence_ramp(self, p):
+        """h(p) ∈ [0, 1]; works on floats, numpy arrays and torch tensors."""
+        h = (p - self.tau_lo) / (self.tau_hi - self.tau_lo)
+        if hasattr(h, "clamp"):
+            return h.clamp(0.0, 1.0)
+        return np.clip(h, 0.0, 1.0) if isinstance(h, np.ndarray) else min(max(h, 0.0), 1.0)
+
+    def classifier_active(self, stage: int) -> bool:
+        if self.classifier_steps == "off" or self.classifier_scale == 0:
+            return False
+        return self.classifier_steps == "all" or stage == 2
+
+    def classifier_scale_at(self, stage: int, p):
+        """Per-sample w_cls for confidences `p` (float, array or tensor)."""
+        if not self.classifier_active(stage):
+            return p * 0.0
+        if stage == 2 and self.modulate:
+            return self.classifier_scale * (1.0 - self.confidence_ramp(p))
+        return p * 0.0 + self.classifier_scale
+
+    def gated(self, p):
+        """True where the backward pass is skipped because the classifier is already confident."""
+        return (p >= self.tau_skip) if self.gating else (p > math.inf)
+
+    def strengths(self, progress: float, prev_confidence: float | None, stage2_index: int = 0) -> Strengths:
+        """Strengths for one evaluation at progress π, given the (batch) confidence of the previous step.
+
+        prev_confidence None in stage 2 means nothing was measured yet; it counts as 0 (full guidance).
+        stage2_index counts stage-2 steps from 0 and implements `measure_every`.
+        """
+        stage = self.stage(progress)
+        p = 0.0 if prev_confidence is None else float(prev_confidence)
+        if stage == 2 and self.modulate:
+            h = self.confidence_ramp(p)
+            cfg = _lerp(self.cfg_lowconf, self.cfg_highconf, h)
+            contour = _lerp(self.contour_lowconf, self.contour_highconf, h)
+        else:
+            cfg, contour = self.cfg, self.contour_strength
+        active = self.classifier_active(stage)
+        measure = active and (stage == 1 or stage2_index % self.measure_every == 0)
+        w_cls = float(self.classifier_scale_at(stage, p)) if active else 0.0
+        backward = measure and w_cls > 0 and not bool(self.gated(p))
+        return Strengths(stage, float(cfg), float(contour), w_cls, measure, backward)
+
+    def curves(self, progress: np.ndarray, confidence: float) -> dict[str, np.ndarray]:
+        """cfg / contour / classifier_scale over `progress` for a constant confidence (charts)."""
+        rows = [self.strengths(float(pi), confidence) for pi in progress]
+        return {k: np.array([getattr(r, k) for r in rows], dtype=float)
+                for k in ("cfg", "contour", "classifier_scale")}
+
+    # ----------------------------------------------------------------- presets and JSON
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "Schedule":
+        if name not in PRESETS:
+            raise ValueError(f"unknown schedule preset {name!r}: choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], "preset": name, **overrides})
+
+    def replace(self, **changes: Any) -> "Schedule":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Schedule":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"schedule JSON has unknown keys {unknown}; known keys: {sorted(known)}")
+        base = dict(PRESETS.get(data.get("preset", "higfa"), {}))
+        return cls(**{**base, **data})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Schedule":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"schedule JSON is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError("schedule JSON must be an object of schedule fields")
+        return cls.from_dict(data)
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    return a + (b - a) * t
+
+
+# The ablations of METHOD.md. Values not listed keep the dataclass defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    # text CFG only, all steps (Real-Guidance-like)
+    "cfg": dict(contour_strength=0.0, contour_lowconf=0.0, contour_highconf=0.0,
+                classifier_steps="off", modulate=False),
+    # text + contour at fixed strengths, all steps (SaSPA-like)
+    "contour": dict(classifier_steps="off", modulate=False),
+    # text + contour + classifier at fixed strengths on every step, no gating
+    "classifier-all-steps": dict(classifier_steps="all", modulate=False, gating=False),
+    # the full method
+    "higfa": dict(),
+}

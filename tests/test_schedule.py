@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+
+from higfa.schedule import PRESETS, Schedule
+
+
+def test_defaults_follow_method_md():
+    s = Schedule()
+    assert (s.stage_boundary, s.cfg, s.contour_strength) == (0.7, 7.5, 0.75)
+    assert (s.cfg_lowconf, s.cfg_highconf, s.contour_lowconf, s.contour_highconf) == (4.0, 7.5, 0.3, 0.6)
+    assert (s.tau_lo, s.tau_hi, s.tau_skip, s.grad_norm, s.measure_every) == (0.3, 0.9, 0.95, "rms", 1)
+
+
+def test_stage1_is_fixed_and_classifier_free():
+    s = Schedule()
+    for pi in np.linspace(0, 0.69, 20):
+        st = s.strengths(float(pi), prev_confidence=0.1)
+        assert st.stage == 1 and (st.cfg, st.contour, st.classifier_scale) == (7.5, 0.75, 0.0)
+        assert not st.classifier and not st.backward
+
+
+@pytest.mark.parametrize("p,cfg,lam,w", [(0.0, 4.0, 0.3, 1.0), (0.3, 4.0, 0.3, 1.0), (0.6, 5.75, 0.45, 0.5),
+                                         (0.9, 7.5, 0.6, 0.0), (1.0, 7.5, 0.6, 0.0)])
+def test_stage2_confidence_modulation(p, cfg, lam, w):
+    st = Schedule().strengths(0.8, prev_confidence=p)
+    assert st.stage == 2
+    assert st.cfg == pytest.approx(cfg) and st.contour == pytest.approx(lam)
+    assert st.classifier_scale == pytest.approx(w)
+
+
+def test_gate_and_measure_every():
+    s = Schedule(measure_every=2)
+    assert s.strengths(0.8, 0.5, stage2_index=0).backward
+    assert not s.strengths(0.8, 0.5, stage2_index=1).classifier
+    assert s.strengths(0.8, 0.96).classifier and not s.strengths(0.8, 0.96).backward  # gated: forward only
+    assert Schedule(gating=False, tau_hi=0.99).strengths(0.8, 0.96).backward
+
+
+def test_none_confidence_in_stage2_means_full_guidance():
+    st = Schedule().strengths(0.9, None)
+    assert st.classifier_scale == 1.0 and st.cfg == 4.0 and st.backward
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_and_json_round_trip(name):
+    s = Schedule.preset(name)
+    assert s.preset == name
+    assert Schedule.from_json(s.to_json()) == s
+    assert Schedule.from_json(json.dumps({"preset": name})) == s
+
+
+def test_presets_behaviour():
+    assert Schedule.preset("cfg").strengths(0.1, None).contour == 0
+    assert not Schedule.preset("contour").strengths(0.95, 0.0).classifier
+    all_steps = Schedule.preset("classifier-all-steps")
+    early, late = all_steps.strengths(0.1, 0.99), all_steps.strengths(0.95, 0.99)
+    assert early.backward and late.backward and early.classifier_scale == late.classifier_scale == 1.0
+    assert late.cfg == 7.5 and late.contour == 0.75  # fixed strengths, no modulation
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(tau_lo=0.9, tau_hi=0.3), "tau_lo"), (dict(tau_lo=0.5, tau_hi=0.5), "tau_hi"),
+    (dict(stage_boundary=1.5), "stage_boundary"), (dict(stage_boundary=-0.1), "stage_boundary"),
+    (dict(cfg=-1.0), "cfg"), (dict(classifier_scale=-0.5), "classifier_scale"),
+    (dict(contour_lowconf=-0.1), "contour_lowconf"), (dict(measure_every=0), "measure_every"),
+    (dict(grad_norm="l2"), "grad_norm"), (dict(tau_skip=1.5), "tau_skip"), (dict(cfg=float("nan")), "cfg")])
+def test_bad_input_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        Schedule(**kwargs)
+
+
+def test_json_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown keys.*cfg_scale"):
+        Schedule.from_json('{"cfg_scale": 3}')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Schedule.from_json("{")
+    with pytest.raises(ValueError, match="unknown schedule preset"):
+        Schedule.preset("fancy")
+
+
+def test_curves_for_charts():
+    pi = np.linspace(0, 1, 11)
+    c = Schedule().curves(pi, confidence=0.0)
+    assert c["cfg"][0] == 7.5 and c["cfg"][-1] == 4.0 and c["classifier_scale"][-1] == 1.0
