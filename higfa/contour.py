@@ -204,7 +204,8 @@ class ContourTransform:
 
     def sample(self, height: int, width: int, seed: int | tuple[int, ...]) -> SampledTransform:
         """Draw the transform for an image of this size. Same seed, same transform."""
-        rng = np.random.default_rng(np.random.SeedSequence(list(np.atleast_1d(seed).astype(np.int64) % 2**63)))
+        parts = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
+        rng = np.random.default_rng(np.random.SeedSequence([int(s) % 2**63 for s in parts]))
         a = self.amount
 
         def u(r: float) -> float:  # always draws, so a knob at 0 never reshuffles the other draws
@@ -232,10 +233,11 @@ class ContourTransform:
         dilate = int(rng.integers(0, int(round(self.thickness * a)) + 1))
         return SampledTransform(matrix, flow, tuple(boxes), dilate)
 
-    def __call__(self, contours: Any, seed: int, variants: int = 1) -> Any:
-        """Transform edge maps. Variant v of image i uses seed (seed, i, v); a torch batch of B
-        images gives B·variants outputs (each image's variants together); a numpy image gives
-        one image (variants = 1) or a list."""
+    def __call__(self, contours: Any, seed: int, variants: int = 1, first_index: int = 0) -> Any:
+        """Transform edge maps. Variant v of image i uses seed (seed, first_index + i, v); a torch
+        batch of B images gives B·variants outputs (each image's variants together); a numpy image
+        gives one image (variants = 1) or a list. `first_index` is the batch's position in its
+        dataset, so feeding images one at a time draws the same transforms as one big batch."""
         if variants < 1:
             raise ValueError(f"variants = {variants}: need at least 1")
 
@@ -243,7 +245,7 @@ class ContourTransform:
             if self.amount == 0:
                 return [rgb] * variants
             h, w = rgb.shape[:2]
-            return [self.sample(h, w, (seed, i, v)).contour(rgb) for v in range(variants)]
+            return [self.sample(h, w, (seed, first_index + i, v)).contour(rgb) for v in range(variants)]
 
         return _map_images(run, contours, "contour")
 

@@ -91,9 +91,10 @@ def classifier_log_prob(x0: torch.Tensor, decode: Decode, classifier: Callable[[
     outside inference mode on a fresh copy of x̂0, so it works under ComfyUI's inference_mode.
     Backward is done in two parts (classifier, then decoder) so their costs can be told apart.
     """
-    target = target.to(x0.device).long().reshape(-1).expand(x0.shape[0])
-    rows = torch.arange(x0.shape[0], device=x0.device)
     with torch.inference_mode(False), torch.set_grad_enabled(grad):
+        # Everything autograd may save is created here, outside inference mode (indices included).
+        target = target.to(x0.device).long().reshape(-1).expand(x0.shape[0]).clone()
+        rows = torch.arange(x0.shape[0], device=x0.device)
         z = x0.detach().clone().requires_grad_(grad)
         with _Timer(costs, "decode_forward", z):
             image = decode(z)

@@ -110,8 +110,8 @@ class Guide:
             p_prev = self.p_prev if self.p_prev is not None and len(self.p_prev) == B else torch.zeros(B)
             p_prev = p_prev.to(x0.device)
             w = torch.as_tensor(self.schedule.classifier_scale_at(s.stage, p_prev), dtype=torch.float32).reshape(B)
-            gate = torch.as_tensor(self.schedule.gated(p_prev)).reshape(B) & (w > 0)
-            want = (w > 0) & ~gate
+            gate = torch.as_tensor(self.schedule.gated(p_prev)).reshape(B)
+            want = (w > 0) & ~gate  # no backward for confident samples, nor where w_cls is already 0
             p, g = self._measure(x0, grad=bool(want.any()))
             if g is None:
                 self.gated_evaluations += int(bool(gate.any()))

@@ -162,7 +162,7 @@ class Schedule:
 
     # ----------------------------------------------------------------- presets and JSON
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "Schedule":
+    def from_preset(cls, name: str, **overrides: Any) -> "Schedule":
         if name not in PRESETS:
             raise ValueError(f"unknown schedule preset {name!r}: choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], "preset": name, **overrides})

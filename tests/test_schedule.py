@@ -45,16 +45,16 @@ def test_none_confidence_in_stage2_means_full_guidance():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_and_json_round_trip(name):
-    s = Schedule.preset(name)
+    s = Schedule.from_preset(name)
     assert s.preset == name
     assert Schedule.from_json(s.to_json()) == s
     assert Schedule.from_json(json.dumps({"preset": name})) == s
 
 
 def test_presets_behaviour():
-    assert Schedule.preset("cfg").strengths(0.1, None).contour == 0
-    assert not Schedule.preset("contour").strengths(0.95, 0.0).classifier
-    all_steps = Schedule.preset("classifier-all-steps")
+    assert Schedule.from_preset("cfg").strengths(0.1, None).contour == 0
+    assert not Schedule.from_preset("contour").strengths(0.95, 0.0).classifier
+    all_steps = Schedule.from_preset("classifier-all-steps")
     early, late = all_steps.strengths(0.1, 0.99), all_steps.strengths(0.95, 0.99)
     assert early.backward and late.backward and early.classifier_scale == late.classifier_scale == 1.0
     assert late.cfg == 7.5 and late.contour == 0.75  # fixed strengths, no modulation
@@ -77,7 +77,7 @@ def test_json_errors_name_the_problem():
     with pytest.raises(ValueError, match="not valid JSON"):
         Schedule.from_json("{")
     with pytest.raises(ValueError, match="unknown schedule preset"):
-        Schedule.preset("fancy")
+        Schedule.from_preset("fancy")
 
 
 def test_curves_for_charts():

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+from higfa.classifier import build_classifier, load_classifier, save_classifier
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    clf = build_classifier("test_resnet", ["Blue Jay", "Cardinal", "indigo_bunting"], 32,
+                           mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)).eval()
+    path = save_classifier(clf, tmp_path_factory.mktemp("clf") / "birds")
+    return clf, path
+
+
+def test_round_trip_same_logits(saved):
+    clf, path = saved
+    assert path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
+    loaded = load_classifier(path)
+    x = torch.rand(2, 3, 48, 40)  # any size: the classifier resizes to its input size
+    torch.testing.assert_close(loaded(x), clf(x))
+    assert loaded.class_names == clf.class_names and loaded.input_size == (32, 32)
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_num_classes_inferred_from_weights(saved, tmp_path):
+    clf, path = saved
+    side = json.loads(path.with_suffix(".json").read_text())
+    del side["class_names"]
+    (tmp_path / "anon.safetensors").write_bytes(path.read_bytes())
+    (tmp_path / "anon.json").write_text(json.dumps(side))
+    loaded = load_classifier(tmp_path / "anon.safetensors")
+    assert loaded.num_classes == 3 and loaded.class_names == ["0", "1", "2"]
+
+
+def test_resolve_by_index_name_and_digits(saved):
+    clf, _ = saved
+    assert clf.resolve(1) == 1 and clf.resolve("2") == 2
+    assert clf.resolve("blue jay") == 0 and clf.resolve("Indigo Bunting") == 2
+    with pytest.raises(ValueError, match="out of range.*3 classes"):
+        clf.resolve(3)
+    with pytest.raises(ValueError, match="Did you mean.*Cardinal"):
+        clf.resolve("Cardinl")
+
+
+def _write(tmp_path, path, **changes):
+    side = json.loads(path.with_suffix(".json").read_text())
+    side.update(changes)
+    (tmp_path / "x.safetensors").write_bytes(path.read_bytes())
+    (tmp_path / "x.json").write_text(json.dumps(side))
+    return tmp_path / "x.safetensors"
+
+
+def test_clear_errors(saved, tmp_path):
+    _, path = saved
+    with pytest.raises(FileNotFoundError, match="classifier weights not found"):
+        load_classifier(tmp_path / "nope.safetensors")
+    (tmp_path / "lonely.safetensors").write_bytes(path.read_bytes())
+    with pytest.raises(FileNotFoundError, match="sidecar not found"):
+        load_classifier(tmp_path / "lonely.safetensors")
+    with pytest.raises(ValueError, match="do not match architecture 'test_vit'"):
+        load_classifier(_write(tmp_path, path, architecture="test_vit"))
+    with pytest.raises(ValueError, match="do not match architecture 'test_efficientnet'"):
+        load_classifier(_write(tmp_path, path, architecture="test_efficientnet"))
+    with pytest.raises(ValueError, match="not a timm model"):
+        load_classifier(_write(tmp_path, path, architecture="resnet_5000"))
+    with pytest.raises(ValueError, match="lists 2 class_names but the weights have 3"):
+        load_classifier(_write(tmp_path, path, class_names=["a", "b"]))

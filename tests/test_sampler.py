@@ -1,0 +1,197 @@
+"""The reference sampler and the Guide: parity, stage separation, gating, NaN guard, guidance effect."""
+
+import pytest
+import torch
+
+from higfa.guide import Guide
+from higfa.sampler import sample
+from higfa.schedule import Schedule
+
+STEPS = 30
+
+
+def plain_cfg(denoiser, noise, sigmas, cfg, contour):
+    """Textbook CFG + Euler/DDIM, written independently of the package."""
+    x = noise * sigmas[0]
+    for i in range(len(sigmas) - 1):
+        s = sigmas[i]
+        u, c = denoiser(x, torch.full((x.shape[0],), float(s)), ("uncond", "cond"), contour)
+        x0 = u + cfg * (c - u)
+        x = x + (x - x0) / s * (sigmas[i + 1] - s)
+    return x
+
+
+@pytest.fixture(scope="module")
+def sigmas(tiny_world):
+    return tiny_world.noise_schedule.sample_sigmas(STEPS)
+
+
+@pytest.mark.parametrize("preset,contour", [("cfg", 0.0), ("contour", 0.75)])
+def test_presets_without_classifier_equal_plain_sampling_bit_for_bit(tiny_world, sigmas, preset, contour):
+    noise = tiny_world.noise(2, seed=5)
+    ref = plain_cfg(tiny_world.denoiser, noise, sigmas, 7.5, contour)
+    out = sample(tiny_world.denoiser, noise, sigmas, Schedule.from_preset(preset))
+    assert torch.equal(out.latent, ref)
+    assert out.denoiser_calls == 2 * STEPS and out.costs.classifier_forward == 0
+
+
+def _stage2_indices(world, sigmas, pi_c):
+    ns = world.noise_schedule
+    return [i for i in range(len(sigmas) - 1) if ns.sigma_to_percent(float(sigmas[i])) >= pi_c]
+
+
+def test_stage1_never_calls_the_classifier(tiny_world, sigmas, counting):
+    clf = counting(tiny_world.classifier)
+    guide = Guide(Schedule(), clf, tiny_world.decode, target=1)
+    steps_at_call = []
+    clf.register_forward_pre_hook(lambda *_: steps_at_call.append(guide.step))
+    out = sample(tiny_world.denoiser, tiny_world.noise(1), sigmas, guide)
+    stage2 = _stage2_indices(tiny_world, sigmas, 0.7)
+    assert 0 < len(stage2) < STEPS and stage2 == list(range(stage2[0], STEPS))
+    assert steps_at_call and min(steps_at_call) == stage2[0]
+    # one measurement on the last stage-1 x̂0, then one forward per stage-2 step
+    assert clf.calls == len(stage2) + 1 == out.costs.classifier_forward
+    assert out.denoiser_calls == 2 * STEPS  # stage 1 at parity: no extra model calls anywhere
+    rows = out.trace.steps
+    assert all(r.confidence is None and max(r.classifier_scale) == 0 for r in rows if r.stage == 1)
+    assert all(r.confidence is not None for r in rows if r.stage == 2)
+
+
+class Confident(torch.nn.Module):
+    """Always sure of class `k` (p ≈ 1), yet differentiable."""
+
+    def __init__(self, k, sure=True):
+        super().__init__()
+        self.k, self.sure = k, sure
+
+    def forward(self, image):
+        onehot = torch.nn.functional.one_hot(torch.tensor(self.k), 4).float()
+        # the target logit depends on the image, so log p has a non-zero gradient
+        return onehot * (image.mean((1, 2, 3))[:, None] * 0.1 + (20.0 if self.sure else 0.0))
+
+
+def test_gating_skips_the_backward_when_confident(tiny_world, sigmas):
+    n2 = len(_stage2_indices(tiny_world, sigmas, 0.7))
+    out = sample(tiny_world.denoiser, tiny_world.noise(1), sigmas,
+                 Guide(Schedule(), Confident(2), tiny_world.decode, target=2))
+    assert out.costs.classifier_backward == 0 and out.costs.decode_backward == 0
+    assert out.costs.classifier_forward == n2 + 1
+    rows = [r for r in out.trace.steps if r.stage == 2]
+    assert all(r.gated == [True] for r in rows) and all(r.classifier_scale == [0.0] for r in rows)
+    # the same classifier, unsure: every stage-2 step runs the backward
+    out = sample(tiny_world.denoiser, tiny_world.noise(1), sigmas,
+                 Guide(Schedule(), Confident(2, sure=False), tiny_world.decode, target=2))
+    assert out.costs.classifier_backward == out.costs.decode_backward == n2
+    assert not any(any(r.gated) for r in out.trace.steps)
+
+
+def test_measure_every_m(tiny_world, sigmas):
+    n2 = len(_stage2_indices(tiny_world, sigmas, 0.7))
+    out = sample(tiny_world.denoiser, tiny_world.noise(1), sigmas,
+                 Guide(Schedule(measure_every=3), Confident(0, sure=False), tiny_world.decode, target=0))
+    assert out.costs.classifier_backward == len(range(0, n2, 3))
+
+
+class NaNGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.clone()
+        g[0] = float("nan")
+        return g
+
+
+def test_nan_gradient_skips_guidance_and_never_reaches_the_output(tiny_world, sigmas):
+    decode = lambda z: tiny_world.decode(NaNGrad.apply(z))  # noqa: E731
+    guide = Guide(Schedule(), tiny_world.classifier, decode, target=1)
+    out = sample(tiny_world.denoiser, tiny_world.noise(2), sigmas, guide)
+    assert torch.isfinite(out.latent).all()
+    rows = [r for r in out.trace.steps if r.stage == 2]
+    assert all(r.nan_skipped == [True, False] for r in rows)
+    assert all(r.classifier_scale[0] == 0 and r.classifier_scale[1] > 0 for r in rows)
+    assert out.trace.summary()["nan_skipped"] == len(rows)
+
+
+def test_batch_gets_per_sample_classifier_scales(tiny_world):
+    class Split(torch.nn.Module):  # sample 0 confident, sample 1 not
+        def forward(self, image):
+            onehot = torch.tensor([1.0, 0, 0, 0])
+            return onehot * (image.mean((1, 2, 3))[:, None] * 0.1 + torch.tensor([[30.0], [0.0]]))
+
+    guide = Guide(Schedule(), Split(), tiny_world.decode, target=0)
+    plan = guide.plan(0.5, 0.8, index=0)  # stage 2, nothing measured yet: full guidance
+    x0 = torch.randn(2, 4, 8, 8)
+    guide.refine(x0, plan)
+    plan = guide.plan(0.4, 0.85, index=1)
+    out = guide.refine(x0, plan)
+    row = guide.trace.steps[-1]
+    assert row.gated == [True, False] and row.classifier_scale[0] == 0 and row.classifier_scale[1] == 1.0
+    assert torch.equal(out[0], x0[0]) and not torch.equal(out[1], x0[1])
+    # cfg/contour are shared: they follow the batch mean confidence ((1 + 0.25) / 2)
+    h = (0.625 - 0.3) / 0.6
+    assert plan.cfg == pytest.approx(4.0 + 3.5 * h, rel=1e-2)
+
+
+def test_repeated_sigma_is_the_same_step(tiny_world):
+    """Multi-evaluation samplers call twice per step: p_{k-1} must not advance inside a step."""
+    guide = Guide(Schedule(stage_boundary=0.0), Confident(1, sure=False), tiny_world.decode, target=1)
+    x0 = torch.randn(1, 4, 8, 8)
+    p1 = guide.plan(2.0, 0.5)
+    guide.refine(x0, p1)
+    p2 = guide.plan(2.0, 0.5)
+    assert p2.index == p1.index == 0
+    guide.refine(x0, p2)
+    assert guide.plan(1.0, 0.6).index == 1
+
+
+def test_missing_classifier_is_a_clear_error(tiny_world):
+    with pytest.raises(ValueError, match="classifier, decode, target are missing"):
+        Guide(Schedule())
+    Guide(Schedule.from_preset("contour"))  # fine without one
+
+
+@pytest.fixture(scope="module")
+def brightness_classifier(tiny_world, sigmas):
+    """A tiny timm classifier trained (here, in seconds) to tell bright from dark decoded samples."""
+    from higfa.tiny import tiny_classifier
+
+    with torch.no_grad():
+        short = tiny_world.noise_schedule.sample_sigmas(10)
+        lat = sample(tiny_world.denoiser, tiny_world.noise(64, seed=100), short, Schedule.from_preset("contour")).latent
+        img = tiny_world.decode(lat).clamp(0, 1)
+    bright = img.mean((1, 2, 3))
+    labels = (bright > bright.median()).long()
+    clf = tiny_classifier(num_classes=2, input_size=32, seed=7)
+    clf.train().requires_grad_(True)
+    opt = torch.optim.Adam(clf.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        idx = torch.randint(0, len(img), (32,), generator=g)
+        loss = torch.nn.functional.cross_entropy(clf(img[idx]), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    clf.eval().requires_grad_(False)
+    with torch.no_grad():
+        acc = (clf(img).argmax(1) == labels).float().mean().item()
+    assert acc > 0.8, f"the test classifier did not learn brightness (train accuracy {acc:.2f})"
+    return clf
+
+
+def test_classifier_guidance_raises_target_confidence(tiny_world, sigmas, brightness_classifier):
+    clf, target = brightness_classifier, 1
+    noise = tiny_world.noise(8, seed=1234)
+
+    def final_p(schedule):
+        guide = Guide(schedule, clf, tiny_world.decode, target=target)
+        lat = sample(tiny_world.denoiser, noise, sigmas, guide).latent
+        with torch.no_grad():
+            return torch.softmax(clf(tiny_world.decode(lat)), -1)[:, target]
+
+    unguided = final_p(Schedule.from_preset("contour"))
+    guided = final_p(Schedule(classifier_scale=2.0, stage_boundary=0.5))
+    assert guided.mean() > unguided.mean() + 0.1, (guided, unguided)
+    assert (guided > unguided).float().mean() >= 0.75
