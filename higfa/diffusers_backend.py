@@ -87,3 +87,120 @@ def vae_decode(vae):
         return (img.float() + 1) / 2
 
     return decode
+
+
+# ---------------------------------------------------------------------------- scheduler-driven loop
+def unet_output(unet, z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, controlnet=None,
+                hint: torch.Tensor | None = None, contour_strength: float = 0.0) -> torch.Tensor:
+    """Raw UNet prediction (ε, v or x̂0, per its training) for VP input z [N,C,h,w] at timesteps t [N];
+    the ControlNet adds its residuals at `contour_strength` (not run at 0)."""
+    z = z.to(unet.dtype)
+    extra = {}
+    if controlnet is not None and hint is not None and contour_strength > 0:
+        down, mid = controlnet(z.to(controlnet.dtype), t, encoder_hidden_states=emb.to(controlnet.dtype),
+                               controlnet_cond=hint.to(z.device, controlnet.dtype),
+                               conditioning_scale=float(contour_strength), return_dict=False)
+        extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+    return unet(z, t, encoder_hidden_states=emb.to(unet.dtype), **extra).sample
+
+
+def output_to_x0(out: torch.Tensor, z: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
+    """x̂0 from a VP-form prediction: ε: (z − √(1−ᾱ)ε)/√ᾱ; v: √ᾱ·z − √(1−ᾱ)·v; sample: itself."""
+    a = torch.tensor(alpha_bar, dtype=torch.float64)
+    if prediction_type == "epsilon":
+        return ((z.double() - (1 - a).sqrt() * out.double()) / a.sqrt()).to(z.dtype)
+    if prediction_type == "v_prediction":
+        return (a.sqrt() * z.double() - (1 - a).sqrt() * out.double()).to(z.dtype)
+    if prediction_type == "sample":
+        return out.to(z.dtype)
+    raise ValueError(f"prediction_type {prediction_type!r}: supported are 'epsilon', 'v_prediction' and 'sample'")
+
+
+def x0_to_output(x0: torch.Tensor, z: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
+    """The inverse of `output_to_x0`: what the scheduler expects, from a (guided) x̂0."""
+    a = torch.tensor(alpha_bar, dtype=torch.float64)
+    if prediction_type == "sample":
+        return x0
+    eps = (z.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()
+    if prediction_type == "epsilon":
+        return eps.to(z.dtype)
+    if prediction_type == "v_prediction":
+        return (a.sqrt() * eps - (1 - a).sqrt() * x0.double()).to(z.dtype)
+    raise ValueError(f"prediction_type {prediction_type!r}: supported are 'epsilon', 'v_prediction' and 'sample'")
+
+
+def evaluation_sigma(scheduler, index: int, t) -> float:
+    """σ (k-diffusion form) of the scheduler's `index`-th evaluation at timestep t.
+
+    σ-based schedulers (Euler, DPM-Solver, UniPC, Heun, ...) keep a `sigmas` table aligned with
+    their timesteps: use it, so the x̂0 conversion matches their own. Others (DDIM, PNDM, DDPM)
+    evaluate integer timesteps of the training table: σ = sqrt((1 − ᾱ_t)/ᾱ_t).
+    """
+    sigmas = getattr(scheduler, "sigmas", None)
+    if isinstance(sigmas, torch.Tensor) and len(sigmas) == len(scheduler.timesteps) + 1:
+        return float(sigmas[index])
+    ac = float(scheduler.alphas_cumprod[int(round(float(t)))])
+    return ((1 - ac) / ac) ** 0.5
+
+
+def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embeddings: dict[str, torch.Tensor], *,
+                          steps: int, controlnet=None, contour: torch.Tensor | None = None, eta: float = 0.0,
+                          generator: torch.Generator | list[torch.Generator] | None = None, callback=None):
+    """HiGFA with any diffusers scheduler (DDIM by default in the CLI): the same `Guide` as the
+    reference sampler, per evaluation
+
+        plan = guide.plan(σ, π(σ), i);  x̂0 = CFG at plan.cfg of the branches, ControlNet at plan.contour
+        x̂0 = guide.refine(x̂0, plan);    scheduler.step(<ε / v / x̂0 of the refined x̂0>)
+
+    noise [B,4,h,w] (unscaled; multiplied by `init_noise_sigma`), embeddings {"cond", "uncond"}:
+    [1 or B, L, D], contour: the ControlNet hint [1 or B, 3, H, W] in [0,1]. `generator` feeds
+    stochastic schedulers (DDIM with eta > 0, ancestral), one per sample for batch independence.
+    Returns a `higfa.sampler.SampleResult` (final latent, trace, costs).
+    """
+    import inspect
+    import time
+
+    from .guide import Guide
+    from .guidance import cfg_combine
+    from .sampler import COND, UNCOND, SampleResult
+
+    if not isinstance(guide, Guide):
+        guide = Guide(guide)
+    guide.reset()
+    if controlnet is not None and contour is None:
+        raise ValueError("a ControlNet was given without a contour image: pass contour=[B,3,H,W] in [0,1]")
+    device = noise.device
+    B = noise.shape[0]
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    ns = noise_schedule_from_scheduler(scheduler)
+    scheduler.set_timesteps(steps, device=device)
+    accepts = inspect.signature(scheduler.step).parameters
+    step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepts}
+    if eta and "eta" not in accepts:
+        raise ValueError(f"eta = {eta}: {type(scheduler).__name__} has no eta; use the DDIM scheduler or eta 0")
+    latents = noise * scheduler.init_noise_sigma
+    hint = None if contour is None else DiffusersDenoiser._expand(contour, B)
+    calls, t_model = 0, 0.0
+    for i, t in enumerate(scheduler.timesteps):
+        sigma = evaluation_sigma(scheduler, i, t)
+        plan = guide.plan(sigma, ns.sigma_to_percent(sigma), index=i)
+        branches = (UNCOND, COND) if plan.cfg != 1.0 else (COND,)
+        n = len(branches)
+        z = scheduler.scale_model_input(latents, t)
+        emb = torch.cat([DiffusersDenoiser._expand(embeddings[b], B) for b in branches]).to(device)
+        tt = torch.full((n * B,), float(t), device=device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = unet_output(unet, z.repeat(n, 1, 1, 1), tt, emb, controlnet,
+                              None if hint is None else hint.repeat(n, 1, 1, 1), plan.contour).to(z.dtype)
+        t_model += time.perf_counter() - t0
+        calls += n
+        alpha_bar = 1.0 / (1.0 + sigma**2)
+        x0s = [output_to_x0(o, z, alpha_bar, prediction_type) for o in out.chunk(n)]
+        x0 = cfg_combine(x0s[0], x0s[1], plan.cfg) if n == 2 else x0s[0]
+        x0 = guide.refine(x0, plan)
+        model_output = x0_to_output(x0, z, alpha_bar, prediction_type)
+        latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+        if callback is not None:
+            callback(i, latents, x0)
+    return SampleResult(latents, guide.trace, guide.costs, calls, {"denoiser": t_model})

@@ -1,0 +1,277 @@
+"""Load the generation components from local paths only, and encode prompts.
+
+A `StableDiffusionControlNetPipeline`-compatible set (UNet, ControlNet, VAE, CLIP text encoder +
+tokenizer, scheduler) from
+
+- a diffusers folder: model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, and
+  controlnet/ unless a separate ControlNet path is given; or
+- a single-file SD checkpoint (.safetensors / .ckpt, original LDM layout) plus a local diffusers
+  config folder (`config`: the same folder layout, configs + tokenizer; weights not needed),
+  converted by diffusers' own `from_single_file`.
+
+The ControlNet is a diffusers folder (config.json + weights) or a single file (original layout:
+its config comes from `controlnet_config`, or is derived from the UNet with `ControlNetModel.from_unet`).
+Nothing here reaches the network: every loader gets `local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCHEDULERS = {  # short names -> diffusers classes; any other diffusers scheduler class name works too
+    "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "pndm": "PNDMScheduler",
+    "heun": "HeunDiscreteScheduler", "lms": "LMSDiscreteScheduler", "ddpm": "DDPMScheduler",
+}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+BUILTIN = "builtin"
+
+
+@dataclass
+class Components:
+    """What one HiGFA generation needs. `controlnet` may be None (presets without the contour)."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    controlnet: Any = None
+    source: dict[str, str] = field(default_factory=dict)  # where each part came from (run records)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent cell (8 for SD)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def default_size(self) -> int:
+        """The image size the UNet was configured for (512 for SD 1.5)."""
+        s = self.unet.config.sample_size
+        return int(s if isinstance(s, int) else s[0]) * self.vae_scale
+
+    def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32,
+           vae_dtype: torch.dtype = torch.float32) -> "Components":
+        """Move to a device. The VAE keeps its own dtype (float32 by default): the classifier gradient
+        runs through its decoder, and SD's VAE overflows in float16."""
+        for name in ("unet", "controlnet", "text_encoder"):
+            m = getattr(self, name)
+            if m is not None:
+                setattr(self, name, m.to(device=device, dtype=dtype).eval().requires_grad_(False))
+        self.vae = self.vae.to(device=device, dtype=vae_dtype).eval().requires_grad_(False)
+        return self
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP last hidden states [N, L, D] for N prompts, padded to the tokenizer's length (77 for SD)."""
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        ids = tok.input_ids.to(self.text_encoder.device)
+        return self.text_encoder(ids)[0]
+
+
+# ---------------------------------------------------------------------------- errors
+def _missing(what: str, path: Path, fix: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{what} not found: {path}. {fix}")
+
+
+MODEL_FIX = ("Pass --model a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), "
+             "a single-file SD checkpoint (.safetensors/.ckpt) together with --config DIR, or 'builtin' for the "
+             "built-in tiny world")
+
+
+# ---------------------------------------------------------------------------- loading
+def load_components(model: str | Path, *, controlnet: str | Path | None = None, config: str | Path | None = None,
+                    controlnet_config: str | Path | None = None, scheduler: str = "ddim",
+                    scheduler_options: dict[str, Any] | None = None, need_controlnet: bool = True) -> Components:
+    """Load on the CPU in float32 (move with `Components.to`).
+
+    model: diffusers folder, single-file checkpoint, or "builtin". controlnet: overrides the
+    folder's controlnet/. config: the diffusers config folder a single file needs. scheduler: a
+    short name of `SCHEDULERS` or a diffusers scheduler class name, built from the model's
+    scheduler config (+ `scheduler_options`, e.g. {"set_alpha_to_one": True}).
+    need_controlnet: raise when no ControlNet is found (the schedule uses the contour).
+    """
+    _quiet_loaders()
+    if str(model) == BUILTIN:
+        model = builtin_model_path()
+    model = Path(model).expanduser()
+    if not model.exists():
+        raise _missing("model", model, MODEL_FIX)
+    if model.is_dir():
+        parts = _load_folder(model)
+    elif model.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        parts = _load_single_file(model, config)
+    else:
+        raise ValueError(f"model {model} is neither a folder nor a checkpoint file ({', '.join(SINGLE_FILE_SUFFIXES)}). "
+                         + MODEL_FIX)
+    parts["scheduler"] = make_scheduler(parts["scheduler"].config, scheduler, scheduler_options)
+    if controlnet is not None:
+        parts["controlnet"] = load_controlnet(controlnet, parts["unet"], controlnet_config)
+        parts["source"]["controlnet"] = str(Path(controlnet).expanduser().resolve())
+    if need_controlnet and parts.get("controlnet") is None:
+        raise FileNotFoundError(f"no ControlNet: {model} has no controlnet/ folder and no --controlnet was given. "
+                                "The contour needs one (e.g. a Canny ControlNet for SD 1.5): pass --controlnet PATH, "
+                                "or choose --preset cfg, which uses text guidance only")
+    return Components(**parts)
+
+
+def builtin_model_path() -> Path:
+    """The built-in tiny world's diffusers folder (issue 4's `higfa.world`)."""
+    try:
+        from . import world
+    except ImportError as e:
+        raise FileNotFoundError("the built-in world is not installed in this checkout (higfa/world.py is "
+                                "missing): pass --model a diffusers folder or a single-file checkpoint") from e
+    for name in ("model_path", "pipeline_path", "diffusers_path", "MODEL_DIR", "PIPELINE_DIR"):
+        v = getattr(world, name, None)
+        if v is not None:
+            return Path(v() if callable(v) else v)
+    raise FileNotFoundError("higfa.world does not say where the built-in diffusers folder is")
+
+
+def _quiet_loaders() -> None:
+    """No per-component progress bars or hub chatter in a dataset job."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _read_model_index(folder: Path) -> dict[str, Any]:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise _missing("model_index.json", index, "A diffusers folder has model_index.json at its top. " + MODEL_FIX)
+    try:
+        return json.loads(index.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{index} is not valid JSON ({e}): re-save the pipeline with save_pretrained") from e
+
+
+def _component_class(index: dict[str, Any], name: str, default: tuple[str, str]):
+    import importlib
+
+    entry = index.get(name) or default
+    library, cls = entry if entry[0] else default
+    return getattr(importlib.import_module(library), cls)
+
+
+def _load_folder(folder: Path) -> dict[str, Any]:
+    index = _read_model_index(folder)
+    for part in FOLDER_PARTS:
+        if not (folder / part).is_dir():
+            raise _missing(f"'{part}' of the diffusers folder", folder / part,
+                           f"The folder needs {', '.join(p + '/' for p in FOLDER_PARTS)} (as written by save_pretrained)")
+    defaults = {"unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
+                "text_encoder": ("transformers", "CLIPTextModel"), "tokenizer": ("transformers", "CLIPTokenizer"),
+                "scheduler": ("diffusers", "DDIMScheduler"), "controlnet": ("diffusers", "ControlNetModel")}
+    parts: dict[str, Any] = {"source": {"model": str(folder.resolve())}}
+    for part in FOLDER_PARTS:
+        cls = _component_class(index, part, defaults[part])
+        parts[part] = _from_pretrained(cls, folder / part)
+    cn = folder / "controlnet"
+    parts["controlnet"] = _from_pretrained(_component_class(index, "controlnet", defaults["controlnet"]), cn) \
+        if cn.is_dir() else None
+    return parts
+
+
+def _from_pretrained(cls, path: Path):
+    """from_pretrained of one component folder; falls back to an fp16 weights variant if that is all there is."""
+    try:
+        return cls.from_pretrained(str(path), local_files_only=True)
+    except (OSError, EnvironmentError) as e:
+        if any(path.glob("*.fp16.*")):
+            return cls.from_pretrained(str(path), local_files_only=True, variant="fp16")
+        raise FileNotFoundError(f"could not load {cls.__name__} from {path}: {e}. The folder needs its config and "
+                                "weights as written by save_pretrained") from e
+
+
+def _load_single_file(path: Path, config: str | Path | None) -> dict[str, Any]:
+    from diffusers import StableDiffusionPipeline
+
+    if config is None:
+        raise ValueError(f"single-file checkpoint {path}: pass --config DIR, a local diffusers folder of the same "
+                         "architecture (model_index.json, unet/ vae/ text_encoder/ scheduler/ configs and tokenizer/; "
+                         "weights not needed, e.g. a stable-diffusion-v1-5 download). Nothing is fetched from the hub")
+    config = Path(config).expanduser()
+    if not config.is_dir():
+        raise _missing("config folder for the single-file checkpoint", config,
+                       "Pass --config a local diffusers folder of the same architecture (configs + tokenizer)")
+    _read_model_index(config)
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (config / part).is_dir():
+            raise _missing(f"'{part}' config", config / part, f"--config {config} must have the diffusers layout")
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
+                                                        safety_checker=None, feature_extractor=None,
+                                                        requires_safety_checker=False)
+    except Exception as e:  # diffusers raises many types for a wrong layout
+        raise ValueError(f"could not convert single-file checkpoint {path} with config {config}: {e}. It must be an "
+                         "SD 1.x/2.x checkpoint in the original layout, matching the config folder") from e
+    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+            "scheduler": pipe.scheduler, "controlnet": None,
+            "source": {"model": str(path.resolve()), "config": str(config.resolve())}}
+
+
+def load_controlnet(path: str | Path, unet=None, config: str | Path | None = None):
+    """A ControlNet folder, or a single file (config from `config`, else derived from the UNet)."""
+    from diffusers import ControlNetModel
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise _missing("ControlNet", path, "Pass --controlnet a diffusers ControlNet folder (config.json + weights) "
+                       "or a single .safetensors file in the original layout")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise _missing("ControlNet config", path / "config.json", "A ControlNet folder holds config.json + weights")
+        return _from_pretrained(ControlNetModel, path)
+    if config is not None:
+        return ControlNetModel.from_single_file(str(path), config=str(config), local_files_only=True)
+    if unet is None:
+        raise ValueError(f"single-file ControlNet {path} needs --controlnet-config DIR (its config.json) or a UNet")
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, load_single_file_checkpoint
+
+    cn = ControlNetModel.from_unet(unet)
+    state = convert_controlnet_checkpoint(load_single_file_checkpoint(str(path), local_files_only=True), cn.config)
+    missing, unexpected = cn.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"ControlNet {path} does not fit this UNet (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}): pass --controlnet-config with its config.json")
+    return cn
+
+
+def make_scheduler(config: dict[str, Any], name: str = "ddim", options: dict[str, Any] | None = None):
+    """A diffusers scheduler of class `name` (short name or class name) from a model's scheduler config."""
+    import diffusers
+
+    cls_name = SCHEDULERS.get(name.lower(), name)
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise ValueError(f"scheduler {name!r}: choose one of {sorted(SCHEDULERS)} or a diffusers scheduler class name")
+    return cls.from_config(dict(config), **(options or {}))
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"dtype {name!r}: choose one of {sorted(set(DTYPES))}") from None
