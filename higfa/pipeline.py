@@ -17,6 +17,7 @@ Nothing here reaches the network: every loader gets `local_files_only=True`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,13 +251,28 @@ def load_controlnet(path: str | Path, unet=None, config: str | Path | None = Non
         raise ValueError(f"single-file ControlNet {path} needs --controlnet-config DIR (its config.json) or a UNet")
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, load_single_file_checkpoint
 
-    cn = ControlNetModel.from_unet(unet)
-    state = convert_controlnet_checkpoint(load_single_file_checkpoint(str(path), local_files_only=True), cn.config)
+    checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=_hint_channels(checkpoint))
+    state = convert_controlnet_checkpoint(checkpoint, cn.config)
     missing, unexpected = cn.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"ControlNet {path} does not fit this UNet (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}): pass --controlnet-config with its config.json")
     return cn
+
+
+def _hint_channels(checkpoint: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    """The hint encoder's widths from an original-layout ControlNet: input_hint_block convs 0, 2, ...,
+    12 output c0, c0, c1, c1, c2, c2, c3 (SD's (16, 32, 96, 256)); 14 is the projection to the UNet."""
+    convs = {}
+    for key, w in checkpoint.items():
+        m = re.search(r"input_hint_block\.(\d+)\.weight$", key)
+        if m:
+            convs[int(m.group(1))] = int(w.shape[0])
+    outs = [convs[i] for i in sorted(convs)][:-1]
+    if len(outs) < 3:
+        raise ValueError("the ControlNet file has no input_hint_block: it is not an original-layout ControlNet")
+    return tuple(outs[0::2])
 
 
 def make_scheduler(config: dict[str, Any], name: str = "ddim", options: dict[str, Any] | None = None):
