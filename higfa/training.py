@@ -1,0 +1,219 @@
+"""Train and evaluate a fine-grained classifier (a `higfa.classifier.Classifier`) on image tensors.
+
+The generic loop behind the built-in world's guidance and oracle classifiers, the quality
+benchmark's downstream runs and `higfa evaluate`:
+
+    clf = build_classifier("test_resnet", class_names, 64, mean=(.5,)*3, std=(.5,)*3)
+    result = train_classifier(clf, images, labels, steps=600, seed=0)   # images [N,3,H,W] in [0,1]
+    acc = evaluate(result.classifier, test_images, test_labels)["accuracy"]
+
+Everything is seeded (initialisation is the caller's; batch order and augmentation use `seed`),
+and runs on whatever device the classifier is on. Augmentation is geometric (flip, shift, scale,
+rotation) plus optional noise and blur; it never changes colours, which fine-grained classes
+often depend on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .classifier import Classifier
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random per-sample augmentation of a batch [B,3,H,W] in [0,1].
+
+    flip: horizontal flip with p = 0.5. translate: ± fraction of the size. scale: ± fraction.
+    rotate: ± degrees. noise: Gaussian pixel noise with σ drawn from [0, noise]. blur: Gaussian
+    blur σ drawn from [0, blur] pixels (applied to half of the batch). Borders are reflected.
+    """
+
+    flip: bool = True
+    translate: float = 0.1
+    scale: float = 0.1
+    rotate: float = 10.0
+    noise: float = 0.0
+    blur: float = 0.0
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        B = images.shape[0]
+
+        def u(*shape: int) -> torch.Tensor:  # uniform in [-1, 1], on the CPU generator
+            return (torch.rand(*shape, generator=generator) * 2 - 1).to(images.device)
+
+        x = images
+        if self.translate or self.scale or self.rotate or self.flip:
+            angle = u(B) * math.radians(self.rotate)
+            s = 1 + u(B) * self.scale
+            sign = torch.ones(B, device=x.device)
+            if self.flip:
+                sign = torch.where(torch.rand(B, generator=generator).to(x.device) < 0.5, -sign, sign)
+            cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+            theta = torch.stack([torch.stack([cos * sign, -sin, u(B) * 2 * self.translate], 1),
+                                 torch.stack([sin * sign, cos, u(B) * 2 * self.translate], 1)], 1)
+            grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        if self.blur > 0:
+            sigma = float(torch.rand(1, generator=generator)) * self.blur
+            if sigma > 0.2:
+                k, C = _gauss_kernel(sigma).to(x), x.shape[1]
+                r = len(k) // 2
+                blurred = F.conv2d(F.pad(x, [r, r, r, r], mode="reflect"), k.view(1, 1, 1, -1).expand(C, 1, 1, -1),
+                                   groups=C)
+                blurred = F.conv2d(blurred, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+                pick = (torch.rand(B, generator=generator) < 0.5).to(x.device).view(B, 1, 1, 1)
+                x = torch.where(pick, blurred, x)
+        if self.noise > 0:
+            sigma = torch.rand(B, 1, 1, 1, generator=generator).to(x.device) * self.noise
+            x = x + sigma * torch.randn(x.shape, generator=generator).to(x.device)
+        return x.clamp(0, 1)
+
+
+def _gauss_kernel(sigma: float) -> torch.Tensor:
+    r = max(1, int(math.ceil(2.5 * sigma)))
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma**2))
+    return k / k.sum()
+
+
+NO_AUGMENT = Augment(flip=False, translate=0.0, scale=0.0, rotate=0.0)
+
+
+@dataclass
+class TrainResult:
+    classifier: Classifier  # trained, in eval mode, weights frozen
+    history: list[dict[str, float]] = field(default_factory=list)  # {"step", "loss", ["accuracy"]}
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [N,H,W,3] (numpy or torch) -> float32 [N,3,H,W] in [0,1]; float [N,3,H,W] passes through."""
+    t = torch.as_tensor(images)
+    if t.dtype == torch.uint8:
+        if t.ndim != 4 or t.shape[-1] != 3:
+            raise ValueError(f"uint8 images must be [N,H,W,3], got shape {tuple(t.shape)}")
+        return t.permute(0, 3, 1, 2).float().div(255.0).contiguous()
+    if t.ndim != 4 or t.shape[1] != 3:
+        raise ValueError(f"float images must be [N,3,H,W] in [0,1], got shape {tuple(t.shape)}")
+    return t.float()
+
+
+def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                     *, steps: int = 500, batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 5e-4,
+                     label_smoothing: float = 0.1, warmup: int = 30, augment: Augment | None = Augment(),
+                     weights: torch.Tensor | np.ndarray | None = None, seed: int = 0,
+                     eval_images: torch.Tensor | np.ndarray | None = None,
+                     eval_labels: torch.Tensor | np.ndarray | None = None, eval_every: int = 0,
+                     callback: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train `classifier` in place with AdamW, a linear warm-up and cosine decay.
+
+    images: [N,3,H,W] float in [0,1] (or uint8 [N,H,W,3]); labels: [N] class indices.
+    weights: optional [N] sampling weights (e.g. to set the share of synthetic images per batch);
+    without them each epoch is a seeded shuffle. eval_*: a held-out set evaluated every
+    `eval_every` steps (0: only at the end) into `history`. callback(step, loss) after each step.
+    Returns the classifier in eval mode with frozen weights, ready for guidance.
+    """
+    x = to_tensor(images)
+    y = torch.as_tensor(labels).long().reshape(-1)
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"train_classifier: {len(x)} images but {len(y)} labels; pass one label per image")
+    if int(y.min()) < 0 or int(y.max()) >= classifier.num_classes:
+        raise ValueError(f"train_classifier: labels span {int(y.min())}..{int(y.max())} but the classifier has "
+                         f"{classifier.num_classes} classes; build it with one class name per label")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"train_classifier: steps ({steps}) and batch_size ({batch_size}) must be >= 1")
+    device = next(classifier.parameters()).device
+    gen = torch.Generator().manual_seed(int(seed))
+    w = None if weights is None else torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+    if w is not None and (len(w) != len(y) or bool((w < 0).any()) or float(w.sum()) <= 0):
+        raise ValueError("train_classifier: weights must be [N] non-negative with a positive sum")
+    classifier.requires_grad_(True).train()
+    params = [p for p in classifier.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) *
+                                              0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    history: list[dict[str, float]] = []
+    order = torch.empty(0, dtype=torch.long)
+    started = time.perf_counter()
+    for step in range(steps):
+        if w is not None:
+            idx = torch.multinomial(w, batch_size, replacement=True, generator=gen)
+        else:
+            if len(order) < batch_size:
+                order = torch.cat([order, torch.randperm(len(y), generator=gen)])
+            idx, order = order[:batch_size], order[batch_size:]
+        xb = x[idx].to(device)
+        if augment is not None:
+            xb = augment(xb, gen)
+        loss = F.cross_entropy(classifier(xb), y[idx].to(device), label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        row: dict[str, float] = {"step": step + 1, "loss": float(loss.detach())}
+        last = step + 1 == steps
+        if eval_images is not None and eval_labels is not None and (last or (eval_every and (step + 1) % eval_every == 0)):
+            row["accuracy"] = evaluate(classifier, eval_images, eval_labels)["accuracy"]
+            classifier.train()
+        history.append(row)
+        if callback is not None:
+            callback(step + 1, row["loss"])
+    classifier.eval().requires_grad_(False)
+    return TrainResult(classifier, history, time.perf_counter() - started, steps)
+
+
+@torch.no_grad()
+def predict(classifier: Classifier, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """Softmax probabilities [N,K] (eval mode restored to the caller's mode afterwards)."""
+    was_training = classifier.training
+    classifier.eval()
+    x = to_tensor(images)
+    device = next(classifier.parameters()).device
+    out = [torch.softmax(classifier(x[i:i + batch_size].to(device)).float(), -1).cpu()
+           for i in range(0, len(x), batch_size)]
+    classifier.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, classifier.num_classes)
+
+
+def evaluate(classifier: Classifier, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+             batch_size: int = 256) -> dict[str, Any]:
+    """accuracy, per_class accuracy [K] (NaN for absent classes), mean p(true class), n."""
+    y = torch.as_tensor(labels).long().reshape(-1)
+    probs = predict(classifier, images, batch_size)
+    if len(probs) != len(y):
+        raise ValueError(f"evaluate: {len(probs)} images but {len(y)} labels")
+    correct = (probs.argmax(1) == y).float()
+    per_class = [float(correct[y == k].mean()) if bool((y == k).any()) else float("nan")
+                 for k in range(classifier.num_classes)]
+    return {"accuracy": float(correct.mean()) if len(y) else float("nan"), "per_class": per_class,
+            "mean_true_prob": float(probs[torch.arange(len(y)), y].mean()) if len(y) else float("nan"), "n": len(y)}
+
+
+def features(classifier: Classifier, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """Penultimate (pre-logits) features [N,D] of a timm classifier, for diversity metrics."""
+    x = to_tensor(images)
+    device = next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            if tuple(xb.shape[-2:]) != classifier.input_size:
+                xb = F.interpolate(xb, size=classifier.input_size, mode="bilinear", align_corners=False)
+            xb = (xb - classifier.mean.to(xb)) / classifier.std.to(xb)
+            m = classifier.model
+            out.append(m.forward_head(m.forward_features(xb), pre_logits=True).float().cpu())
+    classifier.train(was_training)
+    return torch.cat(out)

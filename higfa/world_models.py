@@ -1,0 +1,162 @@
+"""The built-in world's shipped models (higfa/assets/world/), loaded and ready to sample.
+
+    models = load_world()                         # diffusers UNet + ControlNet + VAE, CLIP text, 2 classifiers
+    sources = models.world.split("fewshot", 10)
+    contours = models.contours(sources.images[:4], seeds=[0, 1, 2, 3])
+    out = models.generate(Schedule.from_preset("higfa"), targets=sources.labels[:4], contours=contours, seeds=[0, 1, 2, 3])
+    out.images          # [4,64,64,3] uint8;  out.result.trace  the per-step trace
+
+Sampling is the core reference sampler (`higfa.sampler.sample`) with `higfa.guide.Guide` over
+`higfa.diffusers_backend.DiffusersDenoiser`; every sample's noise and contour transform come
+from its own seed, so results do not depend on the batch size (up to float rounding and the
+batch-shared cfg/contour strengths, see docs/method.md "Batches").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .classifier import Classifier, load_classifier
+from .contour import ContourTransform, EdgeDetector
+from .diffusers_backend import DiffusersDenoiser, noise_schedule_from_scheduler, vae_decode
+from .guide import Guide
+from .sampler import SampleResult, sample
+from .schedule import Schedule
+from .sigmas import NoiseSchedule
+from .world import ASSETS, TinyBirds
+
+COMPONENTS = ("unet", "controlnet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class Generation:
+    images: np.ndarray  # [B,H,W,3] uint8
+    result: SampleResult  # latent, trace, costs, denoiser calls
+
+
+@dataclass
+class WorldModels:
+    world: TinyBirds
+    unet: torch.nn.Module
+    controlnet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    noise_schedule: NoiseSchedule
+    guidance: Classifier  # few-shot, used for guidance
+    oracle: Classifier  # many-shot, used only to measure
+    edge_detector: EdgeDetector
+    path: Path
+    info: dict
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        s = self.world.image_size // (2 ** (len(self.vae.config.block_out_channels) - 1))
+        return (int(self.unet.config.in_channels), s, s)
+
+    # ------------------------------------------------------------------ conditioning
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text-encoder hidden states [B, L, D] (SD 1.x style: the last layer, padded to L)."""
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids)[0].float()
+
+    def contours(self, images: np.ndarray, seeds: Sequence[int], transform: ContourTransform | None = None
+                 ) -> torch.Tensor:
+        """Transformed contours [B,3,H,W] float in [0,1] of source images [B,H,W,3] uint8, one
+        transform draw per seed (transform None: the core default, amount 0.5)."""
+        transform = ContourTransform() if transform is None else transform
+        if len(images) != len(seeds):
+            raise ValueError(f"contours: {len(images)} images but {len(seeds)} seeds; pass one seed per image")
+        out = []
+        for img, seed in zip(images, seeds):
+            edges = self.edge_detector(np.asarray(img)).astype(np.float32) / 255.0
+            if transform.amount > 0:
+                edges = transform.sample(*edges.shape[:2], int(seed)).contour(edges)
+            out.append(edges)
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous().float()
+
+    def denoiser(self, prompts: Sequence[str], contours: torch.Tensor, negative: str = "") -> DiffusersDenoiser:
+        emb = {"cond": self.encode_prompts(prompts), "uncond": self.encode_prompts([negative])}
+        return DiffusersDenoiser(self.unet, emb, self.noise_schedule, self.controlnet, contours.to(self.device))
+
+    def decode(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return vae_decode(self.vae)
+
+    def noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """[B, C, h, w] starting noise, sample b from seeds[b] alone."""
+        return torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s)))
+                            for s in seeds]).to(self.device)
+
+    # ------------------------------------------------------------------ sampling
+    def generate(self, schedule: Schedule, targets: Sequence[int], contours: torch.Tensor, seeds: Sequence[int],
+                 steps: int = 30, callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
+                 ) -> Generation:
+        """Sample one image per target species: family prompt, transformed contour, the guidance
+        classifier aimed at the species. Returns uint8 images and the sampler result."""
+        targets = [int(t) for t in targets]
+        if not (len(targets) == len(seeds) == len(contours)):
+            raise ValueError(f"generate: {len(targets)} targets, {len(seeds)} seeds and {len(contours)} contours; "
+                             "pass one of each per sample")
+        den = self.denoiser([self.world.prompt(t) for t in targets], contours)
+        decode = self.decode()
+        guide = Guide(schedule, classifier=self.guidance, decode=decode, target=targets,
+                      class_names=self.world.class_names)
+        sigmas = self.noise_schedule.sample_sigmas(steps, "ddim")
+        result = sample(den, self.noise(seeds), sigmas, guide, callback=callback)
+        with torch.no_grad():
+            img = decode(result.latent).clamp(0, 1)
+        images = (img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return Generation(images, result)
+
+    @torch.no_grad()
+    def oracle_probs(self, images: np.ndarray) -> torch.Tensor:
+        """[B,K] oracle softmax of uint8 images [B,H,W,3]."""
+        from .training import predict
+
+        return predict(self.oracle, images)
+
+
+def load_world(path: str | Path = ASSETS, device: str | torch.device = "cpu") -> WorldModels:
+    """Load the shipped world (or one trained with `higfa train-world --out PATH`) in float32."""
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+    path = Path(path)
+    missing = [c for c in (*COMPONENTS, "world.json", "guidance.safetensors", "oracle.safetensors")
+               if not (path / c).exists()]
+    if missing:
+        raise FileNotFoundError(f"built-in world models incomplete in {path}: missing {missing}. Reinstall the "
+                                "package, or retrain them with `higfa train-world --out <folder>`")
+    info = json.loads((path / "world.json").read_text())
+    w = info["world"]
+    world = TinyBirds(seed=int(w["seed"]), image_size=int(w["image_size"]))
+    if world.class_names != w["class_names"]:
+        raise ValueError(f"{path}/world.json lists species {w['class_names'][:3]}... that differ from this "
+                         "version's world: retrain with `higfa train-world`")
+    f32 = dict(torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", **f32)
+    controlnet = ControlNetModel.from_pretrained(path / "controlnet", **f32)
+    vae = AutoencoderKL.from_pretrained(path / "vae", **f32)
+    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", **f32)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
+    scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
+    for m in (unet, controlnet, vae, text_encoder):
+        m.to(device).eval().requires_grad_(False)
+    e = info["edge_detector"]
+    return WorldModels(world, unet, controlnet, vae, text_encoder, tokenizer,
+                       noise_schedule_from_scheduler(scheduler),
+                       load_classifier(path / "guidance.safetensors", device).float(),
+                       load_classifier(path / "oracle.safetensors", device).float(),
+                       EdgeDetector(e["method"], e["low"], e["high"], e["blur"]), path, info)

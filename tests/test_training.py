@@ -1,0 +1,81 @@
+"""higfa.training: the generic classifier training loop (fast, synthetic data)."""
+
+import numpy as np
+import pytest
+import torch
+
+from higfa.classifier import build_classifier
+from higfa.training import NO_AUGMENT, Augment, evaluate, features, predict, to_tensor, train_classifier
+
+
+def _squares(n_per_class: int, seed: int):
+    """3 classes told apart only by the colour of a small square at a random position: [N,3,32,32]."""
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0]])
+    x = torch.rand(3 * n_per_class, 3, 32, 32, generator=g) * 0.3
+    y = torch.arange(3).repeat_interleave(n_per_class)
+    for i, c in enumerate(y):
+        r, q = (int(v) for v in torch.randint(4, 24, (2,), generator=g))
+        x[i, :, r:r + 5, q:q + 5] = colours[c].view(3, 1, 1)
+    return x, y
+
+
+def _clf(seed=0):
+    torch.manual_seed(seed)
+    return build_classifier("test_resnet", ["red", "green", "blue"], 32, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def test_learns_a_small_colour_cue_and_reports_history():
+    x, y = _squares(40, 0)
+    xt, yt = _squares(20, 1)
+    res = train_classifier(_clf(), x, y, steps=60, batch_size=32, seed=0, eval_images=xt, eval_labels=yt,
+                           eval_every=30)
+    assert [h["step"] for h in res.history if "accuracy" in h] == [30, 60]
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    ev = evaluate(res.classifier, xt, yt)
+    assert ev["accuracy"] > 0.8 and len(ev["per_class"]) == 3 and ev["n"] == 60
+    assert not res.classifier.training and not any(p.requires_grad for p in res.classifier.parameters())
+
+
+def test_same_seed_same_weights_and_weights_sampling():
+    x, y = _squares(10, 0)
+    a = train_classifier(_clf(), x, y, steps=5, batch_size=8, seed=3).classifier
+    b = train_classifier(_clf(), x, y, steps=5, batch_size=8, seed=3).classifier
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+    # weights: only class 0 is ever sampled -> the model learns to say class 0
+    w = (y == 0).float()
+    c = train_classifier(_clf(), x, y, steps=30, batch_size=16, weights=w, seed=0).classifier
+    assert (predict(c, x).argmax(1) == 0).float().mean() > 0.9
+
+
+def test_uint8_nhwc_input_and_features():
+    x, y = _squares(4, 0)
+    u8 = (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    torch.testing.assert_close(to_tensor(u8), x, atol=1 / 255, rtol=0)
+    res = train_classifier(_clf(), u8, y.numpy(), steps=2, batch_size=4, augment=NO_AUGMENT)
+    f = features(res.classifier, u8)
+    assert f.ndim == 2 and f.shape[0] == len(y)
+
+
+def test_augment_is_seeded_and_keeps_range():
+    x, _ = _squares(4, 0)
+    aug = Augment(noise=0.05, blur=1.5)
+    a = aug(x, torch.Generator().manual_seed(1))
+    b = aug(x, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert not torch.allclose(a, x)
+    torch.testing.assert_close(NO_AUGMENT(x, torch.Generator().manual_seed(0)), x, atol=1e-5, rtol=0)
+
+
+def test_clear_errors():
+    x, y = _squares(2, 0)
+    with pytest.raises(ValueError, match="6 images but 5 labels"):
+        train_classifier(_clf(), x, y[:5], steps=1)
+    with pytest.raises(ValueError, match="3 classes"):
+        train_classifier(_clf(), x, y + 5, steps=1)
+    with pytest.raises(ValueError, match=r"uint8 images must be \[N,H,W,3\]"):
+        to_tensor(np.zeros((2, 3, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="weights"):
+        train_classifier(_clf(), x, y, steps=1, weights=torch.zeros(len(y)))

@@ -1,0 +1,180 @@
+"""The built-in tiny world: the generator (fast, no models) and the shipped models (loaded once)."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from higfa.world import ASSETS, FAMILIES, SPECIES, TinyBirds, model_path
+
+WORLD = TinyBirds()
+
+
+# ---------------------------------------------------------------------------- generator
+def test_world_shape_and_names():
+    assert WORLD.num_classes == len(SPECIES) >= 12
+    assert len(WORLD.family_names) == len(FAMILIES) >= 3
+    assert len(set(WORLD.class_names)) == WORLD.num_classes
+    for label, sp in enumerate(SPECIES):
+        assert WORLD.prompt(label) == f"a photo of a {sp.family}"
+        assert sp.family in sp.name  # species names extend the family name
+
+
+def test_render_is_deterministic_and_seed_dependent():
+    a = WORLD.render(3, 17)
+    b = WORLD.render(3, 17)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.image.shape == (64, 64, 3) and a.image.dtype == np.uint8
+    assert np.abs(a.image.astype(int) - WORLD.render(3, 18).image.astype(int)).mean() > 5
+
+
+def test_splits_are_deterministic_disjoint_and_prefix_stable():
+    s1 = WORLD.split("fewshot", 3)
+    s2 = WORLD.split("fewshot", 3)
+    np.testing.assert_array_equal(s1.images, s2.images)
+    assert list(s1.labels[:3]) == [0, 0, 0] and len(s1) == 3 * WORLD.num_classes
+    bigger = WORLD.split("fewshot", 5)
+    for c in range(WORLD.num_classes):  # the first 3 images of a class do not depend on the split size
+        np.testing.assert_array_equal(bigger.images[bigger.of_class(c)[:3]], s1.images[s1.of_class(c)])
+    seeds = {name: set(WORLD.split_seeds(name, 20)[1].tolist()) for name in ("train", "fewshot", "test")}
+    assert not (seeds["train"] & seeds["test"]) and not (seeds["fewshot"] & seeds["test"])
+    assert not (seeds["train"] & seeds["fewshot"])
+    assert TinyBirds(seed=1).split_seeds("test", 2)[1].tolist() != WORLD.split_seeds("test", 2)[1].tolist()
+
+
+def test_species_of_a_family_differ_only_in_marking_regions():
+    checked = 0
+    for seed in (0, 5, 11):
+        for fam in WORLD.family_names:
+            members = [i for i, s in enumerate(SPECIES) if s.family == fam]
+            renders = {i: WORLD.render(i, seed) for i in members}
+            for i in members:
+                for j in members:
+                    if i >= j:
+                        continue
+                    a, b = renders[i], renders[j]
+                    diff = np.abs(a.image.astype(int) - b.image.astype(int)).max(2) > 3
+                    region = np.zeros_like(diff)
+                    for m in a.masks.values():
+                        region |= m
+                    region = cv2.dilate(region.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+                    assert diff.any(), f"{SPECIES[i].name} and {SPECIES[j].name} look identical"
+                    assert not (diff & ~region).any(), f"{SPECIES[i].name} vs {SPECIES[j].name}: change outside markings"
+                    assert region.mean() < 0.08  # the markings are small
+                    checked += 1
+    assert checked >= 3 * len(FAMILIES) * 6
+
+
+def test_families_differ_in_large_features():
+    # the same pose seed, different families: a large part of the image changes
+    a, b = WORLD.render(0, 3).image, WORLD.render(8, 3).image  # plain finch vs plain jay
+    assert (np.abs(a.astype(int) - b.astype(int)).max(2) > 20).mean() > 0.1
+
+
+def test_masks_only_on_request_and_bad_inputs():
+    assert WORLD.render(0, 0, masks=False).masks == {}
+    assert WORLD.split("test", 1, masks=True).masks.shape == (WORLD.num_classes, 64, 64)
+    with pytest.raises(ValueError, match="out of range"):
+        WORLD.render(99, 0)
+    with pytest.raises(ValueError, match="unknown split"):
+        WORLD.split("holdout", 1)
+
+
+# ---------------------------------------------------------------------------- shipped models
+needs_assets = pytest.mark.skipif(not (ASSETS / "world.json").is_file(), reason="world models not trained yet")
+
+
+@pytest.fixture(scope="module")
+def models():
+    from higfa.world_models import load_world
+
+    return load_world()
+
+
+@needs_assets
+def test_assets_layout_size_and_model_index():
+    assert model_path() == ASSETS
+    index = json.loads((ASSETS / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionControlNetPipeline"
+    for part in ("unet", "controlnet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (ASSETS / part).is_dir() and part in index
+    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert total < 20 * 2**20, f"shipped world is {total / 2**20:.1f} MB (budget 20 MB)"
+
+
+@needs_assets
+def test_shipped_configs_are_the_documented_ones(models):
+    from higfa.world_train import CONTROLNET_EMBEDDING, SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG
+
+    for key, value in UNET_CONFIG.items():
+        assert models.unet.config[key] == (list(value) if isinstance(value, tuple) else value), key
+    for key, value in VAE_CONFIG.items():
+        assert models.vae.config[key] == (list(value) if isinstance(value, tuple) else value), key
+    assert tuple(models.controlnet.config.conditioning_embedding_out_channels) == CONTROLNET_EMBEDDING
+    for key, value in TEXT_CONFIG.items():
+        assert getattr(models.text_encoder.config, key) == value, key
+    assert models.noise_schedule.num_timesteps == SCHEDULER_CONFIG["num_train_timesteps"]
+    assert models.latent_shape == (4, 16, 16) and models.vae.config.scaling_factor > 0
+    assert models.guidance.architecture == "test_resnet" and models.oracle.architecture == "resnet10t"
+    assert models.guidance.class_names == WORLD.class_names == models.oracle.class_names
+    assert all(p.dtype == torch.float32 for p in models.unet.parameters())  # fp16 on disk, fp32 loaded
+
+
+@needs_assets
+def test_tokenizer_knows_families_not_species(models):
+    tok = models.tokenizer
+    unk = tok.unk_token_id
+    fam_ids = tok("a photo of a finch").input_ids
+    assert unk not in fam_ids and fam_ids[0] == tok.bos_token_id and fam_ids[-1] == tok.eos_token_id
+    sp_ids = tok("red-crowned spectacled orange-billed").input_ids
+    assert set(sp_ids[1:-1]) <= {unk, tok.convert_tokens_to_ids("-")} or unk in sp_ids
+
+
+@needs_assets
+def test_vae_reconstructs_markings(models):
+    """The decoder must draw the species markings, or guidance through it cannot work."""
+    test = WORLD.split("test", 2)
+    x = torch.from_numpy(test.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        z = models.vae.encode(x).latent_dist.mean * models.vae.config.scaling_factor
+        rec = models.decode()(z).clamp(0, 1)
+    rec_u8 = (rec * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    from higfa.training import evaluate
+
+    real = evaluate(models.oracle, test.images, test.labels)["accuracy"]
+    recon = evaluate(models.oracle, rec_u8, test.labels)["accuracy"]
+    assert real > 0.9 and recon > real - 0.1, (real, recon)
+
+
+@needs_assets
+def test_classifiers_beat_chance_on_the_test_split(models):
+    from higfa.training import evaluate
+
+    test = WORLD.split("test", 6)
+    g = evaluate(models.guidance, test.images, test.labels)["accuracy"]
+    o = evaluate(models.oracle, test.images, test.labels)["accuracy"]
+    assert g > 0.5, f"few-shot guidance classifier: {g:.2f} (chance {1 / WORLD.num_classes:.2f})"
+    assert o > 0.9, f"oracle: {o:.2f}"
+
+
+@needs_assets
+def test_short_sample_higfa_beats_contour_for_the_same_seeds(models):
+    from higfa.schedule import Schedule
+    from higfa.training import predict
+
+    few = WORLD.split("fewshot", 1)
+    pick = [1, 3, 6, 13]  # red-crowned finch, orange-billed finch, spectacled warbler, red-crowned dove
+    contours = models.contours(few.images[pick], seeds=[0, 1, 2, 3])
+    out = {}
+    for preset in ("contour", "higfa"):
+        gen = models.generate(Schedule.from_preset(preset), pick, contours, seeds=[10, 11, 12, 13], steps=12)
+        assert gen.images.shape == (4, 64, 64, 3)
+        rows = torch.arange(4)
+        out[preset] = (predict(models.guidance, gen.images)[rows, pick].mean(),
+                       models.oracle_probs(gen.images)[rows, pick].mean(), gen.result.trace)
+    assert out["higfa"][0] > out["contour"][0] + 0.1, "guidance confidence did not rise"
+    assert out["higfa"][1] > out["contour"][1], "oracle confidence did not rise"
+    summary = out["higfa"][2].summary()
+    assert summary["guided_sample_steps"] > 0 and summary["nan_skipped"] == 0
