@@ -30,6 +30,7 @@ import numpy as np
 
 from . import dataset, records
 from .distributed import ProcessGroup, WorldInfo, detect_world, pick_device, shard
+from .pipeline import BUILTIN
 
 DEFAULT_PROMPT = "a photo of a {class}, a type of {super}"
 PROMPT_FIELDS = {"class", "super", "label"}
@@ -359,6 +360,14 @@ def contour_transform(args):
     return ContourTransform(amount=args.contour_amount)
 
 
+def default_builtin_classifier() -> str | None:
+    """The built-in world's guidance classifier, shipped beside its diffusers folder."""
+    from .pipeline import builtin_model_path
+
+    path = builtin_model_path() / "guidance.safetensors"
+    return str(path) if path.is_file() else None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -370,6 +379,8 @@ def run(args: argparse.Namespace) -> int:
     check_prompt(args.prompt)
     schedule = build_schedule(args)
     needs_classifier = schedule.classifier_steps != "off" and schedule.classifier_scale > 0
+    if args.model == BUILTIN and not args.classifier:
+        args.classifier = default_builtin_classifier()
     if args.min_confidence is not None and not args.classifier:
         raise ValueError("--min-confidence needs --classifier (the confidence is the classifier's)")
     if needs_classifier and not args.classifier:

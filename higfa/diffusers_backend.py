@@ -180,10 +180,17 @@ def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embedding
         raise ValueError(f"eta = {eta}: {type(scheduler).__name__} has no eta; use the DDIM scheduler or eta 0")
     latents = noise * scheduler.init_noise_sigma
     hint = None if contour is None else DiffusersDenoiser._expand(contour, B)
-    calls, t_model = 0, 0.0
+    calls, t_model, step, last_sigma = 0, 0.0, -1, None
     for i, t in enumerate(scheduler.timesteps):
         sigma = evaluation_sigma(scheduler, i, t)
-        plan = guide.plan(sigma, ns.sigma_to_percent(sigma), index=i)
+        # p_{k-1} advances once per step: second-order schedulers (Heun, DPM-2) evaluate twice per
+        # step and say which evaluation this is; PLMS repeats a timestep (same σ, same step).
+        if hasattr(scheduler, "state_in_first_order"):
+            step += int(bool(scheduler.state_in_first_order))
+        elif last_sigma is None or sigma < last_sigma * (1 - 1e-6):
+            step += 1
+        last_sigma = sigma
+        plan = guide.plan(sigma, ns.sigma_to_percent(sigma), index=step)
         branches = (UNCOND, COND) if plan.cfg != 1.0 else (COND,)
         n = len(branches)
         z = scheduler.scale_model_input(latents, t)

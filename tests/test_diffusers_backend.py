@@ -18,7 +18,7 @@ from higfa.guide import Guide
 from higfa.sampler import sample
 from higfa.schedule import Schedule
 
-STEPS = 8
+STEPS = 6
 
 
 def ddim(**kw):
@@ -80,6 +80,7 @@ def rel_err(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["higfa", "classifier-all-steps", "contour"])
 def test_ddim_backend_matches_reference_sampler(tiny_world, preset):
     schedule = Schedule.from_preset(preset, classifier_scale=3.0)
@@ -98,6 +99,7 @@ def test_ddim_backend_matches_reference_sampler(tiny_world, preset):
     assert out.denoiser_calls == ref.denoiser_calls == 2 * STEPS
 
 
+@pytest.mark.slow
 def test_ddim_with_sd_final_alpha_matches_reference_stopped_at_t0(tiny_world):
     schedule = Schedule.from_preset("higfa", classifier_scale=3.0)
     noise = tiny_world.noise(1, seed=6)
@@ -114,6 +116,7 @@ def test_ddim_with_sd_final_alpha_matches_reference_stopped_at_t0(tiny_world):
     assert rel_err(out.latent, ref.latent * math.sqrt(alpha0)) < 1e-5
 
 
+@pytest.mark.slow
 def test_euler_scheduler_matches_reference_on_its_sigmas(tiny_world):
     schedule = Schedule.from_preset("higfa", classifier_scale=3.0)
     noise = tiny_world.noise(1, seed=7)
@@ -145,6 +148,7 @@ def test_v_prediction_x0_is_the_vp_identity():
     assert torch.allclose(output_to_x0(eps, z, a, "epsilon"), x0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_stochastic_ddim_is_reproducible_per_generator(tiny_world):
     schedule = Schedule.from_preset("contour")
     noise = tiny_world.noise(1, seed=8)
@@ -158,3 +162,23 @@ def test_eta_on_a_scheduler_without_eta_is_an_error(tiny_world):
     with pytest.raises(ValueError, match="has no eta"):
         sample_with_scheduler(tiny_world.unet, euler(), tiny_world.noise(1), Schedule.from_preset("cfg"),
                               tiny_world.embeddings, steps=2, eta=0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "unipc", "pndm", "euler_a"])
+def test_other_diffusers_schedulers_run_the_same_schedule(tiny_world, name):
+    from higfa.pipeline import make_scheduler
+
+    sched = make_scheduler(ddim().config, name, {"skip_prk_steps": True} if name == "pndm" else None)  # SD's PLMS
+    guide = Guide(Schedule.from_preset("higfa", classifier_scale=3.0), SmoothClassifier(), tiny_world.decode, target=1)
+    out = sample_with_scheduler(tiny_world.unet, sched, tiny_world.noise(1, seed=9), guide, tiny_world.embeddings,
+                                steps=4, controlnet=tiny_world.controlnet, contour=tiny_world.contour,
+                                generator=torch.Generator().manual_seed(0))
+    rows = out.trace.steps
+    assert torch.isfinite(out.latent).all() and len(rows) == len(sched.timesteps)
+    assert sorted({r.index for r in rows}) == list(range(4))  # one step index per step, whatever the order
+    pis = [r.progress for r in rows]
+    assert all(r.stage == (2 if r.progress >= 0.7 - 1e-9 else 1) for r in rows)
+    assert all((r.confidence is not None) == (r.stage == 2) for r in rows) and max(pis) > 0.7
+    if name == "heun":  # two evaluations per step, the last (to σ = 0) one
+        assert [r.index for r in rows] == [0, 0, 1, 1, 2, 2, 3]  # predictor + corrector
