@@ -147,7 +147,7 @@ def make_sources(found: Sequence[dataset.Item], names: dict[str, str], classifie
         if classifier is None:
             targets[label] = None
             continue
-        for key in (label, names.get(label, label)):
+        for key in (label, pretty_label(label), names.get(label, label)):
             try:
                 targets[label] = classifier.resolve(key)
                 break
@@ -157,9 +157,9 @@ def make_sources(found: Sequence[dataset.Item], names: dict[str, str], classifie
             unknown.append(label)
     if unknown:
         raise ValueError(f"labels {unknown} are not classes of the classifier (it knows {classifier.class_names[:8]}"
-                         f"{' ...' if classifier.num_classes > 8 else ''}). Map them with --class-names (a label's "
-                         "class name is also tried), use the classifier trained on this dataset, or choose "
-                         "--preset cfg/contour (no classifier)")
+                         f"{' ...' if classifier.num_classes > 8 else ''}). Map them with --class-names (the folder "
+                         "name, its readable form and its class name are tried), use the classifier trained on this "
+                         "dataset, or choose --preset cfg/contour (no classifier)")
     sources, seen = [], {}
     for it in found:
         parts = [p for p in PurePosixPath(it.id).with_suffix("").parts if p not in ("/", "..", ".")]
@@ -360,6 +360,24 @@ def contour_transform(args):
     return ContourTransform(amount=args.contour_amount)
 
 
+def model_prompts(model: str) -> tuple[str, dict[str, str]] | None:
+    """(template, {normalised class name: prompt name}) of a model folder that ships a world.json
+    (the built-in world: its text model knows family names only, so a species is prompted by its family)."""
+    from .pipeline import builtin_model_path
+
+    try:
+        folder = builtin_model_path() if model == BUILTIN else Path(model)
+        info = json.loads((folder / "world.json").read_text())["world"]
+        template = info["prompt_template"].replace("{family}", "{class}")
+        return template, {_norm(c): f for c, f in zip(info["class_names"], info["species_family"])}
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
+
+
 def default_builtin_classifier() -> str | None:
     """The built-in world's guidance classifier, shipped beside its diffusers folder."""
     from .pipeline import builtin_model_path
@@ -376,6 +394,9 @@ def run(args: argparse.Namespace) -> int:
 
     info = detect_world(shard=args.shard)
     out = Path(args.out).expanduser()
+    world_text = model_prompts(args.model)
+    if args.prompt is None:  # a model that ships its own prompts (the built-in world) uses them
+        args.prompt = world_text[0] if world_text else DEFAULT_PROMPT
     check_prompt(args.prompt)
     schedule = build_schedule(args)
     needs_classifier = schedule.classifier_steps != "off" and schedule.classifier_scale > 0
@@ -399,6 +420,12 @@ def run(args: argparse.Namespace) -> int:
     # Inputs first (cheap), so bad data fails before any model is loaded.
     found, labels, empty = read_sources(args.data, args.limit)
     names = {lab: pretty_label(lab) for lab in labels}
+    if world_text and not args.class_names:
+        for lab in labels:
+            for key in (_norm(lab), _norm(pretty_label(lab))):
+                if key in world_text[1]:
+                    names[lab] = world_text[1][key]
+                    break
     if args.class_names:
         given = read_class_names(args.class_names, labels)
         missing = sorted(set(i.label for i in found) - set(given))
@@ -600,7 +627,8 @@ def register(subparsers) -> None:
     io.add_argument("--variants", type=int, default=2, help="synthetic images per real image (default 2, SaSPA)")
     io.add_argument("--class-names", help="JSON {label: name}, or text 'label<TAB>name' lines, for the prompts "
                     "(default: folder names, '001.Black_footed_Albatross' -> 'Black footed Albatross')")
-    io.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"prompt template (default {DEFAULT_PROMPT!r})")
+    io.add_argument("--prompt", help=f"prompt template (default {DEFAULT_PROMPT!r}; the built-in world: its own "
+                    "'a photo of a {family}')")
     io.add_argument("--super", default="object", help="super-category for {super}, e.g. bird, aircraft, car")
     io.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
     io.add_argument("--limit", type=int, help="only the first N images (sorted by id): a quick try")

@@ -418,3 +418,27 @@ def test_missing_paths_are_clear_errors_and_touch_nothing(world, tmp_path):
     rc, err = run_cli(args_for(world, out))  # a folder with someone else's files
     assert rc == 2 and "not empty and was not written by `higfa augment`" in err
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_a_model_with_world_json_prompts_species_by_family(world, tmp_path):
+    """The built-in world ships world.json: its text model knows families, so species get family prompts."""
+    from higfa.classifier import build_classifier, save_classifier
+
+    model = tmp_path / "world-model"
+    shutil.copytree(world["model"], model)
+    (model / "world.json").write_text(json.dumps({"world": {
+        "class_names": ["red-crowned finch", "plain jay"], "species_family": ["finch", "jay"],
+        "prompt_template": "a photo of a {family}"}}))
+    data = tmp_path / "data"
+    for k, label in enumerate(("001.red-crowned_finch", "plain jay")):
+        (data / label).mkdir(parents=True)
+        cv2.imwrite(str(data / label / "a.png"), make_image(np.random.default_rng(k)))
+    weights = save_classifier(build_classifier("test_resnet", ["red-crowned finch", "plain jay"], 64),
+                              tmp_path / "species.safetensors")
+    argv = args_for(world, tmp_path / "out", "--variants", "1", data=data)
+    argv[argv.index("--model") + 1] = str(model)
+    argv[argv.index("--classifier") + 1] = str(weights)
+    rc, err = run_cli(argv)
+    assert rc == 0, err
+    assert sorted(r["prompt"] for r in manifest(tmp_path / "out")) == ["a photo of a finch", "a photo of a jay"]
