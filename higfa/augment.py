@@ -464,6 +464,7 @@ def run(args: argparse.Namespace) -> int:
             f"device {device}, run {run_hash}")
         for c in empty:
             say(f"  warning: class folder '{c}' has no images; it gets no synthetic images")
+        say(f"  prompt, e.g.: {args.prompt.format(**{'class': sources[0].class_name, 'super': args.super, 'label': sources[0].label})!r}")
     gen = Generator(components, schedule, classifier, size=size, steps=args.steps, eta=args.eta, prompt=args.prompt,
                     negative_prompt=args.negative_prompt, super_name=args.super, edges=edge_detector(args),
                     transform=contour_transform(args), device=device)
@@ -471,7 +472,7 @@ def run(args: argparse.Namespace) -> int:
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     t_start = time.perf_counter()
     try:
-        _loop(gen, todo, done, out, writer, stats, args, info, run_hash, stop_after)
+        all_bar = _loop(gen, todo, done, out, writer, stats, args, info, run_hash, stop_after)
     except KeyboardInterrupt:
         writer.close()
         if info.world_size == 1:
@@ -480,7 +481,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         writer.close()
         stats["seconds"] = time.perf_counter() - t_start
-    return _finish(out, info, group, stats, say)
+    return _finish(out, info, group, stats, say, all_bar)
 
 
 def _printer(quiet: bool):
@@ -491,7 +492,7 @@ def _printer(quiet: bool):
 
 
 def _loop(gen: Generator, todo, done, out: Path, writer, stats, args, info: WorldInfo, run_hash: str,
-          stop_after: int) -> None:
+          stop_after: int):
     from tqdm import tqdm
 
     total = sum(len(g) for g in todo)
@@ -533,8 +534,7 @@ def _loop(gen: Generator, todo, done, out: Path, writer, stats, args, info: Worl
             all_bar.n = len(records.finished_keys(out, run_hash))
             all_bar.refresh()
     bar.close()
-    if all_bar is not None:
-        all_bar.close()
+    return all_bar  # rank 0 closes it when every rank is done
 
 
 def _write(it: Item, res: dict, out: Path, writer, stats, args, run_hash: str, prompt: str, seconds: float) -> None:
@@ -565,8 +565,11 @@ def _write(it: Item, res: dict, out: Path, writer, stats, args, run_hash: str, p
     stats["gated"] += gated
 
 
-def _finish(out: Path, info: WorldInfo, group: ProcessGroup, stats: dict, say) -> int:
+def _finish(out: Path, info: WorldInfo, group: ProcessGroup, stats: dict, say, all_bar=None) -> int:
     group.barrier()
+    if all_bar is not None:
+        all_bar.n = len(records.finished_keys(out, json.loads((out / records.RUN_FILE).read_text())["hash"]))
+        all_bar.close()
     every = group.gather(stats)
     summary = None
     if info.world_size == 1 or group.active:
