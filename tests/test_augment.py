@@ -312,15 +312,20 @@ def test_torchrun_two_processes_same_outputs_each_written_once(world, reference,
 
 
 @pytest.mark.slow
-def test_explicit_shards_then_merge_match_one_process_with_batches(world, tmp_path):
+def test_slurm_array_and_explicit_shards_then_merge_match_one_process(world, tmp_path, monkeypatch):
     one, sharded = tmp_path / "one", tmp_path / "sharded"
     rc, err = run_cli(args_for(world, one, "--batch-size", "3"))
     assert rc == 0, err
     rc, err = run_cli(args_for(world, sharded, "--batch-size", "3", "--shard", "1/2"))
     assert rc == 0 and "higfa merge" in err and not (sharded / "manifest.jsonl").exists()
     assert run_cli(["merge", sharded])[0] == 1  # shard 0 missing: merge says so
-    rc, err = run_cli(args_for(world, sharded, "--batch-size", "3", "--shard", "0/2"))
-    assert rc == 0
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")  # task 4 of an array 4-5: shard 0 of 2
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    rc, err = run_cli(args_for(world, sharded, "--batch-size", "3"))
+    assert rc == 0 and "2 process(es) (slurm-array)" in err
+    assert sorted(p.name for p in (sharded / "parts").iterdir()) == ["rank-00000-of-00002.jsonl",
+                                                                      "rank-00001-of-00002.jsonl"]
     assert run_cli(["merge", sharded])[0] == 0
     assert_same_outputs(sharded, one)
     (sharded / "images" / CLASSES[0] / ".img0_v0.png.abc.tmp").write_bytes(b"torn")  # a killed writer's leftover
