@@ -5,6 +5,7 @@ robust image reading, and atomic writes (temp file + rename) so a crash never le
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -120,3 +121,27 @@ def save_image(path: str | Path, rgb: np.ndarray) -> None:
     if not ok:
         raise ValueError(f"could not encode image for {path}")
     atomic_write_bytes(path, buf.tobytes())
+
+
+def append_manifest(path: str | Path, rows: Iterable[dict]) -> None:
+    """Add rows ({"path", "label", ...}) to a CSV manifest that `read_manifest` reads, creating it if
+    needed. Paths should be relative to the manifest's folder. The file is rewritten atomically, so
+    a crash leaves the old manifest or the new one, never a torn row."""
+    path = Path(path)
+    old: list[dict] = []
+    fields = ["path", "label"]
+    if path.is_file():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields += [c for c in reader.fieldnames or [] if c not in fields]
+            old = list(reader)
+    rows = [dict(r) for r in rows]
+    for n, r in enumerate(rows):
+        if "path" not in r or "label" not in r:
+            raise ValueError(f"manifest row {n + 1} for {path}: needs 'path' and 'label', got {sorted(r)}")
+        fields += [c for c in r if c not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(old + rows)
+    atomic_write_bytes(path, buf.getvalue().encode())

@@ -7,6 +7,7 @@ ComfyUI's `percent_to_sigma` convention, plus the inverse ComfyUI lacks.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -110,3 +111,19 @@ class NoiseSchedule:
             sig = [(hi + i / max(total - 1, 1) * (lo - hi)) ** rho for i in range(total)]
         out = torch.tensor(sig[-steps:] + [0.0], dtype=torch.float32)
         return out
+
+
+def percent_of_sigma(percent_to_sigma: Callable[[float], float], sigma: float, iterations: int = 60) -> float:
+    """π of σ for any decreasing map π -> σ (e.g. ComfyUI's `model_sampling.percent_to_sigma` of a
+    flow or EDM model, which has no sigma table), by bisection. σ <= 0 is π = 1."""
+    sigma = float(sigma)
+    if sigma <= 0.0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if percent_to_sigma(mid) > sigma:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)

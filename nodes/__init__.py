@@ -1,0 +1,26 @@
+"""HiGFA's ComfyUI nodes: thin adapters over the `higfa` core (one concept per module)."""
+
+from ._comfy import ComfyExtension, io
+from . import routes
+from .classifier import HiGFAClassifierLoader
+from .contour import HiGFAContourRanges, HiGFAContourTransform
+from .dataset import HiGFALoadImageFolder, HiGFASaveImageFolder
+from .guider import HiGFAGuider
+from .sampler import HiGFASampler
+from .schedule import HiGFASchedule
+from .trace import HiGFATrace
+
+NODES: list[type[io.ComfyNode]] = [
+    HiGFASchedule, HiGFAContourTransform, HiGFAContourRanges, HiGFAClassifierLoader, HiGFAGuider, HiGFASampler,
+    HiGFATrace, HiGFALoadImageFolder, HiGFASaveImageFolder,
+]
+
+
+class HiGFAExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> HiGFAExtension:
+    routes.register()  # 0.3.75 never calls on_load; this runs once, while custom nodes load
+    return HiGFAExtension()

@@ -1,0 +1,55 @@
+"""Classifier loader: a timm model (`.safetensors` + `.json` sidecar) from models/classifiers/."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+import torch
+
+from ..higfa.classifier import load_classifier
+from ._comfy import CATEGORY, CLASSIFIER, io
+
+# ComfyUI registers models/classifiers for extension-less files only. Keep its paths (they already
+# include extra_model_paths.yaml entries, applied before custom nodes load) and add .safetensors.
+_paths, _exts = folder_paths.folder_names_and_paths.get(
+    "classifiers", ([os.path.join(folder_paths.models_dir, "classifiers")], set()))
+folder_paths.folder_names_and_paths["classifiers"] = (_paths, set(_exts) | {".safetensors"})
+
+
+class HiGFAClassifierLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HiGFA_ClassifierLoader",
+            display_name="HiGFA Classifier Loader",
+            category=f"{CATEGORY}/loaders",
+            description="Loads a fine-grained timm classifier from models/classifiers/: <name>.safetensors plus a "
+                        "<name>.json sidecar (architecture, class_names, input_size, mean, std). Kept on the CPU "
+                        "here; the sampler moves it to the sampling device.",
+            inputs=[io.Combo.Input("classifier_name", options=folder_paths.get_filename_list("classifiers"),
+                                   tooltip="A .safetensors file in models/classifiers/ (or a 'classifiers:' path "
+                                           "of extra_model_paths.yaml) with its .json sidecar beside it.")],
+            outputs=[CLASSIFIER.Output(display_name="classifier"),
+                     io.String.Output(display_name="class_names", tooltip="One class name per line, in index order.")],
+        )
+
+    @classmethod
+    def execute(cls, classifier_name: str) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise("classifiers", classifier_name)
+        # Nodes run under inference_mode; weights made there could never take part in a backward pass.
+        with torch.inference_mode(False):
+            clf = load_classifier(path, device="cpu")
+            _probe(clf, classifier_name)
+        return io.NodeOutput(clf, "\n".join(clf.class_names))
+
+
+def _probe(clf, name: str) -> None:
+    """One forward at the sidecar's input size, so a wrong size fails here with a clear message."""
+    try:
+        with torch.no_grad():
+            clf(torch.zeros(1, 3, *clf.input_size))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise ValueError(f"classifier {name}: its model rejects {list(clf.input_size)} images ({e}). Set "
+                         f"'input_size' in its .json sidecar to the size the {clf.architecture} was trained at "
+                         f"(or 'model_kwargs', e.g. img_size for a ViT)") from e

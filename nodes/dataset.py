@@ -1,0 +1,132 @@
+"""Dataset nodes: read an ImageFolder (class sub-folders) and write results back as one, with a manifest."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import comfy.model_management
+import folder_paths
+import numpy as np
+import torch
+
+from ..higfa.dataset import append_manifest, load_image, save_image, scan_image_folder
+from ._comfy import CATEGORY, io
+
+
+def _dataset_root(folder: str) -> Path:
+    """Absolute paths as given; relative ones inside ComfyUI's input folder."""
+    path = Path(folder.strip()).expanduser()
+    return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+
+
+class HiGFALoadImageFolder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HiGFA_LoadImageFolder",
+            display_name="HiGFA Load Image Folder",
+            category=f"{CATEGORY}/dataset",
+            description="Reads an ImageFolder (<folder>/<class name>/<images>). 'single': the image at index, one "
+                        "per queue run (set index to increment and queue once per image). 'all': every image as "
+                        "a list, so one queue run processes the whole dataset.",
+            inputs=[
+                io.String.Input("folder", default="dataset",
+                                tooltip="Dataset root: absolute, or relative to ComfyUI's input folder."),
+                io.Combo.Input("mode", options=["single", "all"], default="single",
+                               tooltip="single: one image per run (by index). all: every image (up to limit) as a "
+                                       "list; downstream nodes run once per image."),
+                io.Int.Input("index", default=0, min=0, max=0x7FFFFFFF, control_after_generate=True,
+                             tooltip="Which image in single mode (wraps around). 'increment' walks the dataset."),
+                io.Int.Input("limit", default=0, min=0, max=1000000, tooltip="all mode: at most this many images "
+                                                                           "from index on (0 = no limit)."),
+                io.String.Input("prompt_template", default="a photo of a {class_name}",
+                                tooltip="Builds the prompt output; {class_name} is replaced (underscores as spaces)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", is_output_list=True),
+                io.String.Output(display_name="class_name", is_output_list=True,
+                                 tooltip="Folder name; connect to the guider's target (matched by name)."),
+                io.String.Output(display_name="prompt", is_output_list=True),
+                io.String.Output(display_name="item_id", is_output_list=True,
+                                 tooltip="Path relative to the dataset root (recorded in the saved manifest)."),
+                io.Int.Output(display_name="index", is_output_list=True,
+                              tooltip="Position in the dataset (sorted by class, then file)."),
+                io.Int.Output(display_name="count", tooltip="Number of images in the dataset."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, **_):
+        # Re-run when files are added or changed, not only when the inputs change.
+        items, _classes = scan_image_folder(_dataset_root(folder))
+        return [(i.id, os.stat(i.path).st_mtime_ns) for i in items]
+
+    @classmethod
+    def execute(cls, folder, mode, index, limit, prompt_template) -> io.NodeOutput:
+        items, _classes = scan_image_folder(_dataset_root(folder))
+        if not items:
+            raise ValueError(f"folder '{folder}': no images found in its class sub-folders")
+        if mode == "single":
+            picks = [index % len(items)]
+        else:
+            picks = list(range(min(index, len(items)), len(items)))[: limit or None]
+        out = {k: [] for k in ("image", "class_name", "prompt", "item_id")}
+        for i in picks:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            item = items[i]
+            rgb = load_image(item.path)
+            out["image"].append(torch.from_numpy(rgb).float().div(255.0).unsqueeze(0))
+            out["class_name"].append(item.label)
+            out["prompt"].append(prompt_template.replace("{class_name}", item.label.replace("_", " ")))
+            out["item_id"].append(item.id)
+        return io.NodeOutput(out["image"], out["class_name"], out["prompt"], out["item_id"], picks, len(items))
+
+
+class HiGFASaveImageFolder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HiGFA_SaveImageFolder",
+            display_name="HiGFA Save Image Folder",
+            category=f"{CATEGORY}/dataset",
+            description="Saves images into <output>/<folder>/<class name>/ (an ImageFolder) and appends one row per "
+                        "image to <output>/<folder>/manifest.csv (path, label, source). Never overwrites.",
+            inputs=[
+                io.Image.Input("images", tooltip="Images of one class (a batch: e.g. the variants of one source)."),
+                io.String.Input("class_name", default="class", tooltip="Class sub-folder and manifest label."),
+                io.String.Input("folder", default="higfa_dataset",
+                                tooltip="Dataset folder inside ComfyUI's output folder."),
+                io.String.Input("source", default="", optional=True,
+                                tooltip="Source image id (HiGFA Load Image Folder's item_id): names the files and "
+                                        "fills the manifest's source column."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images, class_name, folder, source="") -> io.NodeOutput:
+        out_dir = Path(folder_paths.get_output_directory()).resolve()
+        root = (out_dir / folder.strip()).resolve()
+        label = class_name.strip()
+        if not label or label in (".", "..") or "/" in label or "\\" in label:
+            raise ValueError(f"class_name {class_name!r}: must be a plain folder name (no slashes)")
+        if not root.is_relative_to(out_dir) or root == out_dir:
+            raise ValueError(f"folder {folder!r}: must be a sub-folder of ComfyUI's output folder")
+        stem = re.sub(r"[^\w.-]+", "_", Path(source).stem) if source else "higfa"
+        class_dir = root / label
+        taken = {p.name for p in class_dir.glob(f"{stem}_*.png")} if class_dir.is_dir() else set()
+        rows, shown, n = [], [], 0
+        for image in images:
+            while f"{stem}_{n:05d}.png" in taken:
+                n += 1
+            name = f"{stem}_{n:05d}.png"
+            taken.add(name)
+            rgb = np.clip(image.detach().cpu().float().numpy() * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            save_image(class_dir / name, rgb)
+            rows.append({"path": f"{label}/{name}", "label": label, "source": source})
+            shown.append({"filename": name, "subfolder": str(class_dir.relative_to(out_dir)), "type": "output"})
+        append_manifest(root / "manifest.csv", rows)
+        return io.NodeOutput(ui={"images": shown})

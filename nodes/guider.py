@@ -1,0 +1,69 @@
+"""HiGFA Guider: a GUIDER for SamplerCustomAdvanced (any ComfyUI sampler and scheduler)."""
+
+from __future__ import annotations
+
+from ._comfy import CATEGORY, CLASSIFIER, SCHEDULE, io
+from .cfg_guider import HiGFACFGGuider
+
+
+def build_guider(model, positive, negative, schedule, control_net=None, contour=None, vae=None, classifier=None,
+                 target="0") -> HiGFACFGGuider:
+    """Checks that what the schedule needs is connected (naming the missing inputs), resolves the target."""
+    uses_contour = schedule.contour_strength > 0 or (
+        schedule.modulate and max(schedule.contour_lowconf, schedule.contour_highconf) > 0)
+    missing = [n for n, v in (("control_net", control_net), ("contour", contour)) if v is None]
+    if uses_contour and missing:
+        raise ValueError(f"schedule '{schedule.preset}' uses the contour (strength {schedule.contour_strength}) but "
+                         f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not connected: connect a "
+                         "ControlNet (e.g. a Canny one) and a contour image (HiGFA Contour Transform), or use the "
+                         "'cfg' preset")
+    uses_classifier = schedule.classifier_steps != "off" and schedule.classifier_scale > 0
+    missing = [n for n, v in (("classifier", classifier), ("vae", vae)) if v is None]
+    if uses_classifier and missing:
+        raise ValueError(f"schedule '{schedule.preset}' uses classifier guidance but {' and '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} not connected: connect HiGFA Classifier Loader "
+                         "and the checkpoint's VAE (it decodes x̂0 for the classifier), or use the 'contour' preset")
+    index = classifier.resolve(str(target).strip()) if uses_classifier else None
+    return HiGFACFGGuider(model, schedule, positive, negative, control_net if uses_contour else None, contour, vae,
+                           classifier if uses_classifier else None, index)
+
+
+def guider_inputs() -> list:
+    """The inputs the guider and the all-in-one sampler share (after their own)."""
+    return [
+        io.ControlNet.Input("control_net", optional=True,
+                            tooltip="The contour ControlNet (Canny for canny contours). Its strength follows the "
+                                    "schedule per step; 0 skips it."),
+        io.Image.Input("contour", optional=True, tooltip="Contour image(s) for the ControlNet: one, or one per "
+                                                         "latent in the batch (HiGFA Contour Transform)."),
+        io.Vae.Input("vae", optional=True, tooltip="Decodes x̂0 for the classifier (needed by presets with a "
+                                                   "classifier)."),
+        CLASSIFIER.Input("classifier", optional=True, tooltip="Fine-grained classifier (HiGFA Classifier Loader)."),
+        io.String.Input("target", default="0", tooltip="Target class: an index (0-based) or a class name of "
+                                                       "the classifier. Ignored without a classifier."),
+    ]
+
+
+class HiGFAGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HiGFA_Guider",
+            display_name="HiGFA Guider",
+            category=f"{CATEGORY}/sampling",
+            description="GUIDER for SamplerCustomAdvanced (any sampler and scheduler): text CFG + contour at fixed "
+                        "strengths, then confidence-modulated strengths and gated classifier guidance. Read its "
+                        "trace with HiGFA Trace.",
+            inputs=[io.Model.Input("model", tooltip="The diffusion model (SD 1.5 in the shipped workflows)."),
+                    io.Conditioning.Input("positive", tooltip="Text prompt, e.g. 'a photo of a <class>'."),
+                    io.Conditioning.Input("negative", tooltip="Negative prompt: CFG's unconditional branch."),
+                    SCHEDULE.Input("schedule", tooltip="From HiGFA Schedule; its cfg replaces a cfg widget."),
+                    *guider_inputs()],
+            outputs=[io.Guider.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, schedule, control_net=None, contour=None, vae=None,
+                classifier=None, target="0") -> io.NodeOutput:
+        return io.NodeOutput(build_guider(model, positive, negative, schedule, control_net, contour, vae,
+                                          classifier, target))

@@ -1,0 +1,90 @@
+"""HiGFA Schedule: the two-stage schedule of docs/method.md as a node (a preset plus every parameter)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..higfa.schedule import BATCH_CONFIDENCE, CLASSIFIER_STEPS, GRAD_NORMS, PRESETS, Schedule
+from ._comfy import CATEGORY, SCHEDULE, io
+
+# "custom": every input as set. A named preset fixes the switches that define its ablation.
+PRESET_NAMES = [*PRESETS, "custom"]
+_DEFAULT = Schedule()
+
+TOOLTIPS = {
+    "stage_boundary": "π_c: noise level where stage 2 (classifier + confidence modulation) starts. A noise-level "
+                      "percent like start_percent, not a fraction of steps: 0.7 is roughly the last third of "
+                      "DDIM steps.",
+    "cfg": "Text CFG scale in stage 1 (and in stage 2 when modulate is off).",
+    "contour_strength": "ControlNet (contour) strength in stage 1 (and in stage 2 when modulate is off). "
+                        "0 skips the ControlNet.",
+    "cfg_lowconf": "Stage-2 text CFG when the classifier's confidence is at or below tau_lo.",
+    "cfg_highconf": "Stage-2 text CFG when the confidence is at or above tau_hi.",
+    "contour_lowconf": "Stage-2 contour strength at low confidence (loosen the structure to let the class show).",
+    "contour_highconf": "Stage-2 contour strength at high confidence.",
+    "classifier_scale": "Classifier guidance at zero confidence (w_cls max); it fades to 0 as the confidence "
+                        "reaches tau_hi. 0 disables the classifier.",
+    "tau_lo": "Confidence where the ramp starts (below it: low-confidence strengths).",
+    "tau_hi": "Confidence where the ramp ends (above it: high-confidence strengths, no classifier push).",
+    "tau_skip": "Gate: when the previous step's confidence is at least this, the backward pass is skipped "
+                "(only a cheap forward measures the confidence).",
+    "grad_norm": "rms: classifier gradient divided by its RMS (scale-free across classifiers); identity: raw.",
+    "measure_every": "Run the classifier on every m-th stage-2 step only; in between the confidence carries over.",
+    "classifier_steps": "When the classifier runs: off, stage2 (the method), or all steps.",
+    "modulate": "Stage-2 strengths follow the classifier's confidence. Off: fixed stage-1 strengths.",
+    "gating": "Skip the classifier backward pass once the sample is confidently the target class.",
+    "batch_confidence": "How a batch's confidences set the shared cfg and contour strength (one number per "
+                        "model call).",
+}
+_COMBOS = {"grad_norm": GRAD_NORMS, "classifier_steps": CLASSIFIER_STEPS, "batch_confidence": BATCH_CONFIDENCE}
+_RANGES = {"cfg": 30.0, "cfg_lowconf": 30.0, "cfg_highconf": 30.0, "contour_strength": 2.0, "contour_lowconf": 2.0,
+           "contour_highconf": 2.0, "classifier_scale": 20.0}
+FIELDS = [f.name for f in dataclasses.fields(Schedule) if f.name != "preset"]
+
+
+def _input(name: str):
+    default, tip = getattr(_DEFAULT, name), TOOLTIPS[name]
+    if name in _COMBOS:
+        return io.Combo.Input(name, options=list(_COMBOS[name]), default=default, tooltip=tip)
+    if isinstance(default, bool):
+        return io.Boolean.Input(name, default=default, tooltip=tip)
+    if isinstance(default, int):
+        return io.Int.Input(name, default=default, min=1, max=100, tooltip=tip)
+    return io.Float.Input(name, default=default, min=0.0, max=_RANGES.get(name, 1.0), step=0.01, tooltip=tip)
+
+
+def build_schedule(preset: str, **values) -> Schedule:
+    """The node's semantics (also used by the /higfa/schedule route): a named preset overrides the
+    inputs that define it (e.g. cfg turns the contour and the classifier off); the rest come from
+    the inputs. Raises ValueError naming a bad input."""
+    if preset not in PRESET_NAMES:
+        raise ValueError(f"schedule preset {preset!r}: choose one of {PRESET_NAMES}")
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown schedule inputs {unknown}; known: {FIELDS}")
+    return Schedule(**{**values, **PRESETS.get(preset, {}), "preset": preset})
+
+
+class HiGFASchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HiGFA_Schedule",
+            display_name="HiGFA Schedule",
+            category=CATEGORY,
+            description="Stage 1: fixed text CFG + contour. Stage 2 (from noise level π_c): classifier guidance, "
+                        "and all strengths follow the classifier's confidence.",
+            inputs=[io.Combo.Input("preset", options=PRESET_NAMES, default="higfa",
+                                   tooltip="cfg: text only. contour: text + contour. classifier-all-steps: "
+                                           "+ classifier on every step, fixed strengths. higfa: the full method. "
+                                           "custom: every input as set. A named preset fixes the switches "
+                                           "that define it; the other inputs tune it."),
+                    *[_input(name) for name in FIELDS]],
+            outputs=[SCHEDULE.Output(display_name="schedule"),
+                     io.String.Output(display_name="json", tooltip="The effective schedule as JSON.")],
+        )
+
+    @classmethod
+    def execute(cls, preset: str, **values) -> io.NodeOutput:
+        schedule = build_schedule(preset, **values)
+        return io.NodeOutput(schedule, schedule.to_json())

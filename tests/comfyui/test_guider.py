@@ -1,0 +1,262 @@
+"""The HiGFA guider inside ComfyUI (in-process, tiny ComfyUI objects built under inference mode as
+loader nodes build them): parity with the stock CFG path, agreement with the core reference sampler,
+ControlNet handling, gradients under inference mode, interruption, previews, clear errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from comfy_helpers import CLASSES, IMAGE, make_classifier, make_image
+
+pytestmark = pytest.mark.comfyui
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def w(comfy):
+    """Tiny MODEL/CLIP/VAE/CONTROL_NET, prompts, a contour and a loaded classifier."""
+    import nodes
+
+    pack, tiny = comfy.pack, comfy.tiny
+    make_classifier(comfy.tmp / "classifiers" / "tiny.safetensors")
+    with torch.inference_mode():
+        model, clip, vae, cnet = tiny.tiny_model(0), tiny.tiny_clip(1), tiny.tiny_vae(2), tiny.tiny_controlnet(3)
+        pos = nodes.CLIPTextEncode().encode(clip, "a photo of a bird")[0]
+        neg = nodes.CLIPTextEncode().encode(clip, "")[0]
+        image = torch.from_numpy(make_image(0)).float().div(255).unsqueeze(0)
+        contour = pack.nodes.contour.HiGFAContourTransform.execute(image, "canny", 120.0, 200.0, 0.0, False, 0.5, 0, 1).args[0]
+    import folder_paths
+
+    folder_paths.add_model_folder_path("classifiers", str(comfy.tmp / "classifiers"))
+    with torch.inference_mode():
+        clf = pack.nodes.classifier.HiGFAClassifierLoader.execute("tiny.safetensors").args[0]
+    noise = torch.randn(2, 4, IMAGE // 8, IMAGE // 8, generator=torch.Generator().manual_seed(0))
+    ms = model.get_model_object("model_sampling")
+    import comfy.samplers as cs
+
+    sigmas = cs.calculate_sigmas(ms, "karras", STEPS).cpu()
+    return dict(pack=pack, model=model, vae=vae, cnet=cnet, pos=pos, neg=neg, contour=contour, clf=clf, noise=noise,
+                sigmas=sigmas, latent=torch.zeros_like(noise))
+
+
+def schedule(w, preset, **kw):
+    return w["pack"].nodes.schedule.build_schedule(preset, **kw)
+
+
+def run(w, guider, sampler="euler", callback=None, batch=2):
+    import comfy.samplers as cs
+
+    with torch.inference_mode():
+        return guider.sample(w["noise"][:batch], w["latent"][:batch], cs.sampler_object(sampler), w["sigmas"],
+                             callback=callback, disable_pbar=True, seed=0)
+
+
+def guider(w, preset, target="1", control=True, **kw):
+    build = w["pack"].nodes.guider.build_guider
+    return build(w["model"], w["pos"], w["neg"], schedule(w, preset, **kw), w["cnet"] if control else None,
+                 w["contour"] if control else None, w["vae"], w["clf"], target)
+
+
+def stock(w, cfg=7.5, contour=None):
+    import comfy.samplers as cs
+    import nodes
+
+    pos, neg = w["pos"], w["neg"]
+    if contour is not None:
+        pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, w["cnet"], w["contour"], contour, 0.0, 1.0)
+    g = cs.CFGGuider(w["model"])
+    g.set_conds(pos, neg)
+    g.set_cfg(cfg)
+    return g
+
+
+def test_cfg_preset_is_bit_identical_to_stock_cfg(w):
+    ours = guider(w, "cfg")
+    assert torch.equal(run(w, ours), run(w, stock(w)))
+    rows = ours.guide.trace.steps
+    assert len(rows) == STEPS and {r.stage for r in rows} == {1, 2}
+    assert all(r.cfg == 7.5 and r.contour == 0 and r.confidence is None for r in rows)
+
+
+def test_contour_preset_is_bit_identical_to_stock_controlnet_apply(w):
+    ours = guider(w, "contour")
+    a = run(w, ours)
+    assert torch.equal(a, run(w, stock(w, contour=0.75)))
+    assert not torch.equal(a, run(w, stock(w)))  # the ControlNet does change the result
+
+
+def test_contour_strength_zero_skips_the_controlnet(w):
+    """Steps at λ = 0 do not run the ControlNet at all (rather than scaling its output by 0)."""
+    calls = []
+    own = guider(w, "custom", contour_strength=0.0, contour_lowconf=0.5, contour_highconf=0.5,
+                 classifier_steps="off", stage_boundary=0.5)
+    for c in own.controls:
+        orig = c.get_control
+        c.get_control = lambda *a, _o=orig, **k: calls.append(1) or _o(*a, **k)
+    run(w, own)
+    stages = [r.stage for r in own.guide.trace.steps]
+    assert 0 < stages.count(2) < len(stages) and len(calls) == stages.count(2)  # only stage 2 (λ = 0.5) runs it
+
+
+def test_upstream_controlnets_are_never_mutated(w):
+    import nodes
+
+    pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(w["pos"], w["neg"], w["cnet"], w["contour"], 0.4, 0, 1)
+    upstream = pos[0][1]["control"]
+    g = w["pack"].nodes.guider.build_guider(w["model"], pos, neg, schedule(w, "higfa"), w["cnet"], w["contour"],
+                                             w["vae"], w["clf"], "1")
+    run(w, g)
+    assert upstream.strength == 0.4 and w["cnet"].strength == 1.0
+    assert all(c.previous_controlnet is upstream for c in g.controls)  # chained, as ControlNetApplyAdvanced does
+    assert {r.contour for r in g.guide.trace.steps} >= {0.75}  # ours did change per step
+
+
+def test_agrees_with_the_core_reference_sampler(w):
+    """The same tiny model driven by higfa.sampler.sample (inside ComfyUI's sampling context, so both
+    see identical model calls) and by the HiGFA guider with ComfyUI's euler: same trace, close latents."""
+    import comfy.samplers as cs
+
+    pack = w["pack"]
+    sched = schedule(w, "higfa")
+    targets = [0, 1]  # 0: the classifier is confident -> gated; 1: full guidance
+    ours = pack.nodes.cfg_guider.HiGFACFGGuider(w["model"], sched, w["pos"], w["neg"], w["cnet"], w["contour"],
+                                             w["vae"], w["clf"], targets)
+    a = run(w, ours)
+
+    ref = stock(w, contour=sched.contour_strength)
+    controls = [ref.original_conds["positive"][0]["control"]]
+    with torch.inference_mode(False):
+        decoder = copy.deepcopy(w["vae"].first_stage_model).requires_grad_(False)
+    latent_out = w["model"].model.process_latent_out
+    guide = pack.higfa.guide.Guide(sched, classifier=w["clf"], decode=lambda z: (decoder.decode(latent_out(z)) + 1) / 2,
+                                   target=targets, class_names=CLASSES)
+    seen = {}
+
+    def reference(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        den = _Branches(model.inner_model, extra_args["model_options"], controls, pack)
+        seen["result"] = pack.higfa.sampler.sample(den, torch.zeros_like(x), sigmas, guide, latent=x)
+        return seen["result"].latent
+
+    with torch.inference_mode():
+        b = ref.sample(w["noise"], w["latent"], cs.KSAMPLER(reference), w["sigmas"], disable_pbar=True, seed=0)
+    ra, rb = ours.guide.trace.steps, seen["result"].trace.steps
+    assert [(r.index, r.stage, r.cfg, r.contour, r.gated) for r in ra] == [
+        (r.index, r.stage, r.cfg, r.contour, r.gated) for r in rb]
+    for x, y in zip(ra, rb):
+        assert x.progress == pytest.approx(y.progress, abs=1e-9)
+        assert (x.confidence is None) == (y.confidence is None)
+        if x.confidence is not None:
+            assert x.confidence == pytest.approx(y.confidence, abs=1e-5)
+            assert x.classifier_scale == pytest.approx(y.classifier_scale, abs=1e-5)
+    summary = ours.guide.trace.summary()
+    assert summary["stage2_evaluations"] > 0 and summary["guided_sample_steps"] > 0
+    assert any(r.gated[0] and not r.gated[1] for r in ra)  # per-sample gating
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(a, run(w, guider(w, "contour")))  # and the classifier did change the result
+
+
+class _Branches:
+    """The core Denoiser protocol over ComfyUI's own batched model call."""
+
+    def __init__(self, cfg_guider, model_options, controls, pack):
+        self.g, self.model_options, self.controls = cfg_guider, model_options, controls
+        ms = cfg_guider.inner_model.model_sampling
+        self.noise_schedule = pack.higfa.sigmas.NoiseSchedule(1.0 / (1.0 + ms.sigmas.double() ** 2))
+
+    def __call__(self, x, sigma, branches, contour_strength):
+        import comfy.samplers as cs
+
+        for c in self.controls:
+            c.strength = contour_strength
+        strip = (lambda cs_: [{k: v for k, v in c.items() if k != "control"} for c in cs_]) if contour_strength == 0 \
+            else (lambda cs_: cs_)
+        conds = [strip(self.g.conds["positive"]), strip(self.g.conds["negative"]) if "uncond" in branches else None]
+        out = cs.calc_cond_batch(self.g.inner_model, conds, x, sigma, self.model_options)
+        return [out[1] if b == "uncond" else out[0] for b in branches]
+
+
+def test_gradients_under_inference_mode_leave_nothing_behind(w):
+    g = guider(w, "classifier-all-steps")
+    out = run(w, g)
+    assert torch.isfinite(out).all() and not out.requires_grad
+    assert g._grad is None  # decoder/classifier copies dropped after the run
+    assert not any(p.requires_grad for p in w["clf"].parameters())
+    assert all(p.grad is None for p in w["vae"].first_stage_model.parameters())
+    rows = g.guide.trace.steps
+    assert all(r.confidence is not None and r.grad_norm is not None for r in rows)  # every step guided
+    assert not any(any(r.gated) for r in rows)
+
+
+def test_multi_evaluation_sampler_shares_a_steps_strengths(w):
+    g = guider(w, "higfa")
+    out = run(w, g, sampler="heun", batch=1)
+    rows = g.guide.trace.steps
+    assert torch.isfinite(out).all() and len(rows) == 2 * STEPS - 1
+    indices = [r.index for r in rows]
+    assert indices == sorted(indices) and set(indices) == set(range(STEPS))
+
+
+def test_interrupt_stops_sampling_and_drops_the_copies(w):
+    import comfy.model_management as mm
+
+    g = guider(w, "classifier-all-steps")
+    seen = []
+
+    def callback(step, x0, x, total):
+        seen.append(step)
+        if step == 2:
+            mm.interrupt_current_processing(True)
+
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run(w, g, callback=callback)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert seen == [0, 1, 2] and g._grad is None
+
+
+def test_sampler_node_reports_progress_per_step_and_returns_the_trace(w, comfy):
+    import json
+
+    import comfy.utils
+
+    updates = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
+    try:
+        with torch.inference_mode():
+            out = w["pack"].nodes.sampler.HiGFASampler.execute(
+                w["model"], w["pos"], w["neg"], schedule(w, "higfa"), {"samples": w["latent"][:1]}, 7, STEPS,
+                "ddim", "ddim_uniform", 1.0, w["cnet"], w["contour"], w["vae"], w["clf"], "class_1")
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    latent, plot, text = out.args
+    assert latent["samples"].shape == (1, 4, IMAGE // 8, IMAGE // 8)
+    assert plot.ndim == 4 and plot.shape[0] == 1 and plot.shape[-1] == 3 and 0 <= float(plot.min()) <= float(plot.max()) <= 1
+    trace = json.loads(text)
+    assert trace["target"] == [1] and trace["summary"]["steps"] == STEPS
+    assert updates == [(i + 1, STEPS) for i in range(STEPS)]
+    assert out.ui["higfa_trace"][0]["summary"] == trace["summary"] and out.ui["images"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(preset="higfa", control=True, clf=None), "classifier is not connected"),
+    (dict(preset="contour", control=False), "control_net and contour are not connected"),
+    (dict(preset="higfa", target="7"), "out of range: this classifier has 4 classes"),
+    (dict(preset="higfa", target="class_9"), "not a class of this classifier"),
+])
+def test_clear_errors_name_the_input(w, kwargs, message):
+    build = w["pack"].nodes.guider.build_guider
+    control = kwargs.get("control", True)
+    with pytest.raises(ValueError, match=message):
+        build(w["model"], w["pos"], w["neg"], schedule(w, kwargs["preset"]), w["cnet"] if control else None,
+              w["contour"] if control else None, w["vae"], kwargs.get("clf", w["clf"]), kwargs.get("target", "0"))
+
+
+def test_contour_batch_must_match_the_latent_batch(w):
+    three = torch.cat([w["contour"]] * 3)
+    g = w["pack"].nodes.guider.build_guider(w["model"], w["pos"], w["neg"], schedule(w, "contour"), w["cnet"], three)
+    with pytest.raises(ValueError, match="contour has 3 images but the latent batch has 2"):
+        run(w, g)

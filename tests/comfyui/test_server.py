@@ -1,0 +1,193 @@
+"""A real ComfyUI server with the pack: /object_info, templates, the /higfa/schedule route, every
+shipped workflow validated and run (tiny models swapped in), and errors that come back as node errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import pytest
+
+from comfy_helpers import CLASSES, IMAGE, ROOT, load_script
+
+pytestmark = pytest.mark.comfyui
+WF = load_script("comfyui_workflows")
+SHIPPED = sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
+HIGFA_NODES = {"HiGFA_Schedule", "HiGFA_ContourTransform", "HiGFA_ContourRanges", "HiGFA_ClassifierLoader",
+               "HiGFA_Guider", "HiGFA_Sampler", "HiGFA_Trace", "HiGFA_LoadImageFolder", "HiGFA_SaveImageFolder"}
+
+
+def to_test_prompt(ui: dict, info: dict, seed: int) -> dict:
+    """The workflow's API prompt with the stock model loaders swapped for the test pack's tiny ones
+    (same output types), 64-px latents, and a fresh seed (identical prompts are served from cache)."""
+    prompt = WF.ui_to_api(ui, info)
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CheckpointLoaderSimple":
+            node.update(class_type="HiGFATest_TinyCheckpoint", inputs={"seed": 0})
+        elif kind == "ControlNetLoader":
+            node.update(class_type="HiGFATest_TinyControlNet", inputs={"seed": 3})
+        elif kind == "EmptyLatentImage":
+            inputs.update(width=IMAGE, height=IMAGE)
+        elif kind in ("HiGFA_Sampler", "RandomNoise"):
+            inputs["seed" if "seed" in inputs else "noise_seed"] = seed
+    return prompt
+
+
+def load(name: str) -> dict:
+    return json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+
+
+def nodes_of(prompt: dict, kind: str) -> list[str]:
+    return [k for k, v in prompt.items() if v["class_type"] == kind]
+
+
+def saved_images(server, outputs: dict, node: str) -> list:
+    images = outputs[node]["images"]
+    folder = {"output": "output", "temp": "temp"}
+    out = []
+    for im in images:
+        path = server.base / folder[im["type"]] / im["subfolder"] / im["filename"]
+        out.append(cv2.imread(str(path)))
+    return out
+
+
+def test_object_info_lists_every_higfa_node_with_tooltips(server):
+    info = server.object_info
+    assert {k for k in info if k.startswith("HiGFA_")} == HIGFA_NODES
+    for name in HIGFA_NODES:
+        node = info[name]
+        assert node["category"].split("/")[0] == "HiGFA" and node["description"]
+        assert node["python_module"].endswith("comfyui-higfa")
+        for group in ("required", "optional"):
+            for key, spec in node["input"].get(group, {}).items():
+                assert WF.options(spec).get("tooltip"), f"{name}.{key} has no tooltip"
+
+
+def test_classifier_folder_lists_safetensors_not_sidecars(server):
+    spec = server.object_info["HiGFA_ClassifierLoader"]["input"]["required"]["classifier_name"]
+    assert WF.combo_options(spec) == ["fgvc_classifier.safetensors"]
+
+
+def test_workflow_templates_are_listed(server):
+    assert sorted(server.get("/api/workflow_templates")["comfyui-higfa"]) == SHIPPED
+    assert len(SHIPPED) == 6
+
+
+def test_shipped_workflows_match_their_specs(server):
+    """example_workflows/ is generated from scripts/comfyui_workflows.py: regenerate after editing it."""
+    built = WF.build(server.object_info)
+    assert sorted(built) == SHIPPED
+    for name, ui in built.items():
+        assert load(name) == ui, f"example_workflows/{name}.json is stale: run python scripts/comfyui_workflows.py"
+
+
+def test_schedule_route_serves_the_core_curves(server):
+    import numpy as np
+
+    from higfa.schedule import Schedule
+
+    got = server.get("/higfa/schedule?preset=higfa&stage_boundary=0.6&points=11&confidence=0.2,0.8")
+    sched = Schedule.from_preset("higfa", stage_boundary=0.6)
+    assert got["schedule"] == sched.to_dict() and len(got["progress"]) == 11
+    for curve, p in zip(got["curves"], (0.2, 0.8)):
+        want = sched.curves(np.linspace(0, 1, 11), p)
+        assert curve["confidence"] == p and all(curve[k] == pytest.approx(want[k].tolist()) for k in want)
+    cfg = server.get("/higfa/schedule?preset=cfg&contour_strength=0.9&points=3")
+    assert cfg["curves"][0]["contour"] == [0.0, 0.0, 0.0]  # the preset fixes what defines it
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(server.url + "/higfa/schedule?tau_lo=0.95")
+    assert e.value.code == 400 and "tau_lo" in json.load(e.value)["error"]
+
+
+def check_trace(trace: dict, preset: str) -> None:
+    s = trace["summary"]
+    assert s["steps"] == 30 and 0 < s["stage2_evaluations"] < 30
+    assert trace["schedule"]["preset"] == preset
+    measured = [r for r in trace["steps"] if r["confidence"] is not None]
+    if preset in ("cfg", "contour"):
+        assert not measured and s["guided_sample_steps"] == 0
+    elif preset == "classifier-all-steps":
+        assert len(measured) == 30 and s["guided_sample_steps"] == 60 and s["gated_sample_steps"] == 0
+    else:  # higfa, target 0 (the tiny classifier is confident about it): stage 2 measured, backward gated
+        assert {r["stage"] for r in measured} == {2} and s["gated_sample_steps"] > 0
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_workflow_validates_and_runs(server, name):
+    ui = load(name)
+    assert WF.validate_ui(ui, server.object_info) == []
+    prompt = to_test_prompt(ui, server.object_info, server.next_seed())
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
+    out = entry["outputs"]
+    # Previews of unchanged inputs (the contour) are cached from earlier prompts; the rest must be new.
+    for node in [k for k in out if "images" in out[k]] + nodes_of(prompt, "SaveImage"):
+        assert all(im is not None for im in saved_images(server, out, node))
+    if name.startswith("higfa-preset-"):
+        preset = name.removeprefix("higfa-preset-")
+        (sampler,) = nodes_of(prompt, "HiGFA_Sampler")
+        check_trace(out[sampler]["higfa_trace"][0], preset)
+        (save,) = nodes_of(prompt, "SaveImage")
+        assert [im.shape for im in saved_images(server, out, save)] == [(IMAGE, IMAGE, 3)] * 2
+    elif name == "higfa-compare-cfg-vs-higfa":
+        traces = {prompt[k]["_meta"]["title"]: out[k]["higfa_trace"][0] for k in nodes_of(prompt, "HiGFA_Trace")}
+        check_trace(traces["Trace: cfg"], "cfg")
+        check_trace(traces["Trace: higfa"], "higfa")
+        (save,) = nodes_of(prompt, "SaveImage")
+        assert [im.shape for im in saved_images(server, out, save)] == [(IMAGE, 2 * IMAGE + 8, 3)]
+    else:
+        check_dataset_output(server, out, prompt, {"class_0/img_0.png": 2})
+
+
+def check_dataset_output(server, out, prompt, sources: dict) -> None:
+    root = server.base / "output" / "higfa_dataset"
+    with open(root / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for source, n in sources.items():
+        mine = [r for r in rows if r["source"] == source]
+        assert len(mine) >= n and all(r["label"] == source.split("/")[0] for r in mine)
+        assert all(cv2.imread(str(root / r["path"])).shape == (IMAGE, IMAGE, 3) for r in mine)
+    (sampler,) = nodes_of(prompt, "HiGFA_Sampler")
+    assert len(out[sampler]["higfa_trace"]) == len(sources)  # one sampler run per dataset image
+
+
+def test_dataset_workflow_all_mode_augments_several_classes(server):
+    prompt = to_test_prompt(load("higfa-batch-dataset"), server.object_info, server.next_seed())
+    (data,) = nodes_of(prompt, "HiGFA_LoadImageFolder")
+    prompt[data]["inputs"].update(mode="all", index=1, limit=2)
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
+    check_dataset_output(server, entry["outputs"], prompt, {"class_1/img_1.png": 2, "class_2/img_2.png": 2})
+    (sampler,) = nodes_of(prompt, "HiGFA_Sampler")
+    targets = [t["target"] for t in entry["outputs"][sampler]["higfa_trace"]]
+    assert targets == [[CLASSES.index("class_1")], [CLASSES.index("class_2")]]
+
+
+def test_class_index_out_of_range_is_a_node_error_and_the_server_stays_up(server):
+    prompt = to_test_prompt(load("higfa-preset-higfa"), server.object_info, server.next_seed())
+    (sampler,) = nodes_of(prompt, "HiGFA_Sampler")
+    prompt[sampler]["inputs"]["target"] = "9"
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert error["node_id"] == sampler and error["node_type"] == "HiGFA_Sampler"
+    assert "target class index 9 is out of range: this classifier has 4 classes (0..3)" in error["exception_message"]
+    assert server.get("/system_stats")["system"]["comfyui_version"]
+
+
+def test_invalid_widget_value_is_refused_with_node_errors(server):
+    prompt = to_test_prompt(load("higfa-preset-higfa"), server.object_info, server.next_seed())
+    (schedule,) = nodes_of(prompt, "HiGFA_Schedule")
+    prompt[schedule]["inputs"]["stage_boundary"] = 1.5
+    status, body = server.post(prompt)
+    # ComfyUI still runs the outputs that do not depend on the bad node (the contour preview): HTTP 200.
+    (error,) = body["node_errors"][schedule]["errors"]
+    assert status == 200 and error["type"] == "value_bigger_than_max" and error["details"] == "stage_boundary"
+    downstream = nodes_of(prompt, "SaveImage") + [k for k in nodes_of(prompt, "PreviewImage")
+                                                  if prompt[k]["_meta"]["title"] == "HiGFA trace"]
+    assert sorted(body["node_errors"][schedule]["dependent_outputs"]) == sorted(downstream)
