@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -61,7 +62,7 @@ class HiGFALoadImageFolder(io.ComfyNode):
     def fingerprint_inputs(cls, folder, **_):
         # Re-run when files are added or changed, not only when the inputs change.
         items, _classes = scan_image_folder(_dataset_root(folder))
-        return [(i.id, os.stat(i.path).st_mtime_ns) for i in items]
+        return hashlib.sha256(repr([(i.id, os.stat(i.path).st_mtime_ns) for i in items]).encode()).hexdigest()
 
     @classmethod
     def execute(cls, folder, mode, index, limit, prompt_template) -> io.NodeOutput:
@@ -71,7 +72,9 @@ class HiGFALoadImageFolder(io.ComfyNode):
         if mode == "single":
             picks = [index % len(items)]
         else:
-            picks = list(range(min(index, len(items)), len(items)))[: limit or None]
+            picks = list(range(index, len(items)))[: limit or None]
+            if not picks:
+                raise ValueError(f"index {index} is past the last image: '{folder}' has {len(items)} (0..{len(items) - 1})")
         out = {k: [] for k in ("image", "class_name", "prompt", "item_id")}
         for i in picks:
             comfy.model_management.throw_exception_if_processing_interrupted()

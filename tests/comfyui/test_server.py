@@ -191,3 +191,34 @@ def test_invalid_widget_value_is_refused_with_node_errors(server):
     downstream = nodes_of(prompt, "SaveImage") + [k for k in nodes_of(prompt, "PreviewImage")
                                                   if prompt[k]["_meta"]["title"] == "HiGFA trace"]
     assert sorted(body["node_errors"][schedule]["dependent_outputs"]) == sorted(downstream)
+
+
+def test_real_format_files_through_the_stock_loaders(server, comfy):
+    """The higfa workflow with its own CheckpointLoaderSimple and ControlNetLoader reading real-format
+    files: an SD 1.5-shaped checkpoint (TAESD VAE, so the classifier's gradient goes through another
+    decoder class) and an original-layout ControlNet. Only the text encoder is a test node (a CLIP-L
+    file alone would be 250 MB)."""
+    from safetensors.torch import save_file
+
+    models = server.base / "models"
+    save_file(comfy.tiny.sd15_checkpoint_state(), str(models / "checkpoints" / "tiny_sd15.safetensors"))
+    save_file(comfy.tiny.sd15_controlnet_state(), str(models / "controlnet" / "tiny_sd15_canny.safetensors"))
+    prompt = WF.ui_to_api(load("higfa-preset-higfa"), server.object_info)
+    (ckpt,) = nodes_of(prompt, "CheckpointLoaderSimple")
+    (cnet,) = nodes_of(prompt, "ControlNetLoader")
+    prompt[ckpt]["inputs"]["ckpt_name"] = "tiny_sd15.safetensors"
+    prompt[cnet]["inputs"]["control_net_name"] = "tiny_sd15_canny.safetensors"
+    prompt["900"] = {"class_type": "HiGFATest_TinyCLIPL", "inputs": {"seed": 11}}
+    for k in nodes_of(prompt, "CLIPTextEncode"):
+        prompt[k]["inputs"]["clip"] = ["900", 0]
+    (latent,) = nodes_of(prompt, "EmptyLatentImage")
+    prompt[latent]["inputs"].update(width=IMAGE, height=IMAGE, batch_size=1)
+    (sampler,) = nodes_of(prompt, "HiGFA_Sampler")
+    prompt[sampler]["inputs"].update(seed=server.next_seed(), steps=12, target="class_2")
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
+    trace = entry["outputs"][sampler]["higfa_trace"][0]
+    assert trace["target"] == [2] and trace["summary"]["guided_sample_steps"] > 0
+    assert all(r["grad_norm"] and all(g > 0 for g in r["grad_norm"]) for r in trace["steps"] if r["stage"] == 2)
+    (save,) = nodes_of(prompt, "SaveImage")
+    assert [im.shape for im in saved_images(server, entry["outputs"], save)] == [(IMAGE, IMAGE, 3)]

@@ -34,4 +34,20 @@ class TinyControlNet:
         return (tiny.tiny_controlnet(seed),)
 
 
-NODE_CLASS_MAPPINGS = {"HiGFATest_TinyCheckpoint": TinyCheckpoint, "HiGFATest_TinyControlNet": TinyControlNet}
+class TinyCLIPL:
+    """For real-format checkpoints without a text encoder: a CLIP of SD 1.5's width (768)."""
+
+    CATEGORY = "HiGFA_test"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 11, "min": 0, "max": 1000})}}
+
+    def load(self, seed):
+        return (tiny.tiny_clip_l(seed),)
+
+
+NODE_CLASS_MAPPINGS = {"HiGFATest_TinyCheckpoint": TinyCheckpoint, "HiGFATest_TinyControlNet": TinyControlNet,
+                       "HiGFATest_TinyCLIPL": TinyCLIPL}

@@ -93,3 +93,50 @@ def tiny_controlnet(seed: int = 3):
                                      operations=comfy.ops.disable_weight_init, device=torch.device("cpu"), **cfg)
     init_weights(net, seed)
     return comfy.controlnet.ControlNet(net, load_device=mm.get_torch_device())
+
+
+# Real-format files: the smallest checkpoint ComfyUI's stock loaders accept as SD 1.5 (its width 320
+# and context 768 are what SD15 detection checks; the depth is free) with a TAESD-format VAE, and a
+# ControlNet of the same shape in the original ("control_model.") layout.
+SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1],
+                 channel_mult=[1], transformer_depth=[1], transformer_depth_output=[1, 1], transformer_depth_middle=1,
+                 use_spatial_transformer=True, context_dim=768, legacy=False, use_linear_in_transformer=False,
+                 adm_in_channels=None, use_checkpoint=False, num_heads=8, num_head_channels=-1)
+
+
+def sd15_checkpoint_state(seed: int = 10) -> dict[str, torch.Tensor]:
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfy.taesd.taesd import TAESD
+
+    unet = init_weights(UNetModel(dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init,
+                                  **SD15_UNET), seed)
+    vae = init_weights(TAESD(), seed + 1)
+    state = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+    state.update({f"first_stage_model.{k}": v for k, v in vae.state_dict().items()})
+    return {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}
+
+
+def sd15_controlnet_state(seed: int = 12) -> dict[str, torch.Tensor]:
+    import comfy.cldm.cldm
+    import comfy.ops
+
+    cfg = {k: v for k, v in SD15_UNET.items() if k not in ("out_channels", "transformer_depth_output")}
+    net = init_weights(comfy.cldm.cldm.ControlNet(hint_channels=3, dtype=torch.float32, device="cpu",
+                                                  operations=comfy.ops.disable_weight_init, **cfg), seed)
+    return {f"control_model.{k}": v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
+
+
+def tiny_clip_l(seed: int = 11):
+    """A one-layer CLIP-L-width text encoder (SD 1.5 conditioning is 768 wide; a real one is 123 M
+    parameters, this one is mostly the 49408 x 768 token table)."""
+    import comfy.sd
+    import comfy.sd1_clip
+    from comfy.supported_models_base import ClipTarget
+
+    config = dict(num_hidden_layers=1, hidden_size=768, intermediate_size=128, num_attention_heads=2,
+                  projection_dim=768)
+    clip = comfy.sd.CLIP(ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
+                         model_options={"clip_l_model_config": config, "dtype": torch.float32})
+    init_weights(clip.cond_stage_model, seed)
+    return clip
