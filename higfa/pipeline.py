@@ -112,6 +112,9 @@ def load_components(model: str | Path, *, controlnet: str | Path | None = None, 
     _quiet_loaders()
     if str(model) == BUILTIN:
         model = builtin_model_path()
+        if not (model / "model_index.json").is_file():
+            raise FileNotFoundError(f"the built-in world's models are not in {model}: train them with "
+                                    "`python -m higfa.world_train`, or pass --model a diffusers folder")
     model = Path(model).expanduser()
     if not model.exists():
         raise _missing("model", model, MODEL_FIX)

@@ -126,3 +126,13 @@ def test_not_a_model_file(tmp_path):
     f.write_text("hello")
     with pytest.raises(ValueError, match="neither a folder nor a checkpoint"):
         load_components(f)
+
+
+def test_builtin_resolves_to_the_world_folder_and_says_how_to_make_it(model_dir, tmp_path, monkeypatch):
+    import higfa.world as world
+
+    monkeypatch.setattr(world, "model_path", lambda: tmp_path / "untrained")
+    with pytest.raises(FileNotFoundError, match=r"untrained.*python -m higfa.world_train"):
+        load_components("builtin")
+    monkeypatch.setattr(world, "model_path", lambda: model_dir)
+    assert load_components("builtin").source["model"] == str(model_dir.resolve())
