@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ MODELS_NOTE = (f"Models: an SD 1.5 checkpoint ({CKPT['name']}) in models/checkpo
 @dataclass
 class Node:
     type: str
-    pos: tuple[int, int]
+    column: int  # nodes are stacked top to bottom within their column, in the order they were added
     widgets: dict[str, Any] = field(default_factory=dict)
     title: str | None = None
     size: tuple[int, int] | None = None
@@ -55,9 +56,9 @@ class Spec:
     nodes: dict[str, Node] = field(default_factory=dict)
     links: list[tuple[str, str, str, str]] = field(default_factory=list)  # (from, output, to, input)
 
-    def add(self, key: str, type: str, pos: tuple[int, int], **widgets: Any) -> str:
+    def add(self, key: str, type: str, column: int, **widgets: Any) -> str:
         title, size, controls = widgets.pop("_title", None), widgets.pop("_size", None), widgets.pop("_control", {})
-        self.nodes[key] = Node(type, pos, widgets, title, size, controls)
+        self.nodes[key] = Node(type, column, widgets, title, size, controls)
         return key
 
     def link(self, src: str, output: str, dst: str, input: str) -> None:
@@ -65,24 +66,24 @@ class Spec:
 
 
 def _sd15_base(s: Spec, image_input: bool = True) -> None:
-    s.add("note", "Note", (20, -160), text=MODELS_NOTE, _size=(760, 120))
-    s.add("ckpt", "CheckpointLoaderSimple", (20, 0), ckpt_name=CKPT["name"])
-    s.add("pos", "CLIPTextEncode", (380, -20), text=PROMPT, _title="Positive prompt")
-    s.add("neg", "CLIPTextEncode", (380, 200), text=NEGATIVE, _title="Negative prompt")
-    s.add("cnet", "ControlNetLoader", (20, 200), control_net_name=CANNY["name"])
-    s.add("clf", "HiGFA_ClassifierLoader", (20, 300), classifier_name=CLASSIFIER)
-    s.add("contour", "HiGFA_ContourTransform", (380, 420), seed=0, variants=1)
-    s.add("contour_view", "PreviewImage", (760, 560), _title="Transformed contour")
+    s.add("note", "Note", -1, text=MODELS_NOTE, _size=(720, 130))
+    s.add("ckpt", "CheckpointLoaderSimple", 0, ckpt_name=CKPT["name"])
+    s.add("pos", "CLIPTextEncode", 1, text=PROMPT, _title="Positive prompt")
+    s.add("neg", "CLIPTextEncode", 1, text=NEGATIVE, _title="Negative prompt")
+    s.add("cnet", "ControlNetLoader", 0, control_net_name=CANNY["name"])
+    s.add("clf", "HiGFA_ClassifierLoader", 0, classifier_name=CLASSIFIER)
+    s.add("contour", "HiGFA_ContourTransform", 1, seed=0, variants=1)
+    s.add("contour_view", "PreviewImage", 1, _title="Transformed contour")
     if image_input:
-        s.add("image", "LoadImage", (20, 420), image="higfa_example.png", _title="Real image of the class")
+        s.add("image", "LoadImage", 0, image="higfa_example.png", _title="Real image of the class")
         s.link("image", "IMAGE", "contour", "image")
     s.link("ckpt", "CLIP", "pos", "clip")
     s.link("ckpt", "CLIP", "neg", "clip")
     s.link("contour", "contour", "contour_view", "images")
 
 
-def _sampler(s: Spec, key: str, pos: tuple[int, int], schedule: str, **widgets: Any) -> None:
-    s.add(key, "HiGFA_Sampler", pos, seed=42, steps=30, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0,
+def _sampler(s: Spec, key: str, column: int, schedule: str, **widgets: Any) -> None:
+    s.add(key, "HiGFA_Sampler", column, seed=42, steps=30, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0,
           target="0", **widgets)
     for src, out, inp in (("ckpt", "MODEL", "model"), ("pos", "CONDITIONING", "positive"),
                           ("neg", "CONDITIONING", "negative"), (schedule, "schedule", "schedule"),
@@ -95,12 +96,12 @@ def preset_workflow(preset: str) -> Spec:
     """One of the four ablations of docs/method.md: the same graph, only the schedule preset differs."""
     s = Spec(f"higfa-preset-{preset}")
     _sd15_base(s)
-    s.add("schedule", "HiGFA_Schedule", (760, -160), preset=preset)
-    s.add("latent", "EmptyLatentImage", (760, 380), width=512, height=512, batch_size=2)
-    _sampler(s, "sampler", (1120, -20), "schedule")
-    s.add("decode", "VAEDecode", (1500, -20))
-    s.add("save", "SaveImage", (1500, 80), filename_prefix=f"higfa/{preset}")
-    s.add("trace_view", "PreviewImage", (1500, 440), _title="HiGFA trace")
+    s.add("schedule", "HiGFA_Schedule", 2, preset=preset)
+    s.add("latent", "EmptyLatentImage", 2, width=512, height=512, batch_size=2)
+    _sampler(s, "sampler", 3, "schedule")
+    s.add("decode", "VAEDecode", 4)
+    s.add("save", "SaveImage", 4, filename_prefix=f"higfa/{preset}")
+    s.add("trace_view", "PreviewImage", 4, _title="HiGFA trace")
     s.link("sampler", "latent", "decode", "samples")
     s.link("ckpt", "VAE", "decode", "vae")
     s.link("decode", "IMAGE", "save", "images")
@@ -117,15 +118,15 @@ def batch_workflow() -> Spec:
         "+ manifest.csv. 'single' mode makes the variants of one image per queue run (index increments: queue "
         "once per image); 'all' does the whole folder in one run. Keep variants = the latent batch size. "
         "The class folder names must be class names of the classifier.\n" + MODELS_NOTE.split("\n")[0])
-    s.add("data", "HiGFA_LoadImageFolder", (20, 420), folder="dataset", mode="single", index=0,
+    s.add("data", "HiGFA_LoadImageFolder", 0, folder="dataset", mode="single", index=0,
           _control={"index": "increment"})
     s.nodes["contour"].widgets["variants"] = 2
-    s.add("schedule", "HiGFA_Schedule", (760, -160), preset="higfa")
-    s.add("latent", "EmptyLatentImage", (760, 380), width=512, height=512, batch_size=2)
-    _sampler(s, "sampler", (1120, -20), "schedule")
-    s.add("decode", "VAEDecode", (1500, -20))
-    s.add("save", "HiGFA_SaveImageFolder", (1500, 80), folder="higfa_dataset")
-    s.add("trace_view", "PreviewImage", (1500, 440), _title="HiGFA trace")
+    s.add("schedule", "HiGFA_Schedule", 2, preset="higfa")
+    s.add("latent", "EmptyLatentImage", 2, width=512, height=512, batch_size=2)
+    _sampler(s, "sampler", 3, "schedule")
+    s.add("decode", "VAEDecode", 4)
+    s.add("save", "HiGFA_SaveImageFolder", 4, folder="higfa_dataset")
+    s.add("trace_view", "PreviewImage", 4, _title="HiGFA trace")
     s.link("data", "image", "contour", "image")
     s.link("data", "index", "contour", "index")
     s.link("data", "prompt", "pos", "text")
@@ -143,17 +144,17 @@ def compare_workflow() -> Spec:
     """cfg vs higfa side by side: the same noise, sampler and sigmas (the GUIDER path)."""
     s = Spec("higfa-compare-cfg-vs-higfa")
     _sd15_base(s)
-    s.add("noise", "RandomNoise", (760, -160), noise_seed=42)
-    s.add("ksampler", "KSamplerSelect", (760, -40), sampler_name="ddim")
-    s.add("sigmas", "BasicScheduler", (760, 60), scheduler="ddim_uniform", steps=30, denoise=1.0)
-    s.add("latent", "EmptyLatentImage", (760, 380), width=512, height=512, batch_size=1)
+    s.add("noise", "RandomNoise", 2, noise_seed=42)
+    s.add("ksampler", "KSamplerSelect", 2, sampler_name="ddim")
+    s.add("sigmas", "BasicScheduler", 2, scheduler="ddim_uniform", steps=30, denoise=1.0)
+    s.add("latent", "EmptyLatentImage", 2, width=512, height=512, batch_size=1)
     s.link("ckpt", "MODEL", "sigmas", "model")
-    for side, preset, y in (("a", "cfg", -160), ("b", "higfa", 300)):
-        s.add(f"schedule_{side}", "HiGFA_Schedule", (1120, y), preset=preset, _title=f"Schedule: {preset}")
-        s.add(f"guider_{side}", "HiGFA_Guider", (1480, y), target="0", _title=f"Guider: {preset}")
-        s.add(f"sample_{side}", "SamplerCustomAdvanced", (1840, y))
-        s.add(f"decode_{side}", "VAEDecode", (2200, y))
-        s.add(f"trace_{side}", "HiGFA_Trace", (2200, y + 100), _title=f"Trace: {preset}")
+    for side, preset in (("a", "cfg"), ("b", "higfa")):
+        s.add(f"schedule_{side}", "HiGFA_Schedule", 3, preset=preset, _title=f"Schedule: {preset}")
+        s.add(f"guider_{side}", "HiGFA_Guider", 4, target="0", _title=f"Guider: {preset}")
+        s.add(f"sample_{side}", "SamplerCustomAdvanced", 5)
+        s.add(f"decode_{side}", "VAEDecode", 6)
+        s.add(f"trace_{side}", "HiGFA_Trace", 6, _title=f"Trace: {preset}")
         for src, out, inp in (("ckpt", "MODEL", "model"), ("pos", "CONDITIONING", "positive"),
                               ("neg", "CONDITIONING", "negative"), (f"schedule_{side}", "schedule", "schedule"),
                               ("cnet", "CONTROL_NET", "control_net"), ("contour", "contour", "contour"),
@@ -167,11 +168,11 @@ def compare_workflow() -> Spec:
         s.link("ckpt", "VAE", f"decode_{side}", "vae")
         s.link(f"guider_{side}", "GUIDER", f"trace_{side}", "guider")
         s.link(f"sample_{side}", "output", f"trace_{side}", "latent")
-    s.add("stitch", "ImageStitch", (2560, -160), direction="right", match_image_size=True, spacing_width=8)
-    s.add("save", "SaveImage", (2920, -160), filename_prefix="higfa/compare_cfg_vs_higfa",
+    s.add("stitch", "ImageStitch", 7, direction="right", match_image_size=True, spacing_width=8)
+    s.add("save", "SaveImage", 7, filename_prefix="higfa/compare_cfg_vs_higfa",
           _title="cfg (left) vs higfa (right)")
-    s.add("stitch_traces", "ImageStitch", (2560, 300), direction="down", match_image_size=True, spacing_width=8)
-    s.add("traces_view", "PreviewImage", (2920, 300), _title="Traces: cfg (top), higfa (bottom)")
+    s.add("stitch_traces", "ImageStitch", 7, direction="down", match_image_size=True, spacing_width=8)
+    s.add("traces_view", "PreviewImage", 7, _title="Traces: cfg (top), higfa (bottom)")
     s.link("decode_a", "IMAGE", "stitch", "image1")
     s.link("decode_b", "IMAGE", "stitch", "image2")
     s.link("stitch", "IMAGE", "save", "images")
@@ -226,7 +227,7 @@ def to_ui(spec: Spec, object_info: dict) -> dict:
     ids = {key: i + 1 for i, key in enumerate(spec.nodes)}
     nodes, links = {}, []
     for key, n in spec.nodes.items():
-        node = {"id": ids[key], "type": n.type, "pos": list(n.pos), "size": list(n.size or (340, 120)), "flags": {},
+        node = {"id": ids[key], "type": n.type, "pos": [0, 0], "size": list(n.size or (340, 120)), "flags": {},
                 "order": 0, "mode": 0, "inputs": [], "outputs": [], "properties": {"Node name for S&R": n.type}}
         if n.title:
             node["title"] = n.title
@@ -269,9 +270,39 @@ def to_ui(spec: Spec, object_info: dict) -> dict:
         links.append([link_id, a["id"], slot, b["id"], target, t])
     for order, key in enumerate(_topological(spec)):
         nodes[key]["order"] = order
-    return {"id": f"higfa-{spec.name}", "revision": 0, "last_node_id": len(nodes), "last_link_id": len(links),
+    _layout(spec, nodes, object_info)
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"higfa/example_workflows/{spec.name}")), "revision": 0, "last_node_id": len(nodes), "last_link_id": len(links),
             "nodes": list(nodes.values()), "links": links, "groups": [], "config": {},
             "extra": {"ds": {"scale": 0.6, "offset": [80, 260]}}, "version": 0.4}
+
+
+def _layout(spec: Spec, nodes: dict, object_info: dict) -> None:
+    """Columns 380 px apart, nodes stacked in each column at their estimated height; notes on top."""
+    bottom: dict[int, int] = {}
+    for key, n in spec.nodes.items():
+        node = nodes[key]
+        if n.column < 0:
+            node["pos"] = [20, -40 - node["size"][1]]
+            continue
+        if not n.size:
+            node["size"] = _size(n.type, node, object_info.get(n.type))
+        y = bottom.get(n.column, 0)
+        node["pos"] = [20 + 380 * n.column, y]
+        bottom[n.column] = y + node["size"][1] + 40
+
+
+def _size(type_: str, node: dict, info: dict | None) -> list[int]:
+    """Roughly what the front end draws: a row per socket, a row per widget, room for text and images."""
+    if type_ in ("PreviewImage", "SaveImage"):
+        return [340, 300]
+    rows = max(len(node["inputs"]), len(node["outputs"]))
+    height = 40 + 22 * rows + 26 * len(node.get("widgets_values", []))
+    for _, spec in ordered_inputs(info) if info else []:
+        if options(spec).get("multiline"):
+            height += 90
+        if options(spec).get("image_upload"):
+            height += 240
+    return [340, height]
 
 
 def _first(ispec: list):
