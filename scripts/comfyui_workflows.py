@@ -331,6 +331,10 @@ def validate_ui(ui: dict, object_info: dict) -> list[str]:
     widget values (type, range, combo membership; model-file combos excepted), link types, and
     required inputs left unconnected."""
     problems = []
+    try:
+        uuid.UUID(str(ui.get("id", uuid.uuid4())))
+    except ValueError:
+        problems.append(f"workflow id {ui['id']!r} is not a UUID (the front end's schema refuses it)")
     by_id = {n["id"]: n for n in ui["nodes"]}
     for n in ui["nodes"]:
         where = f"node {n['id']} ({n['type']})"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ast
 import re
-import tomllib
+
+import pytest
 
 from comfy_helpers import ROOT
+
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python >= 3.11")
 
 NODES = sorted((ROOT / "nodes").glob("*.py"))
 
