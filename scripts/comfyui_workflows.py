@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "example_workflows"
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 FRONTEND_ONLY = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
+# Room for the charts web/ draws on these nodes (at least CHART_HEIGHT in higfa_schedule.js / higfa_trace.js).
+CHART_ROOM = {"HiGFA_Schedule": 200, "HiGFA_Sampler": 230, "HiGFA_Trace": 230}
 
 CKPT = {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": "checkpoints",
         "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
@@ -296,7 +298,7 @@ def _size(type_: str, node: dict, info: dict | None) -> list[int]:
     if type_ in ("PreviewImage", "SaveImage"):
         return [340, 300]
     rows = max(len(node["inputs"]), len(node["outputs"]))
-    height = 40 + 22 * rows + 26 * len(node.get("widgets_values", []))
+    height = 40 + 22 * rows + 26 * len(node.get("widgets_values", [])) + CHART_ROOM.get(type_, 0)
     for _, spec in ordered_inputs(info) if info else []:
         if options(spec).get("multiline"):
             height += 90
