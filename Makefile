@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision are pinned for this project's own machines only (constraints.txt); users keep theirs.
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup test test-core demo bench clean comfyui comfyui-setup
+.PHONY: setup test test-core demo bench bench-quality train-world clean comfyui comfyui-setup
 
 setup: $(VENV)/.setup-done
 
@@ -20,8 +20,17 @@ test: setup comfyui-setup
 test-core: setup
 	$(PY) -m pytest -m "not comfyui and not browser"
 
+# HiGFA on the built-in tiny world (shipped models): contact sheet, trace plot, metrics in outputs/demo/.
 demo: setup
-	@echo "make demo: not yet (the built-in world lands with issue 4)"
+	$(PY) -m higfa.demo
+
+# Fidelity, diversity and downstream accuracy per preset on the built-in world -> docs/quality.md (~30 min CPU).
+bench-quality: setup
+	$(PY) benchmarks/quality.py
+
+# Retrain the built-in world's models into higfa/assets/world/ (CPU, under an hour of CPU time).
+train-world: setup
+	$(PY) -m higfa.world_train
 
 bench: setup
 	$(PY) benchmarks/core_speed.py

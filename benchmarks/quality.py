@@ -131,6 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="downstream training seeds")
     p.add_argument("--seed", type=int, default=0, help="generation seed")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--models", type=Path, default=None, help="world models folder (default: the shipped ones)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "quality.md", help="markdown report ('' = none)")
     p.add_argument("--regenerate", action="store_true", help="ignore cached generated images")
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    models = load_world()
+    models = load_world() if args.models is None else load_world(args.models)
     world = models.world
     real = world.split("fewshot", args.shots)
     test = world.split("test", args.test_per_class)

@@ -34,7 +34,7 @@ DEFAULT_SPECIES = ("red-crowned finch", "orange-billed finch", "spectacled warbl
 
 
 def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_SPECIES, steps: int = 30,
-             seed: int = 0, threads: int | None = None, progress: bool = True) -> dict:
+             seed: int = 0, threads: int | None = None, progress: bool = True, models_path: Path | None = None) -> dict:
     from tqdm import tqdm
 
     from .world_models import load_world
@@ -42,7 +42,7 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    models = load_world()
+    models = load_world() if models_path is None else load_world(models_path)
     world = models.world
     targets = [_species_index(world.class_names, s) for s in species]
     few = world.split("fewshot", 1)  # the first real image of each species is the source
@@ -53,21 +53,21 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
     contours = models.contours(sources, contour_seeds, ContourTransform())
     out.mkdir(parents=True, exist_ok=True)
 
-    images: dict[str, list[np.ndarray]] = {p: [] for p in PRESETS}
-    traces: dict[str, list] = {p: [] for p in PRESETS}
+    images: dict[str, list[np.ndarray]] = {}
+    traces: dict[str, list] = {}
     seconds = dict.fromkeys(PRESETS, 0.0)
-    bar = tqdm(total=rows * len(PRESETS) * steps, desc="demo", unit="step", disable=not progress,
-               file=sys.stdout, dynamic_ncols=True)
-    # One sample per call: with batch 1 the confidence modulation is exactly docs/method.md's formula.
-    for r in range(rows):
-        for preset in PRESETS:
-            bar.set_postfix_str(f"{preset}: {world.class_names[targets[r]]}")
-            t0 = time.perf_counter()
-            gen = models.generate(Schedule.from_preset(preset), [targets[r]], contours[r:r + 1], [noise_seeds[r]], steps,
-                                  callback=lambda *_: bar.update(1))
-            seconds[preset] += time.perf_counter() - t0
-            images[preset].append(gen.images[0])
-            traces[preset].append(gen.result.trace)
+    bar = tqdm(total=len(PRESETS) * steps, desc="demo", unit="step", disable=not progress, file=sys.stdout,
+               dynamic_ncols=True)
+    # All rows of a preset form one batch; w_cls and gating are per sample, the text and contour
+    # strengths of a step follow the batch's mean confidence (docs/method.md, "Batches").
+    for preset in PRESETS:
+        bar.set_postfix_str(preset)
+        t0 = time.perf_counter()
+        gen = models.generate(Schedule.from_preset(preset), targets, contours, noise_seeds, steps,
+                              callback=lambda *_: bar.update(1))
+        seconds[preset] = time.perf_counter() - t0
+        images[preset] = list(gen.images)
+        traces[preset] = per_sample_traces(gen.result.trace, rows)
     bar.close()
 
     metrics = _metrics(models, targets, images, traces, seconds, sources)
@@ -79,8 +79,8 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
     sheet = _contact_sheet(world.class_names, targets, sources, contours, images, metrics["rows"])
     cv2.imwrite(str(out / "contact_sheet.png"), sheet[:, :, ::-1])
     first = traces["higfa"][0]
-    first.plot(out / "trace.png", title=f"higfa trace: {world.class_names[targets[0]]} "
-                                        f"(guidance classifier confidence and strengths)")
+    first.plot(out / "trace.png", title=f"higfa trace of one sample: {world.class_names[targets[0]]} "
+                                        f"(cfg and contour follow the batch's mean confidence)")
     first.save(out / "trace.json")
     metrics["seconds_total"] = round(time.perf_counter() - started, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -88,6 +88,24 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
     print(f"wrote {out}/contact_sheet.png, trace.png, trace.json, metrics.json "
           f"in {metrics['seconds_total']:.0f} s")
     return metrics
+
+
+def per_sample_traces(trace, batch: int) -> list:
+    """One Trace per sample of a batched run: per-sample columns cut to that sample."""
+    from .trace import Trace, TraceStep
+
+    out = []
+    for b in range(batch):
+        steps = []
+        for st in trace.steps:
+            d = dict(st.__dict__)
+            for k in ("classifier_scale", "confidence", "grad_norm", "gated", "nan_skipped"):
+                if d[k] is not None:
+                    d[k] = [d[k][b]]
+            steps.append(TraceStep(**d))
+        out.append(Trace(steps, trace.schedule, None if trace.target is None else [trace.target[b]],
+                         trace.class_names))
+    return out
 
 
 def _species_index(names: list[str], name: str) -> int:
@@ -173,10 +191,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--models", type=Path, default=None, help="world models folder (default: the shipped ones)")
 
 
 def _run(args: argparse.Namespace) -> int:
-    run_demo(args.out, args.species, args.steps, args.seed, args.threads, not args.no_progress)
+    run_demo(args.out, args.species, args.steps, args.seed, args.threads, not args.no_progress, args.models)
     return 0
 
 

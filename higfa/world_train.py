@@ -16,6 +16,7 @@ Each stage's settings, seconds and final losses go to `training.json` in the out
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -42,12 +43,14 @@ class TrainConfig:
     world_seed: int = 0
     threads: int = 1  # the CPU is shared; more threads than free cores slows torch down a lot
     # VAE
-    vae_steps: int = 500
-    vae_batch: int = 32
+    vae_steps: int = 800
+    vae_batch: int = 64  # crops
+    vae_crop: int = 32
     vae_lr: float = 2e-3
     vae_per_class: int = 150
     vae_marking_weight: float = 4.0  # extra L1 weight on the marking regions: the decoder must draw them
     vae_kl: float = 1e-5
+    vae_init_logvar: float = -6.0
     # diffusion (text encoder + UNet + ControlNet, jointly)
     diffusion_steps: int = 1000
     diffusion_batch: int = 64
@@ -69,14 +72,21 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------- model configs
 VAE_CONFIG: dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64), layers_per_block=1,
+    in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(16, 32, 64), layers_per_block=1,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=8,
-    sample_size=64)
+    sample_size=64, mid_block_add_attention=False)
 UNET_CONFIG: dict[str, Any] = dict(
-    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 128),
+    sample_size=16, in_channels=8, out_channels=8, layers_per_block=1, block_out_channels=(32, 64, 128),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
     attention_head_dim=8, norm_num_groups=32)
+# The same UNet as ComfyUI's native openaimodel.UNetModel config; keys map with
+# comfy.utils.unet_to_diffusers(COMFYUI_UNET_CONFIG) (checked against ComfyUI 0.3.75, docs/world.md).
+COMFYUI_UNET_CONFIG: dict[str, Any] = dict(
+    image_size=16, in_channels=8, out_channels=8, model_channels=32, num_res_blocks=[1, 1, 1], channel_mult=[1, 2, 4],
+    transformer_depth=[0, 1, 1], transformer_depth_output=[0, 0, 1, 1, 1, 1], transformer_depth_middle=1,
+    context_dim=64, num_heads=8, num_head_channels=-1, use_linear_in_transformer=False, use_spatial_transformer=True,
+    legacy=False, adm_in_channels=None)
 CONTROLNET_EMBEDDING = (16, 32, 64)  # 3 stages: the 64 px hint is down-sampled 4x to the latent size
 TEXT_CONFIG: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                                    max_position_embeddings=16, projection_dim=64)
@@ -147,14 +157,44 @@ def _record(out: Path, stage: str, info: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- stages
+def _crops(x: torch.Tensor, w: torch.Tensor, masks: torch.Tensor, size: int, gen: torch.Generator,
+           focus: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random size×size crops (corners on the 4-px latent grid), centred on a marking for a `focus`
+    share of them, randomly flipped. The VAE is fully convolutional, so crops train it for whole
+    images at a quarter of the cost, and the focus spends that on the small details."""
+    B, _, H, W = x.shape
+    xs, ws = [], []
+    for b in range(B):
+        ys, xs_ = torch.nonzero(masks[b], as_tuple=True)
+        if len(ys) and float(torch.rand(1, generator=gen)) < focus:
+            k = int(torch.randint(len(ys), (1,), generator=gen))
+            jitter = torch.randint(-size // 4, size // 4 + 1, (2,), generator=gen)
+            top, left = int(ys[k]) - size // 2 + int(jitter[0]), int(xs_[k]) - size // 2 + int(jitter[1])
+        else:
+            top, left = (int(v) for v in torch.randint(0, H - size + 1, (2,), generator=gen))
+        top = min(max(0, top // 4 * 4), H - size)
+        left = min(max(0, left // 4 * 4), W - size)
+        cx, cw = x[b, :, top:top + size, left:left + size], w[b, :, top:top + size, left:left + size]
+        if float(torch.rand(1, generator=gen)) < 0.5:
+            cx, cw = cx.flip(-1), cw.flip(-1)
+        xs.append(cx)
+        ws.append(cw)
+    return torch.stack(xs), torch.stack(ws)
+
+
 def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
     from diffusers import AutoencoderKL
 
     data = world.split("train", cfg.vae_per_class, masks=True)
     x_all = _images_pm1(data.images)
-    w_all = 1 + cfg.vae_marking_weight * torch.as_tensor(data.masks, dtype=torch.float32)[:, None]
+    masks = torch.as_tensor(data.masks)
+    w_all = 1 + cfg.vae_marking_weight * masks.float()[:, None]
     torch.manual_seed(cfg.seed)
     vae = AutoencoderKL(**VAE_CONFIG).train()
+    with torch.no_grad():
+        # Start with a nearly deterministic posterior (σ ≈ 0.05): with σ ≈ 1 at init the decoder
+        # spends its short training learning to ignore latent noise, and reconstructions blur.
+        vae.quant_conv.bias[VAE_CONFIG["latent_channels"]:] = cfg.vae_init_logvar
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 11)
     started, order, losses = time.perf_counter(), torch.empty(0, dtype=torch.long), []
@@ -162,9 +202,7 @@ def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
         if len(order) < cfg.vae_batch:
             order = torch.cat([order, torch.randperm(len(x_all), generator=gen)])
         idx, order = order[:cfg.vae_batch], order[cfg.vae_batch:]
-        x, w = x_all[idx], w_all[idx]
-        flip = torch.rand(len(idx), generator=gen) < 0.5
-        x, w = torch.where(flip[:, None, None, None], x.flip(-1), x), torch.where(flip[:, None, None, None], w.flip(-1), w)
+        x, w = _crops(x_all[idx], w_all[idx], masks[idx], cfg.vae_crop, gen)
         for g in opt.param_groups:
             g["lr"] = cfg.vae_lr * _cosine(step, cfg.vae_steps, 30)
         post = vae.encode(x).latent_dist
@@ -248,7 +286,7 @@ def train_diffusion(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, 
     opt = torch.optim.AdamW(params, lr=cfg.diffusion_lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(cfg.seed + 4)
     B, order, losses = cfg.diffusion_batch, torch.empty(0, dtype=torch.long), []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for step in range(cfg.diffusion_steps):
         if len(order) < B:
             order = torch.cat([order, torch.randperm(len(labels), generator=gen)])
@@ -286,9 +324,9 @@ def train_diffusion(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, 
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         losses.append(float(loss.detach()))
         if (step + 1) % 50 == 0 or step == 0:
-            el = time.perf_counter() - started
+            el, cpu = time.perf_counter() - started, time.process_time() - cpu_started
             _log(f"diffusion step {step + 1}/{cfg.diffusion_steps} loss {np.mean(losses[-50:]):.4f} "
-                 f"({el / (step + 1):.2f} s/step)")
+                 f"({el / (step + 1):.2f} s/step wall, {cpu / (step + 1):.2f} s/step CPU)")
     seconds = time.perf_counter() - started
     with torch.no_grad():
         for p, e in zip(params, ema):
@@ -380,9 +418,9 @@ def _write_world_json(cfg: TrainConfig, world: TinyBirds, out: Path) -> None:
                                    "species_family": [s.family for s in world.species],
                                    "prompt_template": "a photo of a {family}"},
             "edge_detector": {"method": det.method, "low": det.low, "high": det.high, "blur": det.blur},
-            "latent": {"channels": 4, "downsample": 4, "size": world.image_size // 4},
+            "latent": {"channels": VAE_CONFIG["latent_channels"], "downsample": 4, "size": world.image_size // 4},
             "guidance_classifier": "guidance.safetensors", "oracle_classifier": "oracle.safetensors",
-            "train_seed": cfg.seed}
+            "comfyui_unet_config": COMFYUI_UNET_CONFIG, "train_seed": cfg.seed}
     (out / "world.json").write_text(json.dumps(info, indent=1))
 
 
@@ -394,12 +432,22 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch CPU threads")
     for f in ("vae_steps", "diffusion_steps", "guidance_steps", "oracle_steps"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(TrainConfig, f))
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="override any TrainConfig field, e.g. --set diffusion_per_class=50 vae_lr=1e-3")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(seed=args.seed, threads=args.threads, vae_steps=args.vae_steps,
-                       diffusion_steps=args.diffusion_steps, guidance_steps=args.guidance_steps,
-                       oracle_steps=args.oracle_steps)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    changes: dict[str, Any] = dict(seed=args.seed, threads=args.threads, vae_steps=args.vae_steps,
+                                   diffusion_steps=args.diffusion_steps, guidance_steps=args.guidance_steps,
+                                   oracle_steps=args.oracle_steps)
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in fields or not value:
+            raise ValueError(f"--set {item!r}: use FIELD=VALUE with FIELD one of {sorted(fields)}")
+        default = getattr(TrainConfig(), name)
+        changes[name] = json.loads(value) if isinstance(default, (dict, list)) else type(default)(value)
+    return TrainConfig(**changes)
 
 
 def register(sub) -> None:

@@ -116,7 +116,7 @@ def test_shipped_configs_are_the_documented_ones(models):
     for key, value in TEXT_CONFIG.items():
         assert getattr(models.text_encoder.config, key) == value, key
     assert models.noise_schedule.num_timesteps == SCHEDULER_CONFIG["num_train_timesteps"]
-    assert models.latent_shape == (4, 16, 16) and models.vae.config.scaling_factor > 0
+    assert models.latent_shape == (8, 16, 16) and models.vae.config.scaling_factor > 0
     assert models.guidance.architecture == "test_resnet" and models.oracle.architecture == "resnet10t"
     assert models.guidance.class_names == WORLD.class_names == models.oracle.class_names
     assert all(p.dtype == torch.float32 for p in models.unet.parameters())  # fp16 on disk, fp32 loaded
