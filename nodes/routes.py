@@ -4,6 +4,8 @@ core's numbers instead of re-implementing them.
 Query: preset, any schedule input (e.g. stage_boundary=0.6), points (default 101), confidence
 (comma-separated, default 0,0.5,1). Answer: {"schedule", "progress", "curves": [{"confidence",
 "cfg", "contour", "classifier_scale"}]}; a bad value gives HTTP 400 {"error": message}.
+With only a preset, "schedule" is that preset's full parameter set: the schedule node's preset
+dropdown fills its widgets from it (web/higfa_schedule.js), so presets live only in higfa.schedule.
 """
 
 from __future__ import annotations

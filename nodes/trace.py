@@ -7,16 +7,16 @@ import json
 import torch
 
 from ..higfa.trace import Trace
-from ._comfy import CATEGORY, io, ui
+from ._comfy import CATEGORY, io
 
 
 def trace_outputs(trace: Trace) -> tuple[torch.Tensor, str, dict]:
-    """(plot as a [1,H,W,3] IMAGE, JSON string, node `ui` payload). The `higfa_trace` entry is what
-    the front end draws; `images` shows the plot on the node without any front-end extension."""
+    """(plot as a [1,H,W,3] IMAGE, JSON string, node `ui` payload). The front end draws the
+    `higfa_trace` entry as a chart on the node (web/higfa_trace.js); no preview image as well, which
+    would show the same plot twice and grow the node over its neighbours. The plot stays an output."""
     data = trace.to_dict()
     image = torch.from_numpy(trace.plot()).float().div(255.0).unsqueeze(0)
-    payload = {"higfa_trace": [data], **ui.PreviewImage(image).as_dict()}
-    return image, json.dumps(data), payload
+    return image, json.dumps(data), {"higfa_trace": [data]}
 
 
 class HiGFATrace(io.ComfyNode):

@@ -3,6 +3,7 @@
 # Idempotent: does nothing once /usr/bin/chromium, /usr/bin/chromedriver and the playwright package are there.
 # Playwright drives the system Chromium (executable_path="/usr/bin/chromium"); never `playwright install`.
 set -eu
+cd "$(dirname "$0")/.."  # constraints.txt and the default venv are relative to the repository
 PY=${1:-.venv/bin/python}
 
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
@@ -12,7 +13,8 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     fi
     echo "browser_setup: installing Debian's chromium and chromium-driver"
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver
+    # fonts-liberation: a recommends of chromium, needed for readable text in screenshots
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-liberation
 fi
 
 if ! "$PY" -c "import playwright" 2>/dev/null; then

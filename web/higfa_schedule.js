@@ -56,6 +56,7 @@ function drawSchedule(canvas, state) {
 function setupScheduleNode(node) {
   const state = { data: null, error: null, request: 0, presetRequest: 0 };
   const chart = addChartWidget(node, CHART, CHART_HEIGHT, (canvas) => drawSchedule(canvas, state));
+  state.chart = chart;
   node.higfaChart = state;  // read by the browser tests
 
   const refresh = debounce(async () => {

@@ -104,6 +104,14 @@ def test_schedule_route_serves_the_core_curves(server):
     assert e.value.code == 400 and "tau_lo" in json.load(e.value)["error"]
 
 
+def test_schedule_route_serves_each_presets_parameters(server):
+    """What the schedule node's preset dropdown fills its widgets with (web/higfa_schedule.js)."""
+    from higfa.schedule import PRESETS, Schedule
+
+    for name in PRESETS:
+        assert server.get(f"/higfa/schedule?preset={name}&points=2")["schedule"] == Schedule.from_preset(name).to_dict()
+
+
 def check_trace(trace: dict, preset: str) -> None:
     s = trace["summary"]
     assert s["steps"] == 30 and 0 < s["stage2_evaluations"] < 30

@@ -71,9 +71,11 @@ export function drawLanes(canvas, spec) {
     if (lane.band) drawBand(ctx, lane.band, X, Y, lane.color);
     for (const line of lane.lines || []) drawLine(ctx, line, X, Y, line.color || lane.color);
     if (lane.markers) drawMarkers(ctx, lane.markers, X, Y);
-    ctx.fillStyle = lane.color;
     ctx.textAlign = "left";
     ctx.textBaseline = "top";
+    ctx.fillStyle = "rgba(20,20,20,0.75)";  // keeps the label readable over a line at the lane's top
+    ctx.fillRect(PAD.left + 2, top + 1, ctx.measureText(lane.label).width + 4, 12);
+    ctx.fillStyle = lane.color;
     ctx.fillText(lane.label, PAD.left + 4, top + 2);
     if (lane.empty) {
       ctx.fillStyle = COLORS.muted;

@@ -1,0 +1,167 @@
+"""Driving the ComfyUI front end in headless Chromium (Playwright for Python, Debian's Chromium).
+
+No browser download: Playwright launches /usr/bin/chromium (scripts/browser_setup.sh installs it).
+The front end is reached only through what a user or an extension has: `window.app`, the page's DOM
+and the server's HTTP API.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1600, "height": 1000}
+# Server-side user settings: no first-run Templates dialog over the canvas; the shipped workflows name
+# SD 1.5 files the test server does not have (their loaders are swapped for tiny ones before queueing).
+# Screenshots: no minimap over the graph, and text drawn at every zoom (no low-detail rendering).
+SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
+            "Comfy.Minimap.Visible": False, "LiteGraph.Canvas.MinFontSizeForLOD": 0}
+GRAPH_VIEWPORT = {"width": 2400, "height": 1350}  # whole-graph screenshots
+# A browser-local flag (not a setting): the "Introducing Nodes 2.0" banner stays dismissed.
+INIT_SCRIPT = "localStorage.setItem('vueNodesBannerDismissed', 'true');"
+# (node type, widgets_values): the front end gives every INT "seed" a "control after generate" value.
+TINY_LOADERS = {"CheckpointLoaderSimple": ("HiGFATest_TinyCheckpoint", [0, "fixed"]),
+                "ControlNetLoader": ("HiGFATest_TinyControlNet", [3, "fixed"])}
+
+
+def apply_settings(url: str) -> None:
+    for key, value in SETTINGS.items():
+        req = urllib.request.Request(f"{url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=30).close()
+
+
+@contextmanager
+def chromium_page(url: str, console: list[str], served: list[tuple[int, str]] | None = None):
+    """A page with the ComfyUI app booted; console errors/warnings and page errors go to `console`,
+    (status, url) of every response to `served`."""
+    from playwright.sync_api import sync_playwright
+
+    apply_settings(url)
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="higfa-chromium-") as profile:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
+                                                   viewport=VIEWPORT)
+        try:
+            ctx.add_init_script(INIT_SCRIPT)
+            page = ctx.new_page()
+            page.on("console", lambda m: m.type in ("error", "warning") and console.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+            if served is not None:
+                page.on("response", lambda r: served.append((r.status, r.url)))
+            page.goto(url + "/")
+            page.wait_for_function("window.app && window.app.graph && window.app.canvas && "
+                                   "window.app.extensions?.length", timeout=90_000)
+            page.wait_for_load_state("networkidle")  # the default graph finishes loading first
+            yield page
+        finally:
+            ctx.close()
+
+
+def tiny(workflow: dict) -> dict:
+    """The workflow with the stock model loaders swapped for the test pack's tiny ones (same output
+    types) and 64-px latents: it runs on a CPU in seconds."""
+    wf = copy.deepcopy(workflow)
+    for node in wf["nodes"]:
+        kind = node["type"]
+        if kind in TINY_LOADERS:
+            node["type"], node["widgets_values"] = TINY_LOADERS[kind][0], list(TINY_LOADERS[kind][1])
+            node["properties"] = {"Node name for S&R": node["type"]}
+        elif kind == "EmptyLatentImage":
+            node["widgets_values"][:2] = [64, 64]
+    return wf
+
+
+def reseed(page, seed: int) -> None:
+    """Sets every seed widget of the loaded graph (not the tiny loaders'): ComfyUI answers an unchanged
+    node from its cache without sending its images again, and the page shows outputs it receives."""
+    page.evaluate("""seed => {
+        for (const n of window.app.graph.nodes)
+            for (const w of n.widgets || [])
+                if (["seed", "noise_seed"].includes(w.name) && !n.type.startsWith("HiGFATest_")) w.value = seed;
+    }""", seed)
+
+
+def load_workflow(page, workflow: dict) -> None:
+    page.evaluate("async wf => { await window.app.loadGraphData(wf); }", workflow)
+    page.wait_for_timeout(300)  # one frame for the DOM widgets to lay out
+
+
+def fit_view(page) -> None:
+    """Frames the whole graph (as the "fit view" key does). The page loads a node's images only
+    once the node is on screen."""
+    page.evaluate("""() => {
+        const nodes = window.app.graph.nodes, c = window.app.canvas, el = c.canvas;
+        const x0 = Math.min(...nodes.map(n => n.pos[0])) - 20, y0 = Math.min(...nodes.map(n => n.pos[1])) - 50;
+        const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])) + 20;
+        const y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1])) + 20;
+        const scale = Math.min(el.clientWidth / (x1 - x0), el.clientHeight / (y1 - y0));
+        c.ds.scale = scale;
+        c.ds.offset = [el.clientWidth / scale / 2 - (x0 + x1) / 2, el.clientHeight / scale / 2 - (y0 + y1) / 2];
+        c.setDirty(true, true);
+    }""")
+    page.wait_for_timeout(300)
+
+
+def screenshot_graph(page, path: Path) -> Path:
+    """The whole graph on a larger viewport, then the normal viewport again."""
+    page.set_viewport_size(GRAPH_VIEWPORT)
+    page.wait_for_timeout(300)
+    fit_view(page)
+    page.wait_for_timeout(500)  # images of nodes that just came on screen
+    screenshot(page, path)
+    page.set_viewport_size(VIEWPORT)
+    page.wait_for_timeout(300)
+    fit_view(page)
+    return path
+
+
+def focus_node(page, node_id: int, scale: float = 1.0) -> None:
+    """Centres one node at `scale` (for close-up screenshots)."""
+    page.evaluate("""([id, scale]) => {
+        const n = window.app.graph.getNodeById(id), c = window.app.canvas, el = c.canvas;
+        c.ds.scale = scale;
+        c.ds.offset = [el.clientWidth / scale / 2 - n.pos[0] - n.size[0] / 2,
+                       el.clientHeight / scale / 2 - n.pos[1] - n.size[1] / 2];
+        c.setDirty(true, true);
+    }""", [node_id, scale])
+    page.wait_for_timeout(300)
+
+
+def node_ids(page, kind: str) -> list[int]:
+    return page.evaluate("k => window.app.graph.nodes.filter(n => n.type === k).map(n => n.id)", kind)
+
+
+def screenshot(page, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------- queueing from the page
+WATCH_RUNS = """() => {
+    if (window.__higfaRuns) return;
+    window.__higfaRuns = [];
+    const api = window.comfyAPI.api.api;
+    for (const type of ["execution_success", "execution_error", "execution_interrupted"])
+        api.addEventListener(type, (e) => window.__higfaRuns.push({type, detail: e.detail}));
+}"""
+
+
+def queue_and_wait(page, timeout_s: float = 300) -> dict:
+    """Queues the loaded graph as the Run button does (app.queuePrompt) and waits for the run to end.
+    Returns {"node_errors": the server's validation answer, "run": the final execution event}."""
+    page.evaluate(WATCH_RUNS)
+    before = page.evaluate("window.__higfaRuns.length")
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    node_errors = page.evaluate("window.app.lastNodeErrors")
+    if node_errors:
+        return {"node_errors": node_errors, "run": None}
+    page.wait_for_function(f"window.__higfaRuns.length > {before}", timeout=timeout_s * 1000)
+    return {"node_errors": node_errors, "run": page.evaluate(f"window.__higfaRuns[{before}]")}
