@@ -31,11 +31,22 @@ TINY_LOADERS = {"CheckpointLoaderSimple": ("HiGFATest_TinyCheckpoint", [0, "fixe
                 "ControlNetLoader": ("HiGFATest_TinyControlNet", [3, "fixed"])}
 
 
+def set_setting(url: str, key: str, value) -> None:
+    """A user setting, stored by the server (the page reads settings when it boots)."""
+    req = urllib.request.Request(f"{url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=30).close()
+
+
 def apply_settings(url: str) -> None:
     for key, value in SETTINGS.items():
-        req = urllib.request.Request(f"{url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(req, timeout=30).close()
+        set_setting(url, key, value)
+
+
+def wait_app(page) -> None:
+    page.wait_for_function("window.app && window.app.graph && window.app.canvas && window.app.extensions?.length",
+                           timeout=90_000)
+    page.wait_for_load_state("networkidle")  # the default graph finishes loading first
 
 
 @contextmanager
@@ -56,9 +67,7 @@ def chromium_page(url: str, console: list[str], served: list[tuple[int, str]] | 
             if served is not None:
                 page.on("response", lambda r: served.append((r.status, r.url)))
             page.goto(url + "/")
-            page.wait_for_function("window.app && window.app.graph && window.app.canvas && "
-                                   "window.app.extensions?.length", timeout=90_000)
-            page.wait_for_load_state("networkidle")  # the default graph finishes loading first
+            wait_app(page)
             yield page
         finally:
             ctx.close()
@@ -132,6 +141,24 @@ def focus_node(page, node_id: int, scale: float = 1.0) -> None:
         c.setDirty(true, true);
     }""", [node_id, scale])
     page.wait_for_timeout(300)
+
+
+def screenshot_chart(page, node_id: int, path: Path, scale: float = 2.0) -> Path:
+    """A close-up of a node's HiGFA chart: the view centred on it at `scale`, then the canvas element."""
+    page.evaluate("""([id, scale]) => {
+        const n = window.app.graph.getNodeById(id), w = n.widgets.find(w => w.canvas?.dataset.higfaChart);
+        const c = window.app.canvas, el = c.canvas;
+        c.ds.scale = scale;
+        c.ds.offset = [el.clientWidth / scale / 2 - n.pos[0] - n.size[0] / 2,
+                       el.clientHeight / scale / 2 - n.pos[1] - (w.y + w.canvas.clientHeight / 2)];
+        c.setDirty(true, true);
+    }""", [node_id, scale])
+    page.wait_for_timeout(500)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas = page.evaluate_handle("""id => window.app.graph.getNodeById(id).widgets
+        .find(w => w.canvas?.dataset.higfaChart).canvas""", node_id)
+    canvas.as_element().screenshot(path=str(path))
+    return path
 
 
 def node_ids(page, kind: str) -> list[int]:

@@ -15,7 +15,7 @@ import pytest
 
 from comfy_helpers import ROOT
 from comfy_page import (fit_view, focus_node, load_workflow, node_ids, queue_and_wait, reseed, screenshot,
-                        screenshot_graph, tiny)
+                        screenshot_chart, screenshot_graph, set_setting, tiny, wait_app)
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -131,6 +131,7 @@ def test_shipped_workflow_loads_queues_and_shows_its_results(ui, name):
         for node_id in node_ids(page, kind)[:1]:
             focus_node(page, node_id)
             screenshot(page, ARTIFACTS / f"{name}-run-{kind}.png")
+            screenshot_chart(page, node_id, ARTIFACTS / f"{name}-trace-chart.png")
 
 
 def wait_all_schedule_charts(page) -> None:
@@ -149,6 +150,8 @@ def test_schedule_chart_redraws_with_the_core_numbers_when_a_widget_changes(ui):
     focus_node(page, node)
     before = schedule_state(page, node)
     screenshot(page, ARTIFACTS / "schedule-chart-boundary-0.7.png")
+    screenshot_chart(page, node, ARTIFACTS / "schedule-chart-boundary-0.7-closeup.png")
+    focus_node(page, node)
 
     set_widget(page, node, "stage_boundary", 0.4)
     wait_schedule(page, node, "s.data && s.data.schedule.stage_boundary === 0.4")
@@ -163,6 +166,7 @@ def test_schedule_chart_redraws_with_the_core_numbers_when_a_widget_changes(ui):
             assert curve[key] == pytest.approx(values.tolist()), key
     assert [c["confidence"] for c in after["data"]["curves"]] == [0.0, 1.0]  # the modulation band's edges
     screenshot(page, ARTIFACTS / "schedule-chart-boundary-0.4.png")
+    screenshot_chart(page, node, ARTIFACTS / "schedule-chart-boundary-0.4-closeup.png")
 
     # Several quick edits (typing) ask the route once or twice, not once per edit.
     requests: list[str] = []
@@ -243,3 +247,23 @@ def test_every_higfa_input_has_a_tooltip_and_it_shows_on_hover(ui, server):
     assert re.sub(r"\s+", " ", tooltip.inner_text()).strip() == want
     screenshot(page, ARTIFACTS / "schedule-tooltip.png")
     page.mouse.move(5, 5)
+
+
+def test_charts_also_draw_in_the_nodes_2_0_renderer(ui):
+    """The front end's Vue node renderer ("Nodes 2.0", a user setting) hosts DOM widgets too."""
+    page = ui.page
+    set_setting(ui.server.url, "Comfy.VueNodes.Enabled", True)
+    try:
+        page.reload()
+        wait_app(page)
+        load_workflow(page, shipped("higfa-preset-higfa"))
+        wait_all_schedule_charts(page)
+        report = graph_report(page)
+        assert report["missing"] == [] and report["red"] == []
+        assert all(c["in_page"] and c["error"] is None for c in report["schedule_charts"])
+        assert all(c["in_page"] for c in report["trace_charts"])
+        screenshot_graph(page, ARTIFACTS / "nodes-2.0-higfa-preset-higfa-loaded.png")
+    finally:
+        set_setting(ui.server.url, "Comfy.VueNodes.Enabled", False)
+        page.reload()
+        wait_app(page)

@@ -154,8 +154,8 @@ function drawHLine(ctx, left, w, y, label) {
   ctx.setLineDash([]);
   ctx.fillStyle = COLORS.muted;
   ctx.textAlign = "right";
-  ctx.textBaseline = "bottom";
-  ctx.fillText(label, left + w - 2, y);
+  ctx.textBaseline = "top";  // below the line: markers near it sit above
+  ctx.fillText(label, left + w - 2, y + 1);
 }
 
 function drawBoundary(ctx, x, bottom, value, width) {
