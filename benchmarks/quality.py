@@ -47,10 +47,11 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0])
 
 
-def generate_preset(models, preset: str, sources, per_source: int, steps: int, batch: int, seed: int, bar) -> dict:
+def generate_preset(models, preset: str, sources, per_source: int, steps: int, batch: int, seed: int, bar,
+                    overrides: dict | None = None) -> dict:
     """Images [N,H,W,3] uint8, targets [N], source index [N], seconds, guidance counts."""
     items = [(i, k) for i in range(len(sources)) for k in range(per_source)]
-    schedule = Schedule.from_preset(preset)
+    schedule = Schedule.from_preset(preset, **(overrides or {}))
     images, targets, src, guided, gated = [], [], [], 0, 0
     t0 = time.perf_counter()
     for b in range(0, len(items), batch):
@@ -135,6 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "quality.md", help="markdown report ('' = none)")
     p.add_argument("--regenerate", action="store_true", help="ignore cached generated images")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="schedule overrides for every preset (e.g. classifier_scale=2); default: core defaults")
     p.add_argument("--no-downstream", action="store_true")
     args = p.parse_args(argv)
     from tqdm import tqdm
@@ -156,7 +159,8 @@ def main(argv=None) -> int:
         cache = args.out / f"{preset}.npz"
         if preset in todo:
             bar.set_postfix_str(preset)
-            g = generate_preset(models, preset, real, args.per_source, args.steps, args.batch, args.seed, bar)
+            g = generate_preset(models, preset, real, args.per_source, args.steps, args.batch, args.seed, bar,
+                                _overrides(args.set))
             np.savez_compressed(cache, **{k: v for k, v in g.items() if isinstance(v, np.ndarray)},
                                 meta=json.dumps({k: v for k, v in g.items() if not isinstance(v, np.ndarray)}
                                                 | {"settings": _gen_settings(args)}))
@@ -207,9 +211,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def _overrides(items) -> dict:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        default = getattr(Schedule(), name, None)
+        if default is None or not value:
+            raise ValueError(f"--set {item!r}: use FIELD=VALUE with a Schedule field")
+        out[name] = (value.lower() == "true") if isinstance(default, bool) else type(default)(value)
+    return out
+
+
 def _gen_settings(args) -> dict:
     return {"presets": list(args.presets), "shots": args.shots, "per_source": args.per_source, "steps": args.steps,
-            "batch": args.batch, "seed": args.seed, "contour_transform": ContourTransform().to_dict()}
+            "batch": args.batch, "seed": args.seed, "contour_transform": ContourTransform().to_dict(),
+            "schedule_overrides": _overrides(args.set)}
 
 
 def _cache_ok(args, preset: str) -> bool:
@@ -230,8 +246,8 @@ def report(r: dict) -> str:
              "What is measured and why: see the module docstring and docs/world.md.", "",
              f"Settings: {s['shots']} real images per species (16 species) as sources, {s['per_source']} synthetic "
              f"image(s) per source and preset, {s['steps']} DDIM steps, batch {s['batch']}, generation seed "
-             f"{s['seed']}, contour transform amount {s['contour_transform']['amount']}, core default schedules "
-             f"per preset. Downstream: `{s['downstream_classifier']}` trained {s['train_steps']} steps from scratch, "
+             f"{s['seed']}, contour transform amount {s['contour_transform']['amount']}, schedules: each preset's "
+             f"core defaults{' with ' + str(s['schedule_overrides']) if s['schedule_overrides'] else ''}. Downstream: `{s['downstream_classifier']}` trained {s['train_steps']} steps from scratch, "
              f"seeds {s['seeds']}, tested on {s['test_images']} held-out real images. {s['machine']}, "
              f"{s['threads']} thread(s); whole run {r['seconds_total'] / 60:.1f} min.", "",
              "## Fidelity (does the image show the intended species?)", "",

@@ -52,7 +52,7 @@ class TrainConfig:
     vae_kl: float = 1e-5
     vae_init_logvar: float = -6.0
     # diffusion (text encoder + UNet + ControlNet, jointly)
-    diffusion_steps: int = 1000
+    diffusion_steps: int = 1200
     diffusion_batch: int = 64
     diffusion_lr: float = 6e-4
     diffusion_per_class: int = 400

@@ -178,3 +178,29 @@ def test_short_sample_higfa_beats_contour_for_the_same_seeds(models):
     assert out["higfa"][1] > out["contour"][1], "oracle confidence did not rise"
     summary = out["higfa"][2].summary()
     assert summary["guided_sample_steps"] > 0 and summary["nan_skipped"] == 0
+
+
+@needs_assets
+def test_diffusers_pipeline_loads_the_shipped_folder():
+    from diffusers import StableDiffusionControlNetPipeline
+    from PIL import Image
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(model_path(), torch_dtype=torch.float32,
+                                                             local_files_only=True)
+    assert pipe.vae_scale_factor == 4
+    hint = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    out = pipe("a photo of a finch", image=hint, height=64, width=64, num_inference_steps=2, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
+
+
+@needs_assets
+def test_demo_writes_its_files(tmp_path):
+    from higfa.demo import run_demo
+
+    metrics = run_demo(tmp_path, species=["red-crowned finch", "plain jay"], steps=3, progress=False)
+    for name in ("contact_sheet.png", "trace.png", "trace.json", "metrics.json"):
+        assert (tmp_path / name).is_file(), name
+    assert set(metrics["presets"]) == {"cfg", "contour", "higfa"} and len(metrics["rows"]) == 2
+    sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
+    assert sheet.shape[0] > 2 * 128 and sheet.shape[1] > 5 * 128
