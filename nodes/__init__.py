@@ -9,10 +9,11 @@ from .guider import HiGFAGuider
 from .sampler import HiGFASampler
 from .schedule import HiGFASchedule
 from .trace import HiGFATrace
+from .world import NODES as WORLD_NODES
 
 NODES: list[type[io.ComfyNode]] = [
     HiGFASchedule, HiGFAContourTransform, HiGFAContourRanges, HiGFAClassifierLoader, HiGFAGuider, HiGFASampler,
-    HiGFATrace, HiGFALoadImageFolder, HiGFASaveImageFolder,
+    HiGFATrace, HiGFALoadImageFolder, HiGFASaveImageFolder, *WORLD_NODES,
 ]
 
 

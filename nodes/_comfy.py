@@ -12,5 +12,6 @@ CATEGORY = "HiGFA"
 SCHEDULE = io.Custom("HIGFA_SCHEDULE")
 CLASSIFIER = io.Custom("HIGFA_CLASSIFIER")
 CONTOUR_RANGES = io.Custom("HIGFA_CONTOUR_RANGES")
+WORLD = io.Custom("HIGFA_WORLD")  # the built-in world's text encoder and image generator (nodes/world.py)
 
-__all__ = ["CATEGORY", "CLASSIFIER", "CONTOUR_RANGES", "ComfyExtension", "SCHEDULE", "io", "ui"]
+__all__ = ["CATEGORY", "CLASSIFIER", "CONTOUR_RANGES", "ComfyExtension", "SCHEDULE", "WORLD", "io", "ui"]

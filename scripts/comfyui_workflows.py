@@ -184,9 +184,65 @@ def compare_workflow() -> Spec:
     return s
 
 
+WORLD_NOTE = (
+    "Built-in tiny world: runs out of the box, no model files (HiGFA World Loader reads the models shipped "
+    "with the pack). A real image of a species -> its transformed contour -> the same seed sampled three ways: "
+    "cfg (family prompt only), contour (+ the contour ControlNet), higfa (+ confidence-gated classifier guidance "
+    "toward the species). Saved row: real | contour | cfg | contour | higfa.\n"
+    "The text model knows the family ('a photo of a finch'), never the species: only the classifier knows the "
+    "markings (crown patch, wing bar, eye ring, beak colour). Try another species (16: see the loader's "
+    "class_names) or image index.")
+
+
+def world_workflow() -> Spec:
+    """The built-in world (docs/world.md), cfg vs contour vs higfa on one seed: no files needed."""
+    s = Spec("higfa-world-compare")
+    s.add("note", "Note", -1, text=WORLD_NOTE, _size=(720, 130))
+    s.add("world", "HiGFA_WorldLoader", 0, path="")
+    s.add("image", "HiGFA_WorldImage", 0, species="red-crowned finch", index=0, split="fewshot",
+          _title="Real image of the species")
+    s.add("pos", "HiGFA_WorldTextEncode", 1, text="a photo of a finch", _title="Positive: family prompt")
+    s.add("neg", "HiGFA_WorldTextEncode", 1, text="", _title="Negative: empty")
+    s.add("contour", "HiGFA_ContourTransform", 1, seed=0, variants=1)
+    s.add("latent", "HiGFA_WorldEmptyLatent", 2, width=64, height=64, batch_size=1)
+    s.link("world", "world", "image", "world")
+    s.link("world", "world", "pos", "world")
+    s.link("world", "world", "neg", "world")
+    s.link("image", "prompt", "pos", "text")
+    s.link("image", "image", "contour", "image")
+    s.link("world", "VAE", "latent", "vae")
+    row = [("image", "image"), ("contour", "contour")]
+    for i, preset in enumerate(("cfg", "contour", "higfa")):
+        s.add(f"schedule_{preset}", "HiGFA_Schedule", 2, preset=preset, _title=f"Schedule: {preset}")
+        s.add(f"sampler_{preset}", "HiGFA_Sampler", 3 + i, seed=42, steps=30, sampler_name="ddim",
+              scheduler="ddim_uniform", denoise=1.0, target="red-crowned finch", _title=f"Sampler: {preset}")
+        s.add(f"decode_{preset}", "VAEDecode", 6)
+        for src, out, inp in (("world", "MODEL", "model"), ("pos", "CONDITIONING", "positive"),
+                              ("neg", "CONDITIONING", "negative"), (f"schedule_{preset}", "schedule", "schedule"),
+                              ("latent", "LATENT", "latent_image"), ("world", "CONTROL_NET", "control_net"),
+                              ("contour", "contour", "contour"), ("world", "VAE", "vae"),
+                              ("world", "classifier", "classifier"), ("image", "species", "target")):
+            s.link(src, out, f"sampler_{preset}", inp)
+        s.link(f"sampler_{preset}", "latent", f"decode_{preset}", "samples")
+        s.link("world", "VAE", f"decode_{preset}", "vae")
+        row.append((f"decode_{preset}", "IMAGE"))
+    left = row[0]
+    for k, right in enumerate(row[1:]):  # one row: each stitch appends the next image on the right
+        s.add(f"stitch_{k}", "ImageStitch", 7, direction="right", match_image_size=False, spacing_width=4)
+        s.link(*left, f"stitch_{k}", "image1")
+        s.link(*right, f"stitch_{k}", "image2")
+        left = (f"stitch_{k}", "IMAGE")
+    s.add("save", "SaveImage", 7, filename_prefix="higfa/world_compare",
+          _title="real | contour | cfg | contour | higfa")
+    s.link(*left, "save", "images")
+    s.add("trace_view", "PreviewImage", 7, _title="HiGFA trace (higfa)")
+    s.link("sampler_higfa", "trace_plot", "trace_view", "images")
+    return s
+
+
 def specs() -> list[Spec]:
     return [*(preset_workflow(p) for p in ("cfg", "contour", "classifier-all-steps", "higfa")),
-            batch_workflow(), compare_workflow()]
+            batch_workflow(), compare_workflow(), world_workflow()]
 
 
 # ----------------------------------------------------------------------------- /object_info helpers

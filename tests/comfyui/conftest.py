@@ -19,7 +19,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_helpers import ROOT, TESTPACK, Server, load_script, populate_base  # noqa: E402
+from comfy_helpers import ROOT, TESTPACK, Server, load_script, populate_base, world_folder  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,6 +35,12 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def comfyui_path() -> Path:
     return load_script("comfyui").install()  # a no-op once `make comfyui-setup` ran
+
+
+@pytest.fixture(scope="session")
+def world_path(tmp_path_factory) -> Path:
+    """The built-in world's folder, or a same-format stand-in while its models are not all there."""
+    return world_folder(tmp_path_factory.mktemp("world"))
 
 
 # ----------------------------------------------------------------------------- in-process ComfyUI

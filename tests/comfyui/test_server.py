@@ -15,12 +15,14 @@ pytestmark = pytest.mark.comfyui
 WF = load_script("comfyui_workflows")
 SHIPPED = sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
 HIGFA_NODES = {"HiGFA_Schedule", "HiGFA_ContourTransform", "HiGFA_ContourRanges", "HiGFA_ClassifierLoader",
-               "HiGFA_Guider", "HiGFA_Sampler", "HiGFA_Trace", "HiGFA_LoadImageFolder", "HiGFA_SaveImageFolder"}
+               "HiGFA_Guider", "HiGFA_Sampler", "HiGFA_Trace", "HiGFA_LoadImageFolder", "HiGFA_SaveImageFolder",
+               "HiGFA_WorldLoader", "HiGFA_WorldTextEncode", "HiGFA_WorldImage", "HiGFA_WorldEmptyLatent"}
 
 
-def to_test_prompt(ui: dict, info: dict, seed: int) -> dict:
+def to_test_prompt(ui: dict, info: dict, seed: int, world: str = "") -> dict:
     """The workflow's API prompt with the stock model loaders swapped for the test pack's tiny ones
-    (same output types), 64-px latents, and a fresh seed (identical prompts are served from cache)."""
+    (same output types), 64-px latents, and a fresh seed (identical prompts are served from cache).
+    The built-in world's loader keeps its models (`world`: another world folder, e.g. a stand-in)."""
     prompt = WF.ui_to_api(ui, info)
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
@@ -32,6 +34,8 @@ def to_test_prompt(ui: dict, info: dict, seed: int) -> dict:
             inputs.update(width=IMAGE, height=IMAGE)
         elif kind in ("HiGFA_Sampler", "RandomNoise"):
             inputs["seed" if "seed" in inputs else "noise_seed"] = seed
+        elif kind == "HiGFA_WorldLoader" and world:
+            inputs["path"] = world
     return prompt
 
 
@@ -72,7 +76,7 @@ def test_classifier_folder_lists_safetensors_not_sidecars(server):
 
 def test_workflow_templates_are_listed(server):
     assert sorted(server.get("/api/workflow_templates")["comfyui-higfa"]) == SHIPPED
-    assert len(SHIPPED) == 6
+    assert len(SHIPPED) == 7
 
 
 def test_shipped_workflows_match_their_specs(server):
@@ -126,10 +130,10 @@ def check_trace(trace: dict, preset: str) -> None:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_workflow_validates_and_runs(server, name):
+def test_shipped_workflow_validates_and_runs(server, world_path, name):
     ui = load(name)
     assert WF.validate_ui(ui, server.object_info) == []
-    prompt = to_test_prompt(ui, server.object_info, server.next_seed())
+    prompt = to_test_prompt(ui, server.object_info, server.next_seed(), world_arg(world_path))
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
     out = entry["outputs"]
@@ -142,6 +146,8 @@ def test_shipped_workflow_validates_and_runs(server, name):
         check_trace(out[sampler]["higfa_trace"][0], preset)
         (save,) = nodes_of(prompt, "SaveImage")
         assert [im.shape for im in saved_images(server, out, save)] == [(IMAGE, IMAGE, 3)] * 2
+    elif name == "higfa-world-compare":
+        check_world_outputs(server, out, prompt)
     elif name == "higfa-compare-cfg-vs-higfa":
         traces = {prompt[k]["_meta"]["title"]: out[k]["higfa_trace"][0] for k in nodes_of(prompt, "HiGFA_Trace")}
         check_trace(traces["Trace: cfg"], "cfg")
@@ -150,6 +156,32 @@ def test_shipped_workflow_validates_and_runs(server, name):
         assert [im.shape for im in saved_images(server, out, save)] == [(IMAGE, 2 * IMAGE + 8, 3)]
     else:
         check_dataset_output(server, out, prompt, {"class_0/img_0.png": 2})
+
+
+def world_arg(world_path) -> str:
+    """The world loader's path input: '' (the built-in world) unless the tests run on a stand-in."""
+    from higfa.world import model_path
+
+    return "" if world_path == model_path() else str(world_path)
+
+
+def check_world_outputs(server, out, prompt) -> None:
+    """The built-in world workflow: one row real | contour | cfg | contour | higfa (64 px each, 4 px
+    apart), and each sampler's trace (30 steps; higfa guided toward the world image's species)."""
+    (save,) = nodes_of(prompt, "SaveImage")
+    assert [im.shape for im in saved_images(server, out, save)] == [(64, 5 * 64 + 4 * 4, 3)]
+    (image,) = nodes_of(prompt, "HiGFA_WorldImage")
+    species = prompt[image]["inputs"]["species"]
+    for sampler in nodes_of(prompt, "HiGFA_Sampler"):
+        trace = out[sampler]["higfa_trace"][0]
+        preset = prompt[sampler]["_meta"]["title"].removeprefix("Sampler: ")
+        assert trace["schedule"]["preset"] == preset and trace["summary"]["steps"] == 30
+        measured = [r for r in trace["steps"] if r["confidence"] is not None]
+        if preset == "higfa":
+            assert trace["class_names"][trace["target"][0]] == species
+            assert measured and trace["summary"]["guided_sample_steps"] > 0
+        else:
+            assert not measured
 
 
 def check_dataset_output(server, out, prompt, sources: dict) -> None:

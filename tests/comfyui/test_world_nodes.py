@@ -1,0 +1,296 @@
+"""The built-in world in ComfyUI (nodes/world.py): the converted UNet, ControlNet and VAE give the
+diffusers models' outputs, the ControlNet honours ComfyUI's ControlBase contract, the image / text /
+latent nodes, HiGFA beats the contour preset on the guidance classifier's confidence, and the shipped
+world workflow runs through a real server as it ships (no files to add)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from comfy_helpers import load_script
+
+pytestmark = pytest.mark.comfyui
+WF = load_script("comfyui_workflows")
+SIGMA_STEPS = (20, 300, 700, 999)  # training timesteps whose σ the parity tests use
+
+
+@pytest.fixture(scope="module")
+def world(comfy, world_path):
+    """The loader's outputs (built under inference mode, as ComfyUI runs nodes), the core's diffusers
+    models of the same folder, and a contour of a real image."""
+    from higfa.world_models import load_world
+
+    W = comfy.pack.nodes.world
+    with torch.inference_mode():
+        model, vae, cnet, clf, handle, names = W.HiGFAWorldLoader.execute(str(world_path)).args
+    core = load_world(world_path)
+    few = core.world.split("fewshot", 2)
+    contours = core.contours(few.images[[2, 12]], seeds=[0, 1])  # a finch and a warbler
+    return dict(W=W, pack=comfy.pack, model=model, vae=vae, cnet=cnet, clf=clf, world=handle, names=names,
+                core=core, contours=contours, path=world_path)
+
+
+def _control(w, strength=1.0, hint=None, percent=(0.0, 1.0)):
+    ms = w["model"].model.model_sampling
+    c = w["cnet"].copy().set_cond_hint(w["contours"][:1] if hint is None else hint, strength, percent)
+    c.pre_run(w["model"].model, ms.percent_to_sigma)
+    return c
+
+
+def _inputs(w, batch=1, seed=0):
+    ms = w["model"].model.model_sampling
+    emb = w["core"].encode_prompts(["a photo of a finch", "a photo of a warbler"][:batch])
+    x = torch.randn(batch, 8, 16, 16, generator=torch.Generator().manual_seed(seed))
+    return ms, emb, x
+
+
+# ----------------------------------------------------------------------------- the loader's objects
+def test_loader_gives_comfyui_types_with_the_worlds_geometry(world):
+    import comfy.controlnet
+    import comfy.model_patcher
+    import comfy.model_sampling
+    import comfy.sd
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    model, vae, core = world["model"], world["vae"], world["core"]
+    assert isinstance(model, comfy.model_patcher.ModelPatcher) and isinstance(model.model.diffusion_model, UNetModel)
+    fmt = model.get_model_object("latent_format")
+    assert fmt.latent_channels == 8 and fmt.scale_factor == pytest.approx(core.vae.config.scaling_factor)
+    assert np.asarray(fmt.latent_rgb_factors).shape == (8, 3) and len(fmt.latent_rgb_factors_bias) == 3
+    ms = model.get_model_object("model_sampling")
+    assert isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and isinstance(ms, comfy.model_sampling.EPS)
+    assert torch.allclose(ms.sigmas.double(), core.noise_schedule.sigmas, rtol=1e-6)
+    assert not model.model.concat_keys  # 8 channels are the latent, not SD inpainting's image + mask
+    assert isinstance(vae, comfy.sd.VAE) and vae.latent_channels == 8 and vae.downscale_ratio == 4
+    assert vae.spacial_compression_encode() == vae.spacial_compression_decode() == 4
+    assert isinstance(vae.patcher, comfy.model_patcher.ModelPatcher)
+    assert isinstance(world["cnet"], comfy.controlnet.ControlBase)
+    assert world["clf"].class_names == core.world.class_names == world["names"].split("\n")
+    # Normal tensors (made outside inference mode): the guider's gradient path copies and uses them.
+    assert not any(p.is_inference() for p in vae.first_stage_model.parameters())
+    assert not any(p.is_inference() for p in world["clf"].parameters())
+
+
+def test_unet_and_controlnet_give_the_diffusers_denoised_output(world):
+    """ComfyUI's UNetModel with the converted weights + the wrapped ControlNet, via BaseModel.apply_model,
+    against higfa's DiffusersDenoiser on the diffusers models, at several σ and contour strengths."""
+    from higfa.diffusers_backend import DiffusersDenoiser
+
+    core = world["core"]
+    ms, emb, x = _inputs(world)
+    den = DiffusersDenoiser(core.unet, {"cond": emb, "uncond": emb}, core.noise_schedule, core.controlnet,
+                            world["contours"][:1])
+    worst = 0.0
+    with torch.inference_mode():
+        for t in SIGMA_STEPS:
+            sigma = ms.sigmas[t].reshape(1)
+            for strength in (0.0, 0.6, 1.0):
+                control = None
+                if strength:
+                    control = _control(world, strength).get_control(x, sigma, {"c_crossattn": emb}, 1, {})
+                ours = world["model"].model.apply_model(x, sigma, c_crossattn=emb, control=control)
+                ref = den(x, sigma, ["cond"], strength)[0]
+                diff = float((ours - ref).abs().max())
+                worst = max(worst, diff / max(1.0, float(ref.abs().max())))
+    print(f"UNet+ControlNet: max relative |ComfyUI - diffusers| = {worst:.2e}")
+    assert worst < 1e-5
+
+
+def test_controlnet_batched_cond_and_uncond_broadcast_the_hint(world):
+    """Two latents in one call with cond and uncond batched (as calc_cond_batch does), one hint per latent."""
+    from higfa.diffusers_backend import DiffusersDenoiser
+
+    core = world["core"]
+    ms, emb, x = _inputs(world, batch=2, seed=1)
+    uncond = core.encode_prompts([""]).expand(2, -1, -1)
+    sigma = ms.sigmas[500].reshape(1).expand(4)
+    context = torch.cat([emb, uncond])
+    with torch.inference_mode():
+        control = _control(world, 0.8, hint=world["contours"]).get_control(
+            torch.cat([x, x]), sigma, {"c_crossattn": context}, 2, {})
+        ours = world["model"].model.apply_model(torch.cat([x, x]), sigma, c_crossattn=context, control=control)
+    den = DiffusersDenoiser(core.unet, {"cond": emb, "uncond": uncond}, core.noise_schedule, core.controlnet,
+                            world["contours"])
+    cond, unc = den(x, sigma[:2], ["cond", "uncond"], 0.8)
+    assert float((ours - torch.cat([cond, unc])).abs().max()) < 1e-4
+
+
+def test_controlnet_strength_range_copy_chain_and_models(world):
+    ms, emb, x = _inputs(world)
+    sigma = ms.sigmas[400].reshape(1)
+    cond = {"c_crossattn": emb}
+    with torch.inference_mode():
+        full = _control(world, 1.0).get_control(x, sigma, cond, 1, {})
+        half = _control(world, 0.5).get_control(x, sigma, cond, 1, {})
+        assert len(full["output"]) == 6 and len(full["middle"]) == 1 and full["input"] == []
+        for a, b in zip(full["output"] + full["middle"], half["output"] + half["middle"]):
+            assert torch.allclose(0.5 * a, b, atol=1e-6)
+        # Timestep range: outside it the control gives nothing (or the previous controlnet's).
+        late = _control(world, 1.0, percent=(0.8, 1.0))
+        assert late.get_control(x, sigma, cond, 1, {}) is None
+        chained = _control(world, 0.5).set_previous_controlnet(_control(world, 1.0))
+        both = chained.get_control(x, sigma, cond, 1, {})
+        for a, b in zip(full["output"], both["output"]):
+            assert torch.allclose(1.5 * a, b, atol=1e-5)
+    original = world["cnet"]
+    copy = original.copy()
+    copy.strength = 0.25
+    assert type(copy) is type(original) and copy.control_model is original.control_model
+    assert original.strength == 1.0 and copy.control_model_wrapped is original.control_model_wrapped
+    assert chained.get_models() == [original.control_model_wrapped] * 2
+
+
+def test_vae_through_the_stock_nodes_matches_diffusers(world):
+    import nodes
+
+    core, vae = world["core"], world["vae"]
+    image = torch.from_numpy(core.world.split("test", 1).images[:3]).float() / 255
+    with torch.inference_mode():
+        latent = nodes.VAEEncode().encode(vae, image)[0]["samples"]
+        decoded = nodes.VAEDecode().decode(vae, {"samples": latent})[0]
+    with torch.no_grad():
+        ref_z = core.vae.encode(image.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mean
+        ref_img = ((core.vae.decode(ref_z).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    assert latent.shape == (3, 8, 16, 16) and decoded.shape == (3, 64, 64, 3)
+    enc, dec = float((latent - ref_z).abs().max()), float((decoded - ref_img).abs().max())
+    print(f"VAE: max |ComfyUI - diffusers| encode {enc:.2e}, decode {dec:.2e}")
+    assert enc < 1e-5 and dec < 1e-5
+
+
+def test_latent_previews_approximate_the_decoder(world):
+    """Latent2RGB factors fitted at load: the preview of a real image's latent looks like the image."""
+    import latent_preview
+
+    core, vae = world["core"], world["vae"]
+    fmt = world["model"].get_model_object("latent_format")
+    images = torch.from_numpy(core.world.split("test", 1).images[::4]).float() / 255
+    with torch.inference_mode():
+        x0 = fmt.process_in(vae.encode(images))
+    previewer = latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias)
+    errors = []
+    for i in range(len(images)):
+        preview = np.asarray(previewer.decode_latent_to_preview(x0[i:i + 1])).astype(np.float32) / 255
+        pooled = torch.nn.functional.avg_pool2d(images[i:i + 1].permute(0, 3, 1, 2), 4)[0].permute(1, 2, 0).numpy()
+        assert preview.shape == (16, 16, 3)
+        errors.append(np.abs(preview - pooled).mean())
+    assert np.mean(errors) < 0.1
+
+
+# ----------------------------------------------------------------------------- text, image, latent nodes
+def test_text_encode_is_the_worlds_text_encoder(world):
+    core, W = world["core"], world["W"]
+    with torch.inference_mode():
+        (cond, extra), = W.HiGFAWorldTextEncode.execute(world["world"], "a photo of a jay").args[0]
+        (empty, _), = W.HiGFAWorldTextEncode.execute(world["world"], "").args[0]
+    assert cond.shape == (1, 16, 64) and extra == {}
+    assert torch.allclose(cond, core.encode_prompts(["a photo of a jay"])) and torch.allclose(
+        empty, core.encode_prompts([""]))
+
+
+def test_world_image_by_name_or_index_is_the_splits_image(world):
+    W, core = world["W"], world["core"]
+    few = core.world.split("fewshot", 3)
+    for species, index in (("spectacled warbler", 2), ("6", 2), ("Plain_Jay", 0)):
+        image, name, prompt, label = W.HiGFAWorldImage.execute(species, index, "fewshot", world["world"]).args
+        assert image.shape == (1, 64, 64, 3) and image.dtype == torch.float32
+        assert np.array_equal((image[0] * 255).round().byte().numpy(), few.images[few.of_class(label)[index]])
+        assert name == core.world.class_names[label] and prompt == core.world.prompt(label)
+    assert W.HiGFAWorldImage.execute("white-winged jay", 0, "test").args[1:] == ("white-winged jay",
+                                                                                 "a photo of a jay", 9)
+    with pytest.raises(ValueError, match="Did you mean"):
+        W.HiGFAWorldImage.execute("red crowned finchh", 0, "fewshot", world["world"])
+    with pytest.raises(ValueError, match="out of range: the world has 16 species"):
+        W.HiGFAWorldImage.execute("16", 0, "fewshot")
+
+
+def test_empty_latent_follows_the_vae(world, comfy):
+    W = world["W"]
+    with torch.inference_mode():
+        ours = W.HiGFAWorldEmptyLatent.execute(world["vae"], 64, 96, 3).args[0]["samples"]
+        sd = W.HiGFAWorldEmptyLatent.execute(comfy.tiny.tiny_vae(2), 64, 96, 2).args[0]["samples"]
+    assert ours.shape == (3, 8, 24, 16) and not ours.any()
+    assert sd.shape == (2, 4, 12, 8)
+
+
+def test_a_missing_or_stale_world_is_a_clear_error(world, tmp_path):
+    import shutil
+
+    W = world["W"]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        W.HiGFAWorldLoader.execute(str(tmp_path))
+    stale = tmp_path / "stale"
+    shutil.copytree(world["path"], stale)
+    info = json.loads((stale / "world.json").read_text())
+    info["comfyui_unet_config"]["in_channels"] = 4
+    (stale / "world.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="stale"):
+        W.HiGFAWorldLoader.execute(str(stale))
+
+
+# ----------------------------------------------------------------------------- HiGFA with the world
+CASES = [("red-crowned finch", 0), ("spectacled warbler", 1), ("white-winged jay", 2), ("orange-billed dove", 3)]
+
+
+def test_higfa_raises_the_guidance_confidence_over_contour(world):
+    """The HiGFA Sampler node on the world models, same seed and contour, presets contour vs higfa:
+    the guidance classifier's confidence in the target species on the decoded results."""
+    import nodes
+
+    pack, W = world["pack"], world["W"]
+    results = []
+    for species, seed in CASES:
+        with torch.inference_mode():
+            image, name, prompt, label = W.HiGFAWorldImage.execute(species, seed, "fewshot", world["world"]).args
+            pos = W.HiGFAWorldTextEncode.execute(world["world"], prompt).args[0]
+            neg = W.HiGFAWorldTextEncode.execute(world["world"], "").args[0]
+            contour = pack.nodes.contour.HiGFAContourTransform.execute(image, "canny", 120.0, 200.0, 0.0, False, 0.5,
+                                                                        seed, 1).args[0]
+            latent = W.HiGFAWorldEmptyLatent.execute(world["vae"], 64, 64, 1).args[0]
+            p = {}
+            for preset in ("contour", "higfa"):
+                out = pack.nodes.sampler.HiGFASampler.execute(
+                    world["model"], pos, neg, pack.nodes.schedule.build_schedule(preset), latent, seed, 30, "ddim",
+                    "ddim_uniform", 1.0, world["cnet"], contour, world["vae"], world["clf"], name)
+                decoded = nodes.VAEDecode().decode(world["vae"], out.args[0])[0]
+                with torch.no_grad():
+                    p[preset] = float(world["clf"](decoded.movedim(-1, 1)).softmax(-1)[0, label])
+                trace = json.loads(out.args[2])
+            assert trace["target"] == [label] and trace["summary"]["guided_sample_steps"] > 0
+        results.append((species, p["contour"], p["higfa"]))
+    print("guidance confidence in the target, contour -> higfa: "
+          + "; ".join(f"{s}: {a:.3f} -> {b:.3f}" for s, a, b in results))
+    gains = [b - a for _, a, b in results]
+    assert all(g > 0 for g in gains), results
+
+
+# ----------------------------------------------------------------------------- through the server
+def test_world_workflow_runs_through_the_server(server, world_path):
+    """The shipped world workflow as a user queues it (only the species, image and seed changed): the
+    species flows from HiGFA World Image to the prompt and to the samplers' target."""
+    from comfy_helpers import ROOT
+
+    from higfa.world import model_path
+
+    prompt = WF.ui_to_api(json.loads((ROOT / "example_workflows" / "higfa-world-compare.json").read_text()),
+                          server.object_info)
+    kinds = {v["class_type"]: k for k, v in prompt.items()}
+    if world_path != model_path():
+        prompt[kinds["HiGFA_WorldLoader"]]["inputs"]["path"] = str(world_path)
+    prompt[kinds["HiGFA_WorldImage"]]["inputs"].update(species="spectacled warbler", index=3)
+    seed = server.next_seed()
+    samplers = [k for k, v in prompt.items() if v["class_type"] == "HiGFA_Sampler"]
+    for k in samplers:
+        prompt[k]["inputs"]["seed"] = seed
+    started = time.monotonic()
+    entry = server.run(prompt)
+    print(f"world workflow through the server: {time.monotonic() - started:.1f} s")
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
+    traces = {prompt[k]["_meta"]["title"]: entry["outputs"][k]["higfa_trace"][0] for k in samplers}
+    assert traces["Sampler: higfa"]["target"] == [6] and traces["Sampler: cfg"]["target"] is None
+    images = entry["outputs"][kinds["SaveImage"]]["images"]
+    assert len(images) == 1 and (server.base / "output" / images[0]["subfolder"] / images[0]["filename"]).is_file()
