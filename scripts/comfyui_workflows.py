@@ -204,7 +204,7 @@ def world_workflow() -> Spec:
     s.add("pos", "HiGFA_WorldTextEncode", 1, text="a photo of a finch", _title="Positive: family prompt")
     s.add("neg", "HiGFA_WorldTextEncode", 1, text="", _title="Negative: empty")
     s.add("contour", "HiGFA_ContourTransform", 1, seed=0, variants=1)
-    s.add("latent", "HiGFA_WorldEmptyLatent", 2, width=64, height=64, batch_size=1)
+    s.add("latent", "HiGFA_WorldEmptyLatent", 1, width=64, height=64, batch_size=1)
     s.link("world", "world", "image", "world")
     s.link("world", "world", "pos", "world")
     s.link("world", "world", "neg", "world")
@@ -213,10 +213,10 @@ def world_workflow() -> Spec:
     s.link("world", "VAE", "latent", "vae")
     row = [("image", "image"), ("contour", "contour")]
     for i, preset in enumerate(("cfg", "contour", "higfa")):
-        s.add(f"schedule_{preset}", "HiGFA_Schedule", 2, preset=preset, _title=f"Schedule: {preset}")
-        s.add(f"sampler_{preset}", "HiGFA_Sampler", 3 + i, seed=42, steps=30, sampler_name="ddim",
+        s.add(f"schedule_{preset}", "HiGFA_Schedule", 2 + i, preset=preset, _title=f"Schedule: {preset}")
+        s.add(f"sampler_{preset}", "HiGFA_Sampler", 2 + i, seed=42, steps=30, sampler_name="ddim",
               scheduler="ddim_uniform", denoise=1.0, target="red-crowned finch", _title=f"Sampler: {preset}")
-        s.add(f"decode_{preset}", "VAEDecode", 6)
+        s.add(f"decode_{preset}", "VAEDecode", 5)
         for src, out, inp in (("world", "MODEL", "model"), ("pos", "CONDITIONING", "positive"),
                               ("neg", "CONDITIONING", "negative"), (f"schedule_{preset}", "schedule", "schedule"),
                               ("latent", "LATENT", "latent_image"), ("world", "CONTROL_NET", "control_net"),
@@ -228,14 +228,14 @@ def world_workflow() -> Spec:
         row.append((f"decode_{preset}", "IMAGE"))
     left = row[0]
     for k, right in enumerate(row[1:]):  # one row: each stitch appends the next image on the right
-        s.add(f"stitch_{k}", "ImageStitch", 7, direction="right", match_image_size=False, spacing_width=4)
+        s.add(f"stitch_{k}", "ImageStitch", 6, direction="right", match_image_size=False, spacing_width=4)
         s.link(*left, f"stitch_{k}", "image1")
         s.link(*right, f"stitch_{k}", "image2")
         left = (f"stitch_{k}", "IMAGE")
-    s.add("save", "SaveImage", 7, filename_prefix="higfa/world_compare",
+    s.add("save", "SaveImage", 6, filename_prefix="higfa/world_compare",
           _title="real | contour | cfg | contour | higfa")
     s.link(*left, "save", "images")
-    s.add("trace_view", "PreviewImage", 7, _title="HiGFA trace (higfa)")
+    s.add("trace_view", "PreviewImage", 6, _title="HiGFA trace (higfa)")
     s.link("sampler_higfa", "trace_plot", "trace_view", "images")
     return s
 
