@@ -98,7 +98,8 @@ def world_model(unet, unet_config: dict, scheduler_config: dict, sigmas: torch.T
 
     class WorldUNet(comfy.supported_models_base.BASE):
         unet_extra_config = {}  # world.json's config is complete (num_heads, num_head_channels)
-        sampling_settings = {"beta_schedule": _BETAS[betas], "linear_start": scheduler_config.get("beta_start", 0.00085),
+        sampling_settings = {"beta_schedule": _BETAS[betas],
+                             "linear_start": scheduler_config.get("beta_start", 0.00085),
                              "linear_end": scheduler_config.get("beta_end", 0.012),
                              "timesteps": scheduler_config.get("num_train_timesteps", 1000)}
         supported_inference_dtypes = [torch.float32]
@@ -111,7 +112,7 @@ def world_model(unet, unet_config: dict, scheduler_config: dict, sigmas: torch.T
             return False  # 8 latent channels is this VAE's latent, not SD-inpainting's image + mask
 
     WorldUNet.latent_format = latent_format
-    config = WorldUNet({k: v for k, v in unet_config.items()})
+    config = WorldUNet(dict(unet_config))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device=mm.unet_offload_device())
     names = comfy.utils.unet_to_diffusers(config.unet_config)

@@ -36,8 +36,8 @@ def test_world_workflow_runs_out_of_the_box_and_shows_its_images(ui, world_path)
 
     page = ui.page
     load_workflow(page, json.loads((ROOT / "example_workflows" / f"{NAME}.json").read_text()))
-    assert page.evaluate("window.app.graph.nodes.filter(n => n.has_errors || !(n.type in LiteGraph.registered_node_types))"
-                         ".length") == 0
+    assert page.evaluate("""() => window.app.graph.nodes
+        .filter(n => n.has_errors || !(n.type in LiteGraph.registered_node_types)).length""") == 0
     if world_path != model_path():  # the built-in models are not all there yet: a stand-in of the same format
         set_widget(page, node_ids(page, "HiGFA_WorldLoader")[0], "path", str(world_path))
     (image,) = node_ids(page, "HiGFA_WorldImage")
