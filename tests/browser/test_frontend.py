@@ -20,6 +20,9 @@ from comfy_page import (fit_view, focus_node, load_workflow, node_ids, queue_and
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 SHIPPED = sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
+# Queued here with the tiny stand-ins of the SD 1.5 loaders; the built-in-world workflow needs no
+# swap and is queued by test_world_workflow.py.
+SD15 = [n for n in SHIPPED if '"CheckpointLoaderSimple"' in (ROOT / "example_workflows" / f"{n}.json").read_text()]
 EXTENSIONS = ["HiGFA.NodeColor", "HiGFA.ScheduleChart", "HiGFA.TraceChart"]
 HIGFA_COLOR = {"color": "#1f4a4f", "bgcolor": "#263a3d"}  # web/higfa_nodes.js
 TRACE_NODES = ("HiGFA_Sampler", "HiGFA_Trace")
@@ -62,7 +65,10 @@ def graph_report(page) -> dict:
         const nodes = window.app.graph.nodes;
         return {
             missing: nodes.filter(n => !(n.type in LiteGraph.registered_node_types)).map(n => n.type),
-            red: nodes.filter(n => n.has_errors).map(n => `${n.id} ${n.type}`),
+            // drawn red: a missing type, a validation error of the last queue, or the last run's failing node
+            red: nodes.filter(n => n.has_errors || window.app.lastNodeErrors?.[n.id]
+                                   || String(window.app.lastExecutionError?.node_id) === String(n.id))
+                      .map(n => `${n.id} ${n.type}`),
             colors: nodes.filter(n => n.type.startsWith("HiGFA_")).map(n => ({color: n.color, bgcolor: n.bgcolor})),
             schedule_charts: nodes.filter(n => n.type === "HiGFA_Schedule").map(n => {
                 const c = n.higfaChart.chart.canvas;
@@ -97,7 +103,7 @@ def test_extensions_load_from_the_pack_without_errors(ui):
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_workflow_loads_queues_and_shows_its_results(ui, name):
+def test_shipped_workflow_loads_without_missing_or_red_nodes(ui, name):
     page = ui.page
     load_workflow(page, shipped(name))
     wait_all_schedule_charts(page)
@@ -111,7 +117,12 @@ def test_shipped_workflow_loads_queues_and_shows_its_results(ui, name):
     assert report["trace_charts"] and all(c["in_page"] and c["steps"] is None for c in report["trace_charts"])
     screenshot_graph(page, ARTIFACTS / f"{name}-loaded.png")
 
-    # The same graph with tiny models, queued from the page as the Run button does.
+
+@pytest.mark.parametrize("name", SD15)
+def test_shipped_workflow_queued_with_tiny_models_shows_images_and_traces(ui, name):
+    """Queued from the page as the Run button does; no validation error, no failed node; every image
+    output shows on the page and every sampler/trace node draws its trace."""
+    page = ui.page
     load_workflow(page, tiny(shipped(name)))
     reseed(page, ui.server.next_seed())
     result = queue_and_wait(page)
@@ -267,3 +278,9 @@ def test_charts_also_draw_in_the_nodes_2_0_renderer(ui):
         set_setting(ui.server.url, "Comfy.VueNodes.Enabled", False)
         page.reload()
         wait_app(page)
+
+
+def test_every_shipped_workflow_is_queued_by_a_browser_test():
+    from test_world_workflow import NAME as WORLD
+
+    assert SD15 and sorted(SD15 + [WORLD]) == SHIPPED
