@@ -144,16 +144,19 @@ def focus_node(page, node_id: int, scale: float = 1.0) -> None:
 
 
 def screenshot_chart(page, node_id: int, path: Path, scale: float = 2.0) -> Path:
-    """A close-up of a node's HiGFA chart: the view centred on it at `scale`, then the canvas element."""
-    page.evaluate("""([id, scale]) => {
-        const n = window.app.graph.getNodeById(id), w = n.widgets.find(w => w.canvas?.dataset.higfaChart);
-        const c = window.app.canvas, el = c.canvas;
-        c.ds.scale = scale;
-        c.ds.offset = [el.clientWidth / scale / 2 - n.pos[0] - n.size[0] / 2,
-                       el.clientHeight / scale / 2 - n.pos[1] - (w.y + w.canvas.clientHeight / 2)];
-        c.setDirty(true, true);
-    }""", [node_id, scale])
-    page.wait_for_timeout(500)
+    """A close-up of a node's HiGFA chart: the view zoomed to `scale` and moved until the chart's canvas
+    sits in the middle of the page (measured on the page), then a screenshot of that element."""
+    focus_node(page, node_id, scale)
+    for _ in range(2):  # the DOM widget follows the canvas on the next frame: measure, move, measure again
+        page.evaluate("""id => {
+            const n = window.app.graph.getNodeById(id), w = n.widgets.find(w => w.canvas?.dataset.higfaChart);
+            const c = window.app.canvas, el = c.canvas, box = w.canvas.getBoundingClientRect();
+            const page = el.getBoundingClientRect();
+            c.ds.offset[0] += (page.left + page.width / 2 - (box.left + box.width / 2)) / c.ds.scale;
+            c.ds.offset[1] += (page.top + page.height / 2 - (box.top + box.height / 2)) / c.ds.scale;
+            c.setDirty(true, true);
+        }""", node_id)
+        page.wait_for_timeout(400)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas = page.evaluate_handle("""id => window.app.graph.getNodeById(id).widgets
         .find(w => w.canvas?.dataset.higfaChart).canvas""", node_id)
