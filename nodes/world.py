@@ -342,6 +342,13 @@ class HiGFAWorldLoader(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, path: str = "", **_):
+        # Reload when the world is retrained (`higfa train-world`), not only when the path changes.
+        root = resolve_path(path)
+        files = sorted(root.rglob("*")) if root.is_dir() else []
+        return repr([(str(f.relative_to(root)), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file()])
+
+    @classmethod
     def execute(cls, path: str = "") -> io.NodeOutput:
         model, vae, control, classifier, world = load(resolve_path(path))
         return io.NodeOutput(model, vae, control, classifier, world, "\n".join(world.class_names))

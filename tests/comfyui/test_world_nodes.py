@@ -233,6 +233,18 @@ def test_a_missing_or_stale_world_is_a_clear_error(world, tmp_path):
         W.HiGFAWorldLoader.execute(str(stale))
 
 
+def test_loader_reruns_when_the_world_is_retrained(world, tmp_path):
+    import os
+    import shutil
+
+    W, copy = world["W"], tmp_path / "copy"
+    shutil.copytree(world["path"], copy)
+    before = W.HiGFAWorldLoader.fingerprint_inputs(path=str(copy))
+    assert W.HiGFAWorldLoader.fingerprint_inputs(path=str(copy)) == before  # stable: ComfyUI's cache holds
+    os.utime(copy / "unet" / "diffusion_pytorch_model.safetensors", ns=(1, 1))
+    assert W.HiGFAWorldLoader.fingerprint_inputs(path=str(copy)) != before
+
+
 # ----------------------------------------------------------------------------- HiGFA with the world
 @pytest.mark.parametrize("preset, tolerance", [("contour", 1e-3), ("higfa", 5e-2)])
 def test_a_comfyui_run_agrees_with_the_core_on_the_diffusers_models(world, preset, tolerance):
