@@ -41,6 +41,7 @@ from higfa.training import Augment, evaluate, features, predict, train_classifie
 from higfa.world_models import load_world  # noqa: E402
 
 PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa")
+NOTES_MARKER = "<!-- notes below are kept when benchmarks/quality.py rewrites this file -->"
 
 
 def _seed(*parts: int) -> int:
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30, help="sampling steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--test-per-class", type=int, default=50)
-    p.add_argument("--train-steps", type=int, default=300, help="downstream classifier training steps")
+    p.add_argument("--train-steps", type=int, default=200, help="downstream classifier training steps (batch 64)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="downstream training seeds")
     p.add_argument("--seed", type=int, default=0, help="generation seed")
     p.add_argument("--threads", type=int, default=None)
@@ -206,7 +207,9 @@ def main(argv=None) -> int:
     print(text)
     if str(args.doc):
         args.doc.parent.mkdir(parents=True, exist_ok=True)
-        args.doc.write_text(text)
+        old = args.doc.read_text() if args.doc.is_file() else ""
+        kept = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""
+        args.doc.write_text(text + ("\n" + kept if kept else ""))
         print(f"wrote {args.doc}")
     return 0
 
