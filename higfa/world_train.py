@@ -4,7 +4,8 @@
     higfa train-world --stages vae diffusion    # some stages (later stages load earlier outputs)
 
 Stages (see docs/world.md for formats and configs):
-  vae        AutoencoderKL, 4x down-sampling (64 px image -> 4x16x16 latent), marking-weighted L1
+  vae        AutoencoderKL, 4x down-sampling (64 px image -> 8x16x16 latent), trained on 32 px crops
+             (half centred on a marking), marking-weighted L1
   diffusion  CLIPTextModel (word-level tokenizer) + UNet2DConditionModel + ControlNetModel, trained
              jointly on FAMILY prompts only, CFG dropout on text and contour, min-SNR weighting, EMA
   guidance   the few-shot guidance classifier: timm test_resnet on 10 real images per species
@@ -27,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .classifier import build_classifier, save_classifier
 from .contour import EdgeDetector
@@ -52,8 +52,8 @@ class TrainConfig:
     vae_kl: float = 1e-5
     vae_init_logvar: float = -6.0
     # diffusion (text encoder + UNet + ControlNet, jointly)
-    diffusion_steps: int = 1200
-    diffusion_batch: int = 64
+    diffusion_steps: int = 1400
+    diffusion_batch: int = 32
     diffusion_lr: float = 6e-4
     diffusion_per_class: int = 400
     text_dropout: float = 0.15  # prompt replaced by "" (CFG)
