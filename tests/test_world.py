@@ -83,7 +83,6 @@ def test_masks_only_on_request_and_bad_inputs():
 
 
 # ---------------------------------------------------------------------------- shipped models
-needs_assets = pytest.mark.skipif(not (ASSETS / "world.json").is_file(), reason="world models not trained yet")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +92,6 @@ def models():
     return load_world()
 
 
-@needs_assets
 def test_assets_layout_size_and_model_index():
     assert model_path() == ASSETS
     index = json.loads((ASSETS / "model_index.json").read_text())
@@ -104,7 +102,6 @@ def test_assets_layout_size_and_model_index():
     assert total < 20 * 2**20, f"shipped world is {total / 2**20:.1f} MB (budget 20 MB)"
 
 
-@needs_assets
 def test_shipped_configs_are_the_documented_ones(models):
     from higfa.world_train import CONTROLNET_EMBEDDING, SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG
 
@@ -122,7 +119,6 @@ def test_shipped_configs_are_the_documented_ones(models):
     assert all(p.dtype == torch.float32 for p in models.unet.parameters())  # fp16 on disk, fp32 loaded
 
 
-@needs_assets
 def test_tokenizer_knows_families_not_species(models):
     tok = models.tokenizer
     unk = tok.unk_token_id
@@ -132,7 +128,6 @@ def test_tokenizer_knows_families_not_species(models):
     assert set(sp_ids[1:-1]) <= {unk, tok.convert_tokens_to_ids("-")} or unk in sp_ids
 
 
-@needs_assets
 def test_vae_reconstructs_markings(models):
     """The decoder must draw the species markings, or guidance through it cannot work."""
     test = WORLD.split("test", 2)
@@ -148,7 +143,6 @@ def test_vae_reconstructs_markings(models):
     assert real > 0.9 and recon > real - 0.1, (real, recon)
 
 
-@needs_assets
 def test_classifiers_beat_chance_on_the_test_split(models):
     from higfa.training import evaluate
 
@@ -159,7 +153,6 @@ def test_classifiers_beat_chance_on_the_test_split(models):
     assert o > 0.9, f"oracle: {o:.2f}"
 
 
-@needs_assets
 def test_short_sample_higfa_beats_contour_for_the_same_seeds(models):
     from higfa.schedule import Schedule
     from higfa.training import predict
@@ -180,7 +173,6 @@ def test_short_sample_higfa_beats_contour_for_the_same_seeds(models):
     assert summary["guided_sample_steps"] > 0 and summary["nan_skipped"] == 0
 
 
-@needs_assets
 def test_diffusers_pipeline_loads_the_shipped_folder():
     from diffusers import StableDiffusionControlNetPipeline
     from PIL import Image
@@ -194,7 +186,6 @@ def test_diffusers_pipeline_loads_the_shipped_folder():
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
 
 
-@needs_assets
 def test_demo_writes_its_files(tmp_path):
     from higfa.demo import run_demo
 
