@@ -101,14 +101,19 @@ def preset_workflow(preset: str) -> Spec:
     s.add("schedule", "HiGFA_Schedule", 2, preset=preset)
     s.add("latent", "EmptyLatentImage", 2, width=512, height=512, batch_size=2)
     _sampler(s, "sampler", 3, "schedule")
+    _decode_save_trace(s, "SaveImage", filename_prefix=f"higfa/{preset}")
+    return s
+
+
+def _decode_save_trace(s: Spec, save_type: str, **save_widgets) -> None:
+    """The sampler's latent decoded and saved, its trace plot previewed (column 4)."""
     s.add("decode", "VAEDecode", 4)
-    s.add("save", "SaveImage", 4, filename_prefix=f"higfa/{preset}")
+    s.add("save", save_type, 4, **save_widgets)
     s.add("trace_view", "PreviewImage", 4, _title="HiGFA trace")
     s.link("sampler", "latent", "decode", "samples")
     s.link("ckpt", "VAE", "decode", "vae")
     s.link("decode", "IMAGE", "save", "images")
     s.link("sampler", "trace_plot", "trace_view", "images")
-    return s
 
 
 def batch_workflow() -> Spec:
@@ -126,19 +131,13 @@ def batch_workflow() -> Spec:
     s.add("schedule", "HiGFA_Schedule", 2, preset="higfa")
     s.add("latent", "EmptyLatentImage", 2, width=512, height=512, batch_size=2)
     _sampler(s, "sampler", 3, "schedule")
-    s.add("decode", "VAEDecode", 4)
-    s.add("save", "HiGFA_SaveImageFolder", 4, folder="higfa_dataset")
-    s.add("trace_view", "PreviewImage", 4, _title="HiGFA trace")
+    _decode_save_trace(s, "HiGFA_SaveImageFolder", folder="higfa_dataset")
     s.link("data", "image", "contour", "image")
     s.link("data", "index", "contour", "index")
     s.link("data", "prompt", "pos", "text")
     s.link("data", "class_name", "sampler", "target")
-    s.link("sampler", "latent", "decode", "samples")
-    s.link("ckpt", "VAE", "decode", "vae")
-    s.link("decode", "IMAGE", "save", "images")
     s.link("data", "class_name", "save", "class_name")
     s.link("data", "item_id", "save", "source")
-    s.link("sampler", "trace_plot", "trace_view", "images")
     return s
 
 
