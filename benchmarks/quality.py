@@ -13,7 +13,9 @@ METHOD.md (cfg, contour, classifier-all-steps, higfa) and every species:
    pixels (RMS over the 64x64 RGB image in [0,1]); the real few-shot images give the reference;
 4. downstream: a fresh few-shot classifier (same recipe as the guidance classifier) trained on the
    160 real images alone vs. real + the synthetic images of each preset, accuracy on 800 held-out
-   real test images, mean ± std over 3 seeds.
+   real test images, mean ± std over 3 seeds;
+5. sensitivity: `higfa` again with one schedule field changed at a time (--sweep), fidelity and
+   diversity only, to show what the knobs do on this world.
 
 Writes docs/quality.md (tables + settings) and outputs/bench_quality/results.json; generated
 images are cached in outputs/bench_quality/<preset>.npz (--regenerate to redo them).
@@ -86,12 +88,18 @@ def _pairwise_mean(x: torch.Tensor, metric: str) -> float:
     return float((d.sum() - d.diag().sum()) / (n * (n - 1)))
 
 
+def _mean_finite(values) -> float:
+    """Mean over classes that have a pair (nan when none has: one image per class)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def diversity(images: np.ndarray, labels: np.ndarray, feats: torch.Tensor, source_images: np.ndarray | None = None,
               source_feats: torch.Tensor | None = None) -> dict:
     pix = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
     within_f = [_pairwise_mean(feats[labels == c], "cosine") for c in np.unique(labels)]
     within_p = [_pairwise_mean(pix[labels == c], "rms") for c in np.unique(labels)]
-    out = {"within_class_feature": float(np.nanmean(within_f)), "within_class_pixel": float(np.nanmean(within_p))}
+    out = {"within_class_feature": _mean_finite(within_f), "within_class_pixel": _mean_finite(within_p)}
     if source_images is not None:
         sp = torch.from_numpy(source_images.reshape(len(source_images), -1).astype(np.float32) / 255.0)
         f, s = torch.nn.functional.normalize(feats, dim=1), torch.nn.functional.normalize(source_feats, dim=1)
@@ -139,6 +147,9 @@ def main(argv=None) -> int:
     p.add_argument("--regenerate", action="store_true", help="ignore cached generated images")
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="schedule overrides for every preset (e.g. classifier_scale=2); default: core defaults")
+    p.add_argument("--sweep", nargs="*", default=["classifier_scale=0.5,2,4,8", "stage_boundary=0.5,0.85"],
+                   metavar="FIELD=V1,V2", help="also run `higfa` with one schedule field at each value (fidelity "
+                   "and diversity only); --sweep with no values: none")
     p.add_argument("--no-downstream", action="store_true")
     args = p.parse_args(argv)
     from tqdm import tqdm
@@ -152,22 +163,26 @@ def main(argv=None) -> int:
     test = world.split("test", args.test_per_class)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    synthetic = {}
-    todo = [pr for pr in args.presets if args.regenerate or not _cache_ok(args, pr)]
+    # (name, preset, schedule overrides, cache file): the presets, then the one-at-a-time sweep of `higfa`
+    runs = [(pr, pr, _overrides(args.set), args.out / f"{pr}.npz") for pr in args.presets]
+    sweep_runs = [(f"{field}={value}", "higfa", _overrides(args.set) | {field: value},
+                   args.out / f"sweep-{field}-{value}.npz") for field, values in _sweeps(args.sweep) for value in values]
+    todo = [r for r in runs + sweep_runs if args.regenerate or not _cache_ok(r[3], _gen_settings(args, r[2]))]
     bar = tqdm(total=len(todo) * len(real) * args.per_source * args.steps, desc="generate", unit="sample-step",
                file=sys.stdout, dynamic_ncols=True, disable=not todo)
-    for preset in args.presets:
-        cache = args.out / f"{preset}.npz"
-        if preset in todo:
-            bar.set_postfix_str(preset)
+    generated = {}
+    for name, preset, overrides, cache in runs + sweep_runs:
+        if (name, preset, overrides, cache) in todo:
+            bar.set_postfix_str(name)
             g = generate_preset(models, preset, real, args.per_source, args.steps, args.batch, args.seed, bar,
-                                _overrides(args.set))
+                                overrides)
             np.savez_compressed(cache, **{k: v for k, v in g.items() if isinstance(v, np.ndarray)},
                                 meta=json.dumps({k: v for k, v in g.items() if not isinstance(v, np.ndarray)}
-                                                | {"settings": _gen_settings(args)}))
+                                                | {"settings": _gen_settings(args, overrides)}))
         data = np.load(cache)
-        synthetic[preset] = {k: data[k] for k in ("images", "targets", "source")} | json.loads(str(data["meta"]))
+        generated[name] = {k: data[k] for k in ("images", "targets", "source")} | json.loads(str(data["meta"]))
     bar.close()
+    synthetic = {name: generated[name] for name, *_ in runs}
 
     fam = world.family_labels()
     real_feats = features(models.oracle, real.images)
@@ -176,7 +191,7 @@ def main(argv=None) -> int:
     results["fidelity"]["real (few-shot set)"] = {"oracle_accuracy": float((real_pred == real.labels).mean()),
                                                   "oracle_family_accuracy": float((fam[real_pred] == fam[real.labels]).mean())}
     results["diversity"]["real (few-shot set)"] = diversity(real.images, real.labels, real_feats)
-    for preset, g in synthetic.items():
+    for preset, g in generated.items():
         probs = predict(models.oracle, g["images"])
         pred = probs.argmax(1).numpy()
         t = g["targets"]
@@ -191,13 +206,14 @@ def main(argv=None) -> int:
             "gated_sample_steps": g["gated_sample_steps"], "n": int(len(t))}
         feats = features(models.oracle, g["images"])
         results["diversity"][preset] = diversity(g["images"], t, feats, real.images[g["source"]], real_feats[g["source"]])
+    results["sweep"] = [name for name, *_ in sweep_runs]
 
     if not args.no_downstream:
         runs = (1 + len(synthetic)) * len(args.seeds)
         bar = tqdm(total=runs, desc="downstream", unit="run", file=sys.stdout, dynamic_ncols=True)
         results["downstream"] = downstream(models, real, test, synthetic, args.seeds, args.train_steps, bar)
         bar.close()
-    results["settings"] = _gen_settings(args) | {
+    results["settings"] = _gen_settings(args, _overrides(args.set)) | {
         "test_images": len(test), "train_steps": args.train_steps, "seeds": args.seeds,
         "downstream_classifier": models.guidance.architecture, "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}"}
@@ -225,21 +241,32 @@ def _overrides(items) -> dict:
     return out
 
 
-def _gen_settings(args) -> dict:
-    return {"presets": list(args.presets), "shots": args.shots, "per_source": args.per_source, "steps": args.steps,
+def _sweeps(items) -> list[tuple[str, list]]:
+    """--sweep FIELD=V1,V2,... -> [(field, [typed values])]."""
+    out = []
+    for item in items:
+        name, _, values = item.partition("=")
+        typed = [_overrides([f"{name}={v}"])[name] for v in values.split(",") if v] if values else []
+        if not typed:
+            raise ValueError(f"--sweep {item!r}: use FIELD=V1,V2,... with a Schedule field")
+        out.append((name, typed))
+    return out
+
+
+def _gen_settings(args, overrides: dict) -> dict:
+    return {"shots": args.shots, "per_source": args.per_source, "steps": args.steps,
             "batch": args.batch, "seed": args.seed, "contour_transform": ContourTransform().to_dict(),
-            "schedule_overrides": _overrides(args.set)}
+            "schedule_overrides": overrides}
 
 
-def _cache_ok(args, preset: str) -> bool:
-    cache = args.out / f"{preset}.npz"
+def _cache_ok(cache: Path, settings: dict) -> bool:
     if not cache.is_file():
         return False
     try:
         meta = json.loads(str(np.load(cache)["meta"]))
     except Exception:
         return False
-    return meta.get("settings", {}) | {"presets": None} == _gen_settings(args) | {"presets": None}
+    return {k: v for k, v in meta.get("settings", {}).items() if k != "presets"} == settings
 
 
 def report(r: dict) -> str:
@@ -256,7 +283,10 @@ def report(r: dict) -> str:
              "## Fidelity (does the image show the intended species?)", "",
              "| images | oracle acc. (species) | oracle acc. (family) | oracle p(target) | guidance-classifier acc. | s / image |",
              "|---|---|---|---|---|---|"]
+    sweep = set(r.get("sweep", []))
     for name, f in r["fidelity"].items():
+        if name in sweep:
+            continue
         lines.append(f"| {name} | {f['oracle_accuracy']:.3f} | {f['oracle_family_accuracy']:.3f} | "
                      f"{_fmt(f.get('oracle_p_target'))} | {_fmt(f.get('guidance_accuracy'))} | "
                      f"{_fmt(f.get('seconds_per_image'), 2)} |")
@@ -266,8 +296,20 @@ def report(r: dict) -> str:
               "| images | within-species (oracle features, cosine) | within-species (pixels, RMS) | "
               "to source (features) | to source (pixels) |", "|---|---|---|---|---|"]
     for name, d in r["diversity"].items():
+        if name in sweep:
+            continue
         lines.append(f"| {name} | {d['within_class_feature']:.3f} | {d['within_class_pixel']:.3f} | "
                      f"{_fmt(d.get('to_source_feature'))} | {_fmt(d.get('to_source_pixel'))} |")
+    if sweep:
+        lines += ["", "## Sensitivity of `higfa` (one schedule field changed, the rest at the preset's defaults)", "",
+                  "| change | oracle acc. (species) | oracle acc. (family) | oracle p(target) | "
+                  "within-species (features) | within-species (pixels) | to source (features) |",
+                  "|---|---|---|---|---|---|---|"]
+        for name in r["sweep"]:
+            f, d = r["fidelity"][name], r["diversity"][name]
+            lines.append(f"| {name} | {f['oracle_accuracy']:.3f} | {f['oracle_family_accuracy']:.3f} | "
+                         f"{f['oracle_p_target']:.3f} | {d['within_class_feature']:.3f} | "
+                         f"{d['within_class_pixel']:.3f} | {d['to_source_feature']:.3f} |")
     if "downstream" in r:
         lines += ["", "## Downstream (few-shot classifier, held-out real test accuracy)", "",
                   "| training set | images | accuracy (mean ± std) | per seed |", "|---|---|---|---|"]
