@@ -143,7 +143,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--models", type=Path, default=None, help="world models folder (default: the shipped ones)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality")
-    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "quality.md", help="markdown report ('' = none)")
+    p.add_argument("--doc", type=lambda s: Path(s) if s else None, default=ROOT / "docs" / "quality.md",
+                   help="markdown report ('' = none)")
     p.add_argument("--regenerate", action="store_true", help="ignore cached generated images")
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="schedule overrides for every preset (e.g. classifier_scale=2); default: core defaults")
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     text = report(results)
     print(text)
-    if str(args.doc):
+    if args.doc is not None:
         args.doc.parent.mkdir(parents=True, exist_ok=True)
         old = args.doc.read_text() if args.doc.is_file() else ""
         kept = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""

@@ -1,9 +1,19 @@
-"""Shared fixtures for the core tests (no ComfyUI needed)."""
+"""Shared fixtures: the core tests' tiny world (no ComfyUI needed), and the real ComfyUI that
+tests/comfyui and tests/browser share (one install, one server per session, started on first use).
+
+Nothing here imports ComfyUI at collection time, so `pytest -m "not comfyui and not browser"` never
+needs it.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "comfyui"))  # comfy_helpers, testpack
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -31,3 +41,40 @@ class CountingClassifier(torch.nn.Module):
 @pytest.fixture
 def counting():
     return CountingClassifier
+
+
+# ----------------------------------------------------------------------------- a real ComfyUI
+@pytest.fixture(scope="session")
+def comfyui_path() -> Path:
+    from comfy_helpers import load_script
+
+    return load_script("comfyui").install()  # a no-op once `make comfyui-setup` ran
+
+
+@pytest.fixture(scope="session")
+def world_path(tmp_path_factory) -> Path:
+    """The built-in world's folder, or a same-format stand-in while its models are not all there."""
+    from comfy_helpers import world_folder
+
+    return world_folder(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="session")
+def server(comfyui_path, tmp_path_factory):
+    """One ComfyUI server for the session, on a free port, with this repository and the test-only pack
+    (tests/comfyui/testpack: tiny model loaders) linked into a temp --base-directory that also holds
+    a tiny classifier, an input image and a small ImageFolder dataset."""
+    from comfy_helpers import TESTPACK, Server, load_script, populate_base
+
+    comfyui = load_script("comfyui")
+    base = comfyui.prepare_base(tmp_path_factory.mktemp("comfy-base"), (TESTPACK,))
+    populate_base(base)
+    port = comfyui.free_port()
+    log = base / "comfyui.log"
+    proc = comfyui.start(base, port, log, env={"OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        comfyui.wait_ready(url, proc, log)
+        yield Server(url, base, log)
+    finally:
+        comfyui.stop(proc)

@@ -40,6 +40,11 @@ def test_tables_cache_and_sweep(quality, tmp_path):
     assert quality.main(args[:-1] + ["classifier_scale=5"]) == 0
     assert (tmp_path / "out" / "cfg.npz").stat().st_mtime_ns == cached["cfg.npz"]
     assert (tmp_path / "out" / "sweep-classifier_scale-5.0.npz").is_file()
+    # --doc '' writes no report, --sweep with no value runs no sweep
+    (tmp_path / "quality.md").unlink()
+    assert quality.main(args[:-2] + ["--sweep", "--doc", ""]) == 0
+    assert not (tmp_path / "quality.md").exists()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["sweep"] == []
 
 
 def test_bad_overrides_name_the_option(quality):

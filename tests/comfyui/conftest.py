@@ -1,9 +1,6 @@
-"""Fixtures that run a real ComfyUI (0.3.75 from scripts/comfyui.py, or COMFYUI_PATH).
-
-`comfy`: ComfyUI imported into this process (Route A: tiny ComfyUI objects built in the tests).
-`server`: one ComfyUI server for the session, on a free port, with this repository and the
-test-only pack (tests/comfyui/testpack: tiny model loaders) linked into a temp --base-directory
-that also holds a tiny classifier, an input image and a small ImageFolder dataset.
+"""In-process ComfyUI fixtures (`comfy`: ComfyUI imported into this process, Route A: tiny ComfyUI
+objects built in the tests). The server, `comfyui_path` and `world_path` fixtures are in
+tests/conftest.py, shared with tests/browser.
 
 Nothing here imports ComfyUI at collection time, so `pytest -m "not comfyui"` never needs it.
 """
@@ -19,7 +16,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_helpers import ROOT, TESTPACK, Server, load_script, populate_base, world_folder  # noqa: E402
+from comfy_helpers import ROOT, TESTPACK  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,17 +27,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def comfyui_path() -> Path:
-    return load_script("comfyui").install()  # a no-op once `make comfyui-setup` ran
-
-
-@pytest.fixture(scope="session")
-def world_path(tmp_path_factory) -> Path:
-    """The built-in world's folder, or a same-format stand-in while its models are not all there."""
-    return world_folder(tmp_path_factory.mktemp("world"))
 
 
 # ----------------------------------------------------------------------------- in-process ComfyUI
@@ -68,20 +54,3 @@ def comfy(comfyui_path, tmp_path_factory):
     from testpack import tiny
 
     return SimpleNamespace(pack=pack, tiny=tiny, tmp=tmp)
-
-
-# ----------------------------------------------------------------------------- the server
-@pytest.fixture(scope="session")
-def server(comfyui_path, tmp_path_factory):
-    comfyui = load_script("comfyui")
-    base = comfyui.prepare_base(tmp_path_factory.mktemp("comfy-base"), (TESTPACK,))
-    populate_base(base)
-    port = comfyui.free_port()
-    log = base / "comfyui.log"
-    proc = comfyui.start(base, port, log, env={"OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        comfyui.wait_ready(url, proc, log)
-        yield Server(url, base, log)
-    finally:
-        comfyui.stop(proc)
