@@ -24,7 +24,8 @@ test-core: setup
 demo: setup
 	$(PY) -m higfa.demo
 
-# Fidelity, diversity and downstream accuracy per preset on the built-in world -> docs/quality.md (~30 min CPU).
+# Fidelity, diversity, downstream accuracy per preset and a sensitivity sweep on the built-in world
+# -> docs/quality.md (about 25 min on 2 cores; generated images are cached in outputs/bench_quality/).
 bench-quality: setup
 	$(PY) benchmarks/quality.py
 
