@@ -52,11 +52,11 @@ def comfyui_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def world_path(tmp_path_factory) -> Path:
-    """The built-in world's folder, or a same-format stand-in while its models are not all there."""
+def world_path() -> Path:
+    """The built-in world's folder (higfa/assets/world)."""
     from comfy_helpers import world_folder
 
-    return world_folder(tmp_path_factory.mktemp("world"))
+    return world_folder()
 
 
 @pytest.fixture(scope="session")

@@ -72,25 +72,16 @@ def populate_base(base: Path) -> None:
 
 
 
-def world_folder(tmp: Path) -> Path:
-    """The built-in world (higfa/assets/world) when all its files are there, else a same-format stand-in
-    trained into `tmp` for a few steps by higfa.world_train (about a minute; weights are not meaningful)."""
+def world_folder() -> Path:
+    """The built-in world shipped in higfa/assets/world, checked complete (a clear failure if not)."""
     from higfa.world import model_path
     from higfa.world_models import COMPONENTS
 
     path = model_path()
-    if all((path / c).exists() for c in (*COMPONENTS, "world.json", "guidance.safetensors", "oracle.safetensors")):
-        return path
-    from higfa.world_train import STAGES, TrainConfig, run
-
-    threads = torch.get_num_threads()
-    try:
-        cfg = TrainConfig(vae_steps=5, vae_batch=8, vae_per_class=2, diffusion_steps=5, diffusion_batch=8,
-                          diffusion_per_class=2, guidance_steps=5, oracle_steps=2, oracle_per_class=2)
-        run(cfg, list(STAGES), tmp / "world")
-    finally:
-        torch.set_num_threads(threads)
-    return tmp / "world"
+    missing = [c for c in (*COMPONENTS, "world.json", "guidance.safetensors", "oracle.safetensors")
+               if not (path / c).exists()]
+    assert not missing, f"the built-in world in {path} lacks {missing}: restore it from git or `make train-world`"
+    return path
 
 
 # ----------------------------------------------------------------------------- the server

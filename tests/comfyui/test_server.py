@@ -19,10 +19,10 @@ HIGFA_NODES = {"HiGFA_Schedule", "HiGFA_ContourTransform", "HiGFA_ContourRanges"
                "HiGFA_WorldLoader", "HiGFA_WorldTextEncode", "HiGFA_WorldImage", "HiGFA_WorldEmptyLatent"}
 
 
-def to_test_prompt(ui: dict, info: dict, seed: int, world: str = "") -> dict:
+def to_test_prompt(ui: dict, info: dict, seed: int) -> dict:
     """The workflow's API prompt with the stock model loaders swapped for the test pack's tiny ones
     (same output types), 64-px latents, and a fresh seed (identical prompts are served from cache).
-    The built-in world's loader keeps its models (`world`: another world folder, e.g. a stand-in)."""
+    The built-in world's loader keeps its shipped models."""
     prompt = WF.ui_to_api(ui, info)
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
@@ -34,8 +34,6 @@ def to_test_prompt(ui: dict, info: dict, seed: int, world: str = "") -> dict:
             inputs.update(width=IMAGE, height=IMAGE)
         elif kind in ("HiGFA_Sampler", "RandomNoise"):
             inputs["seed" if "seed" in inputs else "noise_seed"] = seed
-        elif kind == "HiGFA_WorldLoader" and world:
-            inputs["path"] = world
     return prompt
 
 
@@ -133,7 +131,7 @@ def check_trace(trace: dict, preset: str) -> None:
 def test_shipped_workflow_validates_and_runs(server, world_path, name):
     ui = load(name)
     assert WF.validate_ui(ui, server.object_info) == []
-    prompt = to_test_prompt(ui, server.object_info, server.next_seed(), world_arg(world_path))
+    prompt = to_test_prompt(ui, server.object_info, server.next_seed())
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
     out = entry["outputs"]
@@ -156,13 +154,6 @@ def test_shipped_workflow_validates_and_runs(server, world_path, name):
         assert [im.shape for im in saved_images(server, out, save)] == [(IMAGE, 2 * IMAGE + 8, 3)]
     else:
         check_dataset_output(server, out, prompt, {"class_0/img_0.png": 2})
-
-
-def world_arg(world_path) -> str:
-    """The world loader's path input: '' (the built-in world) unless the tests run on a stand-in."""
-    from higfa.world import model_path
-
-    return "" if world_path == model_path() else str(world_path)
 
 
 def check_world_outputs(server, out, prompt) -> None:
