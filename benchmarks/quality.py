@@ -168,12 +168,13 @@ def main(argv=None) -> int:
     runs = [(pr, pr, _overrides(args.set), args.out / f"{pr}.npz") for pr in args.presets]
     sweep_runs = [(f"{field}={value}", "higfa", _overrides(args.set) | {field: value},
                    args.out / f"sweep-{field}-{value}.npz") for field, values in _sweeps(args.sweep) for value in values]
-    todo = [r for r in runs + sweep_runs if args.regenerate or not _cache_ok(r[3], _gen_settings(args, r[2]))]
-    bar = tqdm(total=len(todo) * len(real) * args.per_source * args.steps, desc="generate", unit="sample-step",
-               file=sys.stdout, dynamic_ncols=True, disable=not todo)
+    stale = [args.regenerate or not _cache_ok(cache, _gen_settings(args, overrides))
+             for _, _, overrides, cache in runs + sweep_runs]
+    bar = tqdm(total=sum(stale) * len(real) * args.per_source * args.steps, desc="generate", unit="sample-step",
+               file=sys.stdout, dynamic_ncols=True, disable=not any(stale))
     generated = {}
-    for name, preset, overrides, cache in runs + sweep_runs:
-        if (name, preset, overrides, cache) in todo:
+    for (name, preset, overrides, cache), redo in zip(runs + sweep_runs, stale):
+        if redo:
             bar.set_postfix_str(name)
             g = generate_preset(models, preset, real, args.per_source, args.steps, args.batch, args.seed, bar,
                                 overrides)
@@ -210,8 +211,7 @@ def main(argv=None) -> int:
     results["sweep"] = [name for name, *_ in sweep_runs]
 
     if not args.no_downstream:
-        runs = (1 + len(synthetic)) * len(args.seeds)
-        bar = tqdm(total=runs, desc="downstream", unit="run", file=sys.stdout, dynamic_ncols=True)
+        bar = tqdm(total=(1 + len(synthetic)) * len(args.seeds), desc="downstream", unit="run", file=sys.stdout, dynamic_ncols=True)
         results["downstream"] = downstream(models, real, test, synthetic, args.seeds, args.train_steps, bar)
         bar.close()
     results["settings"] = _gen_settings(args, _overrides(args.set)) | {

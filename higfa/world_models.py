@@ -128,14 +128,19 @@ class WorldModels:
         return predict(self.oracle, images)
 
 
+def missing_parts(path: Path) -> list[str]:
+    """The parts of a world folder (diffusers components, world.json, the two classifiers) that are absent."""
+    return [c for c in (*COMPONENTS, "world.json", "guidance.safetensors", "oracle.safetensors")
+            if not (path / c).exists()]
+
+
 def load_world(path: str | Path = ASSETS, device: str | torch.device = "cpu") -> WorldModels:
     """Load the shipped world (or one trained with `higfa train-world --out PATH`) in float32."""
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
     path = Path(path)
-    missing = [c for c in (*COMPONENTS, "world.json", "guidance.safetensors", "oracle.safetensors")
-               if not (path / c).exists()]
+    missing = missing_parts(path)
     if missing:
         raise FileNotFoundError(f"built-in world models incomplete in {path}: missing {missing}. Reinstall the "
                                 "package, or retrain them with `higfa train-world --out <folder>`")

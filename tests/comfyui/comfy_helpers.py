@@ -75,11 +75,10 @@ def populate_base(base: Path) -> None:
 def world_folder() -> Path:
     """The built-in world shipped in higfa/assets/world, checked complete (a clear failure if not)."""
     from higfa.world import model_path
-    from higfa.world_models import COMPONENTS
+    from higfa.world_models import missing_parts
 
     path = model_path()
-    missing = [c for c in (*COMPONENTS, "world.json", "guidance.safetensors", "oracle.safetensors")
-               if not (path / c).exists()]
+    missing = missing_parts(path)
     assert not missing, f"the built-in world in {path} lacks {missing}: restore it from git or `make train-world`"
     return path
 
