@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import dataset, records
+from .classifier import normalise_name
 from .distributed import ProcessGroup, WorldInfo, detect_world, pick_device, shard
 from .pipeline import BUILTIN
 
@@ -369,13 +370,9 @@ def model_prompts(model: str) -> tuple[str, dict[str, str]] | None:
         folder = builtin_model_path() if model == BUILTIN else Path(model)
         info = json.loads((folder / "world.json").read_text())["world"]
         template = info["prompt_template"].replace("{family}", "{class}")
-        return template, {_norm(c): f for c, f in zip(info["class_names"], info["species_family"])}
+        return template, {normalise_name(c): f for c, f in zip(info["class_names"], info["species_family"])}
     except (OSError, KeyError, TypeError, ValueError):
         return None
-
-
-def _norm(name: str) -> str:
-    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
 
 
 def default_builtin_classifier() -> str | None:
@@ -422,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
     names = {lab: pretty_label(lab) for lab in labels}
     if world_text and not args.class_names:
         for lab in labels:
-            for key in (_norm(lab), _norm(pretty_label(lab))):
+            for key in (normalise_name(lab), normalise_name(pretty_label(lab))):
                 if key in world_text[1]:
                     names[lab] = world_text[1][key]
                     break

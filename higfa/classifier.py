@@ -60,10 +60,9 @@ class Classifier(torch.nn.Module):
                 raise ValueError(f"target class index {target} is out of range: this classifier has "
                                  f"{self.num_classes} classes (0..{self.num_classes - 1})")
             return target
-        key = _norm(target)
-        for i, name in enumerate(self.class_names):
-            if _norm(name) == key:
-                return i
+        found = find_name(target, self.class_names)
+        if found is not None:
+            return found
         close = difflib.get_close_matches(target, self.class_names, n=3)
         hint = f" Did you mean {close}?" if close else f" Known classes: {self.class_names[:10]}{' ...' if self.num_classes > 10 else ''}"
         raise ValueError(f"target class {target!r} is not a class of this classifier.{hint}")
@@ -74,8 +73,15 @@ class Classifier(torch.nn.Module):
                 "std": self.std.flatten().tolist(), "model_kwargs": self.model_kwargs}
 
 
-def _norm(name: str) -> str:
+def normalise_name(name: str) -> str:
+    """'Red_crowned-Finch ' -> 'red crowned finch': how class names are compared everywhere."""
     return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
+
+
+def find_name(name: str, names: Sequence[str]) -> int | None:
+    """Index of `name` in `names` ignoring case, '_', '-' and spacing; None when absent."""
+    key = normalise_name(name)
+    return next((i for i, n in enumerate(names) if normalise_name(n) == key), None)
 
 
 def sidecar_path(weights: str | Path) -> Path:

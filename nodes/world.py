@@ -29,6 +29,7 @@ import folder_paths
 import numpy as np
 import torch
 
+from ..higfa.classifier import find_name
 from ..higfa.world import SPLITS, TinyBirds, model_path
 from ._comfy import CATEGORY, CLASSIFIER, WORLD, io
 
@@ -70,17 +71,12 @@ class World:
                 raise ValueError(f"species index {index} is out of range: the world has {len(names)} species "
                                  f"(0..{len(names) - 1})")
             return index
-        key = _norm(text)
-        for i, name in enumerate(names):
-            if _norm(name) == key:
-                return i
+        found = find_name(text, names)
+        if found is not None:
+            return found
         close = difflib.get_close_matches(text, names, n=3)
         raise ValueError(f"{text!r} is not a species of this world. "
                          + (f"Did you mean {close}?" if close else f"Species: {names}"))
-
-
-def _norm(name: str) -> str:
-    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
 
 
 # ----------------------------------------------------------------------------- MODEL
