@@ -22,16 +22,16 @@ test-core: setup
 
 # HiGFA on the built-in tiny world (shipped models): contact sheet, trace plot, metrics in outputs/demo/.
 demo: setup
-	$(PY) -m higfa.demo
+	$(PY) -m higfa.world.demo
 
 # Fidelity, diversity, downstream accuracy per preset and a sensitivity sweep on the built-in world
 # -> docs/quality.md (about 25 min on 2 cores; generated images are cached in outputs/bench_quality/).
 bench-quality: setup
 	$(PY) benchmarks/quality.py
 
-# Retrain the built-in world's models into higfa/assets/world/ (CPU, under an hour of CPU time).
+# Retrain the built-in world's models into higfa/world/assets/ (CPU, under an hour of CPU time).
 train-world: setup
-	$(PY) -m higfa.world_train
+	$(PY) -m higfa.world.train
 
 bench: setup
 	$(PY) benchmarks/core_speed.py

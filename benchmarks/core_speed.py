@@ -24,13 +24,13 @@ import torch
 from higfa.guide import Guide
 from higfa.sampler import sample
 from higfa.schedule import Schedule
-from higfa.tiny import TinyWorld
+from higfa.testing.stand_ins import TinyStack
 
 GOAL = 1.25
 
 
 def build(args):
-    world = TinyWorld(seed=0, latent_size=args.latent_size, num_classes=8)
+    world = TinyStack(seed=0, latent_size=args.latent_size, num_classes=8)
     sigmas = world.noise_schedule.sample_sigmas(args.steps)
     configs = {
         "contour": lambda: Guide(Schedule.from_preset("contour")),

@@ -1,6 +1,6 @@
 """`make bench-quality`: does HiGFA make better fine-grained training images than its ablations?
 
-On the built-in tiny world (higfa/world.py, models in higfa/assets/world/), for every preset of
+On the built-in tiny world (higfa/world/birds.py, models in higfa/world/assets/), for every preset of
 METHOD.md (cfg, contour, classifier-all-steps, higfa) and every species:
 
 1. generate `per_source` images per real few-shot image (10 per species): family prompt, the
@@ -40,7 +40,7 @@ from higfa.classifier import build_classifier  # noqa: E402
 from higfa.contour import ContourTransform  # noqa: E402
 from higfa.schedule import Schedule  # noqa: E402
 from higfa.training import Augment, evaluate, features, predict, train_classifier  # noqa: E402
-from higfa.world_models import load_world  # noqa: E402
+from higfa.world.models import load_world  # noqa: E402
 
 PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa")
 NOTES_MARKER = "<!-- notes below are kept when benchmarks/quality.py rewrites this file -->"

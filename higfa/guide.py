@@ -52,8 +52,7 @@ class Guide:
     def __init__(self, schedule: Schedule, classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  decode: Decode | None = None, target: int | Sequence[int] | torch.Tensor | None = None,
                  class_names: Sequence[str] | None = None):
-        uses_classifier = schedule.classifier_steps != "off" and schedule.classifier_scale > 0
-        if uses_classifier:
+        if schedule.uses_classifier:
             missing = [n for n, v in (("classifier", classifier), ("decode", decode), ("target", target)) if v is None]
             if missing:
                 raise ValueError(f"schedule preset '{schedule.preset}' uses classifier guidance but "

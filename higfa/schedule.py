@@ -105,6 +105,19 @@ class Schedule:
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
 
+    # ----------------------------------------------------------------- what the schedule needs
+    @property
+    def uses_classifier(self) -> bool:
+        """The classifier guides at some step (so a classifier, a decoder and a target are needed)."""
+        return self.classifier_steps != "off" and self.classifier_scale > 0
+
+    @property
+    def uses_contour(self) -> bool:
+        """The contour ControlNet has a non-zero strength at some step (so a ControlNet and a contour are
+        needed): λ0 in stage 1, or the confidence-modulated λ in stage 2 when `modulate` is on."""
+        return self.contour_strength > 0 or (
+            self.modulate and max(self.contour_lowconf, self.contour_highconf) > 0)
+
     # ----------------------------------------------------------------- the math
     def stage(self, progress: float) -> int:
         # 1e-9: π computed from a sigma table lands a hair below an exact boundary.

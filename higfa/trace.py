@@ -32,6 +32,10 @@ class TraceStep:
     seconds: float = 0.0
 
 
+# TraceStep columns that hold one value per sample of the batch.
+PER_SAMPLE = ("classifier_scale", "confidence", "grad_norm", "gated", "nan_skipped")
+
+
 @dataclass
 class Trace:
     steps: list[TraceStep] = field(default_factory=list)
@@ -41,6 +45,24 @@ class Trace:
 
     def add(self, step: TraceStep) -> None:
         self.steps.append(step)
+
+    def split(self, batch: int) -> list["Trace"]:
+        """One Trace per sample of a run of `batch` samples: the per-sample columns (classifier_scale,
+        confidence, grad_norm, gated, nan_skipped, target) cut to that sample; shared columns kept."""
+        if batch == 1:
+            return [self]
+        out = []
+        for b in range(batch):
+            steps = []
+            for s in self.steps:
+                d = dict(s.__dict__)
+                for k in PER_SAMPLE:
+                    if d[k] is not None:
+                        d[k] = [d[k][b]]
+                steps.append(TraceStep(**d))
+            out.append(Trace(steps, self.schedule, None if self.target is None else [self.target[b]],
+                             self.class_names))
+        return out
 
     # ------------------------------------------------------------------ summaries
     @property

@@ -12,7 +12,7 @@ import folder_paths
 import numpy as np
 import torch
 
-from ..higfa.dataset import append_manifest, load_image, save_image, scan_image_folder
+from ..higfa.jobs.dataset import append_manifest, load_image, save_image, scan_image_folder
 from ._comfy import CATEGORY, io
 
 

@@ -9,15 +9,14 @@ from .cfg_guider import HiGFACFGGuider
 def build_guider(model, positive, negative, schedule, control_net=None, contour=None, vae=None, classifier=None,
                  target="0") -> HiGFACFGGuider:
     """Checks that what the schedule needs is connected (naming the missing inputs), resolves the target."""
-    uses_contour = schedule.contour_strength > 0 or (
-        schedule.modulate and max(schedule.contour_lowconf, schedule.contour_highconf) > 0)
+    uses_contour = schedule.uses_contour
     missing = [n for n, v in (("control_net", control_net), ("contour", contour)) if v is None]
     if uses_contour and missing:
         raise ValueError(f"schedule '{schedule.preset}' uses the contour (strength {schedule.contour_strength}) but "
                          f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not connected: connect a "
                          "ControlNet (e.g. a Canny one) and a contour image (HiGFA Contour Transform), or use the "
                          "'cfg' preset")
-    uses_classifier = schedule.classifier_steps != "off" and schedule.classifier_scale > 0
+    uses_classifier = schedule.uses_classifier
     missing = [n for n, v in (("classifier", classifier), ("vae", vae)) if v is None]
     if uses_classifier and missing:
         raise ValueError(f"schedule '{schedule.preset}' uses classifier guidance but {' and '.join(missing)} "

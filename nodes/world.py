@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..higfa.classifier import find_name
-from ..higfa.world import SPLITS, TinyBirds, model_path
+from ..higfa.world.birds import SPLITS, TinyBirds, model_path
 from ._comfy import CATEGORY, CLASSIFIER, WORLD, io
 
 # diffusers beta_schedule -> ComfyUI's name for the same betas ("linear" there is SD's scaled_linear)
@@ -40,7 +40,7 @@ _PREDICTION = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.
 
 # ----------------------------------------------------------------------------- the world's text side
 @dataclass
-class World:
+class LoadedWorld:
     """What HiGFA World Loader hands to the text and image nodes: the procedural world, its
     word-level tokenizer and CLIP text encoder (family words only; species words are unknown)."""
 
@@ -291,8 +291,8 @@ def resolve_path(path: str) -> Path:
 
 
 def load(path: Path):
-    """(MODEL, VAE, CONTROL_NET, classifier, World) from a world folder (docs/world.md's format)."""
-    from ..higfa.world_models import load_world
+    """(MODEL, VAE, CONTROL_NET, classifier, LoadedWorld) from a world folder (docs/world.md's format)."""
+    from ..higfa.world.models import load_world
 
     # Weights made here are normal tensors (ComfyUI runs nodes under inference mode): the guider's
     # classifier step copies and differentiates the decoder and the classifier.
@@ -308,7 +308,7 @@ def load(path: Path):
         model = world_model(m.unet, info["comfyui_unet_config"], scheduler, m.noise_schedule.sigmas, fmt)
         vae = WorldVAE(m.vae)
         control = WorldControlNet(WorldControlModel(m.controlnet).eval(), compression_ratio=vae.downscale_ratio)
-        world = World(m.world, m.text_encoder, m.tokenizer, path)
+        world = LoadedWorld(m.world, m.text_encoder, m.tokenizer, path)
     return model, vae, control, m.guidance, world
 
 
@@ -368,7 +368,7 @@ class HiGFAWorldTextEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, world: World, text: str) -> io.NodeOutput:
+    def execute(cls, world: LoadedWorld, text: str) -> io.NodeOutput:
         cond = world.encode(text).to(mm.intermediate_device())
         return io.NodeOutput([[cond, {}]])
 
@@ -401,9 +401,9 @@ class HiGFAWorldImage(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, species: str, index: int, split: str, world: World | None = None) -> io.NodeOutput:
+    def execute(cls, species: str, index: int, split: str, world: LoadedWorld | None = None) -> io.NodeOutput:
         birds = world.world if world is not None else TinyBirds()
-        label = (world or World(birds, None, None, model_path())).species(species)
+        label = (world or LoadedWorld(birds, None, None, model_path())).species(species)
         labels, seeds = birds.split_seeds(split, index + 1)
         seed = int(seeds[labels == label][index])
         image = birds.render(label, seed, masks=False).image

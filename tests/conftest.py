@@ -20,9 +20,9 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 @pytest.fixture(scope="session")
 def tiny_world():
-    from higfa.tiny import TinyWorld
+    from higfa.testing.stand_ins import TinyStack
 
-    return TinyWorld(seed=0, latent_size=8, num_classes=4)
+    return TinyStack(seed=0, latent_size=8, num_classes=4)
 
 
 class CountingClassifier(torch.nn.Module):
@@ -53,7 +53,7 @@ def comfyui_path() -> Path:
 
 @pytest.fixture(scope="session")
 def world_path() -> Path:
-    """The built-in world's folder (higfa/assets/world)."""
+    """The built-in world's folder (higfa/world/assets)."""
     from comfy_helpers import world_folder
 
     return world_folder()

@@ -22,11 +22,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from higfa import cli  # noqa: E402
-from higfa.augment import (Item, Source, make_groups, make_items, make_sources, pretty_label,  # noqa: E402
+from higfa.jobs import cli  # noqa: E402
+from higfa.jobs.augment import (Item, Source, make_groups, make_items, make_sources, pretty_label,  # noqa: E402
                            read_class_names, check_prompt, item_seed)
-from higfa.dataset import Item as DataItem  # noqa: E402
-from higfa.distributed import WorldInfo, detect_world, shard  # noqa: E402
+from higfa.jobs.dataset import SourceImage  # noqa: E402
+from higfa.jobs.distributed import Ranks, detect_ranks, shard  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("001.Red_Cardinal", "002.House_Sparrow")
@@ -54,7 +54,7 @@ def write_dataset(root: Path, seed=0) -> Path:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from higfa.classifier import build_classifier, save_classifier
-    from higfa.tiny_pipeline import save_tiny_pipeline
+    from higfa.testing.pipeline_folder import save_tiny_pipeline
 
     base = tmp_path_factory.mktemp("augment")
     model = save_tiny_pipeline(base / "model")
@@ -148,7 +148,7 @@ def test_sharding_has_no_duplicates_no_gaps_and_fixed_groups(batch):
     items = make_items(src, 3, seed=0)
     groups = make_groups(items, batch)
     for world in (1, 2, 3, 5, 32):
-        shards = [shard(groups, WorldInfo(r, world)) for r in range(world)]
+        shards = [shard(groups, Ranks(r, world)) for r in range(world)]
         keys = [it.key for s in shards for g in s for it in g]
         assert sorted(keys) == sorted(it.key for it in items) and len(keys) == len(set(keys))
         # a group is the same set of items whoever computes it
@@ -157,22 +157,22 @@ def test_sharding_has_no_duplicates_no_gaps_and_fixed_groups(batch):
 
 
 def test_detect_world_from_launchers():
-    assert detect_world({}) == WorldInfo()
-    t = detect_world({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert detect_ranks({}) == Ranks()
+    t = detect_ranks({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
     assert (t.rank, t.world_size, t.local_rank, t.launcher, t.torchrun) == (3, 4, 1, "torchrun", True)
-    s = detect_world({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1",
+    s = detect_ranks({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1",
                       "SLURM_ARRAY_TASK_STEP": "2"})
     assert (s.rank, s.world_size, s.launcher) == (3, 4, "slurm-array")
-    both = detect_world({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "RANK": "1", "WORLD_SIZE": "4",
+    both = detect_ranks({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "RANK": "1", "WORLD_SIZE": "4",
                          "LOCAL_RANK": "1"})
     assert (both.rank, both.world_size, both.local_rank) == (5, 8, 1)
-    assert detect_world({"RANK": "0", "WORLD_SIZE": "2"}, shard="1/3") == WorldInfo(1, 3, 0, "explicit")
+    assert detect_ranks({"RANK": "0", "WORLD_SIZE": "2"}, shard="1/3") == Ranks(1, 3, 0, "explicit")
     with pytest.raises(ValueError, match="i/n"):
-        detect_world({}, shard="1-3")
+        detect_ranks({}, shard="1-3")
     with pytest.raises(ValueError, match="not in a world"):
-        detect_world({"RANK": "2", "WORLD_SIZE": "2"})
+        detect_ranks({"RANK": "2", "WORLD_SIZE": "2"})
     with pytest.raises(ValueError, match="RANK='x'"):
-        detect_world({"RANK": "x", "WORLD_SIZE": "2"})
+        detect_ranks({"RANK": "x", "WORLD_SIZE": "2"})
 
 
 def test_class_names_prompts_and_output_names(tmp_path):
@@ -189,10 +189,10 @@ def test_class_names_prompts_and_output_names(tmp_path):
     check_prompt("a photo of a {class}, a type of {super} ({label})")
     with pytest.raises(ValueError, match=r"\['species'\]"):
         check_prompt("a {species}")
-    found = [DataItem(Path("x"), "a", "a/img.jpg"), DataItem(Path("y"), "a", "a/img.png")]
+    found = [SourceImage(Path("x"), "a", "a/img.jpg"), SourceImage(Path("y"), "a", "a/img.png")]
     with pytest.raises(ValueError, match="would both write a/img_v"):
         make_sources(found, {})
-    (s,) = make_sources([DataItem(Path("z"), "b", "../raw/b/x y.jpg")], {"b": "Beta"})
+    (s,) = make_sources([SourceImage(Path("z"), "b", "../raw/b/x y.jpg")], {"b": "Beta"})
     assert (s.name, s.class_name) == ("raw__b__x_y", "Beta")
     assert Item(s, 1, 0).output == "images/b/raw__b__x_y_v1.png"
 
@@ -230,8 +230,8 @@ def test_end_to_end_layout_records_and_traces(world, reference):
 
 @pytest.mark.slow
 def test_single_file_checkpoint_gives_the_same_bytes(world, reference, tmp_path):
-    from higfa.ldm_export import save_single_file
-    from higfa.pipeline import load_components
+    from higfa.backends.ldm_export import save_single_file
+    from higfa.backends.components import load_components
 
     c = load_components(world["model"])
     ckpt = save_single_file(tmp_path / "tiny-sd.safetensors", c.unet, c.vae, c.text_encoder, c.controlnet)
@@ -270,7 +270,7 @@ def test_other_settings_refuse_the_folder_unless_overwrite(world, reference, tmp
 @pytest.mark.slow
 def test_killed_then_rerun_ends_byte_identical(world, reference, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "higfa.cli", *args_for(world, out)]
+    cmd = [sys.executable, "-m", "higfa.jobs.cli", *args_for(world, out)]
     killed = subprocess.run(cmd, env=subprocess_env(HIGFA_AUGMENT_STOP_AFTER="3"), capture_output=True, text=True,
                             timeout=300)
     assert killed.returncode == -9, killed.stderr  # SIGKILL: no cleanup ran
@@ -299,7 +299,7 @@ def test_ctrl_c_keeps_finished_work_and_resumes(world, reference, tmp_path, monk
 def test_torchrun_two_processes_same_outputs_each_written_once(world, reference, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "higfa.cli", *args_for(world, out)]
+           "-m", "higfa.jobs.cli", *args_for(world, out)]
     done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es) (torchrun)" in done.stderr and "(all ranks): 8 images written" in done.stderr

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from higfa.diffusers_backend import output_to_x0, sample_with_scheduler, x0_to_output
+from higfa.backends.denoiser import output_to_x0, sample_with_scheduler, x0_to_output
 from higfa.guide import Guide
 from higfa.sampler import sample
 from higfa.schedule import Schedule
@@ -167,7 +167,7 @@ def test_eta_on_a_scheduler_without_eta_is_an_error(tiny_world):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "unipc", "pndm", "euler_a"])
 def test_other_diffusers_schedulers_run_the_same_schedule(tiny_world, name):
-    from higfa.pipeline import make_scheduler
+    from higfa.backends.components import make_scheduler
 
     sched = make_scheduler(ddim().config, name, {"skip_prk_steps": True} if name == "pndm" else None)  # SD's PLMS
     guide = Guide(Schedule.from_preset("higfa", classifier_scale=3.0), SmoothClassifier(), tiny_world.decode, target=1)

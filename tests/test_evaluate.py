@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from higfa import cli
-from higfa.evaluate import load_folder, load_synthetic
+from higfa.jobs import cli
+from higfa.jobs.evaluate import load_folder, load_synthetic
 
 
 def shape_image(rng, cls: int, size=40):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from higfa.contour import ContourTransform
-from higfa.dataset import append_manifest, read_manifest
+from higfa.jobs.dataset import append_manifest, read_manifest
 from higfa.sigmas import NoiseSchedule, percent_of_sigma
 
 

@@ -8,9 +8,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from higfa.ldm_export import save_single_file  # noqa: E402
-from higfa.pipeline import load_components, load_controlnet, make_scheduler  # noqa: E402
-from higfa.tiny_pipeline import save_tiny_pipeline, tiny_components  # noqa: E402
+from higfa.backends.ldm_export import save_single_file  # noqa: E402
+from higfa.backends.components import load_components, load_controlnet, make_scheduler  # noqa: E402
+from higfa.testing.pipeline_folder import save_tiny_pipeline, tiny_components  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +129,10 @@ def test_not_a_model_file(tmp_path):
 
 
 def test_builtin_resolves_to_the_world_folder_and_says_how_to_make_it(model_dir, tmp_path, monkeypatch):
-    import higfa.world as world
+    import higfa.world.birds as world
 
     monkeypatch.setattr(world, "model_path", lambda: tmp_path / "untrained")
-    with pytest.raises(FileNotFoundError, match=r"untrained.*python -m higfa.world_train"):
+    with pytest.raises(FileNotFoundError, match=r"untrained.*python -m higfa.world.train"):
         load_components("builtin")
     monkeypatch.setattr(world, "model_path", lambda: model_dir)
     assert load_components("builtin").source["model"] == str(model_dir.resolve())

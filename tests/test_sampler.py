@@ -156,7 +156,7 @@ def test_missing_classifier_is_a_clear_error(tiny_world):
 @pytest.fixture(scope="module")
 def brightness_classifier(tiny_world, sigmas):
     """A tiny timm classifier trained (here, in seconds) to tell bright from dark decoded samples."""
-    from higfa.tiny import tiny_classifier
+    from higfa.testing.stand_ins import tiny_classifier
 
     with torch.no_grad():
         short = tiny_world.noise_schedule.sample_sigmas(10)

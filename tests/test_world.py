@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from higfa.world import ASSETS, FAMILIES, SPECIES, TinyBirds, model_path
+from higfa.world.birds import ASSETS, FAMILIES, SPECIES, TinyBirds, model_path
 
 WORLD = TinyBirds()
 
@@ -87,7 +87,7 @@ def test_masks_only_on_request_and_bad_inputs():
 
 @pytest.fixture(scope="module")
 def models():
-    from higfa.world_models import load_world
+    from higfa.world.models import load_world
 
     return load_world()
 
@@ -103,7 +103,7 @@ def test_assets_layout_size_and_model_index():
 
 
 def test_shipped_configs_are_the_documented_ones(models):
-    from higfa.world_train import CONTROLNET_EMBEDDING, SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG
+    from higfa.world.train import CONTROLNET_EMBEDDING, SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG
 
     for key, value in UNET_CONFIG.items():
         assert models.unet.config[key] == (list(value) if isinstance(value, tuple) else value), key
@@ -187,7 +187,7 @@ def test_diffusers_pipeline_loads_the_shipped_folder():
 
 
 def test_demo_writes_its_files(tmp_path):
-    from higfa.demo import run_demo
+    from higfa.world.demo import run_demo
 
     metrics = run_demo(tmp_path, species=["red-crowned finch", "plain jay"], steps=3, progress=False)
     for name in ("contact_sheet.png", "trace.png", "trace.json", "metrics.json"):

@@ -63,7 +63,7 @@ def make_image(seed: int, size: int = IMAGE) -> np.ndarray:
 
 
 def populate_base(base: Path) -> None:
-    from higfa.dataset import save_image
+    from higfa.jobs.dataset import save_image
 
     make_classifier(base / "models" / "classifiers" / CLASSIFIER_FILE)
     save_image(base / "input" / "higfa_example.png", make_image(0))
@@ -73,9 +73,9 @@ def populate_base(base: Path) -> None:
 
 
 def world_folder() -> Path:
-    """The built-in world shipped in higfa/assets/world, checked complete (a clear failure if not)."""
-    from higfa.world import model_path
-    from higfa.world_models import missing_parts
+    """The built-in world shipped in higfa/world/assets, checked complete (a clear failure if not)."""
+    from higfa.world.birds import model_path
+    from higfa.world.models import missing_parts
 
     path = model_path()
     missing = missing_parts(path)

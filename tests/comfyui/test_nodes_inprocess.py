@@ -16,7 +16,7 @@ pytestmark = pytest.mark.comfyui
 
 @pytest.fixture
 def dataset(comfy, tmp_path):
-    from higfa.dataset import save_image
+    from higfa.jobs.dataset import save_image
 
     for i, name in enumerate(CLASSES[:2]):
         for k in range(2):
@@ -40,7 +40,7 @@ def test_folder_reader_single_and_all_modes(comfy, dataset):
 
 
 def test_folder_reader_reruns_when_files_change(comfy, dataset):
-    from higfa.dataset import save_image
+    from higfa.jobs.dataset import save_image
 
     node = comfy.pack.nodes.dataset.HiGFALoadImageFolder
     before = node.fingerprint_inputs(folder=str(dataset), mode="single", index=0)
@@ -52,7 +52,7 @@ def test_folder_reader_reruns_when_files_change(comfy, dataset):
 def test_save_node_writes_an_image_folder_and_never_overwrites(comfy):
     import folder_paths
 
-    from higfa.dataset import read_manifest
+    from higfa.jobs.dataset import read_manifest
 
     node = comfy.pack.nodes.dataset.HiGFASaveImageFolder
     images = torch.rand(2, 16, 16, 3)

@@ -24,7 +24,7 @@ SIGMA_STEPS = (20, 300, 700, 999)  # training timesteps whose σ the parity test
 def world(comfy, world_path):
     """The loader's outputs (built under inference mode, as ComfyUI runs nodes), the core's diffusers
     models of the same folder, and a contour of a real image."""
-    from higfa.world_models import load_world
+    from higfa.world.models import load_world
 
     W = comfy.pack.nodes.world
     with torch.inference_mode():
@@ -80,7 +80,7 @@ def test_loader_gives_comfyui_types_with_the_worlds_geometry(world):
 def test_unet_and_controlnet_give_the_diffusers_denoised_output(world):
     """ComfyUI's UNetModel with the converted weights + the wrapped ControlNet, via BaseModel.apply_model,
     against higfa's DiffusersDenoiser on the diffusers models, at several σ and contour strengths."""
-    from higfa.diffusers_backend import DiffusersDenoiser
+    from higfa.backends.denoiser import DiffusersDenoiser
 
     core = world["core"]
     ms, emb, x = _inputs(world)
@@ -104,7 +104,7 @@ def test_unet_and_controlnet_give_the_diffusers_denoised_output(world):
 
 def test_controlnet_batched_cond_and_uncond_broadcast_the_hint(world):
     """Two latents in one call with cond and uncond batched (as calc_cond_batch does), one hint per latent."""
-    from higfa.diffusers_backend import DiffusersDenoiser
+    from higfa.backends.denoiser import DiffusersDenoiser
 
     core = world["core"]
     ms, emb, x = _inputs(world, batch=2, seed=1)

@@ -77,8 +77,8 @@ def compare(real: ImageSet, synthetic: ImageSet, test: ImageSet, classes: list[s
     fraction of each batch drawn from synthetic images (None: uniform over the union)."""
     import torch
 
-    from .classifier import build_classifier
-    from .training import evaluate, train_classifier
+    from ..classifier import build_classifier
+    from ..training import evaluate, train_classifier
 
     x_aug = np.concatenate([real.images, synthetic.images])
     y_aug = np.concatenate([real.labels, synthetic.labels])
@@ -112,11 +112,11 @@ def compare(real: ImageSet, synthetic: ImageSet, test: ImageSet, classes: list[s
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .distributed import WorldInfo, pick_device
+    from .distributed import Ranks, pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device, WorldInfo())
+    device = pick_device(args.device, Ranks())
     real, classes = load_folder(args.real, args.size, what="real training images")
     synthetic = load_synthetic(args.synthetic, args.size, classes, args.include_below_threshold)
     test, _ = load_folder(args.test, args.size, classes, "test images")

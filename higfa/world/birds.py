@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 # The shipped models trained on this world (diffusers folder + classifiers; docs/world.md).
-ASSETS = Path(__file__).resolve().parent / "assets" / "world"
+ASSETS = Path(__file__).resolve().parent / "assets"
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4
 PROMPT_TEMPLATE = "a photo of a {family}"

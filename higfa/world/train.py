@@ -1,6 +1,6 @@
 """Train the built-in world's models from scratch on the CPU, reproducibly by seed.
 
-    python -m higfa.world_train                 # everything, into higfa/assets/world/
+    python -m higfa.world.train                 # everything, into higfa/world/assets/
     higfa train-world --stages vae diffusion    # some stages (later stages load earlier outputs)
 
 Stages (see docs/world.md for formats and configs):
@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classifier import build_classifier, save_classifier
-from .contour import EdgeDetector
-from .training import Augment, evaluate, to_tensor, train_classifier
-from .world import ASSETS, TinyBirds
+from ..classifier import build_classifier, save_classifier
+from ..contour import EdgeDetector
+from ..training import Augment, evaluate, to_tensor, train_classifier
+from .birds import ASSETS, TinyBirds
 
 STAGES = ("vae", "diffusion", "guidance", "oracle")
 
@@ -374,7 +374,7 @@ def _classifier_stage(cfg: TrainConfig, world: TinyBirds, out: Path, name: str) 
                               callback=lambda s, l: _log(f"{name} step {s}/{steps} loss {l:.3f}") if s % 100 == 0 else None)
     ev = evaluate(result.classifier, test.images, test.labels)
     fam = world.family_labels()
-    from .training import predict
+    from ..training import predict
 
     pred = predict(result.classifier, test.images).argmax(1).numpy()
     save_classifier(result.classifier.half(), out / name)
@@ -458,7 +458,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m higfa.world_train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m higfa.world.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     args = p.parse_args(argv)

@@ -3,11 +3,11 @@
 The job is a deterministic list of items (image × variant, images sorted by id). Item (i, v) gets
 seed = H(global seed, image id, v): its noise, contour transform and ancestral noise come from that
 seed alone, so any output can be regenerated on its own and the bytes do not depend on how many
-processes share the work (`higfa.distributed`: torchrun, SLURM arrays, --shard). With
+processes share the work (`higfa.jobs.distributed`: torchrun, SLURM arrays, --shard). With
 --batch-size B the list is cut into fixed groups of B consecutive items, sampled together; the
 groups do not depend on the world size either (the bytes do depend on B, which is part of the run).
 
-Outputs (`higfa.records`): OUT/images/<label>/<name>_v<k>.png (an ImageFolder), optional
+Outputs (`higfa.jobs.records`): OUT/images/<label>/<name>_v<k>.png (an ImageFolder), optional
 OUT/traces/..., OUT/manifest.jsonl, run.json (the run's settings), summary.json.
 """
 
@@ -28,10 +28,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..backends.components import BUILTIN
+from ..classifier import normalise_name
 from . import dataset, records
-from .classifier import normalise_name
-from .distributed import ProcessGroup, WorldInfo, detect_world, pick_device, shard
-from .pipeline import BUILTIN
+from .distributed import ProcessGroup, Ranks, detect_ranks, pick_device, shard
 
 DEFAULT_PROMPT = "a photo of a {class}, a type of {super}"
 PROMPT_FIELDS = {"class", "super", "label"}
@@ -111,7 +111,7 @@ def _names_in_order(names: list, labels: Sequence[str], path: Path) -> dict[str,
     return {lab: str(n) for lab, n in zip(sorted(labels), names)}
 
 
-def read_sources(data: str | Path, limit: int | None = None) -> tuple[list[dataset.Item], list[str], list[str]]:
+def read_sources(data: str | Path, limit: int | None = None) -> tuple[list[dataset.SourceImage], list[str], list[str]]:
     """(images sorted by id, labels, empty class folders) of an ImageFolder or a manifest."""
     data = Path(data).expanduser()
     if data.is_dir():
@@ -139,7 +139,7 @@ def check_prompt(template: str) -> None:
                          "{super} (--super, e.g. 'bird') and {label} (folder name)")
 
 
-def make_sources(found: Sequence[dataset.Item], names: dict[str, str], classifier=None) -> list[Source]:
+def make_sources(found: Sequence[dataset.SourceImage], names: dict[str, str], classifier=None) -> list[Source]:
     """Attach prompt names, classifier targets and unique output names; clear errors for labels the
     classifier does not know."""
     targets: dict[str, int | None] = {}
@@ -211,22 +211,21 @@ def square_image(path: Path, size: int) -> np.ndarray:
     return np.ascontiguousarray(rgb[y:y + size, x:x + size])
 
 
-class Generator:
+class ItemSampler:
     """Runs HiGFA for groups of items with loaded components (one per process)."""
 
     def __init__(self, components, schedule, classifier, *, size: int, steps: int, eta: float, prompt: str,
                  negative_prompt: str, super_name: str, edges, transform, device):
         import torch
 
-        from .diffusers_backend import vae_decode
+        from ..backends.denoiser import vae_decode
 
         self.c, self.schedule, self.classifier = components, schedule, classifier
         self.size, self.steps, self.eta = size, steps, eta
         self.prompt, self.super_name = prompt, super_name
         self.edges, self.transform, self.device = edges, transform, device
         self.decode = vae_decode(components.vae)
-        self.uses_contour = components.controlnet is not None and (
-            schedule.contour_strength > 0 or schedule.contour_lowconf > 0 or schedule.contour_highconf > 0)
+        self.uses_contour = components.controlnet is not None and schedule.uses_contour
         self._prompts: dict[str, Any] = {}
         self.uncond = self._embed(negative_prompt)
         self._image_cache: tuple[str, Any] | None = None
@@ -258,8 +257,8 @@ class Generator:
     def run(self, group: Sequence[Item]) -> list[dict[str, Any]]:
         """Sample a group together: per item the image (HxWx3 uint8), its trace and confidences."""
         torch = self.torch
-        from .diffusers_backend import sample_with_scheduler
-        from .guide import Guide
+        from ..backends.denoiser import sample_with_scheduler
+        from ..guide import Guide
 
         gens = [torch.Generator("cpu").manual_seed(it.seed) for it in group]
         noise = torch.cat([torch.randn(1, self.c.latent_channels, self.latent_size, self.latent_size, generator=g)
@@ -285,28 +284,8 @@ class Generator:
                 x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(self.device)
                 p = torch.softmax(self.classifier(x).float(), -1)
                 conf = [float(p[b, t]) for b, t in enumerate(targets)]
-        traces = split_trace(result.trace, len(group))
+        traces = result.trace.split(len(group))
         return [{"image": images[b], "trace": traces[b], "confidence": conf[b]} for b in range(len(group))]
-
-
-def split_trace(trace, batch: int) -> list:
-    """One trace per sample of a batched run (per-sample lists cut to that sample)."""
-    from .trace import Trace, TraceStep
-
-    if batch == 1:
-        return [trace]
-    out = []
-    for b in range(batch):
-        steps = []
-        for s in trace.steps:
-            d = {**s.__dict__}
-            for k in ("classifier_scale", "confidence", "grad_norm", "gated", "nan_skipped"):
-                if d[k] is not None:
-                    d[k] = [d[k][b]]
-            steps.append(TraceStep(**d))
-        tgt = None if trace.target is None else [trace.target[b]]
-        out.append(Trace(steps, trace.schedule, tgt, trace.class_names))
-    return out
 
 
 def trace_counts(trace) -> tuple[int, int]:
@@ -326,7 +305,7 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 # ---------------------------------------------------------------------------- the job
 def build_schedule(args):
-    from .schedule import Schedule
+    from ..schedule import Schedule
 
     if args.schedule:
         p = Path(args.schedule)
@@ -350,13 +329,13 @@ def fingerprint(args, schedule, components, size: int, names: dict[str, str]) ->
 
 
 def edge_detector(args):
-    from .contour import EdgeDetector
+    from ..contour import EdgeDetector
 
     return EdgeDetector(args.edges, args.canny_low, args.canny_high, args.edge_blur, args.auto_canny)
 
 
 def contour_transform(args):
-    from .contour import ContourTransform
+    from ..contour import ContourTransform
 
     return ContourTransform(amount=args.contour_amount)
 
@@ -364,7 +343,7 @@ def contour_transform(args):
 def model_prompts(model: str) -> tuple[str, dict[str, str]] | None:
     """(template, {normalised class name: prompt name}) of a model folder that ships a world.json
     (the built-in world: its text model knows family names only, so a species is prompted by its family)."""
-    from .pipeline import builtin_model_path
+    from ..backends.components import builtin_model_path
 
     try:
         folder = builtin_model_path() if model == BUILTIN else Path(model)
@@ -377,7 +356,7 @@ def model_prompts(model: str) -> tuple[str, dict[str, str]] | None:
 
 def default_builtin_classifier() -> str | None:
     """The built-in world's guidance classifier, shipped beside its diffusers folder."""
-    from .pipeline import builtin_model_path
+    from ..backends.components import builtin_model_path
 
     path = builtin_model_path() / "guidance.safetensors"
     return str(path) if path.is_file() else None
@@ -386,22 +365,21 @@ def default_builtin_classifier() -> str | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .classifier import load_classifier
-    from .pipeline import load_components, parse_dtype
+    from ..classifier import load_classifier
+    from ..backends.components import load_components, parse_dtype
 
-    info = detect_world(shard=args.shard)
+    info = detect_ranks(shard=args.shard)
     out = Path(args.out).expanduser()
     world_text = model_prompts(args.model)
     if args.prompt is None:  # a model that ships its own prompts (the built-in world) uses them
         args.prompt = world_text[0] if world_text else DEFAULT_PROMPT
     check_prompt(args.prompt)
     schedule = build_schedule(args)
-    needs_classifier = schedule.classifier_steps != "off" and schedule.classifier_scale > 0
     if args.model == BUILTIN and not args.classifier:
         args.classifier = default_builtin_classifier()
     if args.min_confidence is not None and not args.classifier:
         raise ValueError("--min-confidence needs --classifier (the confidence is the classifier's)")
-    if needs_classifier and not args.classifier:
+    if schedule.uses_classifier and not args.classifier:
         raise ValueError(f"preset/schedule '{schedule.preset}' uses classifier guidance: pass --classifier "
                          "PATH.safetensors (timm weights + .json sidecar), or choose --preset cfg or contour")
     if args.threads:
@@ -462,7 +440,7 @@ def run(args: argparse.Namespace) -> int:
         for c in empty:
             say(f"  warning: class folder '{c}' has no images; it gets no synthetic images")
         say(f"  prompt, e.g.: {args.prompt.format(**{'class': sources[0].class_name, 'super': args.super, 'label': sources[0].label})!r}")
-    gen = Generator(components, schedule, classifier, size=size, steps=args.steps, eta=args.eta, prompt=args.prompt,
+    gen = ItemSampler(components, schedule, classifier, size=size, steps=args.steps, eta=args.eta, prompt=args.prompt,
                     negative_prompt=args.negative_prompt, super_name=args.super, edges=edge_detector(args),
                     transform=contour_transform(args), device=device)
     writer = records.PartWriter(out, info.rank, info.world_size)
@@ -488,7 +466,7 @@ def _printer(quiet: bool):
     return say
 
 
-def _loop(gen: Generator, todo, done, out: Path, writer, stats, args, info: WorldInfo, run_hash: str,
+def _loop(gen: ItemSampler, todo, done, out: Path, writer, stats, args, info: Ranks, run_hash: str,
           stop_after: int):
     from tqdm import tqdm
 
@@ -562,7 +540,7 @@ def _write(it: Item, res: dict, out: Path, writer, stats, args, run_hash: str, p
     stats["gated"] += gated
 
 
-def _finish(out: Path, info: WorldInfo, group: ProcessGroup, stats: dict, say, all_bar=None) -> int:
+def _finish(out: Path, info: Ranks, group: ProcessGroup, stats: dict, say, all_bar=None) -> int:
     group.barrier()
     if all_bar is not None:
         all_bar.n = len(records.finished_keys(out, json.loads((out / records.RUN_FILE).read_text())["hash"]))

@@ -114,7 +114,7 @@ def load_components(model: str | Path, *, controlnet: str | Path | None = None, 
         model = builtin_model_path()
         if not (model / "model_index.json").is_file():
             raise FileNotFoundError(f"the built-in world's models are not in {model}: train them with "
-                                    "`python -m higfa.world_train`, or pass --model a diffusers folder")
+                                    "`python -m higfa.world.train`, or pass --model a diffusers folder")
     model = Path(model).expanduser()
     if not model.exists():
         raise _missing("model", model, MODEL_FIX)
@@ -137,17 +137,10 @@ def load_components(model: str | Path, *, controlnet: str | Path | None = None, 
 
 
 def builtin_model_path() -> Path:
-    """The built-in tiny world's diffusers folder (issue 4's `higfa.world`)."""
-    try:
-        from . import world
-    except ImportError as e:
-        raise FileNotFoundError("the built-in world is not installed in this checkout (higfa/world.py is "
-                                "missing): pass --model a diffusers folder or a single-file checkpoint") from e
-    for name in ("model_path", "pipeline_path", "diffusers_path", "MODEL_DIR", "PIPELINE_DIR"):
-        v = getattr(world, name, None)
-        if v is not None:
-            return Path(v() if callable(v) else v)
-    raise FileNotFoundError("higfa.world does not say where the built-in diffusers folder is")
+    """The built-in tiny world's diffusers folder (`higfa.world.birds.model_path()`)."""
+    from ..world import birds
+
+    return birds.model_path()
 
 
 def _quiet_loaders() -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .classifier import Classifier, build_classifier
-from .diffusers_backend import DiffusersDenoiser, vae_decode
-from .sigmas import NoiseSchedule
+from ..classifier import Classifier, build_classifier
+from ..backends.denoiser import DiffusersDenoiser, vae_decode
+from ..sigmas import NoiseSchedule
 
 CONTEXT_DIM = 32
 
@@ -61,7 +61,7 @@ def tiny_classifier(num_classes: int = 4, input_size: int = 32, seed: int = 3,
                                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)).eval()
 
 
-class TinyWorld:
+class TinyStack:
     """A complete tiny SD-style stack: denoiser (UNet + ControlNet + two text embeddings), decode,
     classifier. `latent_size` h = w; images are 8·h pixels."""
 

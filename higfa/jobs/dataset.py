@@ -20,13 +20,13 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
-class Item:
+class SourceImage:
     path: Path
     label: str  # class name
     id: str  # stable identifier: path relative to the dataset root, '/'-separated
 
 
-def scan_image_folder(root: str | Path) -> tuple[list[Item], list[str]]:
+def scan_image_folder(root: str | Path) -> tuple[list[SourceImage], list[str]]:
     """Items of an ImageFolder tree (sorted, deterministic) and the class names (sorted)."""
     root = Path(root)
     if not root.is_dir():
@@ -38,16 +38,16 @@ def scan_image_folder(root: str | Path) -> tuple[list[Item], list[str]]:
     for c in classes:
         for f in sorted((root / c).rglob("*")):
             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                items.append(Item(f, c, f.relative_to(root).as_posix()))
+                items.append(SourceImage(f, c, f.relative_to(root).as_posix()))
     return items, classes
 
 
-def empty_classes(root: str | Path, items: Iterable[Item], classes: Iterable[str]) -> list[str]:
+def empty_classes(root: str | Path, items: Iterable[SourceImage], classes: Iterable[str]) -> list[str]:
     have = {i.label for i in items}
     return [c for c in classes if c not in have]
 
 
-def read_manifest(path: str | Path) -> list[Item]:
+def read_manifest(path: str | Path) -> list[SourceImage]:
     """CSV with columns path,label (header required) or JSON/JSONL of {"path", "label"} objects.
     Relative paths are relative to the manifest's folder."""
     path = Path(path)
@@ -74,7 +74,7 @@ def read_manifest(path: str | Path) -> list[Item]:
             raise ValueError(f"manifest {path}, row {n + 1}: needs 'path' and 'label', got {sorted(r)}")
         p = Path(r["path"])
         p = p if p.is_absolute() else base / p
-        items.append(Item(p, str(r["label"]), Path(r["path"]).as_posix()))
+        items.append(SourceImage(p, str(r["label"]), Path(r["path"]).as_posix()))
     return items
 
 

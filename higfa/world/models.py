@@ -1,4 +1,4 @@
-"""The built-in world's shipped models (higfa/assets/world/), loaded and ready to sample.
+"""The built-in world's shipped models (higfa/world/assets/), loaded and ready to sample.
 
     models = load_world()                         # diffusers UNet + ControlNet + VAE, CLIP text, 2 classifiers
     sources = models.world.split("fewshot", 10)
@@ -7,7 +7,7 @@
     out.images          # [4,64,64,3] uint8;  out.result.trace  the per-step trace
 
 Sampling is the core reference sampler (`higfa.sampler.sample`) with `higfa.guide.Guide` over
-`higfa.diffusers_backend.DiffusersDenoiser`; every sample's noise and contour transform come
+`higfa.backends.denoiser.DiffusersDenoiser`; every sample's noise and contour transform come
 from its own seed, so results do not depend on the batch size (up to float rounding and the
 batch-shared cfg/contour strengths, see docs/method.md "Batches").
 """
@@ -22,14 +22,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .classifier import Classifier, load_classifier
-from .contour import ContourTransform, EdgeDetector
-from .diffusers_backend import DiffusersDenoiser, noise_schedule_from_scheduler, vae_decode
-from .guide import Guide
-from .sampler import SampleResult, sample
-from .schedule import Schedule
-from .sigmas import NoiseSchedule
-from .world import ASSETS, TinyBirds
+from ..classifier import Classifier, load_classifier
+from ..contour import ContourTransform, EdgeDetector
+from ..backends.denoiser import DiffusersDenoiser, noise_schedule_from_scheduler, vae_decode
+from ..guide import Guide
+from ..sampler import SampleResult, sample
+from ..schedule import Schedule
+from ..sigmas import NoiseSchedule
+from .birds import ASSETS, TinyBirds
 
 COMPONENTS = ("unet", "controlnet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -123,7 +123,7 @@ class WorldModels:
     @torch.no_grad()
     def oracle_probs(self, images: np.ndarray) -> torch.Tensor:
         """[B,K] oracle softmax of uint8 images [B,H,W,3]."""
-        from .training import predict
+        from ..training import predict
 
         return predict(self.oracle, images)
 

@@ -1,6 +1,6 @@
 """A complete tiny Stable-Diffusion + ControlNet pipeline on disk, random init, built offline.
 
-`higfa.tiny` has the UNet, ControlNet and VAE; this adds a CLIP text encoder and a CLIP BPE
+`higfa.testing.stand_ins` has the UNet, ControlNet and VAE; this adds a CLIP text encoder and a CLIP BPE
 tokenizer small enough to build without the hub (its vocabulary is CLIP's 256 byte symbols, with
 and without the end-of-word mark, and no merges: it tokenises per character), and writes them in
 the diffusers folder layout with diffusers' own `save_pretrained`. Tests and benchmarks load the
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny import CONTEXT_DIM, tiny_controlnet, tiny_unet, tiny_vae
+from .stand_ins import CONTEXT_DIM, tiny_controlnet, tiny_unet, tiny_vae
 
 MAX_TOKENS = 77  # SD's prompt length
 

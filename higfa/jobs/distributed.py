@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class WorldInfo:
+class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -51,7 +51,7 @@ def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int |
         raise ValueError(f"environment variable {name}={v!r} is not an integer") from None
 
 
-def detect_world(env: Mapping[str, str] | None = None, shard: str | None = None) -> WorldInfo:
+def detect_ranks(env: Mapping[str, str] | None = None, shard: str | None = None) -> Ranks:
     """The process's place in the job, from `--shard i/n` or the launcher's environment."""
     env = os.environ if env is None else env
     if shard:
@@ -59,7 +59,7 @@ def detect_world(env: Mapping[str, str] | None = None, shard: str | None = None)
             i, n = (int(x) for x in shard.split("/"))
         except ValueError:
             raise ValueError(f"--shard {shard!r}: write it as i/n, e.g. 0/4 for the first of four shards") from None
-        return WorldInfo(i, n, 0, "explicit")
+        return Ranks(i, n, 0, "explicit")
     rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
     local = _int(env, "LOCAL_RANK", 0)
     torchrun = rank is not None and world is not None
@@ -68,19 +68,19 @@ def detect_world(env: Mapping[str, str] | None = None, shard: str | None = None)
         first, step = _int(env, "SLURM_ARRAY_TASK_MIN", 0), _int(env, "SLURM_ARRAY_TASK_STEP", 1)
         task_rank = (task - first) // max(step, 1)
         if torchrun:
-            return WorldInfo(task_rank * world + rank, count * world, local, "slurm-array+torchrun", True)
-        return WorldInfo(task_rank, count, 0, "slurm-array")
+            return Ranks(task_rank * world + rank, count * world, local, "slurm-array+torchrun", True)
+        return Ranks(task_rank, count, 0, "slurm-array")
     if torchrun:
-        return WorldInfo(rank, world, local, "torchrun", True)
-    return WorldInfo()
+        return Ranks(rank, world, local, "torchrun", True)
+    return Ranks()
 
 
-def shard(items: Sequence[T], info: WorldInfo) -> list[T]:
+def shard(items: Sequence[T], info: Ranks) -> list[T]:
     """This rank's share: items[rank::world]."""
     return list(items[info.rank::info.world_size])
 
 
-def pick_device(requested: str, info: WorldInfo) -> torch.device:
+def pick_device(requested: str, info: Ranks) -> torch.device:
     """'auto': cuda:LOCAL_RANK when CUDA is available, else the CPU; otherwise the named device."""
     if requested == "auto":
         if torch.cuda.is_available():
@@ -98,7 +98,7 @@ class ProcessGroup:
     """A gloo process group for barrier and object gathering (never for tensors: generation is
     embarrassingly parallel). Formed only under torchrun; otherwise every call is local."""
 
-    def __init__(self, info: WorldInfo, timeout_hours: float = 72.0):
+    def __init__(self, info: Ranks, timeout_hours: float = 72.0):
         self.info = info
         self.active = False
         if info.torchrun and info.world_size > 1 and info.launcher == "torchrun":

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from .sigmas import NoiseSchedule
+from ..sigmas import NoiseSchedule
 
 
 def noise_schedule_from_scheduler(scheduler) -> NoiseSchedule:
@@ -160,9 +160,9 @@ def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embedding
     import inspect
     import time
 
-    from .guide import Guide
-    from .guidance import cfg_combine
-    from .sampler import COND, UNCOND, SampleResult
+    from ..guide import Guide
+    from ..guidance import cfg_combine
+    from ..sampler import COND, UNCOND, SampleResult
 
     if not isinstance(guide, Guide):
         guide = Guide(guide)

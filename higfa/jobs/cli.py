@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES: list[str] = ["higfa.augment", "higfa.evaluate", "higfa.demo", "higfa.world_train"]  # each module's register() adds its sub-commands
+COMMAND_MODULES: list[str] = ["higfa.jobs.augment", "higfa.jobs.evaluate", "higfa.world.demo", "higfa.world.train"]  # each module's register() adds its sub-commands
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 import torch
 
-from .contour import ContourTransform
-from .schedule import Schedule
-from .training import predict
+from ..contour import ContourTransform
+from ..schedule import Schedule
+from ..training import predict
 
 PRESETS = ("cfg", "contour", "higfa")
 # Two species per family, chosen so every marking kind appears.
@@ -37,7 +37,7 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
              seed: int = 0, threads: int | None = None, progress: bool = True, models_path: Path | None = None) -> dict:
     from tqdm import tqdm
 
-    from .world_models import load_world
+    from .models import load_world
 
     if threads:
         torch.set_num_threads(threads)
@@ -67,7 +67,7 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
                               callback=lambda *_: bar.update(1))
         seconds[preset] = time.perf_counter() - t0
         images[preset] = list(gen.images)
-        traces[preset] = per_sample_traces(gen.result.trace, rows)
+        traces[preset] = gen.result.trace.split(rows)
     bar.close()
 
     metrics = _metrics(models, targets, images, traces, seconds, sources)
@@ -88,24 +88,6 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
     print(f"wrote {out}/contact_sheet.png, trace.png, trace.json, metrics.json "
           f"in {metrics['seconds_total']:.0f} s")
     return metrics
-
-
-def per_sample_traces(trace, batch: int) -> list:
-    """One Trace per sample of a batched run: per-sample columns cut to that sample."""
-    from .trace import Trace, TraceStep
-
-    out = []
-    for b in range(batch):
-        steps = []
-        for st in trace.steps:
-            d = dict(st.__dict__)
-            for k in ("classifier_scale", "confidence", "grad_norm", "gated", "nan_skipped"):
-                if d[k] is not None:
-                    d[k] = [d[k][b]]
-            steps.append(TraceStep(**d))
-        out.append(Trace(steps, trace.schedule, None if trace.target is None else [trace.target[b]],
-                         trace.class_names))
-    return out
 
 
 def _species_index(names: list[str], name: str) -> int:
@@ -207,7 +189,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m higfa.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m higfa.world.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     return _run(p.parse_args(argv))
