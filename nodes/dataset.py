@@ -43,7 +43,8 @@ class HiGFALoadImageFolder(io.ComfyNode):
                 io.Int.Input("limit", default=0, min=0, max=1000000, tooltip="all mode: at most this many images "
                                                                            "from index on (0 = no limit)."),
                 io.String.Input("prompt_template", default="a photo of a {class_name}",
-                                tooltip="Builds the prompt output; {class_name} is replaced (underscores as spaces)."),
+                                tooltip="Builds the prompt output; {class_name} is replaced by the folder name without "
+                                        "a leading number, underscores as spaces (as `higfa augment` prompts)."),
             ],
             outputs=[
                 io.Image.Output(display_name="image", is_output_list=True),
@@ -66,6 +67,7 @@ class HiGFALoadImageFolder(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder, mode, index, limit, prompt_template) -> io.NodeOutput:
+        from ..higfa.jobs.dataset import class_name_from_label  # the CLI's {class} rule
         items, _classes = scan_image_folder(_dataset_root(folder))
         if not items:
             raise ValueError(f"folder '{folder}': no images found in its class sub-folders")
@@ -82,7 +84,7 @@ class HiGFALoadImageFolder(io.ComfyNode):
             rgb = load_image(item.path)
             out["image"].append(torch.from_numpy(rgb).float().div(255.0).unsqueeze(0))
             out["class_name"].append(item.label)
-            out["prompt"].append(prompt_template.replace("{class_name}", item.label.replace("_", " ")))
+            out["prompt"].append(prompt_template.replace("{class_name}", class_name_from_label(item.label)))
             out["item_id"].append(item.id)
         return io.NodeOutput(out["image"], out["class_name"], out["prompt"], out["item_id"], picks, len(items))
 

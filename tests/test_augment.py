@@ -11,8 +11,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -23,9 +25,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from higfa.jobs import cli  # noqa: E402
-from higfa.jobs.augment import (Item, Source, make_groups, make_items, make_sources, pretty_label,  # noqa: E402
-                           read_class_names, check_prompt, item_seed)
-from higfa.jobs.dataset import SourceImage  # noqa: E402
+from higfa.jobs.dataset import SourceImage, class_name_from_label  # noqa: E402
+from higfa.jobs.plan import (Item, Source, check_prompt, item_seed, make_groups, make_items,  # noqa: E402
+                             make_sources, read_class_names)
 from higfa.jobs.distributed import Ranks, detect_ranks, shard  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,10 +55,14 @@ def write_dataset(root: Path, seed=0) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("augment"))
+
+
+def make_world(base: Path) -> dict:
+    """A tiny SD + ControlNet folder, a 2-class classifier and a 2x2-image dataset under `base`."""
     from higfa.classifier import build_classifier, save_classifier
     from higfa.testing.pipeline_folder import save_tiny_pipeline
 
-    base = tmp_path_factory.mktemp("augment")
     model = save_tiny_pipeline(base / "model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -176,8 +182,8 @@ def test_detect_world_from_launchers():
 
 
 def test_class_names_prompts_and_output_names(tmp_path):
-    assert pretty_label("001.Black_footed_Albatross") == "Black footed Albatross"
-    assert pretty_label("sparrow") == "sparrow"
+    assert class_name_from_label("001.Black_footed_Albatross") == "Black footed Albatross"
+    assert class_name_from_label("sparrow") == "sparrow"
     (tmp_path / "n.json").write_text(json.dumps({"a": "Alpha bird"}))
     assert read_class_names(tmp_path / "n.json", ["a"]) == {"a": "Alpha bird"}
     (tmp_path / "n.txt").write_text("a\tAlpha\nb\tBeta\n")
@@ -217,7 +223,8 @@ def test_end_to_end_layout_records_and_traces(world, reference):
         assert r["seed"] == item_seed(0, src_id, int(variant)) and r["schedule"] == "higfa" and r["status"] == "ok"
         assert 0 < r["confidence"] < 1 and r["seconds"] > 0 and r["run"]
         assert r["sha256"] == hashlib.sha256((out / r["output"]).read_bytes()).hexdigest()
-        assert r["prompt"] in ("a photo of a Red Cardinal, a type of bird", "a photo of a House Sparrow, a type of bird")
+        assert r["prompt"] in ("a photo of a Red Cardinal, a type of bird",
+                               "a photo of a House Sparrow, a type of bird")
         trace = Trace.from_json((out / r["trace"]).read_text())
         assert len(trace.steps) == 3 and trace.schedule["preset"] == "higfa" and trace.target is not None
         assert r["measured_steps"] == sum(s.confidence is not None for s in trace.steps)
@@ -267,32 +274,98 @@ def test_other_settings_refuse_the_folder_unless_overwrite(world, reference, tmp
     assert all(len(json.loads((out / r["trace"]).read_text())["steps"]) == 4 for r in recs)
 
 
+def default_signals():
+    """In the child before exec: SIGINT/SIGTERM back to their defaults, so Python installs its Ctrl-C
+    handler even when this test process was started with SIGINT ignored (`bash -c '...' &`, nohup)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def start_augment(world, out, *extra):
+    """`higfa augment` in a child process with the default signal handlers (SIGINT ignored here meanwhile,
+    to prove the child does not depend on how this process was started)."""
+    cmd = [sys.executable, "-m", "higfa.jobs.cli", *args_for(world, out, *extra)]
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=default_signals)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def record_count(out: Path) -> int:
+    return sum(line.endswith("\n") for p in (out / "parts").glob("*.jsonl") for line in
+               p.read_text().splitlines(keepends=True))
+
+
+def wait_for_records(proc, out: Path, n: int, timeout: float = 300.0) -> None:
+    """Poll until the child has appended n records (it must still be running)."""
+    deadline = time.monotonic() + timeout
+    while record_count(out) < n:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before {n} records: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {n} records after {timeout} s")
+        time.sleep(0.01)
+
+
+def interrupt(proc, out: Path, n: int, sig: int) -> tuple[int, str, float]:
+    """Send `sig` once n records exist: (exit code, stderr, seconds from the signal to the exit)."""
+    wait_for_records(proc, out, n)
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err, time.monotonic() - t0
+
+
+def assert_resumes_byte_identical(world, reference, out: Path) -> None:
+    """A plain rerun writes exactly the unfinished items and ends byte-identical to the reference."""
+    kept = {k for k in finished_records(out)}
+    rc, err = run_cli(args_for(world, out))
+    assert rc == 0, err
+    assert f"{N_ITEMS - len(kept)} images written" in err and f"{len(kept)} already done" in err
+    assert_same_outputs(out, reference[0])
+    assert not list(out.rglob("*.tmp")) and not list(out.glob(".lock*"))
+
+
+def finished_records(out: Path) -> dict[str, dict]:
+    recs = [json.loads(line) for p in (out / "parts").glob("*.jsonl") for line in p.read_text().splitlines()]
+    return {r["key"]: r for r in recs if r["status"] == "ok" and (out / r["output"]).is_file()}
+
+
 @pytest.mark.slow
 def test_killed_then_rerun_ends_byte_identical(world, reference, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "higfa.jobs.cli", *args_for(world, out)]
-    killed = subprocess.run(cmd, env=subprocess_env(HIGFA_AUGMENT_STOP_AFTER="3"), capture_output=True, text=True,
-                            timeout=300)
-    assert killed.returncode == -9, killed.stderr  # SIGKILL: no cleanup ran
-    assert len(images(out)) == 3 and not (out / "manifest.jsonl").exists()
-    resumed = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "5 images written" in resumed.stderr and "3 already done" in resumed.stderr
-    assert_same_outputs(out, reference[0])
+    rc, _, _ = interrupt(start_augment(world, out), out, 3, signal.SIGKILL)
+    assert rc == -signal.SIGKILL  # no cleanup ran
+    done = finished_records(out)
+    assert len(done) >= 3 and not (out / "manifest.jsonl").exists()
+    assert len(images(out)) - len(done) in (0, 1)  # at most the image in flight has no record yet
+    assert_resumes_byte_identical(world, reference, out)
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_finished_work_and_resumes(world, reference, tmp_path, monkeypatch):
+def test_ctrl_c_keeps_finished_work_and_resumes(world, reference, tmp_path):
     out = tmp_path / "out"
-    monkeypatch.setenv("HIGFA_AUGMENT_STOP_AFTER", "2")
-    monkeypatch.setenv("HIGFA_AUGMENT_STOP_SIGNAL", "INT")
-    rc, err = run_cli(args_for(world, out))
-    assert rc == 130 and "finished outputs are kept" in err
-    assert len(manifest(out)) == 2 and len(images(out)) == 2  # the manifest lists what was finished
-    monkeypatch.delenv("HIGFA_AUGMENT_STOP_AFTER")
-    rc, err = run_cli(args_for(world, out))
-    assert rc == 0 and "6 images written" in err and "2 already done" in err
-    assert_same_outputs(out, reference[0])
+    rc, err, _ = interrupt(start_augment(world, out), out, 2, signal.SIGINT)
+    assert rc == 130 and "finished outputs are kept" in err, err
+    done = finished_records(out)
+    assert len(done) >= 2 and [r["key"] for r in manifest(out)] == [k for k in json.loads(
+        (out / "plan.json").read_text())["items"] if k in done]  # the manifest lists what was finished
+    assert_resumes_byte_identical(world, reference, out)
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_promptly_and_loses_nothing(world, reference, tmp_path):
+    """SLURM preemption: SIGTERM, then SIGKILL after a grace period (30 s typical)."""
+    out = tmp_path / "out"
+    rc, err, seconds = interrupt(start_augment(world, out), out, 2, signal.SIGTERM)
+    assert rc == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    assert seconds < 30
+    done = finished_records(out)
+    assert len(done) >= 2 and {r["key"] for r in manifest(out)} == set(done)  # records flushed and merged
+    assert_resumes_byte_identical(world, reference, out)
 
 
 @pytest.mark.slow
@@ -384,7 +457,8 @@ def test_corrupt_images_and_empty_class_are_reported_and_skipped(world, tmp_path
     assert "class folder '003.Empty_Class' has no images" in err
     assert "skipped inputs (2)" in err and "broken.jpg" in err and "empty.png" in err and "unreadable or corrupt" in err
     summary = json.loads((out / "summary.json").read_text())
-    assert sorted(f["source"] for f in summary["failed_inputs"]) == [f"{CLASSES[0]}/broken.jpg", f"{CLASSES[1]}/empty.png"]
+    assert sorted(f["source"] for f in summary["failed_inputs"]) == [f"{CLASSES[0]}/broken.jpg",
+                                                                     f"{CLASSES[1]}/empty.png"]
     assert summary["empty_classes"] == ["003.Empty_Class"]
     assert summary["written"] == 8 and summary["items"] == 12 and summary["missing"] == 0
     # fixing the file and rerunning fills in exactly the missing items

@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -78,13 +78,19 @@ class Components:
         self.vae = self.vae.to(device=device, dtype=vae_dtype).eval().requires_grad_(False)
         return self
 
-    @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP last hidden states [N, L, D] for N prompts, padded to the tokenizer's length (77 for SD)."""
-        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
-        ids = tok.input_ids.to(self.text_encoder.device)
-        return self.text_encoder(ids)[0]
+        """`encode_prompts` with this set's tokenizer and text encoder."""
+        return encode_prompts(self.tokenizer, self.text_encoder, prompts)
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Tensor:
+    """Text-encoder last hidden states [N, L, D] float32 for N prompts (SD 1.x style), padded to the
+    tokenizer's length (77 for SD). float32 whatever the encoder's dtype: the denoisers cast to the
+    UNet's. The one prompt encoder of `Components` and the built-in world's `WorldModels`."""
+    tok = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt")
+    return text_encoder(tok.input_ids.to(text_encoder.device))[0].float()
 
 
 # ---------------------------------------------------------------------------- errors

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..sigmas import NoiseSchedule
@@ -87,6 +88,14 @@ def vae_decode(vae):
         return (img.float() + 1) / 2
 
     return decode
+
+
+@torch.no_grad()
+def decode_uint8(decode, latent: torch.Tensor) -> np.ndarray:
+    """Images [B,H,W,3] uint8 (on the CPU) of final latents [B,C,h,w] through `decode` (`vae_decode`'s
+    form). The one "sample, then decode to uint8" ending of `higfa augment` and the built-in world."""
+    img = decode(latent).clamp(0, 1)
+    return (img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------- scheduler-driven loop

@@ -1,8 +1,10 @@
 """Dataset jobs: the `higfa` command and what it runs over whole datasets.
 
-`cli` (the command and its sub-commands), `dataset` (ImageFolder / manifest reading, safe labels, atomic
-writes), `augment` (the `higfa augment` job: its plan of items, the run loop, resumable records),
-`records` (the output folder: fingerprint, per-rank records, merge), `distributed` (torchrun, SLURM arrays,
-`--shard`) and `evaluate` (does the synthetic data help a classifier). They use the method at the top of
-`higfa/` and a backend from `higfa.backends`; nothing here is imported by the method.
+`cli` (the command and its sub-commands); for `higfa augment`: `augment` (its options), `settings` (the typed,
+checked settings), `plan` (sources, items, groups, seeds), `item_sampler` (HiGFA for a group of items),
+`job` (the run loop, its typed stats, interruption), `records` (the output folder: fingerprint, per-rank
+records, merge), `safety` (model-file content digests, one lock per shard, folder checks) and `distributed`
+(torchrun, SLURM arrays, `--shard`); `dataset` (ImageFolder / manifest reading, the label rules shared with the
+node pack, atomic writes) and `evaluate` (does the synthetic data help a classifier). They use the method at
+the top of `higfa/` and a backend from `higfa.backends`; nothing here is imported by the method.
 """

@@ -1,5 +1,9 @@
 """The `higfa` command. Each sub-command lives in its own module exposing `register(subparsers)`;
-the module list below is the only place a new command is added."""
+the module list below is the only place a new command is added.
+
+Exit codes: 0 done; 1 nothing could be produced (or a merge with missing items); 2 a user error
+(one line naming the option or file; `--debug` shows the traceback); 130 Ctrl-C; 143 SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,15 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES: list[str] = ["higfa.jobs.augment", "higfa.jobs.evaluate", "higfa.world.demo", "higfa.world.train"]  # each module's register() adds its sub-commands
+# each module's register() adds its sub-commands
+COMMAND_MODULES: list[str] = ["higfa.jobs.augment", "higfa.jobs.evaluate", "higfa.world.demo", "higfa.world.train"]
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="higfa", description="HiGFA: hierarchically guided fine-grained "
                                      "augmentation with diffusion models")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -20,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .job import Terminated
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -30,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished outputs are kept; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as e:
+    except Terminated:
+        print("\nterminated (SIGTERM): finished outputs are kept; rerun the same command to resume", file=sys.stderr)
+        return 143
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
         print(f"higfa {args.command}: error: {e}", file=sys.stderr)
         return 2
 

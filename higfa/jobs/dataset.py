@@ -1,5 +1,7 @@
 """Image datasets on disk: ImageFolder trees (one sub-folder per class) and CSV/JSON manifests,
-robust image reading, and atomic writes (temp file + rename) so a crash never leaves half a file.
+robust image reading, the label rules shared by the CLI and the node pack (a label as a folder name,
+a label as the class name a prompt says), and atomic writes (temp file + rename, honouring the umask)
+so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -8,10 +10,12 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -26,20 +30,72 @@ class SourceImage:
     id: str  # stable identifier: path relative to the dataset root, '/'-separated
 
 
-def scan_image_folder(root: str | Path) -> tuple[list[SourceImage], list[str]]:
-    """Items of an ImageFolder tree (sorted, deterministic) and the class names (sorted)."""
+def class_name_from_label(label: str) -> str:
+    """What a prompt calls a dataset label: a leading class number and underscores go,
+    '001.Black_footed_Albatross' -> 'Black footed Albatross', 'class_0' -> 'class 0'. The one rule for
+    `higfa augment` ({class}) and HiGFA Load Image Folder ({class_name})."""
+    name = re.sub(r"^\d+[._\-\s]+", "", label)
+    return " ".join(name.replace("_", " ").split()) or label
+
+
+def safe_label(label: str) -> str:
+    """`label` when it can be one folder name inside an output folder; else ValueError saying why.
+
+    Refused: empty, '.' or '..', a path separator ('/' or '\\'), a control character (NUL included),
+    a leading '.' (a hidden folder that ImageFolder readers skip), more than 255 bytes. Refusing (not
+    rewriting) keeps two labels from silently sharing a folder."""
+    why = None
+    if not label.strip():
+        why = "it is empty"
+    elif label in (".", ".."):
+        why = "it names the folder itself or its parent"
+    elif "/" in label or "\\" in label:
+        why = "it contains a path separator ('/' or '\\')"
+    elif any(unicodedata.category(ch) == "Cc" for ch in label):
+        why = "it contains a control character"
+    elif label.startswith("."):
+        why = "it starts with '.' (a hidden folder)"
+    elif len(label.encode()) > 255:
+        why = "it is longer than 255 bytes"
+    if why:
+        raise ValueError(f"label {label!r} can't be a folder name: {why}. Use a plain name such as "
+                         "'001.Black_footed_Albatross'")
+    return label
+
+
+def scan_image_folder(root: str | Path, keep: Callable[[Path], bool] | None = None
+                      ) -> tuple[list[SourceImage], list[str]]:
+    """Items of an ImageFolder tree (sorted, deterministic) and the class names (sorted).
+
+    keep(path): called for every class folder, sub-folder and file before it is used; False skips it
+    unread (a folder is then not entered). It may raise to stop the walk (e.g. an interrupt)."""
     root = Path(root)
+    keep = keep or (lambda _path: True)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}. Pass a folder with one sub-folder per class")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in root.iterdir() if not d.name.startswith(".") and keep(d) and d.is_dir())
     if not classes:
         raise ValueError(f"dataset folder {root} has no class sub-folders: expected {root}/<class name>/<images>")
     items = []
     for c in classes:
-        for f in sorted((root / c).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+        for f in _walk(root / c, keep):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
                 items.append(SourceImage(f, c, f.relative_to(root).as_posix()))
     return items, classes
+
+
+def _walk(folder: Path, keep: Callable[[Path], bool]) -> list[Path]:
+    """The files below `folder` that `keep` accepts, sorted by path; symlinked folders are not entered."""
+    files = []
+    for entry in sorted(folder.iterdir()):
+        if not keep(entry):
+            continue
+        if entry.is_dir():
+            if not entry.is_symlink():
+                files.extend(_walk(entry, keep))
+        elif entry.is_file():
+            files.append(entry)
+    return sorted(files)
 
 
 def empty_classes(root: str | Path, items: Iterable[SourceImage], classes: Iterable[str]) -> list[str]:
@@ -59,7 +115,8 @@ def read_manifest(path: str | Path) -> list[SourceImage]:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-                raise ValueError(f"manifest {path} needs a header with columns 'path' and 'label', got {reader.fieldnames}")
+                raise ValueError(f"manifest {path} needs a header with columns 'path' and 'label', got "
+                                 f"{reader.fieldnames}")
             rows = list(reader)
     elif path.suffix.lower() == ".jsonl":
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -72,6 +129,9 @@ def read_manifest(path: str | Path) -> list[SourceImage]:
     for n, r in enumerate(rows):
         if "path" not in r or "label" not in r:
             raise ValueError(f"manifest {path}, row {n + 1}: needs 'path' and 'label', got {sorted(r)}")
+        if r["label"] is None or not str(r["label"]).strip():
+            raise ValueError(f"manifest {path}, row {n + 1} ({r['path']}): the label is empty; give every row "
+                             "its class label")
         p = Path(r["path"])
         p = p if p.is_absolute() else base / p
         items.append(SourceImage(p, str(r["label"]), Path(r["path"]).as_posix()))
@@ -106,12 +166,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would honour the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back; there is no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_image(path: str | Path, rgb: np.ndarray) -> None:

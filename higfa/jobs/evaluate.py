@@ -56,7 +56,7 @@ def load_synthetic(path: str | Path, size: int, classes: list[str], include_belo
 
 
 def _load(pairs: list[tuple[Path, int]], size: int, root, what: str) -> ImageSet:
-    from .augment import SourceError, square_image
+    from .item_sampler import SourceError, square_image
 
     images, labels, failed = [], [], []
     for p, y in pairs:

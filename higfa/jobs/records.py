@@ -8,7 +8,9 @@
 
 An item is finished when a record of the current run says so and its image exists (or it was
 dropped by the confidence filter). Records of another run are never trusted: with `--overwrite`
-they are ignored and their items regenerated; without it, a different run.json stops the job.
+they are ignored and their items regenerated, and the merge removes the files they list that this
+run did not write; without it, a different run.json (other settings, or a model file whose content
+changed) stops the job.
 Every file is written atomically or appended line by line and fsynced, so a killed job loses at
 most the item in flight.
 """
@@ -34,28 +36,69 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
-def check_run(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> str:
-    """Claim `out` for this run; returns the run hash. Raises when `out` holds a different run's
-    outputs and `overwrite` is off (naming what differs and the fix)."""
-    run_hash = fingerprint_hash(fingerprint)
-    path = out / RUN_FILE
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if old.get("hash") != run_hash and not overwrite:
-            before = old.get("fingerprint", {})
-            diff = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
-            shown = "; ".join(f"{k}: {_short(before.get(k))} -> {_short(fingerprint.get(k))}" for k in diff[:6])
-            raise ValueError(f"output folder {out} holds the outputs of a different run (differs in {shown or 'version'}). "
-                             "Use another --out, rerun with the same settings to resume, or pass --overwrite to "
-                             "regenerate every item with the new settings")
-    elif out.exists() and any(not p.name.startswith(".") for p in out.iterdir()) and not overwrite:
+def read_run(out: Path) -> dict[str, Any]:
+    """run.json of `out` ({} when there is none or it is unreadable)."""
+    try:
+        data = json.loads((out / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def file_cache(out: Path) -> dict[str, list]:
+    """The model files' digests the last run of `out` computed, {path: [size, mtime_ns, digest]}."""
+    cache = read_run(out).get("file_cache")
+    return cache if isinstance(cache, dict) else {}
+
+
+def check_not_foreign(out: Path) -> None:
+    """Refuse a non-empty folder that `higfa augment` did not write (even with --overwrite: the folder
+    must end up holding this run's outputs only)."""
+    if out.is_dir() and not (out / RUN_FILE).is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise ValueError(f"output folder {out} is not empty and was not written by `higfa augment`: choose an empty "
-                         "or new --out, or pass --overwrite to write into it anyway")
-    write_json(path, {"hash": run_hash, "fingerprint": fingerprint})
+                         "or new --out (--overwrite only replaces an earlier `higfa augment` run)")
+
+
+def check_run(out: Path, fingerprint: dict[str, Any], overwrite: bool, file_cache: dict[str, list] | None = None
+              ) -> str:
+    """Claim `out` for this run; returns the run hash. Raises when `out` holds a different run's
+    outputs and `overwrite` is off (naming what differs, a changed model file by name, and the fix)."""
+    from .safety import changed_files
+
+    run_hash = fingerprint_hash(fingerprint)
+    check_not_foreign(out)
+    old = read_run(out)
+    if old and old.get("hash") != run_hash and not overwrite:
+        before = old.get("fingerprint", {})
+        diff = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
+        changed = changed_files(before.get("content") or {}, fingerprint.get("content") or {})
+        if diff == ["content"] and before.get("content") is not None:
+            raise ValueError(f"model file {changed[0]} changed since the run in {out} began"
+                             f"{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}: its outputs would mix "
+                             "two models. Restore the file, use another --out, or pass --overwrite to regenerate "
+                             "every item with the file as it is now")
+        shown = "; ".join(f"{k}: {_short(before.get(k))} -> {_short(fingerprint.get(k))}"
+                          for k in diff if k != "content")
+        if "content" in diff:
+            shown += f"; model files: {', '.join(changed[:3])}" if changed else ""
+        raise ValueError(f"output folder {out} holds the outputs of a different run (differs in {shown or 'version'}). "
+                         "Use another --out, rerun with the same settings to resume, or pass --overwrite to "
+                         "regenerate every item with the new settings")
+    write_json(out / RUN_FILE, {"hash": run_hash, "fingerprint": fingerprint, "file_cache": file_cache or {}})
     return run_hash
+
+
+def write_output(out: Path, rel: str, data: bytes) -> None:
+    """Write OUT/rel atomically; `rel` must stay inside `out` (labels are checked earlier: this is the
+    last guard)."""
+    path = out / rel
+    if not path.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"output path {rel!r} leaves {out}: refusing to write it")
+    atomic_write_bytes(path, data)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _short(v: Any) -> str:
@@ -119,20 +162,26 @@ def merge(out: str | Path) -> dict[str, Any]:
     order = {k: i for i, k in enumerate(plan.get("items", []))}
     latest: dict[str, dict[str, Any]] = {}
     failed: dict[str, dict[str, Any]] = {}
+    exact = bool(plan.get("exact"))  # --overwrite: only the plan's items count (and keep their files)
     for rec in read_records(out, run_hash):
+        if exact and rec["key"] not in order:
+            continue
         if rec.get("status") == "failed":
             failed[rec["key"]] = rec
         elif rec.get("status") == "dropped" or (out / rec["output"]).is_file():
             latest[rec["key"]] = rec  # the last word wins (a regenerated item)
     done = sorted(latest.values(), key=lambda r: (order.get(r["key"], len(order)), r["key"]))
+    _remove_stale_files(out, run_hash, done, set(order) if exact else None)
     atomic_write_bytes(out / MANIFEST, "".join(json.dumps(r, sort_keys=True) + "\n" for r in done).encode())
     failed_inputs = {}
     for key, rec in failed.items():
         if key not in latest:
             failed_inputs.setdefault(rec["source"], rec["error"])
     missing = [k for k in order if k not in latest and k not in failed]
-    summary = {"run": run_hash, "items": len(order), "finished": len(done),
-               "written": sum(r["status"] == "ok" for r in done), "dropped": sum(r["status"] == "dropped" for r in done),
+    status = ("complete" if not missing and not failed_inputs else "incomplete") if done else "nothing produced"
+    summary = {"run": run_hash, "status": status, "items": len(order), "finished": len(done),
+               "written": sum(r["status"] == "ok" for r in done),
+               "dropped": sum(r["status"] == "dropped" for r in done),
                "below_threshold": sum(bool(r.get("below_threshold")) for r in done), "missing": len(missing),
                "missing_examples": missing[:10], "failed_inputs": [{"source": s, "error": e} for s, e in
                                                                   sorted(failed_inputs.items())],
@@ -141,6 +190,28 @@ def merge(out: str | Path) -> dict[str, Any]:
     for tmp in out.rglob(".*.tmp"):  # left by a writer killed between write and rename
         tmp.unlink(missing_ok=True)
     return summary
+
+
+def _remove_stale_files(out: Path, run_hash: str, done: list[dict[str, Any]], plan: set[str] | None) -> None:
+    """After an --overwrite: remove the images and traces that records of other runs (part files, the
+    old manifest) list and this run's finished records do not, and (`plan` given) those of this run's
+    records outside the plan (fewer --variants, a --limit), so `out` holds exactly this run's outputs."""
+    keep = {r.get(k) for r in done for k in ("output", "trace")}
+    old = [r for r in read_records(out) if r.get("run") != run_hash or (plan is not None and r["key"] not in plan)]
+    if (out / MANIFEST).is_file():
+        for line in (out / MANIFEST).read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("run") != run_hash:
+                old.append(rec)
+    root = out.resolve()
+    for rel in {r.get(k) for r in old for k in ("output", "trace")} - keep:
+        if isinstance(rel, str) and rel.startswith(("images/", "traces/")):
+            path = out / rel
+            if path.resolve().is_relative_to(root) and path.is_file():
+                path.unlink()
 
 
 def aggregate(records: Iterable[dict[str, Any]]) -> dict[str, Any]:

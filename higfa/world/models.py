@@ -24,7 +24,8 @@ import torch
 
 from ..classifier import Classifier, load_classifier
 from ..contour import ContourTransform, EdgeDetector
-from ..backends.denoiser import DiffusersDenoiser, noise_schedule_from_scheduler, vae_decode
+from ..backends.components import encode_prompts
+from ..backends.denoiser import DiffusersDenoiser, decode_uint8, noise_schedule_from_scheduler, vae_decode
 from ..guide import Guide
 from ..sampler import SampleResult, sample
 from ..schedule import Schedule
@@ -65,12 +66,9 @@ class WorldModels:
         return (int(self.unet.config.in_channels), s, s)
 
     # ------------------------------------------------------------------ conditioning
-    @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text-encoder hidden states [B, L, D] (SD 1.x style: the last layer, padded to L)."""
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        return self.text_encoder(ids)[0].float()
+        """Text-encoder hidden states [B, L, D] (`higfa.backends.components.encode_prompts`)."""
+        return encode_prompts(self.tokenizer, self.text_encoder, prompts)
 
     def contours(self, images: np.ndarray, seeds: Sequence[int], transform: ContourTransform | None = None
                  ) -> torch.Tensor:
@@ -115,10 +113,7 @@ class WorldModels:
                       class_names=self.world.class_names)
         sigmas = self.noise_schedule.sample_sigmas(steps, "ddim")
         result = sample(den, self.noise(seeds), sigmas, guide, callback=callback)
-        with torch.no_grad():
-            img = decode(result.latent).clamp(0, 1)
-        images = (img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return Generation(images, result)
+        return Generation(decode_uint8(decode, result.latent), result)
 
     @torch.no_grad()
     def oracle_probs(self, images: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,140 @@
+"""Sampling the items of `higfa augment`: one `ItemSampler` per process runs HiGFA for a group of items
+with loaded diffusers components, and gives back per item its uint8 image, trace and confidence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..backends.components import Components
+from ..backends.denoiser import decode_uint8, sample_with_scheduler, vae_decode
+from ..contour import ContourTransform, EdgeDetector
+from ..guide import Guide
+from ..schedule import Schedule
+from ..trace import Trace
+from . import dataset
+from .plan import Item, Source
+
+
+class SourceError(Exception):
+    """An input image could not be used (missing, unreadable, corrupt)."""
+
+
+def square_image(path: Path, size: int) -> np.ndarray:
+    """Load, resize the short side to `size` and centre-crop: HxWx3 uint8 with H = W = size."""
+    import cv2
+
+    try:
+        rgb = dataset.load_image(path)
+    except ValueError as e:
+        raise SourceError(str(e)) from e
+    h, w = rgb.shape[:2]
+    s = size / min(h, w)
+    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+    y, x = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(rgb[y:y + size, x:x + size])
+
+
+@dataclass
+class Sampled:
+    """One item's result: the image [H,W,3] uint8, its one-sample trace, the classifier's final
+    confidence in its target (None without a classifier)."""
+
+    image: np.ndarray
+    trace: Trace
+    confidence: float | None
+
+
+@dataclass(frozen=True)
+class PromptText:
+    """The prompt template ({class}, {super}, {label}), the super-category and the negative prompt."""
+
+    template: str
+    super_name: str
+    negative: str = ""
+
+    def for_source(self, source: Source) -> str:
+        return self.template.format(**{"class": source.class_name, "super": self.super_name, "label": source.label})
+
+
+class ItemSampler:
+    """Runs HiGFA for groups of items with loaded components (one per process)."""
+
+    def __init__(self, components: Components, schedule: Schedule, classifier, *, size: int, steps: int, eta: float,
+                 prompt: PromptText, edges: EdgeDetector, transform: ContourTransform, device: torch.device):
+        self.c, self.schedule, self.classifier = components, schedule, classifier
+        self.size, self.steps, self.eta, self.prompt = size, steps, eta, prompt
+        self.edges, self.transform, self.device = edges, transform, device
+        self.decode = vae_decode(components.vae)
+        self.uses_contour = components.controlnet is not None and schedule.uses_contour
+        self.uses_classifier = classifier is not None and schedule.uses_classifier
+        self._prompts: dict[str, torch.Tensor] = {}
+        self.uncond = self._embed(prompt.negative)
+        self._image_cache: tuple[str, np.ndarray] | None = None
+        self.latent_size = size // components.vae_scale
+
+    def _embed(self, text: str) -> torch.Tensor:
+        if text not in self._prompts:
+            self._prompts[text] = self.c.encode_prompts([text])
+        return self._prompts[text]
+
+    def load(self, source: Source) -> np.ndarray:
+        """The square source image (cached: consecutive items often share it). Raises SourceError."""
+        if self._image_cache is None or self._image_cache[0] != source.id:
+            self._image_cache = (source.id, square_image(source.path, self.size))
+        return self._image_cache[1]
+
+    def contour(self, item: Item) -> np.ndarray:
+        """The transformed contour (HxWx3 float32 in [0,1]), seeded by the item alone."""
+        rgb = self.load(item.source).astype(np.float32) / 255.0
+        e = self.edges.edges(rgb)
+        if self.transform.amount == 0:
+            return e
+        return self.transform.sample(self.size, self.size, (item.seed, 1)).contour(e)
+
+    def run(self, group: Sequence[Item]) -> list[Sampled]:
+        """Sample a group together (B = len(group)); one `Sampled` per item, in order."""
+        gens = [torch.Generator("cpu").manual_seed(it.seed) for it in group]
+        noise = torch.cat([torch.randn(1, self.c.latent_channels, self.latent_size, self.latent_size, generator=g)
+                           for g in gens]).to(self.device)
+        hint = None
+        if self.uses_contour:
+            hint = torch.from_numpy(np.stack([self.contour(it) for it in group])).permute(0, 3, 1, 2).to(self.device)
+        cond = torch.cat([self._embed(self.prompt.for_source(it.source)) for it in group])
+        targets = [it.source.target for it in group]
+        use_cls = self.uses_classifier
+        guide = Guide(self.schedule, self.classifier if use_cls else None, self.decode if use_cls else None,
+                      targets if use_cls else None, self.classifier.class_names if use_cls else None)
+        result = sample_with_scheduler(self.c.unet, self.c.scheduler, noise, guide,
+                                       {"cond": cond, "uncond": self.uncond}, steps=self.steps,
+                                       controlnet=self.c.controlnet if self.uses_contour else None, contour=hint,
+                                       eta=self.eta, generator=gens if len(gens) > 1 else gens[0])
+        images = decode_uint8(self.decode, result.latent)
+        conf: list[float | None] = [None] * len(group)
+        if self.classifier is not None:
+            with torch.no_grad():
+                x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(self.device)
+                p = torch.softmax(self.classifier(x).float(), -1)
+            conf = [float(p[b, t]) for b, t in enumerate(targets)]
+        traces = result.trace.split(len(group))
+        return [Sampled(images[b], traces[b], conf[b]) for b in range(len(group))]
+
+
+def trace_counts(trace: Trace) -> tuple[int, int]:
+    """(classifier-measured steps, of which the backward pass was gated) for a one-sample trace."""
+    measured = [s for s in trace.steps if s.confidence is not None]
+    return len(measured), sum(bool(s.gated[0]) for s in measured)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode a PNG")
+    return buf.tobytes()
