@@ -11,7 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -26,17 +26,21 @@ class SourceImage:
     id: str  # stable identifier: path relative to the dataset root, '/'-separated
 
 
-def scan_image_folder(root: str | Path) -> tuple[list[SourceImage], list[str]]:
-    """Items of an ImageFolder tree (sorted, deterministic) and the class names (sorted)."""
+def scan_image_folder(root: str | Path, keep: Callable[[Path], bool] | None = None
+                      ) -> tuple[list[SourceImage], list[str]]:
+    """Items of an ImageFolder tree (sorted, deterministic) and the class names (sorted). `keep(path)` is
+    asked about every class folder and every entry while walking (symlinked sub-folders are not entered):
+    False leaves it out, an exception stops the scan (the ComfyUI node confines and interrupts this way)."""
     root = Path(root)
+    keep = keep or (lambda _path: True)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}. Pass a folder with one sub-folder per class")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and keep(d))
     if not classes:
         raise ValueError(f"dataset folder {root} has no class sub-folders: expected {root}/<class name>/<images>")
     items = []
     for c in classes:
-        for f in sorted((root / c).rglob("*")):
+        for f in sorted(f for f in (root / c).rglob("*") if keep(f)):
             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
                 items.append(SourceImage(f, c, f.relative_to(root).as_posix()))
     return items, classes
@@ -100,12 +104,36 @@ def load_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def safe_label(label: str) -> str:
+    """A class label used as one folder name, unchanged, or a ValueError naming it: no path separators,
+    no '.'/'..', not empty, no NUL (so a label can never lead outside the dataset folder)."""
+    text = str(label)
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        raise ValueError(f"class label {label!r} cannot be a folder name: use a plain name without '/', '\\', "
+                         f"'.' or '..'")
+    return text
+
+
+def file_mode() -> int:
+    """0o666 less the process umask: the mode open() would give a new file (0o644 with umask 022)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: read the umask by setting it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via a temp file in the same folder + rename: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; outputs are shared like any file open() makes
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

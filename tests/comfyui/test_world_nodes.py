@@ -205,7 +205,7 @@ def test_world_image_by_name_or_index_is_the_splits_image(world):
                                                                                  "a photo of a jay", 9)
     with pytest.raises(ValueError, match="Did you mean"):
         W.HiGFAWorldImage.execute("red crowned finchh", 0, "fewshot", world["world"])
-    with pytest.raises(ValueError, match="out of range: the world has 16 species"):
+    with pytest.raises(ValueError, match="out of range: this classifier has 16 classes"):
         W.HiGFAWorldImage.execute("16", 0, "fewshot")
 
 
@@ -233,11 +233,12 @@ def test_a_missing_or_stale_world_is_a_clear_error(world, tmp_path):
         W.HiGFAWorldLoader.execute(str(stale))
 
 
-def test_loader_reruns_when_the_world_is_retrained(world, tmp_path):
+def test_loader_reruns_when_the_world_is_retrained(world, tmp_path, monkeypatch):
     import os
     import shutil
 
     W, copy = world["W"], tmp_path / "copy"
+    monkeypatch.setenv("HIGFA_ALLOWED_ROOTS", str(tmp_path))  # a world outside models/, allowed by the server
     shutil.copytree(world["path"], copy)
     before = W.HiGFAWorldLoader.fingerprint_inputs(path=str(copy))
     assert W.HiGFAWorldLoader.fingerprint_inputs(path=str(copy)) == before  # stable: ComfyUI's cache holds
