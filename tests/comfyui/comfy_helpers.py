@@ -15,6 +15,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTPACK = Path(__file__).resolve().parent / "testpack"
+WORKFLOWS = ROOT / "workflows"  # the shipped UI workflows (ComfyUI lists them as the pack's templates)
+SHIPPED = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 CLASSES = ["class_0", "class_1", "class_2", "class_3"]
 CLASSIFIER_FILE = "fgvc_classifier.safetensors"  # the name the shipped workflows use
 IMAGE = 64  # pixels; latent 8x8
@@ -29,6 +31,10 @@ def load_script(name: str):
         sys.modules[key] = module
         spec.loader.exec_module(module)
     return sys.modules[key]
+
+
+def shipped_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
 
 
 # ----------------------------------------------------------------------------- test data

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_helpers import load_script
+import workflow_checks as WC
+from comfy_helpers import shipped_workflow
 
 pytestmark = pytest.mark.comfyui
-WF = load_script("comfyui_workflows")
 SIGMA_STEPS = (20, 300, 700, 999)  # training timesteps whose σ the parity tests use
 
 
@@ -331,10 +331,7 @@ def test_higfa_raises_the_guidance_confidence_over_contour(world):
 def test_world_workflow_runs_through_the_server(server, world_path):
     """The shipped world workflow as a user queues it (only the species, image and seed changed): the
     species flows from HiGFA World Image to the prompt and to the samplers' target."""
-    from comfy_helpers import ROOT
-
-    prompt = WF.ui_to_api(json.loads((ROOT / "example_workflows" / "higfa-world-compare.json").read_text()),
-                          server.object_info)
+    prompt = WC.ui_to_api(shipped_workflow("higfa-world-compare"), server.object_info)
     kinds = {v["class_type"]: k for k, v in prompt.items()}
     prompt[kinds["HiGFA_WorldImage"]]["inputs"].update(species="spectacled warbler", index=3)
     seed = server.next_seed()
