@@ -32,8 +32,10 @@ def shipped(name: str) -> dict:
 
 
 def our_console(ui) -> list[str]:
-    """Console errors/warnings that come from this pack's files, or any legacy-API deprecation."""
-    return [m for m in ui.console if "comfyui-higfa" in m or "HiGFA" in m or "deprecated" in m.lower()]
+    """Console errors/warnings that come from this pack's files or name it (a deprecation our legacy import
+    causes names our extension). The front end's own warnings (1.49.6 logs "deprecated" ones with no custom
+    nodes installed) are not the pack's."""
+    return [m for m in ui.console if "comfyui-higfa" in m or "higfa" in m.lower()]
 
 
 def schedule_state(page, node_id: int) -> dict:
