@@ -5,8 +5,14 @@ PY := $(VENV)/bin/python
 # torch/torchvision are pinned for this project's own machines only (constraints.txt); users keep theirs.
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup test test-core demo bench bench-quality train-world clean comfyui comfyui-setup browser-setup
+.PHONY: help setup test test-core demo bench bench-quality train-world clean comfyui comfyui-setup browser-setup \
+	workflows
 
+# This list: every target with the first line of the comment above it.
+help:
+	@awk '/^# /{if(!c)c=substr($$0,3);next} /^[a-z][a-z-]*:/{sub(/:.*/,"");printf "  %-15s %s\n",$$0,c} {c=""}' Makefile
+
+# The venv (.venv) with this package and its dev extras, torch pinned by constraints.txt.
 setup: $(VENV)/.setup-done
 
 $(VENV)/.setup-done: pyproject.toml constraints.txt
@@ -14,9 +20,11 @@ $(VENV)/.setup-done: pyproject.toml constraints.txt
 	$(PIP) -e ".[dev]"
 	touch $@
 
+# Every test: core, a real ComfyUI (tests/comfyui) and headless Chromium (tests/browser).
 test: setup comfyui-setup browser-setup
 	$(PY) -m pytest
 
+# The core tests only (no ComfyUI, no browser).
 test-core: setup
 	$(PY) -m pytest -m "not comfyui and not browser"
 
@@ -33,6 +41,7 @@ bench-quality: setup
 train-world: setup
 	$(PY) -m higfa.world.train
 
+# Core speed benchmark -> benchmarks/results/.
 bench: setup
 	$(PY) benchmarks/core_speed.py
 
@@ -45,9 +54,14 @@ comfyui-setup: setup
 browser-setup: setup
 	sh scripts/browser_setup.sh $(PY)
 
+# Regenerate the shipped workflows/ from scripts/workflow_specs.py (starts a temporary ComfyUI for /object_info).
+workflows: comfyui-setup
+	$(PY) scripts/comfyui_workflows.py
+
 # ComfyUI with this pack on 127.0.0.1:8188 until Ctrl-C (models go in .cache/comfyui-base/models/).
 comfyui: setup
 	$(PY) scripts/comfyui.py serve
 
+# Remove the venv, caches and outputs.
 clean:
 	rm -rf $(VENV) .cache outputs .pytest_cache

@@ -14,4 +14,19 @@ CLASSIFIER = io.Custom("HIGFA_CLASSIFIER")
 CONTOUR_RANGES = io.Custom("HIGFA_CONTOUR_RANGES")
 WORLD = io.Custom("HIGFA_WORLD")  # the built-in world's text encoder and image generator (nodes/world.py)
 
-__all__ = ["CATEGORY", "CLASSIFIER", "CONTOUR_RANGES", "ComfyExtension", "SCHEDULE", "WORLD", "io", "ui"]
+# Largest image side, and pixels one node call may produce (images x variants x H x W; 2**26 is
+# 4096 x 4096 x 4): a 6000 x 6000 photo with 4 variants otherwise takes about 4 GB of RAM.
+MAX_IMAGE_SIDE = 4096
+MAX_OUTPUT_PIXELS = 2**26
+
+
+def check_image_size(height: int, width: int, what: str, count: int = 1) -> None:
+    """ValueError naming the size and the fix when an image (or `count` outputs of that size) is too big."""
+    if max(height, width) > MAX_IMAGE_SIDE or count * height * width > MAX_OUTPUT_PIXELS:
+        raise ValueError(f"{what} is {width}x{height} px{f' x {count} outputs' if count > 1 else ''}: HiGFA nodes "
+                         f"take images up to {MAX_IMAGE_SIDE} px a side and {MAX_OUTPUT_PIXELS // 2**20} M output "
+                         f"pixels per run. Scale it down first (e.g. ImageScaleToTotalPixels) or use fewer variants")
+
+
+__all__ = ["CATEGORY", "CLASSIFIER", "CONTOUR_RANGES", "ComfyExtension", "MAX_IMAGE_SIDE", "SCHEDULE", "WORLD",
+           "check_image_size", "io", "ui"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import comfy.model_management
 
 from ..higfa.contour import EDGE_METHODS, WARP_KINDS, ContourTransform, EdgeDetector
-from ._comfy import CATEGORY, CONTOUR_RANGES, io
+from ._comfy import CATEGORY, CONTOUR_RANGES, check_image_size, io
 
 _R = ContourTransform()  # defaults: the ranges at amount = 1
 
@@ -95,6 +95,8 @@ class HiGFAContourTransform(io.ComfyNode):
     def execute(cls, image, detector, low_threshold, high_threshold, blur, auto_thresholds, amount, seed, variants,
                 index=0, ranges=None) -> io.NodeOutput:
         comfy.model_management.throw_exception_if_processing_interrupted()
+        # Checked before any work: edges and warps are full-resolution float copies per variant.
+        check_image_size(image.shape[1], image.shape[2], "image", count=image.shape[0] * variants)
         if detector == "none":
             edges = image
         else:

@@ -12,14 +12,21 @@ import folder_paths
 import numpy as np
 import torch
 
-from ..higfa.jobs.dataset import append_manifest, load_image, save_image, scan_image_folder
-from ._comfy import CATEGORY, io
+from ..higfa.jobs.dataset import append_manifest, load_image, safe_label, save_image, scan_image_folder
+from ._comfy import CATEGORY, check_image_size, io
+from ._paths import ALLOWED_ROOTS_ENV, confine, inside
 
 
-def _dataset_root(folder: str) -> Path:
-    """Absolute paths as given; relative ones inside ComfyUI's input folder."""
-    path = Path(folder.strip()).expanduser()
-    return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+def _scan(folder: str):
+    """scan_image_folder on a root confined to ComfyUI's input folder (or HIGFA_ALLOWED_ROOTS): entries
+    whose real path leaves those roots (symlinks) are skipped unread, and /interrupt stops the walk."""
+    root, roots = confine(folder, folder_paths.get_input_directory(), "folder")
+
+    def keep(path: Path) -> bool:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return not path.is_symlink() or inside(path, roots)
+
+    return scan_image_folder(root, keep)
 
 
 class HiGFALoadImageFolder(io.ComfyNode):
@@ -34,7 +41,9 @@ class HiGFALoadImageFolder(io.ComfyNode):
                         "a list, so one queue run processes the whole dataset.",
             inputs=[
                 io.String.Input("folder", default="dataset",
-                                tooltip="Dataset root: absolute, or relative to ComfyUI's input folder."),
+                                tooltip="Dataset root inside ComfyUI's input folder (relative). Other folders "
+                                        f"only when the server's owner lists them in {ALLOWED_ROOTS_ENV} "
+                                        "(then absolute)."),
                 io.Combo.Input("mode", options=["single", "all"], default="single",
                                tooltip="single: one image per run (by index). all: every image (up to limit) as a "
                                        "list; downstream nodes run once per image."),
@@ -62,13 +71,13 @@ class HiGFALoadImageFolder(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, folder, **_):
         # Re-run when files are added or changed, not only when the inputs change.
-        items, _classes = scan_image_folder(_dataset_root(folder))
+        items, _classes = _scan(folder)
         return hashlib.sha256(repr([(i.id, os.stat(i.path).st_mtime_ns) for i in items]).encode()).hexdigest()
 
     @classmethod
     def execute(cls, folder, mode, index, limit, prompt_template) -> io.NodeOutput:
         from ..higfa.jobs.dataset import class_name_from_label  # the CLI's {class} rule
-        items, _classes = scan_image_folder(_dataset_root(folder))
+        items, _classes = _scan(folder)
         if not items:
             raise ValueError(f"folder '{folder}': no images found in its class sub-folders")
         if mode == "single":
@@ -82,6 +91,7 @@ class HiGFALoadImageFolder(io.ComfyNode):
             comfy.model_management.throw_exception_if_processing_interrupted()
             item = items[i]
             rgb = load_image(item.path)
+            check_image_size(rgb.shape[0], rgb.shape[1], f"image {item.id}")
             out["image"].append(torch.from_numpy(rgb).float().div(255.0).unsqueeze(0))
             out["class_name"].append(item.label)
             out["prompt"].append(prompt_template.replace("{class_name}", class_name_from_label(item.label)))
@@ -115,9 +125,10 @@ class HiGFASaveImageFolder(io.ComfyNode):
     def execute(cls, images, class_name, folder, source="") -> io.NodeOutput:
         out_dir = Path(folder_paths.get_output_directory()).resolve()
         root = (out_dir / folder.strip()).resolve()
-        label = class_name.strip()
-        if not label or label in (".", "..") or "/" in label or "\\" in label:
-            raise ValueError(f"class_name {class_name!r}: must be a plain folder name (no slashes)")
+        try:
+            label = safe_label(class_name.strip())
+        except ValueError as e:
+            raise ValueError(f"class_name: {e}") from None
         if not root.is_relative_to(out_dir) or root == out_dir:
             raise ValueError(f"folder {folder!r}: must be a sub-folder of ComfyUI's output folder")
         stem = re.sub(r"[^\w.-]+", "_", Path(source).stem) if source else "higfa"

@@ -82,7 +82,7 @@ def _install_requirements(path: Path) -> None:
     ours = (ROOT / "requirements.txt").read_text()
     constraints = ROOT / "constraints.txt"
     key = hashlib.sha256("\n".join([sys.executable, str(path), *comfy, ours, constraints.read_text()]).encode())
-    stamp = ROOT / ".cache" / "comfyui-requirements.stamp"
+    stamp = Path(sys.prefix) / "higfa-comfyui-requirements.stamp"  # per environment: venvs may share .cache
     if stamp.is_file() and stamp.read_text() == key.hexdigest():
         return
     print("comfyui: installing ComfyUI's and the pack's requirements", flush=True)

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..classifier import find_name
 from ..contour import ContourTransform
 from ..schedule import Schedule
 from ..training import predict
@@ -91,11 +92,10 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
 
 
 def _species_index(names: list[str], name: str) -> int:
-    key = name.strip().lower()
-    for i, n in enumerate(names):
-        if n.lower() == key:
-            return i
-    raise ValueError(f"unknown species {name!r}: the built-in world has {names}")
+    found = find_name(name, names)  # the one class-name matcher (case, '_', '-' and spacing insensitive)
+    if found is None:
+        raise ValueError(f"unknown species {name!r}: the built-in world has {names}")
+    return found
 
 
 def _metrics(models, targets, images, traces, seconds, sources) -> dict:

@@ -62,7 +62,8 @@ def chromium_page(url: str, console: list[str], served: list[tuple[int, str]] | 
         try:
             ctx.add_init_script(INIT_SCRIPT)
             page = ctx.new_page()
-            page.on("console", lambda m: m.type in ("error", "warning") and console.append(f"{m.type}: {m.text}"))
+            page.on("console", lambda m: m.type in ("error", "warning")
+                    and console.append(f"{m.type}: {m.text} (at {m.location.get('url', '?')})"))
             page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
             if served is not None:
                 page.on("response", lambda r: served.append((r.status, r.url)))

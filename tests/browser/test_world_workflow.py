@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from comfy_helpers import ROOT
+from comfy_helpers import ROOT, WORKFLOWS
 from comfy_page import fit_view, focus_node, load_workflow, node_ids, queue_and_wait, reseed, screenshot, \
     screenshot_chart, screenshot_graph
 
@@ -28,7 +28,7 @@ def set_widget(page, node_id: int, name: str, value) -> None:
 
 def test_world_workflow_runs_out_of_the_box_and_shows_its_images(ui, world_path):
     page = ui.page
-    load_workflow(page, json.loads((ROOT / "example_workflows" / f"{NAME}.json").read_text()))
+    load_workflow(page, json.loads((WORKFLOWS / f"{NAME}.json").read_text()))
     assert page.evaluate("""() => window.app.graph.nodes
         .filter(n => n.has_errors || !(n.type in LiteGraph.registered_node_types)).length""") == 0
     (image,) = node_ids(page, "HiGFA_WorldImage")

@@ -15,6 +15,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTPACK = Path(__file__).resolve().parent / "testpack"
+WORKFLOWS = ROOT / "workflows"  # the shipped UI workflows (ComfyUI lists them as the pack's templates)
+SHIPPED = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 CLASSES = ["class_0", "class_1", "class_2", "class_3"]
 CLASSIFIER_FILE = "fgvc_classifier.safetensors"  # the name the shipped workflows use
 IMAGE = 64  # pixels; latent 8x8
@@ -29,6 +31,10 @@ def load_script(name: str):
         sys.modules[key] = module
         spec.loader.exec_module(module)
     return sys.modules[key]
+
+
+def shipped_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
 
 
 # ----------------------------------------------------------------------------- test data
@@ -66,6 +72,11 @@ def populate_base(base: Path) -> None:
     from higfa.jobs.dataset import save_image
 
     make_classifier(base / "models" / "classifiers" / CLASSIFIER_FILE)
+    specs = load_script("workflow_specs")
+    for model in (specs.CKPT, specs.CANNY):
+        # Stand-ins under the shipped workflows' model names: newer front ends (1.49.6) draw a loader red when
+        # its file is missing on the server. Never loaded: tests swap in the test pack's tiny loaders.
+        (base / "models" / model["directory"] / model["name"]).write_bytes(b"")
     save_image(base / "input" / "higfa_example.png", make_image(0))
     for i, name in enumerate(CLASSES):
         save_image(base / "input" / "dataset" / name / f"img_{i}.png", make_image(10 + i))

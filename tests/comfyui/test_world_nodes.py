@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_helpers import load_script
+import workflow_checks as WC
+from comfy_helpers import shipped_workflow
 
 pytestmark = pytest.mark.comfyui
-WF = load_script("comfyui_workflows")
 SIGMA_STEPS = (20, 300, 700, 999)  # training timesteps whose σ the parity tests use
 
 
@@ -205,7 +205,7 @@ def test_world_image_by_name_or_index_is_the_splits_image(world):
                                                                                  "a photo of a jay", 9)
     with pytest.raises(ValueError, match="Did you mean"):
         W.HiGFAWorldImage.execute("red crowned finchh", 0, "fewshot", world["world"])
-    with pytest.raises(ValueError, match="out of range: the world has 16 species"):
+    with pytest.raises(ValueError, match="out of range: this classifier has 16 classes"):
         W.HiGFAWorldImage.execute("16", 0, "fewshot")
 
 
@@ -233,11 +233,12 @@ def test_a_missing_or_stale_world_is_a_clear_error(world, tmp_path):
         W.HiGFAWorldLoader.execute(str(stale))
 
 
-def test_loader_reruns_when_the_world_is_retrained(world, tmp_path):
+def test_loader_reruns_when_the_world_is_retrained(world, tmp_path, monkeypatch):
     import os
     import shutil
 
     W, copy = world["W"], tmp_path / "copy"
+    monkeypatch.setenv("HIGFA_ALLOWED_ROOTS", str(tmp_path))  # a world outside models/, allowed by the server
     shutil.copytree(world["path"], copy)
     before = W.HiGFAWorldLoader.fingerprint_inputs(path=str(copy))
     assert W.HiGFAWorldLoader.fingerprint_inputs(path=str(copy)) == before  # stable: ComfyUI's cache holds
@@ -330,10 +331,7 @@ def test_higfa_raises_the_guidance_confidence_over_contour(world):
 def test_world_workflow_runs_through_the_server(server, world_path):
     """The shipped world workflow as a user queues it (only the species, image and seed changed): the
     species flows from HiGFA World Image to the prompt and to the samplers' target."""
-    from comfy_helpers import ROOT
-
-    prompt = WF.ui_to_api(json.loads((ROOT / "example_workflows" / "higfa-world-compare.json").read_text()),
-                          server.object_info)
+    prompt = WC.ui_to_api(shipped_workflow("higfa-world-compare"), server.object_info)
     kinds = {v["class_type"]: k for k, v in prompt.items()}
     prompt[kinds["HiGFA_WorldImage"]]["inputs"].update(species="spectacled warbler", index=3)
     seed = server.next_seed()

@@ -1,0 +1,226 @@
+"""The shipped workflows' contents: which nodes, widget values and links each of workflows/*.json has,
+as small Python specs. scripts/comfyui_workflows.py compiles them into the UI (LiteGraph) JSON the
+front end loads; everything about sockets, widget order and layout comes from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CKPT = {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": "checkpoints",
+        "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+               "v1-5-pruned-emaonly-fp16.safetensors"}
+CANNY = {"name": "control_v11p_sd15_canny_fp16.safetensors", "directory": "controlnet",
+         "url": "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+                "control_v11p_sd15_canny_fp16.safetensors"}
+CLASSIFIER = "fgvc_classifier.safetensors"
+NEGATIVE = "blurry, low quality, deformed, cartoon, drawing, painting, text, watermark"
+PROMPT = "a photo of a Black footed Albatross, a type of bird"
+MODELS_NOTE = (f"Models: an SD 1.5 checkpoint ({CKPT['name']}) in models/checkpoints, a Canny ControlNet "
+               f"({CANNY['name']}) in models/controlnet, and your fine-grained classifier in models/classifiers "
+               "(<name>.safetensors + <name>.json sidecar: architecture, class_names, input_size, mean, std).\n"
+               "Set the prompt and the sampler's target (class index or name) to the class you augment.")
+
+
+# ----------------------------------------------------------------------------- specs
+@dataclass
+class Node:
+    type: str
+    column: int  # nodes are stacked top to bottom within their column, in the order they were added
+    widgets: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None
+    size: tuple[int, int] | None = None
+    controls: dict[str, str] = field(default_factory=dict)  # "control after generate" modes (default fixed)
+
+
+@dataclass
+class Spec:
+    name: str
+    nodes: dict[str, Node] = field(default_factory=dict)
+    links: list[tuple[str, str, str, str]] = field(default_factory=list)  # (from, output, to, input)
+
+    def add(self, key: str, type: str, column: int, **widgets: Any) -> str:
+        title, size, controls = widgets.pop("_title", None), widgets.pop("_size", None), widgets.pop("_control", {})
+        self.nodes[key] = Node(type, column, widgets, title, size, controls)
+        return key
+
+    def link(self, src: str, output: str, dst: str, input: str) -> None:
+        self.links.append((src, output, dst, input))
+
+
+def _sd15_base(s: Spec, image_input: bool = True) -> None:
+    s.add("note", "Note", -1, text=MODELS_NOTE, _size=(720, 130))
+    s.add("ckpt", "CheckpointLoaderSimple", 0, ckpt_name=CKPT["name"])
+    s.add("pos", "CLIPTextEncode", 1, text=PROMPT, _title="Positive prompt")
+    s.add("neg", "CLIPTextEncode", 1, text=NEGATIVE, _title="Negative prompt")
+    s.add("cnet", "ControlNetLoader", 0, control_net_name=CANNY["name"])
+    s.add("clf", "HiGFA_ClassifierLoader", 0, classifier_name=CLASSIFIER)
+    s.add("contour", "HiGFA_ContourTransform", 1, seed=0, variants=1)
+    s.add("contour_view", "PreviewImage", 1, _title="Transformed contour")
+    if image_input:
+        s.add("image", "LoadImage", 0, image="higfa_example.png", _title="Real image of the class")
+        s.link("image", "IMAGE", "contour", "image")
+    s.link("ckpt", "CLIP", "pos", "clip")
+    s.link("ckpt", "CLIP", "neg", "clip")
+    s.link("contour", "contour", "contour_view", "images")
+
+
+def _sampler(s: Spec, key: str, column: int, schedule: str, **widgets: Any) -> None:
+    s.add(key, "HiGFA_Sampler", column, seed=42, steps=30, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0,
+          target="0", **widgets)
+    for src, out, inp in (("ckpt", "MODEL", "model"), ("pos", "CONDITIONING", "positive"),
+                          ("neg", "CONDITIONING", "negative"), (schedule, "schedule", "schedule"),
+                          ("latent", "LATENT", "latent_image"), ("cnet", "CONTROL_NET", "control_net"),
+                          ("contour", "contour", "contour"), ("ckpt", "VAE", "vae"), ("clf", "classifier", "classifier")):
+        s.link(src, out, key, inp)
+
+
+def preset_workflow(preset: str) -> Spec:
+    """One of the four ablations of docs/method.md: the same graph, only the schedule preset differs."""
+    s = Spec(f"higfa-preset-{preset}")
+    _sd15_base(s)
+    s.add("schedule", "HiGFA_Schedule", 2, preset=preset)
+    s.add("latent", "EmptyLatentImage", 2, width=512, height=512, batch_size=2)
+    _sampler(s, "sampler", 3, "schedule")
+    _decode_save_trace(s, "SaveImage", filename_prefix=f"higfa/{preset}")
+    return s
+
+
+def _decode_save_trace(s: Spec, save_type: str, **save_widgets) -> None:
+    """The sampler's latent decoded and saved, its trace plot previewed (column 4)."""
+    s.add("decode", "VAEDecode", 4)
+    s.add("save", save_type, 4, **save_widgets)
+    s.add("trace_view", "PreviewImage", 4, _title="HiGFA trace")
+    s.link("sampler", "latent", "decode", "samples")
+    s.link("ckpt", "VAE", "decode", "vae")
+    s.link("decode", "IMAGE", "save", "images")
+    s.link("sampler", "trace_plot", "trace_view", "images")
+
+
+def batch_workflow() -> Spec:
+    """A class-folder dataset in, N variants per image out, saved as a class-folder dataset + manifest."""
+    s = Spec("higfa-batch-dataset")
+    _sd15_base(s, image_input=False)
+    s.nodes["note"].widgets["text"] = (
+        "Augments a dataset: <ComfyUI input>/dataset/<class>/<images> -> <ComfyUI output>/higfa_dataset/<class>/ "
+        "+ manifest.csv. 'single' mode makes the variants of one image per queue run (index increments: queue "
+        "once per image); 'all' does the whole folder in one run. Keep variants = the latent batch size. "
+        "The class folder names must be class names of the classifier.\n" + MODELS_NOTE.split("\n")[0])
+    s.add("data", "HiGFA_LoadImageFolder", 0, folder="dataset", mode="single", index=0,
+          _control={"index": "increment"})
+    s.nodes["contour"].widgets["variants"] = 2
+    s.add("schedule", "HiGFA_Schedule", 2, preset="higfa")
+    s.add("latent", "EmptyLatentImage", 2, width=512, height=512, batch_size=2)
+    _sampler(s, "sampler", 3, "schedule")
+    _decode_save_trace(s, "HiGFA_SaveImageFolder", folder="higfa_dataset")
+    s.link("data", "image", "contour", "image")
+    s.link("data", "index", "contour", "index")
+    s.link("data", "prompt", "pos", "text")
+    s.link("data", "class_name", "sampler", "target")
+    s.link("data", "class_name", "save", "class_name")
+    s.link("data", "item_id", "save", "source")
+    return s
+
+
+def compare_workflow() -> Spec:
+    """cfg vs higfa side by side: the same noise, sampler and sigmas (the GUIDER path)."""
+    s = Spec("higfa-compare-cfg-vs-higfa")
+    _sd15_base(s)
+    s.add("noise", "RandomNoise", 2, noise_seed=42)
+    s.add("ksampler", "KSamplerSelect", 2, sampler_name="ddim")
+    s.add("sigmas", "BasicScheduler", 2, scheduler="ddim_uniform", steps=30, denoise=1.0)
+    s.add("latent", "EmptyLatentImage", 2, width=512, height=512, batch_size=1)
+    s.link("ckpt", "MODEL", "sigmas", "model")
+    for side, preset in (("a", "cfg"), ("b", "higfa")):
+        s.add(f"schedule_{side}", "HiGFA_Schedule", 3, preset=preset, _title=f"Schedule: {preset}")
+        s.add(f"guider_{side}", "HiGFA_Guider", 4, target="0", _title=f"Guider: {preset}")
+        s.add(f"sample_{side}", "SamplerCustomAdvanced", 5)
+        s.add(f"decode_{side}", "VAEDecode", 6)
+        s.add(f"trace_{side}", "HiGFA_Trace", 6, _title=f"Trace: {preset}")
+        for src, out, inp in (("ckpt", "MODEL", "model"), ("pos", "CONDITIONING", "positive"),
+                              ("neg", "CONDITIONING", "negative"), (f"schedule_{side}", "schedule", "schedule"),
+                              ("cnet", "CONTROL_NET", "control_net"), ("contour", "contour", "contour"),
+                              ("ckpt", "VAE", "vae"), ("clf", "classifier", "classifier")):
+            s.link(src, out, f"guider_{side}", inp)
+        for src, out, inp in (("noise", "NOISE", "noise"), (f"guider_{side}", "GUIDER", "guider"),
+                              ("ksampler", "SAMPLER", "sampler"), ("sigmas", "SIGMAS", "sigmas"),
+                              ("latent", "LATENT", "latent_image")):
+            s.link(src, out, f"sample_{side}", inp)
+        s.link(f"sample_{side}", "output", f"decode_{side}", "samples")
+        s.link("ckpt", "VAE", f"decode_{side}", "vae")
+        s.link(f"guider_{side}", "GUIDER", f"trace_{side}", "guider")
+        s.link(f"sample_{side}", "output", f"trace_{side}", "latent")
+    s.add("stitch", "ImageStitch", 7, direction="right", match_image_size=True, spacing_width=8)
+    s.add("save", "SaveImage", 7, filename_prefix="higfa/compare_cfg_vs_higfa",
+          _title="cfg (left) vs higfa (right)")
+    s.add("stitch_traces", "ImageStitch", 7, direction="down", match_image_size=True, spacing_width=8)
+    s.add("traces_view", "PreviewImage", 7, _title="Traces: cfg (top), higfa (bottom)")
+    s.link("decode_a", "IMAGE", "stitch", "image1")
+    s.link("decode_b", "IMAGE", "stitch", "image2")
+    s.link("stitch", "IMAGE", "save", "images")
+    s.link("trace_a", "trace_plot", "stitch_traces", "image1")
+    s.link("trace_b", "trace_plot", "stitch_traces", "image2")
+    s.link("stitch_traces", "IMAGE", "traces_view", "images")
+    return s
+
+
+WORLD_NOTE = (
+    "Built-in tiny world: runs out of the box, no model files (HiGFA World Loader reads the models shipped "
+    "with the pack). A real image of a species -> its transformed contour -> the same seed sampled three ways: "
+    "cfg (family prompt only), contour (+ the contour ControlNet), higfa (+ confidence-gated classifier guidance "
+    "toward the species). Saved row: real | contour | cfg | contour | higfa.\n"
+    "The text model knows the family ('a photo of a finch'), never the species: only the classifier knows the "
+    "markings (crown patch, wing bar, eye ring, beak colour). Try another species (16: see the loader's "
+    "class_names) or image index.")
+
+
+def world_workflow() -> Spec:
+    """The built-in world (docs/world.md), cfg vs contour vs higfa on one seed: no files needed."""
+    s = Spec("higfa-world-compare")
+    s.add("note", "Note", -1, text=WORLD_NOTE, _size=(720, 130))
+    s.add("world", "HiGFA_WorldLoader", 0, path="")
+    s.add("image", "HiGFA_WorldImage", 0, species="red-crowned finch", index=0, split="fewshot",
+          _title="Real image of the species")
+    s.add("pos", "HiGFA_WorldTextEncode", 1, text="a photo of a finch", _title="Positive: family prompt")
+    s.add("neg", "HiGFA_WorldTextEncode", 1, text="", _title="Negative: empty")
+    s.add("contour", "HiGFA_ContourTransform", 1, seed=0, variants=1)
+    s.add("latent", "HiGFA_WorldEmptyLatent", 1, width=64, height=64, batch_size=1)
+    s.link("world", "world", "image", "world")
+    s.link("world", "world", "pos", "world")
+    s.link("world", "world", "neg", "world")
+    s.link("image", "prompt", "pos", "text")
+    s.link("image", "image", "contour", "image")
+    s.link("world", "VAE", "latent", "vae")
+    row = [("image", "image"), ("contour", "contour")]
+    for i, preset in enumerate(("cfg", "contour", "higfa")):
+        s.add(f"schedule_{preset}", "HiGFA_Schedule", 2 + i, preset=preset, _title=f"Schedule: {preset}")
+        s.add(f"sampler_{preset}", "HiGFA_Sampler", 2 + i, seed=42, steps=30, sampler_name="ddim",
+              scheduler="ddim_uniform", denoise=1.0, target="red-crowned finch", _title=f"Sampler: {preset}")
+        s.add(f"decode_{preset}", "VAEDecode", 5)
+        for src, out, inp in (("world", "MODEL", "model"), ("pos", "CONDITIONING", "positive"),
+                              ("neg", "CONDITIONING", "negative"), (f"schedule_{preset}", "schedule", "schedule"),
+                              ("latent", "LATENT", "latent_image"), ("world", "CONTROL_NET", "control_net"),
+                              ("contour", "contour", "contour"), ("world", "VAE", "vae"),
+                              ("world", "classifier", "classifier"), ("image", "species", "target")):
+            s.link(src, out, f"sampler_{preset}", inp)
+        s.link(f"sampler_{preset}", "latent", f"decode_{preset}", "samples")
+        s.link("world", "VAE", f"decode_{preset}", "vae")
+        row.append((f"decode_{preset}", "IMAGE"))
+    left = row[0]
+    for k, right in enumerate(row[1:]):  # one row: each stitch appends the next image on the right
+        s.add(f"stitch_{k}", "ImageStitch", 6, direction="right", match_image_size=False, spacing_width=4)
+        s.link(*left, f"stitch_{k}", "image1")
+        s.link(*right, f"stitch_{k}", "image2")
+        left = (f"stitch_{k}", "IMAGE")
+    s.add("save", "SaveImage", 6, filename_prefix="higfa/world_compare",
+          _title="real | contour | cfg | contour | higfa")
+    s.link(*left, "save", "images")
+    s.add("trace_view", "PreviewImage", 6, _title="HiGFA trace (higfa)")
+    s.link("sampler_higfa", "trace_plot", "trace_view", "images")
+    return s
+
+
+def specs() -> list[Spec]:
+    return [*(preset_workflow(p) for p in ("cfg", "contour", "classifier-all-steps", "higfa")),
+            batch_workflow(), compare_workflow(), world_workflow()]
