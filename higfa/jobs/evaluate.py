@@ -30,7 +30,8 @@ class ImageSet:
     failed: list[str]  # unreadable files, skipped
 
 
-def load_folder(root: str | Path, size: int, classes: list[str] | None = None, what: str = "images") -> tuple[ImageSet, list[str]]:
+def load_folder(root: str | Path, size: int, classes: list[str] | None = None,
+                what: str = "images") -> tuple[ImageSet, list[str]]:
     """An ImageFolder as square uint8 arrays; `classes` fixes the label order (unknown folders are an error)."""
     items, found = dataset.scan_image_folder(root)
     classes = classes if classes is not None else found
@@ -125,8 +126,9 @@ def run(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    say(f"higfa evaluate: {args.architecture} @ {args.size} px from scratch, {args.steps} steps x {len(seeds)} seed(s); "
-        f"real {len(real.labels)}, synthetic {len(synthetic.labels)}, test {len(test.labels)} images, {len(classes)} classes")
+    say(f"higfa evaluate: {args.architecture} @ {args.size} px from scratch, {args.steps} steps x {len(seeds)} "
+        f"seed(s); real {len(real.labels)}, synthetic {len(synthetic.labels)}, test {len(test.labels)} images, "
+        f"{len(classes)} classes")
     for s in (real, synthetic, test):
         for f in s.failed:
             say(f"  skipped unreadable image: {f}")

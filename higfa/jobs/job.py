@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..backends.components import BUILTIN
-from ..classifier import normalise_name
 from . import records, safety
 from .distributed import ProcessGroup, Ranks, detect_ranks, pick_device, shard
 from .item_sampler import ItemSampler, PromptText, Sampled, SourceError, encode_png, trace_counts
-from .plan import DEFAULT_PROMPT, Item, check_prompt, make_groups, make_items, make_sources, prompt_names, read_sources
+from .plan import (DEFAULT_PROMPT, Item, check_prompt, default_builtin_classifier, make_groups, make_items,
+                   make_sources, model_prompts, prompt_names, read_sources)
 from .settings import AugmentSettings
 
 
@@ -56,40 +56,6 @@ class Stats:
 
 
 # ---------------------------------------------------------------------------- setup
-def build_schedule(s: AugmentSettings):
-    from ..schedule import Schedule
-
-    if s.schedule:
-        p = Path(s.schedule)
-        text = p.read_text() if p.is_file() else s.schedule
-        if not p.is_file() and not text.lstrip().startswith("{"):
-            raise FileNotFoundError(f"--schedule {s.schedule}: no such file (pass a schedule JSON file or inline JSON)")
-        return Schedule.from_json(text)
-    return Schedule.from_preset(s.preset)
-
-
-def model_prompts(model: str) -> tuple[str, dict[str, str]] | None:
-    """(template, {normalised class name: prompt name}) of a model folder that ships a world.json
-    (the built-in world: its text model knows family names only, so a species is prompted by its family)."""
-    from ..backends.components import builtin_model_path
-
-    try:
-        folder = builtin_model_path() if model == BUILTIN else Path(model)
-        info = json.loads((folder / "world.json").read_text())["world"]
-        template = info["prompt_template"].replace("{family}", "{class}")
-        return template, {normalise_name(c): f for c, f in zip(info["class_names"], info["species_family"])}
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
-
-
-def default_builtin_classifier() -> str | None:
-    """The built-in world's guidance classifier, shipped beside its diffusers folder."""
-    from ..backends.components import builtin_model_path
-
-    path = builtin_model_path() / "guidance.safetensors"
-    return str(path) if path.is_file() else None
-
-
 def fingerprint(s: AugmentSettings, prompt: str, classifier: str | None, schedule, components, size: int,
                 names: dict[str, str], content: dict[str, str]) -> dict[str, Any]:
     """Everything that decides an output's bytes (and which outputs exist), the model files' content
@@ -143,7 +109,7 @@ def _run(s: AugmentSettings) -> int:
     world_text = model_prompts(s.model)
     prompt = s.prompt if s.prompt is not None else (world_text[0] if world_text else DEFAULT_PROMPT)
     check_prompt(prompt)
-    schedule = build_schedule(s)
+    schedule = s.build_schedule()
     classifier_path = s.classifier or (default_builtin_classifier() if s.model == BUILTIN else None)
     if s.min_confidence is not None and not classifier_path:
         raise ValueError("--min-confidence needs --classifier (the confidence is the classifier's)")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from ..backends.components import BUILTIN
 from ..classifier import normalise_name
 from . import dataset
 from .dataset import class_name_from_label
@@ -114,6 +115,28 @@ def read_sources(data: str | Path, limit: int | None = None) -> tuple[list[datas
     if not found:
         raise ValueError(f"--data {data} has no images ({', '.join(dataset.IMAGE_EXTENSIONS)}): nothing to augment")
     return found, classes, empty
+
+
+def model_prompts(model: str) -> tuple[str, dict[str, str]] | None:
+    """(template, {normalised class name: prompt name}) of a model folder that ships a world.json
+    (the built-in world: its text model knows family names only, so a species is prompted by its family)."""
+    from ..backends.components import builtin_model_path
+
+    try:
+        folder = builtin_model_path() if model == BUILTIN else Path(model)
+        info = json.loads((folder / "world.json").read_text())["world"]
+        template = info["prompt_template"].replace("{family}", "{class}")
+        return template, {normalise_name(c): f for c, f in zip(info["class_names"], info["species_family"])}
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def default_builtin_classifier() -> str | None:
+    """The built-in world's guidance classifier, shipped beside its diffusers folder."""
+    from ..backends.components import builtin_model_path
+
+    path = builtin_model_path() / "guidance.safetensors"
+    return str(path) if path.is_file() else None
 
 
 def check_prompt(template: str) -> None:

@@ -2,9 +2,10 @@
 writer per shard (a lock), and the folder checks made before anything is loaded or written.
 
 - `content_fingerprint`: a digest per model/classifier file (safetensors header + content), so a file
-  edited in place is noticed on the next run. Files up to `FULL_HASH_BYTES` are hashed whole; larger
-  ones by their header, size and `SAMPLES` evenly spaced 1 MiB blocks (a 4 GB checkpoint reads 64 MiB).
-  Digests are cached by (size, mtime) in the run's run.json, so a rerun rehashes only changed files.
+  edited in place is noticed on the next run. Files up to `FULL_HASH_BYTES` (8 GiB) are hashed whole, once:
+  digests are cached by (size, mtime) in the run's run.json, so a rerun rehashes only changed files (the
+  first hash reads the file once more, as loading it does). Larger files: their header, size and
+  `SAMPLES` evenly spaced 1 MiB blocks (an edit between blocks that keeps size and header escapes).
 - `ShardLock`: an exclusive `flock` on OUT/.lock-rank-R-of-W holding {pid, host, started}; the kernel drops
   the lock when its holder dies (SIGKILL included), so a stale lock file is simply taken over.
 - `check_folders`: --out must not be inside --data (the next scan would read the outputs back as
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-FULL_HASH_BYTES = 1 << 30
+FULL_HASH_BYTES = 8 << 30  # SD 1.x/2.x/XL checkpoints are hashed whole: an edit anywhere is seen
 SAMPLES, BLOCK = 64, 1 << 20
 
 

@@ -105,6 +105,19 @@ class AugmentSettings:
              json.dumps(self.scheduler_options), 'must be a JSON object, e.g. \'{"set_alpha_to_one": true}\'')
         return self
 
+    def build_schedule(self):
+        """The `higfa.schedule.Schedule` of --schedule (a JSON file or inline JSON), else of --preset."""
+        from ..schedule import Schedule
+
+        if self.schedule:
+            p = Path(self.schedule)
+            text = p.read_text() if p.is_file() else self.schedule
+            if not p.is_file() and not text.lstrip().startswith("{"):
+                raise FileNotFoundError(f"--schedule {self.schedule}: no such file (pass a schedule JSON file or "
+                                        "inline JSON)")
+            return Schedule.from_json(text)
+        return Schedule.from_preset(self.preset)
+
     def edge_detector(self) -> EdgeDetector:
         return EdgeDetector(self.edges, self.canny_low, self.canny_high, self.edge_blur, self.auto_canny)
 
