@@ -6,11 +6,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
 .PHONY: help setup test test-core demo bench bench-quality train-world clean comfyui comfyui-setup browser-setup \
-	workflows
+	workflows test-requirements
 
 # This list: every target with the first line of the comment above it.
 help:
-	@awk '/^# /{if(!c)c=substr($$0,3);next} /^[a-z][a-z-]*:/{sub(/:.*/,"");printf "  %-15s %s\n",$$0,c} {c=""}' Makefile
+	@awk '/^# /{if(!c)c=substr($$0,3);next} /^[a-z][a-z-]*:/{sub(/:.*/,"");printf "  %-18s %s\n",$$0,c} {c=""}' Makefile
 
 # The venv (.venv) with this package and its dev extras, torch pinned by constraints.txt.
 setup: $(VENV)/.setup-done
@@ -53,6 +53,16 @@ comfyui-setup: setup
 # Python package (no browser download); idempotent.
 browser-setup: setup
 	sh scripts/browser_setup.sh $(PY)
+
+REQ_VENV := .cache/venv-requirements
+# The world template through a real ComfyUI in a venv built only from ComfyUI's requirements.txt and the pack's,
+# as users install (a missing diffusers line once broke it). Builds .cache/venv-requirements once (minutes).
+test-requirements:
+	test -x $(REQ_VENV)/bin/python || $(PYTHON) -m venv $(REQ_VENV)
+	$(REQ_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt torch torchvision pytest
+	$(REQ_VENV)/bin/python scripts/comfyui.py install
+	PYTHONPATH=$(CURDIR) $(REQ_VENV)/bin/python -m pytest -p no:cacheprovider \
+		tests/comfyui/test_world_nodes.py::test_world_workflow_runs_through_the_server
 
 # Regenerate the shipped workflows/ from scripts/workflow_specs.py (starts a temporary ComfyUI for /object_info).
 workflows: comfyui-setup

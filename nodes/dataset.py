@@ -85,7 +85,8 @@ class HiGFALoadImageFolder(io.ComfyNode):
         else:
             picks = list(range(index, len(items)))[: limit or None]
             if not picks:
-                raise ValueError(f"index {index} is past the last image: '{folder}' has {len(items)} (0..{len(items) - 1})")
+                raise ValueError(f"index {index} is past the last image: '{folder}' has {len(items)} "
+                                 f"(0..{len(items) - 1})")
         out = {k: [] for k in ("image", "class_name", "prompt", "item_id")}
         for i in picks:
             comfy.model_management.throw_exception_if_processing_interrupted()

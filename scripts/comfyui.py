@@ -78,7 +78,8 @@ def _install_requirements(path: Path) -> None:
     """ComfyUI's requirements (torch lines dropped) plus the pack's, pinned by constraints.txt.
     A stamp of what was installed makes a repeat run skip pip."""
     lines = [line.strip() for line in (path / "requirements.txt").read_text().splitlines()]
-    comfy = [ln for ln in lines if ln and not ln.startswith("#") and re.split(r"[<>=~!;\[ ]", ln)[0].lower() not in TORCH]
+    comfy = [ln for ln in lines
+             if ln and not ln.startswith("#") and re.split(r"[<>=~!;\[ ]", ln)[0].lower() not in TORCH]
     ours = (ROOT / "requirements.txt").read_text()
     constraints = ROOT / "constraints.txt"
     key = hashlib.sha256("\n".join([sys.executable, str(path), *comfy, ours, constraints.read_text()]).encode())

@@ -72,7 +72,8 @@ def _sampler(s: Spec, key: str, column: int, schedule: str, **widgets: Any) -> N
     for src, out, inp in (("ckpt", "MODEL", "model"), ("pos", "CONDITIONING", "positive"),
                           ("neg", "CONDITIONING", "negative"), (schedule, "schedule", "schedule"),
                           ("latent", "LATENT", "latent_image"), ("cnet", "CONTROL_NET", "control_net"),
-                          ("contour", "contour", "contour"), ("ckpt", "VAE", "vae"), ("clf", "classifier", "classifier")):
+                          ("contour", "contour", "contour"), ("ckpt", "VAE", "vae"),
+                          ("clf", "classifier", "classifier")):
         s.link(src, out, key, inp)
 
 

@@ -15,8 +15,11 @@ pytestmark = pytest.mark.comfyui
 
 
 @pytest.fixture
-def dataset(comfy, tmp_path):
+def dataset(comfy, request):
+    """A small ImageFolder inside ComfyUI's input folder (where Load Image Folder may read), one per test."""
     from higfa.jobs.dataset import save_image
+
+    tmp_path = comfy.tmp / "input" / request.node.name
 
     for i, name in enumerate(CLASSES[:2]):
         for k in range(2):
@@ -66,7 +69,7 @@ def test_save_node_writes_an_image_folder_and_never_overwrites(comfy):
     assert folder_paths.get_output_directory() == str(comfy.tmp / "output")
     with pytest.raises(ValueError, match="sub-folder of ComfyUI's output folder"):
         node.execute(images, "class_1", "../escape", "")
-    with pytest.raises(ValueError, match="plain folder name"):
+    with pytest.raises(ValueError, match="class_name: class label 'a/b' cannot be a folder name"):
         node.execute(images, "a/b", "aug", "")
 
 

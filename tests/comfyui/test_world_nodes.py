@@ -218,10 +218,11 @@ def test_empty_latent_follows_the_vae(world, comfy):
     assert sd.shape == (2, 4, 12, 8)
 
 
-def test_a_missing_or_stale_world_is_a_clear_error(world, tmp_path):
+def test_a_missing_or_stale_world_is_a_clear_error(world, tmp_path, monkeypatch):
     import shutil
 
     W = world["W"]
+    monkeypatch.setenv("HIGFA_ALLOWED_ROOTS", str(tmp_path))  # worlds outside models/, allowed by the server
     with pytest.raises(FileNotFoundError, match="missing"):
         W.HiGFAWorldLoader.execute(str(tmp_path))
     stale = tmp_path / "stale"

@@ -75,7 +75,8 @@ def _check_value(name: str, value, spec: list) -> list[str]:
     if kind == "STRING":
         return [] if isinstance(value, str) else [f"{value!r} is not a string"]
     if kind in ("INT", "FLOAT"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "INT" and not isinstance(value, int)):
+        wrong_int = kind == "INT" and not isinstance(value, int)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or wrong_int:
             return [f"{value!r} is not a {kind}"]
         if "min" in opts and value < opts["min"] or "max" in opts and value > opts["max"]:
             return [f"{value} is outside [{opts.get('min')}, {opts.get('max')}]"]
@@ -100,5 +101,6 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
             if i.get("link") is not None:
                 lk = links[i["link"]]
                 inputs[i["name"]] = [str(lk[1]), lk[2]]
-        prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs, "_meta": {"title": n.get("title", n["type"])}}
+        prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs,
+                                "_meta": {"title": n.get("title", n["type"])}}
     return prompt
