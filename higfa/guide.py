@@ -46,12 +46,13 @@ class Guide:
     """Holds the run state: p of the latest measurement, the previous step's p, the trace.
 
     classifier: image [B,3,H,W] in [0,1] -> logits [B,K]; decode: latent x̂0 -> such an image;
-    target: class index, or one per sample.
+    target: class index, or one per sample. decoder_name: what `decode` is, for the trace
+    (`Trace.guidance_decoder`), e.g. "guidance_vae (TAESD)".
     """
 
     def __init__(self, schedule: Schedule, classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  decode: Decode | None = None, target: int | Sequence[int] | torch.Tensor | None = None,
-                 class_names: Sequence[str] | None = None):
+                 class_names: Sequence[str] | None = None, decoder_name: str | None = None):
         if schedule.uses_classifier:
             missing = [n for n, v in (("classifier", classifier), ("decode", decode), ("target", target)) if v is None]
             if missing:
@@ -61,6 +62,7 @@ class Guide:
         self.schedule, self.classifier, self.decode = schedule, classifier, decode
         self.target = None if target is None else torch.as_tensor(target).long().reshape(-1)
         self.class_names = list(class_names) if class_names else None
+        self.decoder_name = (decoder_name or "decode") if decode is not None else None
         self.costs = Costs()
         self.gated_evaluations = 0
         self.reset()
@@ -68,7 +70,8 @@ class Guide:
     def reset(self) -> None:
         """Start a new run (guider objects are reused across ComfyUI prompts)."""
         tgt = None if self.target is None else self.target.tolist()
-        self.trace = Trace(schedule=self.schedule.to_dict(), target=tgt, class_names=self.class_names)
+        self.trace = Trace(schedule=self.schedule.to_dict(), target=tgt, class_names=self.class_names,
+                           guidance_decoder=self.decoder_name)
         self.p_latest: torch.Tensor | None = None  # p measured at the current/latest step
         self.p_prev: torch.Tensor | None = None  # p of the previous step: drives this step
         self.step = -1

@@ -42,6 +42,8 @@ class Trace:
     schedule: dict[str, Any] = field(default_factory=dict)
     target: list[int] | None = None
     class_names: list[str] | None = None
+    # What decoded x̂0 for the classifier, e.g. "vae (AutoencoderKL)" or "guidance_vae (TAESD)"; None: no classifier.
+    guidance_decoder: str | None = None
 
     def add(self, step: TraceStep) -> None:
         self.steps.append(step)
@@ -61,7 +63,7 @@ class Trace:
                         d[k] = [d[k][b]]
                 steps.append(TraceStep(**d))
             out.append(Trace(steps, self.schedule, None if self.target is None else [self.target[b]],
-                             self.class_names))
+                             self.class_names, self.guidance_decoder))
         return out
 
     # ------------------------------------------------------------------ summaries
@@ -87,7 +89,8 @@ class Trace:
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         return {"schedule": self.schedule, "target": self.target, "class_names": self.class_names,
-                "summary": self.summary(), "steps": [dataclasses.asdict(s) for s in self.steps]}
+                "guidance_decoder": self.guidance_decoder, "summary": self.summary(),
+                "steps": [dataclasses.asdict(s) for s in self.steps]}
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
@@ -95,7 +98,8 @@ class Trace:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trace":
         return cls(steps=[TraceStep(**s) for s in data.get("steps", [])], schedule=data.get("schedule", {}),
-                   target=data.get("target"), class_names=data.get("class_names"))
+                   target=data.get("target"), class_names=data.get("class_names"),
+                   guidance_decoder=data.get("guidance_decoder"))
 
     @classmethod
     def from_json(cls, text: str) -> "Trace":
