@@ -51,12 +51,14 @@ class Guide:
     classifier: image [B,3,H,W] in [0,1] -> logits [B,K]; decode: latent x̂0 -> such an image;
     target: class index, or one per sample. precision: the classifier path's autocast dtype, "fp32"
     (none), "bf16", "fp16", or "auto" (bf16 on CUDA where supported, else fp16; fp32 on the CPU);
-    a non-finite gradient in low precision is recomputed in float32.
+    a non-finite gradient in low precision is recomputed in float32. decoder_name: what `decode` is,
+    for the trace (`Trace.guidance_decoder`), e.g. "guidance_vae (TAESD)".
     """
 
     def __init__(self, schedule: Schedule, classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  decode: Decode | None = None, target: int | Sequence[int] | torch.Tensor | None = None,
-                 class_names: Sequence[str] | None = None, precision: str = "auto"):
+                 class_names: Sequence[str] | None = None, precision: str = "auto",
+                 decoder_name: str | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {PRECISIONS}")
         if schedule.uses_classifier:
@@ -69,6 +71,7 @@ class Guide:
         self.target = None if target is None else torch.as_tensor(target).long().reshape(-1)
         self.class_names = list(class_names) if class_names else None
         self.precision = precision
+        self.decoder_name = (decoder_name or "decode") if decode is not None else None
         self.costs = Costs()
         self.gated_evaluations = 0
         self.reset()
@@ -76,7 +79,8 @@ class Guide:
     def reset(self) -> None:
         """Start a new run (guider objects are reused across ComfyUI prompts)."""
         tgt = None if self.target is None else self.target.tolist()
-        self.trace = Trace(schedule=self.schedule.to_dict(), target=tgt, class_names=self.class_names)
+        self.trace = Trace(schedule=self.schedule.to_dict(), target=tgt, class_names=self.class_names,
+                           guidance_decoder=self.decoder_name)
         self.p_latest: torch.Tensor | None = None  # p measured at the current/latest step
         self.p_prev: torch.Tensor | None = None  # p of the previous step: drives this step
         self.step = -1

@@ -94,6 +94,8 @@ class Trace:
     target: list[int] | None = None
     class_names: list[str] | None = None
     preview: list | None = None  # per sample the decoded x̂0 of the latest step with a gradient map (see `preview`)
+    # What decoded x̂0 for the classifier, e.g. "vae (AutoencoderKL)" or "guidance_vae (TAESD)"; None: no classifier.
+    guidance_decoder: str | None = None
 
     def add(self, step: TraceStep) -> None:
         self.steps.append(step)
@@ -114,8 +116,8 @@ class Trace:
                 steps.append(TraceStep(**d))
             # one target for the whole batch is everyone's target
             target = None if self.target is None else [self.target[b if len(self.target) > 1 else 0]]
-            out.append(Trace(steps, self.schedule, target,
-                             self.class_names, None if self.preview is None else [self.preview[b]]))
+            out.append(Trace(steps, self.schedule, target, self.class_names,
+                             None if self.preview is None else [self.preview[b]], self.guidance_decoder))
         return out
 
     # ------------------------------------------------------------------ summaries
@@ -150,7 +152,8 @@ class Trace:
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         data = {"schedule": self.schedule, "target": self.target, "class_names": self.class_names,
-                "summary": self.summary(), "steps": [_row(s) for s in self.steps]}
+                "guidance_decoder": self.guidance_decoder, "summary": self.summary(),
+                "steps": [_row(s) for s in self.steps]}
         if self.preview is not None:
             data["preview"] = self.preview
         return data
@@ -161,7 +164,8 @@ class Trace:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trace":
         return cls(steps=[TraceStep(**s) for s in data.get("steps", [])], schedule=data.get("schedule", {}),
-                   target=data.get("target"), class_names=data.get("class_names"), preview=data.get("preview"))
+                   target=data.get("target"), class_names=data.get("class_names"), preview=data.get("preview"),
+                   guidance_decoder=data.get("guidance_decoder"))
 
     @classmethod
     def from_json(cls, text: str) -> "Trace":

@@ -21,12 +21,18 @@ from ..higfa.sigmas import NoiseSchedule, percent_of_sigma
 
 class HiGFACFGGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, schedule, positive, negative, control_net=None, contour=None, vae=None,
-                 classifier=None, target=None):
+                 classifier=None, target=None, guidance_vae=None):
         super().__init__(model_patcher)
         self.schedule, self.vae, self.classifier = schedule, vae, classifier
-        use_clf = classifier is not None and vae is not None
+        # The classifier path decodes with the guidance VAE when one is connected (e.g. TAESD), else the VAE.
+        self.decoder_vae = guidance_vae if guidance_vae is not None else vae
+        use_clf = classifier is not None and self.decoder_vae is not None
+        name = None
+        if use_clf:
+            name = (f"{'guidance_vae' if guidance_vae is not None else 'vae'} "
+                    f"({type(self.decoder_vae.first_stage_model).__name__})")
         self.guide = Guide(schedule, self._classify if use_clf else None, self._decode if use_clf else None,
-                           target, classifier.class_names if classifier is not None else None)
+                           target, classifier.class_names if classifier is not None else None, name)
         self.controls: list = []  # ControlNet copies this guider made, so it may change their strength
         if control_net is not None:
             cache: dict = {}
@@ -110,11 +116,12 @@ class HiGFACFGGuider(comfy.samplers.CFGGuider):
         """Decoder and classifier copies made outside inference mode (weights ComfyUI moved during
         sampling are inference tensors, which autograd refuses), once per run on the sampling device."""
         if self._grad is None:
-            device, dtype = like.device, self.vae.vae_dtype
+            vae = self.decoder_vae
+            device, dtype = like.device, vae.vae_dtype
             if device.type != "cpu":
-                need = self.vae.memory_used_decode(like.shape, dtype) * 3 + mm.module_size(self.vae.first_stage_model)
+                need = vae.memory_used_decode(like.shape, dtype) * 3 + mm.module_size(vae.first_stage_model)
                 mm.free_memory(need + mm.module_size(self.classifier), device)
-            ae = self.vae.first_stage_model
+            ae = vae.first_stage_model
             # The encoder is never on this path: map it to None rather than copy it.
             skip = {id(m): None for m in (getattr(ae, n, None) for n in ("encoder", "quant_conv", "taesd_encoder"))
                     if m is not None}
@@ -126,7 +133,7 @@ class HiGFACFGGuider(comfy.samplers.CFGGuider):
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         decoder, _ = self._copies(z)
-        latent = self.inner_model.process_latent_out(z).to(self.vae.vae_dtype)
+        latent = self.inner_model.process_latent_out(z).to(self.decoder_vae.vae_dtype)
         return (decoder.decode(latent).float() + 1.0) / 2.0  # raw decode, no clamp: keeps the gradient
 
     def _classify(self, image: torch.Tensor) -> torch.Tensor:

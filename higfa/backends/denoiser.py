@@ -6,6 +6,7 @@ reference sampler and the guide see D(x, σ) = x̂0 with x = z/√ᾱ.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -242,3 +243,64 @@ def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embedding
         if callback is not None:
             callback(i, latents, x0)
     return SampleResult(latents, guide.trace, guide.costs, calls, {"denoiser": t_model})
+
+
+# ---------------------------------------------------------------------------- guidance decoder
+def decoder_name(vae, role: str = "vae") -> str:
+    """How a trace names a decoder: 'vae (AutoencoderKL)', 'guidance_vae (AutoencoderTiny)'."""
+    return f"{role} ({type(vae).__name__})"
+
+
+def load_guidance_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A decoder for the classifier path only (local files only), in eval mode without gradients:
+
+    - a diffusers folder of an AutoencoderTiny (TAESD, e.g. madebyollin/taesd) or an AutoencoderKL
+      (its config.json names the class), or a pipeline folder with such a `vae/` sub-folder;
+    - a TAESD decoder file as ComfyUI keeps it (`models/vae_approx/taesd_decoder.safetensors`, or .pth):
+      loaded into an SD-1.x AutoencoderTiny (4 latent channels; the encoder is not on this path).
+    `vae_decode` of the result maps the UNet's latent x̂0 to an image in [0,1] for either kind.
+    """
+    import json
+
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        folder = path if (path / "config.json").is_file() else path / "vae"
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"--guidance-vae {path}: no config.json there nor in {path / 'vae'}; pass a "
+                                    "diffusers AutoencoderTiny/AutoencoderKL folder or a taesd_decoder.safetensors")
+        kind = json.loads((folder / "config.json").read_text()).get("_class_name", "AutoencoderKL")
+        classes = {"AutoencoderTiny": AutoencoderTiny, "AutoencoderKL": AutoencoderKL}
+        if kind not in classes:
+            raise ValueError(f"--guidance-vae {folder}: a {kind}; supported are {sorted(classes)}")
+        vae = classes[kind].from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    elif path.is_file():
+        vae = _taesd_from_file(path, AutoencoderTiny)
+    else:
+        raise FileNotFoundError(f"--guidance-vae {path}: no such file or folder")
+    return vae.to(device, dtype).eval().requires_grad_(False)
+
+
+def _taesd_from_file(path: Path, AutoencoderTiny):
+    """TAESD's own decoder file (keys of its nn.Sequential: '1.weight', '3.conv.0.weight', ...) -> AutoencoderTiny.
+
+    TAESD's Sequential starts with a Clamp layer that diffusers' DecoderTiny applies in forward(), so
+    layer i there is layer i-1 in `decoder.layers`."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    if not sd or not all(k.split(".")[0].isdigit() for k in sd):
+        raise ValueError(f"--guidance-vae {path}: not a TAESD decoder file (keys like '1.weight'); pass a TAESD "
+                         "decoder (taesd_decoder.safetensors) or a diffusers AutoencoderTiny/AutoencoderKL folder")
+    latent = int(sd["1.weight"].shape[1])
+    vae = AutoencoderTiny(latent_channels=latent)
+    mapped = {f"layers.{int(k.split('.', 1)[0]) - 1}.{k.split('.', 1)[1]}": v for k, v in sd.items()}
+    missing, unexpected = vae.decoder.load_state_dict(mapped, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"--guidance-vae {path}: a TAESD-like file whose layers do not match SD's TAESD decoder "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return vae
