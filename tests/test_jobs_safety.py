@@ -219,6 +219,20 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(world, tmp_path):
     assert not (out / ".lock-rank-00000-of-00001").exists()
 
 
+def test_a_file_system_without_locks_runs_unguarded_and_says_so(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock = safety.ShardLock(tmp_path, 0, 1).acquire()
+    assert lock.unsupported and json.loads((tmp_path / ".lock-rank-00000-of-00001").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------- 8: file modes
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):

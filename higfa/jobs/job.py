@@ -162,6 +162,8 @@ def _run(s: AugmentSettings) -> int:
             job.say(f"higfa augment: {len(items)} items ({len(sources)} images x {s.variants} variants, "
                     f"{len(set(src.label for src in sources))} classes) -> {out}; {info.world_size} process(es) "
                     f"({info.launcher}), device {device}, run {run_hash}")
+            if lock.unsupported:
+                job.say(f"  warning: {out} does not support file locks: make sure no other run writes it")
             if lock.took_over:
                 job.say(f"  took over the lock of an ended process: {lock.took_over}")
             for c in empty:

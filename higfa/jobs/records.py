@@ -77,10 +77,11 @@ def check_run(out: Path, fingerprint: dict[str, Any], overwrite: bool, file_cach
                              f"{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}: its outputs would mix "
                              "two models. Restore the file, use another --out, or pass --overwrite to regenerate "
                              "every item with the file as it is now")
-        shown = "; ".join(f"{k}: {_short(before.get(k))} -> {_short(fingerprint.get(k))}"
-                          for k in diff if k != "content")
+        parts = [f"{k}: {_short(before.get(k))} -> {_short(fingerprint.get(k))}" for k in diff if k != "content"]
         if "content" in diff:
-            shown += f"; model files: {', '.join(changed[:3])}" if changed else ""
+            parts.append(f"model files: {', '.join(changed[:3])}" if before.get("content") is not None
+                         else "model-file digests, new in this version")
+        shown = "; ".join(parts)
         raise ValueError(f"output folder {out} holds the outputs of a different run (differs in {shown or 'version'}). "
                          "Use another --out, rerun with the same settings to resume, or pass --overwrite to "
                          "regenerate every item with the new settings")

@@ -105,6 +105,7 @@ class ShardLock:
         self.shard = f"shard {rank}/{world}" if world > 1 else "the run"
         self._fd: int | None = None
         self.took_over: dict | None = None  # the holder of a stale lock file this lock replaced
+        self.unsupported = False  # the file system has no flock (some network mounts): not exclusive
 
     def acquire(self) -> "ShardLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +114,9 @@ class ShardLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
+                if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP):  # a file system without locks: run unguarded
+                    self.unsupported = True
+                    break
                 os.close(fd)
                 if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                     raise
