@@ -134,6 +134,8 @@ class HiGFASaveImageFolder(io.ComfyNode):
             raise ValueError(f"folder {folder!r}: must be a sub-folder of ComfyUI's output folder")
         stem = re.sub(r"[^\w.-]+", "_", Path(source).stem) if source else "higfa"
         class_dir = root / label
+        if not class_dir.resolve().is_relative_to(out_dir):  # a symlinked class folder leading out
+            raise ValueError(f"class_name {label!r}: {class_dir} leads outside ComfyUI's output folder")
         taken = {p.name for p in class_dir.glob(f"{stem}_*.png")} if class_dir.is_dir() else set()
         rows, shown, n = [], [], 0
         for image in images:

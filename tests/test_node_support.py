@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from higfa.contour import ContourTransform
 from higfa.jobs.dataset import append_manifest, read_manifest
+from higfa.schedule import Schedule
 from higfa.sigmas import NoiseSchedule, percent_of_sigma
 
 
@@ -54,3 +59,24 @@ def test_append_manifest_creates_extends_and_reads_back(tmp_path):
 def test_append_manifest_names_a_bad_row(tmp_path):
     with pytest.raises(ValueError, match="row 1 .* needs 'path' and 'label'"):
         append_manifest(tmp_path / "m.csv", [{"path": "x.png"}])
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.dictionaries(st.sampled_from([f.name for f in dataclasses.fields(Schedule)] + ["x"]), JSON, max_size=6),
+       confidence=st.floats(0, 1))
+def test_schedule_from_any_json_is_a_clear_error_or_finite_curves(data, confidence):
+    """What /higfa/schedule and saved workflows hand the core: a ValueError/TypeError naming the problem, or a
+    schedule whose curves and to_dict are finite, strict JSON (a browser's JSON.parse takes them)."""
+    try:
+        schedule = Schedule.from_dict(data)
+    except (ValueError, TypeError) as e:
+        assert str(e)
+        return
+    curves = schedule.curves(np.linspace(0, 1, 11), confidence)
+    assert all(np.isfinite(v).all() for v in curves.values())
+    json.dumps(schedule.to_dict(), allow_nan=False)

@@ -183,15 +183,19 @@ def test_server_answers_others_while_the_largest_schedules_are_computed(server):
 
 
 # ----------------------------------------------------------------------------- 3 and 8: Save Image Folder
-def test_save_image_folder_refuses_path_labels_and_honours_the_umask(server):
+def test_save_image_folder_refuses_path_labels_and_honours_the_umask(server, tmp_path):
     outputs = server.base / "output"
+    (outputs / "probe_labels").mkdir()
+    (outputs / "probe_labels" / "linked").symlink_to(tmp_path, target_is_directory=True)  # a class folder leading out
     before = _files(outputs)
     image = {"class_type": "HiGFA_WorldImage", "inputs": {"species": "0", "index": 0, "split": "fewshot"}}
-    for label in ("../../../escaped_label", "..", "a/b", "a\\b", " "):
+    for label in ("../../../escaped_label", "..", "a/b", "a\\b", " ", "linked"):
         entry = server.run({"1": image, "2": {"class_type": "HiGFA_SaveImageFolder", "inputs": {
             "images": ["1", 0], "class_name": label, "folder": "probe_labels", "source": ""}}})
         assert "class_name" in _error(entry)["exception_message"]
     assert _files(outputs) == before and not list(server.base.parent.rglob("escaped_label"))
+    assert not any(tmp_path.iterdir())
+    (outputs / "probe_labels" / "linked").unlink()
 
     entry = server.run({"1": image, "2": {"class_type": "HiGFA_SaveImageFolder", "inputs": {
         "images": ["1", 0], "class_name": "001.Black_footed_Albatross", "folder": "probe_labels", "source": ""}}})

@@ -100,7 +100,8 @@ def test_classifier_loader_lists_loads_and_explains_a_wrong_input_size(comfy, tm
     vit = build_classifier("vit_tiny_patch16_224", CLASSES, 64)  # fixed 224-px input; the sidecar says 64
     save_classifier(vit, tmp_path / "vit_wrong_size.safetensors")
     names = folder_paths.get_filename_list("classifiers")
-    assert {"good.safetensors", "vit_wrong_size.safetensors"} <= set(names) and not [n for n in names if n.endswith(".json")]
+    assert {"good.safetensors", "vit_wrong_size.safetensors"} <= set(names)
+    assert not [n for n in names if n.endswith(".json")]
     loader = comfy.pack.nodes.classifier.HiGFAClassifierLoader
     with torch.inference_mode():
         clf, class_names = loader.execute("good.safetensors").args
