@@ -42,8 +42,9 @@ PREVIEW_SIZE = 32  # side of the decoded x̂0 thumbnail the maps are drawn on
 
 
 def grad_map(energy) -> list[list[list[float]]]:
-    """Per-sample energy Σ_c g² [B,h,w] (latent grid, aligned with the image) -> the saved maps: area-pooled to at
-    most MAP_SIZE², square-rooted (an RMS |g| per cell, so map² is the cell's energy), divided by the max, 3 decimals."""
+    """Per-sample energy Σ_c g² [B,h,w] (latent grid, aligned with the image) -> the saved maps: area-pooled to
+    at most MAP_SIZE², square-rooted (an RMS |g| per cell, so map² is the cell's energy), divided by the max,
+    3 decimals."""
     import torch
     import torch.nn.functional as F
 

@@ -294,3 +294,28 @@ def test_grad_map_is_in_the_trace_json_and_the_plot(tiny_world):
     assert strip.std() > 20  # the strip has drawn content, not a blank band
     first = again.split(2)[1]
     assert np.asarray(first.steps[-1].grad_map).shape == (1, 8, 8) and len(first.preview) == 1
+
+
+def test_classifier_all_steps_is_textbook_classifier_guidance_bit_for_bit(tiny_world):
+    """With the new options at their defaults (one view, one iteration, no denoiser gradient, no map) the
+    update is exactly x̂0 + w·σ²·g/rms(g), g = ∇_{x̂0} log softmax(f(decode(x̂0)))[y], as before."""
+    sig = tiny_world.noise_schedule.sample_sigmas(SHORT)
+    clf, decode, den = tiny_world.classifier, tiny_world.decode, tiny_world.denoiser
+    noise = tiny_world.noise(2, seed=9)
+    x = noise * sig[0]
+    for i in range(SHORT):
+        s = float(sig[i])
+        u, c = den(x, torch.full((2,), s), ("uncond", "cond"), 0.75)
+        x0 = u + 7.5 * (c - u)
+        z = x0.detach().clone().requires_grad_(True)
+        image = decode(z)
+        leaf = image.detach().requires_grad_(True)
+        logp = torch.log_softmax(clf(leaf).float(), -1)[torch.arange(2), torch.tensor([1, 1])]
+        (gi,) = torch.autograd.grad(logp.sum(), leaf)
+        (g,) = torch.autograd.grad(image, z, grad_outputs=gi)
+        unit = g / (g.flatten(1).pow(2).mean(1).sqrt().reshape(-1, 1, 1, 1) + 1e-12)
+        x0 = x0 + torch.full((2,), 2.0).reshape(-1, 1, 1, 1) * s**2 * unit
+        x = x + (x - x0) / s * (float(sig[i + 1]) - s)
+    out = sample(den, noise, sig, Guide(Schedule.from_preset("classifier-all-steps", classifier_scale=2.0), clf,
+                                        decode, target=1))
+    assert torch.equal(out.latent, x)

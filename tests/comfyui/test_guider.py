@@ -246,12 +246,15 @@ def test_sampler_node_reports_progress_per_step_and_returns_the_trace(w, comfy):
     (dict(preset="contour", control=False), "control_net and contour are not connected"),
     (dict(preset="higfa", target="7"), "out of range: this classifier has 4 classes"),
     (dict(preset="higfa", target="class_9"), "not a class of this classifier"),
+    (dict(preset="higfa", schedule={"grad_through_denoiser": True}),
+     "'grad_through_denoiser' = True is not supported in ComfyUI"),
 ])
 def test_clear_errors_name_the_input(w, kwargs, message):
     build = w["pack"].nodes.guider.build_guider
     control = kwargs.get("control", True)
     with pytest.raises(ValueError, match=message):
-        build(w["model"], w["pos"], w["neg"], schedule(w, kwargs["preset"]), w["cnet"] if control else None,
+        build(w["model"], w["pos"], w["neg"], schedule(w, kwargs["preset"], **kwargs.get("schedule", {})),
+              w["cnet"] if control else None,
               w["contour"] if control else None, w["vae"], kwargs.get("clf", w["clf"]), kwargs.get("target", "0"))
 
 
