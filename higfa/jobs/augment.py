@@ -215,16 +215,20 @@ class ItemSampler:
     """Runs HiGFA for groups of items with loaded components (one per process)."""
 
     def __init__(self, components, schedule, classifier, *, size: int, steps: int, eta: float, prompt: str,
-                 negative_prompt: str, super_name: str, edges, transform, device):
+                 negative_prompt: str, super_name: str, edges, transform, device, guidance_vae=None):
         import torch
 
-        from ..backends.denoiser import vae_decode
+        from ..backends.denoiser import decoder_name, vae_decode
 
         self.c, self.schedule, self.classifier = components, schedule, classifier
         self.size, self.steps, self.eta = size, steps, eta
         self.prompt, self.super_name = prompt, super_name
         self.edges, self.transform, self.device = edges, transform, device
         self.decode = vae_decode(components.vae)
+        # The classifier path may decode with a cheaper decoder (--guidance-vae); final images use the VAE.
+        self.guidance_decode = vae_decode(guidance_vae) if guidance_vae is not None else self.decode
+        self.guidance_name = (decoder_name(guidance_vae, "guidance_vae") if guidance_vae is not None
+                              else decoder_name(components.vae))
         self.uses_contour = components.controlnet is not None and schedule.uses_contour
         self._prompts: dict[str, Any] = {}
         self.uncond = self._embed(negative_prompt)
@@ -270,8 +274,9 @@ class ItemSampler:
         targets = [it.source.target for it in group]
         use_cls = self.classifier is not None and (self.schedule.classifier_active(1)
                                                    or self.schedule.classifier_active(2))
-        guide = Guide(self.schedule, self.classifier if use_cls else None, self.decode if use_cls else None,
-                      targets if use_cls else None, self.classifier.class_names if use_cls else None)
+        guide = Guide(self.schedule, self.classifier if use_cls else None, self.guidance_decode if use_cls else None,
+                      targets if use_cls else None, self.classifier.class_names if use_cls else None,
+                      self.guidance_name)
         result = sample_with_scheduler(self.c.unet, self.c.scheduler, noise, guide,
                                        {"cond": cond, "uncond": self.uncond}, steps=self.steps,
                                        controlnet=self.c.controlnet if self.uses_contour else None, contour=hint,
@@ -362,6 +367,22 @@ def default_builtin_classifier() -> str | None:
     return str(path) if path.is_file() else None
 
 
+def load_guidance_decoder(args, device, dtype):
+    """(module, source) of --guidance-vae; for --model builtin without it, the world's shipped tiny decoder
+    when `GUIDANCE_DEFAULT` says so (docs/speed.md); None: the VAE guides."""
+    from ..backends.components import builtin_model_path
+    from ..backends.denoiser import load_guidance_vae
+    from ..world.tiny_decoder import FOLDER, GUIDANCE_DEFAULT
+
+    choice = args.guidance_vae
+    if (choice is None and args.model == BUILTIN and GUIDANCE_DEFAULT == "tiny"
+            and (builtin_model_path() / FOLDER).is_dir()):
+        choice = str(builtin_model_path() / FOLDER)
+    if choice is None or choice == "none":
+        return None
+    return load_guidance_vae(choice, device, dtype), str(Path(choice).resolve())
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -423,6 +444,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--size {size}: must be a multiple of {multiple} for this model")
 
     fp = fingerprint(args, schedule, components, size, {s.label: s.class_name for s in sources})
+    guidance_vae = load_guidance_decoder(args, device, vae_dtype) if schedule.uses_classifier else None
+    if guidance_vae is not None:  # runs without one keep their fingerprint (and their outputs) unchanged
+        fp["guidance_vae"] = guidance_vae[1]
     run_hash = records.check_run(out, fp, args.overwrite)
     records.write_json(out / records.PLAN_FILE, {"run": run_hash, "items": [it.key for it in items],
                                                  "empty_classes": empty})
@@ -442,7 +466,8 @@ def run(args: argparse.Namespace) -> int:
         say(f"  prompt, e.g.: {args.prompt.format(**{'class': sources[0].class_name, 'super': args.super, 'label': sources[0].label})!r}")
     gen = ItemSampler(components, schedule, classifier, size=size, steps=args.steps, eta=args.eta, prompt=args.prompt,
                     negative_prompt=args.negative_prompt, super_name=args.super, edges=edge_detector(args),
-                    transform=contour_transform(args), device=device)
+                    transform=contour_transform(args), device=device,
+                    guidance_vae=None if guidance_vae is None else guidance_vae[0])
     writer = records.PartWriter(out, info.rank, info.world_size)
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     t_start = time.perf_counter()
@@ -617,6 +642,10 @@ def register(subparsers) -> None:
     m.add_argument("--controlnet", help="ControlNet folder or single file (default: MODEL/controlnet)")
     m.add_argument("--controlnet-config", help="config folder for a single-file ControlNet (default: from the UNet)")
     m.add_argument("--classifier", help="fine-grained classifier .safetensors (+ .json sidecar)")
+    m.add_argument("--guidance-vae", help="decoder for the classifier path only: a diffusers AutoencoderTiny (TAESD) "
+                                          "or AutoencoderKL folder, or taesd_decoder.safetensors; much faster at SD "
+                                          "size (docs/speed.md). 'none': the model's VAE (default; the built-in "
+                                          "world uses its shipped tiny decoder)"),
     g = p.add_argument_group("sampling")
     g.add_argument("--preset", default="higfa", choices=["cfg", "contour", "classifier-all-steps", "higfa"])
     g.add_argument("--schedule", help="schedule JSON file or inline JSON (overrides --preset)")
