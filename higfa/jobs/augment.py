@@ -35,7 +35,8 @@ def settings_from_args(args: argparse.Namespace) -> AugmentSettings:
         data=Path(args.data), out=Path(args.out), model=args.model, variants=args.variants,
         class_names=args.class_names, prompt=args.prompt, super_name=args.super, negative_prompt=args.negative_prompt,
         limit=args.limit, traces=args.traces, config=args.config, controlnet=args.controlnet,
-        controlnet_config=args.controlnet_config, classifier=args.classifier, preset=args.preset,
+        controlnet_config=args.controlnet_config, classifier=args.classifier, guidance_vae=args.guidance_vae,
+        preset=args.preset,
         schedule=args.schedule, scheduler=args.scheduler, scheduler_options=options, steps=args.steps, eta=args.eta,
         size=args.size, seed=args.seed, batch_size=args.batch_size, edges=args.edges, canny_low=args.canny_low,
         canny_high=args.canny_high, auto_canny=args.auto_canny, edge_blur=args.edge_blur,
@@ -80,6 +81,10 @@ def register(subparsers) -> None:
     m.add_argument("--controlnet", help="ControlNet folder or single file (default: MODEL/controlnet)")
     m.add_argument("--controlnet-config", help="config folder for a single-file ControlNet (default: from the UNet)")
     m.add_argument("--classifier", help="fine-grained classifier .safetensors (+ .json sidecar)")
+    m.add_argument("--guidance-vae", help="decoder for the classifier path only: a diffusers AutoencoderTiny (TAESD) "
+                                          "or AutoencoderKL folder, or taesd_decoder.safetensors; much faster at SD "
+                                          "size (docs/speed.md). 'none': the model's VAE (default; the built-in "
+                                          "world uses its shipped tiny decoder)")
     g = p.add_argument_group("sampling")
     g.add_argument("--preset", default="higfa", choices=list(PRESETS))
     g.add_argument("--schedule", help="schedule JSON file or inline JSON (overrides --preset)")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..backends.components import Components
-from ..backends.denoiser import decode_uint8, sample_with_scheduler, vae_decode
+from ..backends.denoiser import decode_uint8, decoder_name, sample_with_scheduler, vae_decode
 from ..contour import ContourTransform, EdgeDetector
 from ..guide import Guide
 from ..schedule import Schedule
@@ -66,11 +66,16 @@ class ItemSampler:
     """Runs HiGFA for groups of items with loaded components (one per process)."""
 
     def __init__(self, components: Components, schedule: Schedule, classifier, *, size: int, steps: int, eta: float,
-                 prompt: PromptText, edges: EdgeDetector, transform: ContourTransform, device: torch.device):
+                 prompt: PromptText, edges: EdgeDetector, transform: ContourTransform, device: torch.device,
+                 guidance_vae: torch.nn.Module | None = None):
         self.c, self.schedule, self.classifier = components, schedule, classifier
         self.size, self.steps, self.eta, self.prompt = size, steps, eta, prompt
         self.edges, self.transform, self.device = edges, transform, device
         self.decode = vae_decode(components.vae)
+        # The classifier path may decode with a cheaper decoder (--guidance-vae); final images use the VAE.
+        self.guidance_decode = vae_decode(guidance_vae) if guidance_vae is not None else self.decode
+        self.guidance_name = (decoder_name(guidance_vae, "guidance_vae") if guidance_vae is not None
+                              else decoder_name(components.vae))
         self.uses_contour = components.controlnet is not None and schedule.uses_contour
         self.uses_classifier = classifier is not None and schedule.uses_classifier
         self._prompts: dict[str, torch.Tensor] = {}
@@ -108,8 +113,9 @@ class ItemSampler:
         cond = torch.cat([self._embed(self.prompt.for_source(it.source)) for it in group])
         targets = [it.source.target for it in group]
         use_cls = self.uses_classifier
-        guide = Guide(self.schedule, self.classifier if use_cls else None, self.decode if use_cls else None,
-                      targets if use_cls else None, self.classifier.class_names if use_cls else None)
+        guide = Guide(self.schedule, self.classifier if use_cls else None, self.guidance_decode if use_cls else None,
+                      targets if use_cls else None, self.classifier.class_names if use_cls else None,
+                      decoder_name=self.guidance_name)
         result = sample_with_scheduler(self.c.unet, self.c.scheduler, noise, guide,
                                        {"cond": cond, "uncond": self.uncond}, steps=self.steps,
                                        controlnet=self.c.controlnet if self.uses_contour else None, contour=hint,

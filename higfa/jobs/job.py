@@ -90,6 +90,22 @@ def stop_on_sigterm() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------- the run
+def load_guidance_decoder(s: AugmentSettings, device, dtype):
+    """(module, source) of --guidance-vae; for --model builtin without it, the world's shipped tiny decoder
+    when `GUIDANCE_DEFAULT` says so (docs/speed.md); None: the VAE guides."""
+    from ..backends.components import builtin_model_path
+    from ..backends.denoiser import load_guidance_vae
+    from ..world.tiny_decoder import FOLDER, GUIDANCE_DEFAULT
+
+    choice = s.guidance_vae
+    if (choice is None and s.model == BUILTIN and GUIDANCE_DEFAULT == "tiny"
+            and (builtin_model_path() / FOLDER).is_dir()):
+        choice = str(builtin_model_path() / FOLDER)
+    if choice is None or choice == "none":
+        return None
+    return load_guidance_vae(choice, device, dtype), str(Path(choice).resolve())
+
+
 def run_augment(s: AugmentSettings) -> int:
     """Run (this shard of) the job; 0 when something was produced, 1 when nothing could be. SIGTERM
     raises `Terminated` meanwhile (after the shard's records are flushed and merged)."""
@@ -128,7 +144,8 @@ def _run(s: AugmentSettings) -> int:
     names = prompt_names(labels, {i.label for i in found}, s.class_names, world_text[1] if world_text else None)
     model_path = builtin_model_path() if s.model == BUILTIN else s.model
     content, cache = safety.content_fingerprint(safety.model_files(
-        [model_path, s.config, s.controlnet, s.controlnet_config, classifier_path]), records.file_cache(out))
+        [model_path, s.config, s.controlnet, s.controlnet_config, classifier_path,
+         None if s.guidance_vae in (None, "none") else s.guidance_vae]), records.file_cache(out))
     if s.threads:
         torch.set_num_threads(s.threads)
     if s.deterministic:
@@ -151,12 +168,16 @@ def _run(s: AugmentSettings) -> int:
             raise ValueError(f"--size {size}: must be a multiple of {multiple} for this model")
         fp = fingerprint(s, prompt, classifier_path, schedule, components, size,
                          {src.label: src.class_name for src in sources}, content)
+        guidance_vae = load_guidance_decoder(s, device, vae_dtype) if schedule.uses_classifier else None
+        if guidance_vae is not None:  # runs without one keep their fingerprint (and their outputs) unchanged
+            fp["guidance_vae"] = guidance_vae[1]
         run_hash = records.check_run(out, fp, s.overwrite, file_cache=cache)
         records.write_json(out / records.PLAN_FILE, {"run": run_hash, "items": [it.key for it in items],
                                                      "empty_classes": empty, "exact": s.overwrite})
         sampler = ItemSampler(components, schedule, classifier, size=size, steps=s.steps, eta=s.eta,
                               prompt=PromptText(prompt, s.super_name, s.negative_prompt),
-                              edges=s.edge_detector(), transform=s.contour_transform(), device=device)
+                              edges=s.edge_detector(), transform=s.contour_transform(), device=device,
+                              guidance_vae=None if guidance_vae is None else guidance_vae[0])
         job = _Job(s, info, out, run_hash, sampler)
         if info.is_main:
             job.say(f"higfa augment: {len(items)} items ({len(sources)} images x {s.variants} variants, "

@@ -39,6 +39,7 @@ class AugmentSettings:
     controlnet: str | None = None
     controlnet_config: str | None = None
     classifier: str | None = None  # None with model "builtin": the world's guidance classifier
+    guidance_vae: str | None = None  # decoder for the classifier path only; None/"none": the model's VAE
     # sampling
     preset: str = "higfa"
     schedule: str | None = None  # JSON file or inline JSON; overrides preset

@@ -25,12 +25,14 @@ import torch
 from ..classifier import Classifier, load_classifier
 from ..contour import ContourTransform, EdgeDetector
 from ..backends.components import encode_prompts
-from ..backends.denoiser import DiffusersDenoiser, decode_uint8, noise_schedule_from_scheduler, vae_decode
+from ..backends.denoiser import (DiffusersDenoiser, decode_uint8, decoder_name, noise_schedule_from_scheduler,
+                                 vae_decode)
 from ..guide import Guide
 from ..sampler import SampleResult, sample
 from ..schedule import Schedule
 from ..sigmas import NoiseSchedule
 from .birds import ASSETS, TinyBirds
+from .tiny_decoder import load_tiny_decoder
 
 COMPONENTS = ("unet", "controlnet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -55,6 +57,7 @@ class WorldModels:
     edge_detector: EdgeDetector
     path: Path
     info: dict
+    tiny_decoder: torch.nn.Module | None = None  # AutoencoderTiny distilled from `vae` (tiny_decoder.py), if shipped
 
     @property
     def device(self) -> torch.device:
@@ -92,6 +95,19 @@ class WorldModels:
     def decode(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return vae_decode(self.vae)
 
+    def guidance_decode(self, which: str | None = None) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+        """(decode, name) for the classifier path: "vae", "tiny", or None = the world's default
+        (`tiny_decoder.GUIDANCE_DEFAULT`, used only when the tiny decoder is shipped)."""
+        from .tiny_decoder import GUIDANCE_DEFAULT
+
+        which = which or (GUIDANCE_DEFAULT if self.tiny_decoder is not None else "vae")
+        if which == "vae":
+            return self.decode(), decoder_name(self.vae)
+        if which != "tiny" or self.tiny_decoder is None:
+            raise ValueError(f"guidance decoder {which!r}: choose 'vae' or 'tiny' (the tiny one needs "
+                             f"{self.path}/tiny_decoder: `higfa train-world --stages tiny_decoder`)")
+        return vae_decode(self.tiny_decoder), decoder_name(self.tiny_decoder, "guidance_vae")
+
     def noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """[B, C, h, w] starting noise, sample b from seeds[b] alone."""
         return torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s)))
@@ -99,8 +115,8 @@ class WorldModels:
 
     # ------------------------------------------------------------------ sampling
     def generate(self, schedule: Schedule, targets: Sequence[int], contours: torch.Tensor, seeds: Sequence[int],
-                 steps: int = 30, callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
-                 ) -> Generation:
+                 steps: int = 30, callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                 guidance_decoder: str | None = None) -> Generation:
         """Sample one image per target species: family prompt, transformed contour, the guidance
         classifier aimed at the species. Returns uint8 images and the sampler result."""
         targets = [int(t) for t in targets]
@@ -109,8 +125,9 @@ class WorldModels:
                              "pass one of each per sample")
         den = self.denoiser([self.world.prompt(t) for t in targets], contours)
         decode = self.decode()
-        guide = Guide(schedule, classifier=self.guidance, decode=decode, target=targets,
-                      class_names=self.world.class_names)
+        guide_decode, name = self.guidance_decode(guidance_decoder)
+        guide = Guide(schedule, classifier=self.guidance, decode=guide_decode, target=targets,
+                      class_names=self.world.class_names, decoder_name=name)
         sigmas = self.noise_schedule.sample_sigmas(steps, "ddim")
         result = sample(den, self.noise(seeds), sigmas, guide, callback=callback)
         return Generation(decode_uint8(decode, result.latent), result)
@@ -159,4 +176,5 @@ def load_world(path: str | Path = ASSETS, device: str | torch.device = "cpu") ->
                        noise_schedule_from_scheduler(scheduler),
                        load_classifier(path / "guidance.safetensors", device).float(),
                        load_classifier(path / "oracle.safetensors", device).float(),
-                       EdgeDetector(e["method"], e["low"], e["high"], e["blur"]), path, info)
+                       EdgeDetector(e["method"], e["low"], e["high"], e["blur"]), path, info,
+                       load_tiny_decoder(path, device))

@@ -10,6 +10,7 @@ Stages (see docs/world.md for formats and configs):
              jointly on FAMILY prompts only, CFG dropout on text and contour, min-SNR weighting, EMA
   guidance   the few-shot guidance classifier: timm test_resnet on 10 real images per species
   oracle     the measuring classifier: timm resnet10t (slim), another seed, 200 images per species
+  tiny_decoder  the guidance decoder: a TAESD-architecture AutoencoderTiny distilled from the VAE (tiny_decoder.py)
 
 Each stage's settings, seconds and final losses go to `training.json` in the output folder.
 """
@@ -33,8 +34,9 @@ from ..classifier import build_classifier, save_classifier
 from ..contour import EdgeDetector
 from ..training import Augment, evaluate, to_tensor, train_classifier
 from .birds import ASSETS, TinyBirds
+from .tiny_decoder import train_tiny_decoder
 
-STAGES = ("vae", "diffusion", "guidance", "oracle")
+STAGES = ("vae", "diffusion", "guidance", "oracle", "tiny_decoder")
 
 
 @dataclass(frozen=True)
@@ -394,7 +396,7 @@ def run(cfg: TrainConfig, stages: list[str], out: Path = ASSETS) -> dict[str, An
     world = TinyBirds(seed=cfg.world_seed)
     fns = {"vae": train_vae, "diffusion": train_diffusion,
            "guidance": lambda c, w, o: _classifier_stage(c, w, o, "guidance"),
-           "oracle": lambda c, w, o: _classifier_stage(c, w, o, "oracle")}
+           "oracle": lambda c, w, o: _classifier_stage(c, w, o, "oracle"), "tiny_decoder": train_tiny_decoder}
     results = {}
     for stage in [s for s in STAGES if s in stages]:
         _log(f"stage {stage}")

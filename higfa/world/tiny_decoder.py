@@ -1,0 +1,126 @@
+"""The built-in world's tiny guidance decoder: a TAESD-architecture AutoencoderTiny distilled from the world VAE.
+
+Stage `tiny_decoder` of `higfa train-world` (after `vae` and `diffusion`): the student decodes the UNet's latent
+space directly (TAESD's convention: scaling_factor 1.0, input = the latent the UNet sees, output in [-1, 1]) and is
+trained to reproduce the world VAE decoder's image on the latents guidance actually decodes: one-step x̂0 of the
+world's own UNet + ControlNet at noise levels of stage 2 and below (π in [0.5, 1]), and clean latents. Its encoder
+is distilled too (to the VAE's posterior mean, scaled), so the folder is a complete diffusers AutoencoderTiny that
+`higfa augment --guidance-vae` and any TAESD loader accept. Saved in float16 to `<out>/tiny_decoder/`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FOLDER = "tiny_decoder"
+# What guides the world's classifier path by default (WorldModels.generate, the demo, `higfa augment --model
+# builtin`): "tiny" only if measured within 0.03 oracle accuracy of the full VAE (benchmarks/speed_world_decoder.py).
+GUIDANCE_DEFAULT = "vae"
+# 3 stages: 16x16 latent -> 64 px image (the world VAE's 4x), 8 latent channels like the world VAE.
+CONFIG: dict[str, Any] = dict(
+    in_channels=3, out_channels=3, latent_channels=8, encoder_block_out_channels=(32, 32, 32),
+    decoder_block_out_channels=(32, 32, 32), num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(1, 1, 1),
+    upsampling_scaling_factor=2, act_fn="relu", scaling_factor=1.0, shift_factor=0.0)
+SETTINGS: dict[str, Any] = dict(per_class=48, steps=700, batch=32, lr=2e-3, min_progress=0.5, clean_share=0.25,
+                                encoder_steps=200)
+
+
+@torch.no_grad()
+def _pool(models, per_class: int, gen: torch.Generator, settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latents [N,8,16,16] in the UNet's space, teacher images [N,3,64,64] in [-1,1]) for distillation."""
+    from ..backends.denoiser import vae_decode
+
+    data = models.world.split("train", per_class)
+    scale = float(models.vae.config.scaling_factor)
+    latents, clean = [], []
+    for i in range(0, len(data), 128):
+        x = torch.as_tensor(data.images[i:i + 128]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        z0 = models.vae.encode(x).latent_dist.mean * scale
+        clean.append(z0)
+        idx = list(range(i, min(i + 128, len(data))))
+        seeds = [int(s) for s in torch.randint(0, 2**31 - 1, (len(idx),), generator=gen)]
+        den = models.denoiser([models.world.prompt(int(data.labels[j])) for j in idx],
+                              models.contours(data.images[idx], seeds))
+        progress = settings["min_progress"] + (1 - settings["min_progress"]) * torch.rand(len(idx), generator=gen)
+        sigma = torch.tensor([models.noise_schedule.percent_to_sigma(float(p)) for p in progress])
+        xt = z0 + sigma.reshape(-1, 1, 1, 1) * torch.randn(z0.shape, generator=gen)
+        x0 = den(xt, sigma, ("cond",), 1.0)[0]  # σ per sample; text-conditioned, contour at strength 1
+        keep = torch.rand(len(idx), generator=gen) < settings["clean_share"]
+        latents.append(torch.where(keep.reshape(-1, 1, 1, 1), z0, x0))
+    latents = torch.cat(latents)
+    decode = vae_decode(models.vae)
+    teacher = torch.cat([decode(latents[i:i + 256]) * 2 - 1 for i in range(0, len(latents), 256)])
+    return latents, teacher, torch.cat(clean), torch.as_tensor(data.images)
+
+
+def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
+    """Distil `out/vae`'s decoder (and encoder) into an AutoencoderTiny saved as `out/tiny_decoder` (float16)."""
+    from diffusers import AutoencoderTiny
+
+    from .models import load_world
+
+    s = SETTINGS
+    models = load_world(out)
+    gen = torch.Generator().manual_seed(cfg.seed + 23)
+    t_pool = time.perf_counter()
+    latents, teacher, clean, images = _pool(models, s["per_class"], gen, s)
+    t_pool = time.perf_counter() - t_pool
+    torch.manual_seed(cfg.seed + 29)
+    tiny = AutoencoderTiny(**CONFIG).train()
+    opt = torch.optim.AdamW(tiny.decoder.parameters(), lr=s["lr"], weight_decay=0.0)
+    started, losses = time.perf_counter(), []
+    for step in range(s["steps"]):
+        idx = torch.randint(0, len(latents), (s["batch"],), generator=gen)
+        z, target = latents[idx], teacher[idx]
+        flip = torch.rand(s["batch"], generator=gen) < 0.5  # mirror pairs: the world's birds face both ways
+        z = torch.where(flip.reshape(-1, 1, 1, 1), z.flip(-1), z)
+        target = torch.where(flip.reshape(-1, 1, 1, 1), target.flip(-1), target)
+        lr = s["lr"] * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / s["steps"])))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = (tiny.decode(z).sample - target).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % 50 == 0:
+            print(f"[{time.strftime('%H:%M:%S')}] tiny decoder step {step + 1}/{s['steps']} "
+                  f"L1 {np.mean(losses[-50:]):.4f}", flush=True)
+    # The encoder is not on the guidance path; a short distillation makes the folder a usable autoencoder.
+    x_all = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+    opt = torch.optim.AdamW(tiny.encoder.parameters(), lr=s["lr"])
+    for step in range(s["encoder_steps"]):
+        idx = torch.randint(0, len(x_all), (s["batch"],), generator=gen)
+        loss = (tiny.encode(x_all[idx]).latents - clean[idx]).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    enc_l1 = float(loss.detach())
+    seconds = time.perf_counter() - started
+    tiny.eval()
+    with torch.no_grad():
+        held = latents[-256:]
+        err = float((tiny.decode(held).sample - teacher[-256:]).abs().mean())
+    tiny.to(torch.float16).save_pretrained(out / FOLDER, safe_serialization=True)
+    n_dec = sum(p.numel() for p in tiny.decoder.parameters())
+    n_vae = sum(p.numel() for p in models.vae.decoder.parameters()) + sum(
+        p.numel() for p in models.vae.post_quant_conv.parameters())
+    return {"seconds": round(seconds, 1), "pool_seconds": round(t_pool, 1), "pool_latents": len(latents),
+            "settings": s, "final_l1_pm1": round(float(np.mean(losses[-100:])), 4),
+            "train_pool_l1_pm1_last256": round(err, 4), "encoder_l1": round(enc_l1, 4),
+            "decoder_parameters": n_dec, "teacher_decoder_parameters": n_vae}
+
+
+def load_tiny_decoder(path: Path, device: str | torch.device = "cpu"):
+    """The shipped AutoencoderTiny in float32, or None when the world folder has none."""
+    if not (Path(path) / FOLDER / "config.json").is_file():
+        return None
+    from diffusers import AutoencoderTiny
+
+    return AutoencoderTiny.from_pretrained(Path(path) / FOLDER, torch_dtype=torch.float32).to(device).eval(
+    ).requires_grad_(False)
