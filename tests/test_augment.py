@@ -298,7 +298,7 @@ def record_count(out: Path) -> int:
                p.read_text().splitlines(keepends=True))
 
 
-def wait_for_records(proc, out: Path, n: int, timeout: float = 300.0) -> None:
+def wait_for_records(proc, out: Path, n: int, timeout: float = 900.0) -> None:
     """Poll until the child has appended n records (it must still be running)."""
     deadline = time.monotonic() + timeout
     while record_count(out) < n:

@@ -272,6 +272,17 @@ def test_bad_numbers_are_one_line_errors_before_anything_is_written(world, tmp_p
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
+def test_a_size_the_model_cannot_take_is_refused_before_models_load(world, tmp_path, monkeypatch):
+    import higfa.backends.components as components
+
+    def no_loading(*a, **k):
+        raise AssertionError("models were loaded")
+
+    monkeypatch.setattr(components, "load_components", no_loading)
+    rc, err = run_cli(args_for(world, tmp_path / "out", "--size", "60"))
+    assert rc == 2 and "--size 60: must be a multiple of" in err and not (tmp_path / "out").exists(), err
+
+
 def test_an_out_that_cannot_be_written_is_refused_before_models_load(world, tmp_path):
     (tmp_path / "file").write_text("a file, not a folder")
     rc, err = run_cli(args_for(world, tmp_path / "file" / "out"))

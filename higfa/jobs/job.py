@@ -72,6 +72,17 @@ def fingerprint(s: AugmentSettings, prompt: str, classifier: str | None, schedul
             "content": content}
 
 
+def size_multiple(folder: str | Path | None) -> int | None:
+    """What --size must be a multiple of, from a diffusers folder's unet/ and vae/ configs (VAE scale x
+    UNet down-sampling); None when `folder` has none (the check then runs on the loaded model)."""
+    try:
+        unet = json.loads((Path(folder) / "unet" / "config.json").read_text())
+        vae = json.loads((Path(folder) / "vae" / "config.json").read_text())
+        return 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet["block_out_channels"]) - 1)
+    except (OSError, TypeError, KeyError, ValueError):
+        return None
+
+
 @contextmanager
 def stop_on_sigterm() -> Iterator[None]:
     """SIGTERM raises `Terminated` in the main thread (where the loop runs) while the block runs."""
@@ -143,6 +154,9 @@ def _run(s: AugmentSettings) -> int:
     safety.check_inputs((i.path for i in found), out)
     names = prompt_names(labels, {i.label for i in found}, s.class_names, world_text[1] if world_text else None)
     model_path = builtin_model_path() if s.model == BUILTIN else s.model
+    multiple = size_multiple(s.config or model_path)
+    if s.size and multiple and s.size % multiple:
+        raise ValueError(f"--size {s.size}: must be a multiple of {multiple} for this model")
     content, cache = safety.content_fingerprint(safety.model_files(
         [model_path, s.config, s.controlnet, s.controlnet_config, classifier_path,
          None if s.guidance_vae in (None, "none") else s.guidance_vae]), records.file_cache(out))
