@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES: list[str] = ["higfa.jobs.augment", "higfa.jobs.evaluate", "higfa.world.demo", "higfa.world.train"]  # each module's register() adds its sub-commands
+COMMAND_MODULES: list[str] = ["higfa.jobs.augment", "higfa.jobs.classifiers", "higfa.jobs.evaluate", "higfa.world.demo", "higfa.world.train"]  # each module's register() adds its sub-commands
 
 
 def build_parser() -> argparse.ArgumentParser:
