@@ -1,8 +1,10 @@
 """Fine-grained classifiers: a timm model in `<name>.safetensors` plus a `<name>.json` sidecar.
 
-Sidecar keys: architecture (timm model name), class_names (list, optional if the weights fix the
-count), input_size ([C,H,W] or H), mean, std (per channel, for images in [0,1]), model_kwargs
-(optional extra timm.create_model arguments, e.g. {"img_size": 64} for a ViT).
+Sidecar keys (docs/classifiers.md has types and defaults): architecture (timm model name, required),
+class_names (list, optional if the weights fix the count), input_size ([C,H,W] or H), mean, std
+(per channel, for images in [0,1]), model_kwargs (optional extra timm.create_model arguments, e.g.
+{"img_size": 64} for a ViT), provenance (optional: how it was made and how good it is, e.g.
+{"val_accuracy": 0.81, ...}; written by `higfa train-classifier` / `import-classifier`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Classifier(torch.nn.Module):
         self.input_size = (int(input_size[-2]), int(size)) if not isinstance(input_size, int) else (size, size)
         self.architecture = architecture
         self.model_kwargs = dict(model_kwargs or {})
+        self.provenance: dict[str, Any] = {}  # the sidecar's "provenance" (data, accuracy, versions)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
@@ -68,9 +71,20 @@ class Classifier(torch.nn.Module):
         raise ValueError(f"target class {target!r} is not a class of this classifier.{hint}")
 
     def sidecar(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "class_names": self.class_names,
+        side = {"architecture": self.architecture, "class_names": self.class_names,
                 "input_size": [3, *self.input_size], "mean": self.mean.flatten().tolist(),
                 "std": self.std.flatten().tolist(), "model_kwargs": self.model_kwargs}
+        if self.provenance:
+            side["provenance"] = self.provenance
+        return side
+
+    def summary(self) -> str:
+        """One line for people: class count and, when the sidecar has it, the measured val accuracy."""
+        acc = self.provenance.get("val_accuracy")
+        where = self.provenance.get("val_data", "")
+        acc_text = (f"val accuracy {acc:.3f}" + (f" on {Path(str(where)).name}" if where else "")
+                    if isinstance(acc, (int, float)) else "val accuracy unknown (no provenance in the sidecar)")
+        return f"{self.architecture}, {self.num_classes} classes, {acc_text}"
 
 
 def normalise_name(name: str) -> str:
@@ -89,14 +103,19 @@ def sidecar_path(weights: str | Path) -> Path:
 
 
 def save_classifier(clf: Classifier, path: str | Path) -> Path:
-    """Write `<path>.safetensors` and its sidecar; returns the weights path."""
-    from safetensors.torch import save_file
+    """Write `<path>.safetensors` and its sidecar (atomically, each); returns the weights path.
+    A name like `cub.v2` keeps its dots: only a `.safetensors`/`.json` suffix is replaced."""
+    from safetensors.torch import save
 
-    path = Path(path).with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from .jobs.dataset import atomic_write_bytes
+
+    path = Path(path)
+    if path.suffix.lower() in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    path = path.with_name(path.name + ".safetensors")
     state = {k: v.detach().cpu().contiguous() for k, v in clf.model.state_dict().items()}
-    save_file(state, str(path))
-    sidecar_path(path).write_text(json.dumps(clf.sidecar(), indent=1))
+    atomic_write_bytes(path, save(state))
+    atomic_write_bytes(sidecar_path(path), json.dumps(clf.sidecar(), indent=1).encode())
     return path
 
 
@@ -133,7 +152,12 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Cla
     if arch not in timm.list_models():
         raise ValueError(f"classifier sidecar {side}: architecture {arch!r} is not a timm model. Close names: "
                          f"{difflib.get_close_matches(arch, timm.list_models(), n=3)}")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises SafetensorError (header) or OSError/ValueError
+        raise ValueError(f"classifier weights {path} are not a readable .safetensors file ({e}): the file is "
+                         "damaged or incomplete (e.g. an interrupted copy) or not safetensors; copy it again, or "
+                         "recreate it with `higfa import-classifier`") from e
     kwargs = dict(meta.get("model_kwargs") or {})
     probe = timm.create_model(arch, pretrained=False, num_classes=1, **kwargs)
     head = probe.pretrained_cfg.get("classifier", "fc")
@@ -162,4 +186,5 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Cla
     mean = meta.get("mean") or cfg.get("mean", IMAGENET_MEAN)
     std = meta.get("std") or cfg.get("std", IMAGENET_STD)
     clf = Classifier(model, names, size, mean, std, arch, kwargs).eval().requires_grad_(False)
+    clf.provenance = dict(meta.get("provenance") or {})
     return clf.to(device)

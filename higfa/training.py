@@ -16,8 +16,10 @@ often depend on.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -112,16 +114,36 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
                      weights: torch.Tensor | np.ndarray | None = None, seed: int = 0,
                      eval_images: torch.Tensor | np.ndarray | None = None,
                      eval_labels: torch.Tensor | np.ndarray | None = None, eval_every: int = 0,
-                     callback: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train `classifier` in place with AdamW, a linear warm-up and cosine decay.
+                     callback: Callable[[int, float], None] | None = None,
+                     checkpoint: str | Path | None = None, checkpoint_every: int = 0,
+                     run_config: dict[str, Any] | None = None, progress: bool = False, amp: bool = True,
+                     adversarial: float = 0.0, adversarial_steps: int = 3) -> TrainResult:
+    """Train `classifier` in place with AdamW, a linear warm-up and cosine decay. The one training loop
+    of the project: `higfa train-classifier`, `higfa tune-classifier`, the built-in world's guide and
+    oracle, the quality bench and `higfa evaluate` all call it.
 
-    images: [N,3,H,W] float in [0,1] (or uint8 [N,H,W,3]); labels: [N] class indices.
+    images: [N,3,H,W] float in [0,1] or uint8 [N,H,W,3] (kept as uint8, converted per batch: a
+    large dataset stays 4x smaller in memory); labels: [N] class indices.
     weights: optional [N] sampling weights (e.g. to set the share of synthetic images per batch);
     without them each epoch is a seeded shuffle. eval_*: a held-out set evaluated every
     `eval_every` steps (0: only at the end) into `history`. callback(step, loss) after each step.
+    checkpoint: a file that holds everything needed to continue (weights, optimiser, scheduler, the
+    batch generator and the rest of the epoch's order), written atomically every `checkpoint_every`
+    steps; when it exists at the start and its `run_config` equals this one, training continues from
+    its step with the same batches it would have drawn (a resumed run ends with the same weights).
+    progress: a tqdm bar. amp: autocast on CUDA (bfloat16 where supported, else float16 with loss
+    scaling); no effect on the CPU. adversarial: ε (image in [0,1]) of an L∞ PGD attack with
+    `adversarial_steps` steps applied to every training batch (robust training; 0: off).
+    Under torchrun (an initialised torch.distributed process group) the model is wrapped in
+    DistributedDataParallel and each rank trains on its slice of every global batch; rank 0
+    writes the checkpoint.
     Returns the classifier in eval mode with frozen weights, ready for guidance.
     """
-    x = to_tensor(images)
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8:
+        x = to_tensor(x)
+    elif x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"uint8 images must be [N,H,W,3], got shape {tuple(x.shape)}")
     y = torch.as_tensor(labels).long().reshape(-1)
     if len(x) != len(y) or len(y) == 0:
         raise ValueError(f"train_classifier: {len(x)} images but {len(y)} labels; pass one label per image")
@@ -135,7 +157,12 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
     w = None if weights is None else torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
     if w is not None and (len(w) != len(y) or bool((w < 0).any()) or float(w.sum()) <= 0):
         raise ValueError("train_classifier: weights must be [N] non-negative with a positive sum")
+    rank, world = _dist_rank()
     classifier.requires_grad_(True).train()
+    net: torch.nn.Module = classifier
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            classifier, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in classifier.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -143,34 +170,118 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
                             lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) *
                                               0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    use_amp = bool(amp) and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     history: list[dict[str, float]] = []
     order = torch.empty(0, dtype=torch.long)
+    first = 0
+    config = {**(run_config or {}), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "n": len(y)}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = _load_checkpoint(Path(checkpoint), config)
+        classifier.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["generator"])
+        order, history, first = state["order"], state["history"], int(state["step"])
     started = time.perf_counter()
-    for step in range(steps):
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=first, unit="step", dynamic_ncols=True, desc="train")
+    for step in range(first, steps):
         if w is not None:
             idx = torch.multinomial(w, batch_size, replacement=True, generator=gen)
         else:
             if len(order) < batch_size:
                 order = torch.cat([order, torch.randperm(len(y), generator=gen)])
             idx, order = order[:batch_size], order[batch_size:]
-        xb = x[idx].to(device)
-        if augment is not None:
+        xb = to_tensor(x[idx]).to(device)
+        if augment is not None:  # every rank draws the whole batch: the generators stay in step
             xb = augment(xb, gen)
-        loss = F.cross_entropy(classifier(xb), y[idx].to(device), label_smoothing=label_smoothing)
+        yb = y[idx].to(device)
+        if world > 1:
+            xb, yb = xb[rank::world], yb[rank::world]
+        if adversarial > 0:
+            xb = pgd_attack(classifier, xb, yb, adversarial, adversarial_steps)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            loss = F.cross_entropy(net(xb).float(), yb, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         row: dict[str, float] = {"step": step + 1, "loss": float(loss.detach())}
         last = step + 1 == steps
-        if eval_images is not None and eval_labels is not None and (last or (eval_every and (step + 1) % eval_every == 0)):
+        if eval_images is not None and eval_labels is not None and (
+                last or (eval_every and (step + 1) % eval_every == 0)):
             row["accuracy"] = evaluate(classifier, eval_images, eval_labels)["accuracy"]
             classifier.train()
         history.append(row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "step"}, refresh=False)
+        epoch_end = checkpoint_every and (step + 1) % checkpoint_every == 0
+        if checkpoint is not None and epoch_end and not last and rank == 0:
+            _save_checkpoint(Path(checkpoint), {
+                "config": config, "step": step + 1, "model": classifier.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "generator": gen.get_state(),
+                "order": order, "history": history})
         if callback is not None:
             callback(step + 1, row["loss"])
+    if bar is not None:
+        bar.close()
     classifier.eval().requires_grad_(False)
     return TrainResult(classifier, history, time.perf_counter() - started, steps)
+
+
+def pgd_attack(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 3,
+               ) -> torch.Tensor:
+    """L∞ projected gradient ascent on the loss: images [B,3,H,W] in [0,1] -> perturbed images within
+    ±eps (step 2.5·eps/steps, random start), clamped to [0,1]. Batch-norm statistics are not updated."""
+    was_training = classifier.training
+    classifier.eval()
+    gen = torch.Generator().manual_seed(int(labels.sum()) + len(labels))
+    delta = ((torch.rand(images.shape, generator=gen) * 2 - 1) * eps).to(images)
+    alpha = 2.5 * eps / max(1, steps)
+    for _ in range(max(1, steps)):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(classifier((images + delta).clamp(0, 1)).float(), labels)
+        (g,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + alpha * g.sign()).clamp(-eps, eps)
+    classifier.train(was_training)
+    return (images + delta).clamp(0, 1).detach()
+
+
+def _dist_rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"training checkpoint {path} is unreadable ({type(e).__name__}): delete it to start "
+                         "over") from e
+    old = state.get("config", {})
+    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    if diff:
+        raise ValueError(f"training checkpoint {path} belongs to another run (differs in {diff}): rerun with the "
+                         "same settings to resume, or delete it (or pass --overwrite) to start over")
+    return state
 
 
 @torch.no_grad()

@@ -26,12 +26,16 @@ class HiGFAClassifierLoader(io.ComfyNode):
             category=f"{CATEGORY}/loaders",
             description="Loads a fine-grained timm classifier from models/classifiers/: <name>.safetensors plus a "
                         "<name>.json sidecar (architecture, class_names, input_size, mean, std). Kept on the CPU "
-                        "here; the sampler moves it to the sampling device.",
+                        "here; the sampler moves it to the sampling device. Make one with `higfa train-classifier` "
+                        "or `higfa import-classifier` (docs/classifiers.md).",
             inputs=[io.Combo.Input("classifier_name", options=folder_paths.get_filename_list("classifiers"),
                                    tooltip="A .safetensors file in models/classifiers/ (or a 'classifiers:' path "
                                            "of extra_model_paths.yaml) with its .json sidecar beside it.")],
             outputs=[CLASSIFIER.Output(display_name="classifier"),
-                     io.String.Output(display_name="class_names", tooltip="One class name per line, in index order.")],
+                     io.String.Output(display_name="class_names", tooltip="One class name per line, in index order."),
+                     io.String.Output(display_name="info", tooltip="Architecture, class count and the validation "
+                                      "accuracy its sidecar records (written by higfa train-classifier / "
+                                      "import-classifier; see docs/classifiers.md).")],
         )
 
     @classmethod
@@ -41,7 +45,7 @@ class HiGFAClassifierLoader(io.ComfyNode):
         with torch.inference_mode(False):
             clf = load_classifier(path, device="cpu")
             _probe(clf, classifier_name)
-        return io.NodeOutput(clf, "\n".join(clf.class_names))
+        return io.NodeOutput(clf, "\n".join(clf.class_names), clf.summary())
 
 
 def _probe(clf, name: str) -> None:

@@ -19,7 +19,9 @@ NEGATIVE = "blurry, low quality, deformed, cartoon, drawing, painting, text, wat
 PROMPT = "a photo of a Black footed Albatross, a type of bird"
 MODELS_NOTE = (f"Models: an SD 1.5 checkpoint ({CKPT['name']}) in models/checkpoints, a Canny ControlNet "
                f"({CANNY['name']}) in models/controlnet, and your fine-grained classifier in models/classifiers "
-               "(<name>.safetensors + <name>.json sidecar: architecture, class_names, input_size, mean, std).\n"
+               "(<name>.safetensors + <name>.json sidecar: architecture, class_names, input_size, mean, std). "
+               "Train one on your images with `higfa train-classifier`, or wrap a checkpoint you have with "
+               "`higfa import-classifier` (docs/classifiers.md).\n"
                "Set the prompt and the sampler's target (class index or name) to the class you augment.")
 
 

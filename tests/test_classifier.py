@@ -68,3 +68,28 @@ def test_clear_errors(saved, tmp_path):
         load_classifier(_write(tmp_path, path, architecture="resnet_5000"))
     with pytest.raises(ValueError, match="lists 2 class_names but the weights have 3"):
         load_classifier(_write(tmp_path, path, class_names=["a", "b"]))
+
+
+def test_corrupt_weights_name_the_file_and_the_fix(saved, tmp_path):
+    _, path = saved
+    for name, data in (("truncated", path.read_bytes()[:100]), ("garbage", b"\xff" * 64), ("empty", b"")):
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(data)
+        bad.with_suffix(".json").write_bytes(path.with_suffix(".json").read_bytes())
+        with pytest.raises(ValueError, match=f"{name}.safetensors are not a readable .safetensors file") as e:
+            load_classifier(bad)
+        assert "copy it again" in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_provenance_round_trips_and_summarises(saved, tmp_path):
+    clf, _ = saved
+    clf.provenance = {"val_accuracy": 0.8125, "val_data": "/data/CUB/val"}
+    try:
+        path = save_classifier(clf, tmp_path / "cub.v2")
+    finally:
+        clf.provenance = {}
+    assert path.name == "cub.v2.safetensors"  # dots in a name are kept
+    loaded = load_classifier(path)
+    assert loaded.provenance["val_accuracy"] == 0.8125
+    assert loaded.summary() == "test_resnet, 3 classes, val accuracy 0.812 on val"
+    assert "val accuracy unknown" in clf.summary() and "provenance" not in clf.sidecar()

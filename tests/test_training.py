@@ -79,3 +79,38 @@ def test_clear_errors():
         to_tensor(np.zeros((2, 3, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="weights"):
         train_classifier(_clf(), x, y, steps=1, weights=torch.zeros(len(y)))
+
+
+def test_resume_from_checkpoint_gives_the_same_weights(tmp_path):
+    x, y = _squares(8, 0)
+    ref = train_classifier(_clf(), x, y, steps=8, batch_size=8, seed=1).classifier.state_dict()
+    ckpt = tmp_path / "run.ckpt"
+
+    def kill(step, loss):
+        if step == 5:
+            raise KeyboardInterrupt  # stands in for a kill after the checkpoint of step 4
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(_clf(), x, y, steps=8, batch_size=8, seed=1, checkpoint=ckpt, checkpoint_every=2,
+                         callback=kill)
+    assert int(torch.load(ckpt, weights_only=False)["step"]) == 4
+    res = train_classifier(_clf(seed=7), x, y, steps=8, batch_size=8, seed=1, checkpoint=ckpt, checkpoint_every=2)
+    assert [h["step"] for h in res.history] == list(range(1, 9))
+    got = res.classifier.state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    with pytest.raises(ValueError, match=r"belongs to another run \(differs in \['lr'\]\)"):
+        train_classifier(_clf(), x, y, steps=8, batch_size=8, seed=1, lr=1e-3, checkpoint=ckpt, checkpoint_every=2)
+
+
+def test_pgd_attack_stays_within_epsilon_and_raises_the_loss():
+    from higfa.training import pgd_attack
+
+    x, y = _squares(10, 0)
+    clf = train_classifier(_clf(), x, y, steps=20, batch_size=16, seed=0).classifier
+    adv = pgd_attack(clf, x, y, eps=0.03, steps=3)
+    assert float((adv - x).abs().max()) <= 0.03 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    ce = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        assert float(ce(clf(adv), y)) > float(ce(clf(x), y))
+    res = train_classifier(_clf(), x, y, steps=3, batch_size=8, seed=0, adversarial=0.02)
+    assert res.steps == 3 and not res.classifier.training

@@ -360,15 +360,22 @@ def _write_model_index(out: Path) -> None:
 
 
 def _classifier_stage(cfg: TrainConfig, world: TinyBirds, out: Path, name: str) -> dict[str, Any]:
+    """The guide or the oracle, trained by `higfa.training.train_classifier` exactly as
+    `higfa train-classifier --data builtin:<split>:<n> --steps S --seed SEED ...` trains it (tests check
+    that the two give the same weights), with its sidecar's provenance."""
+    from ..jobs.labelled import provenance
+    from ..training import predict
+
     guidance = name == "guidance"
     if guidance:
-        data = world.split("fewshot", cfg.guidance_shots)
+        split, per_class = "fewshot", cfg.guidance_shots
         arch, kwargs, steps, seed = cfg.guidance_arch, {}, cfg.guidance_steps, cfg.seed + 20
         augment = Augment(noise=0.03, blur=1.0)  # mild noise/blur: it also sees blurry x̂0 during guidance
     else:
-        data = world.split("train", cfg.oracle_per_class)
+        split, per_class = "train", cfg.oracle_per_class
         arch, kwargs, steps, seed = cfg.oracle_arch, dict(cfg.oracle_kwargs), cfg.oracle_steps, cfg.seed + 30
         augment = Augment()
+    data = world.split(split, per_class)
     test = world.split("test", 50)
     torch.manual_seed(seed)
     clf = build_classifier(arch, world.class_names, world.image_size, mean=(0.5,) * 3, std=(0.5,) * 3, **kwargs)
@@ -376,9 +383,10 @@ def _classifier_stage(cfg: TrainConfig, world: TinyBirds, out: Path, name: str) 
                               callback=lambda s, l: _log(f"{name} step {s}/{steps} loss {l:.3f}") if s % 100 == 0 else None)
     ev = evaluate(result.classifier, test.images, test.labels)
     fam = world.family_labels()
-    from ..training import predict
-
     pred = predict(result.classifier, test.images).argmax(1).numpy()
+    result.classifier.provenance = provenance(
+        f"builtin:{split}:{per_class}", world.class_names, ev, command=f"higfa train-world --stages {name}",
+        val_data="builtin:test", train_images=len(data), steps=steps, seed=seed)
     save_classifier(result.classifier.half(), out / name)
     info = {"seconds": round(result.seconds, 1), "steps": steps, "architecture": arch, "model_kwargs": kwargs,
             "train_images": len(data), "test_accuracy": round(ev["accuracy"], 4),

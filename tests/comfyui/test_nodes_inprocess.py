@@ -104,8 +104,13 @@ def test_classifier_loader_lists_loads_and_explains_a_wrong_input_size(comfy, tm
     assert not [n for n in names if n.endswith(".json")]
     loader = comfy.pack.nodes.classifier.HiGFAClassifierLoader
     with torch.inference_mode():
-        clf, class_names = loader.execute("good.safetensors").args
+        clf, class_names, info = loader.execute("good.safetensors").args
     assert class_names.splitlines() == CLASSES and not any(p.is_inference() for p in clf.parameters())
+    assert info == f"{clf.architecture}, {len(CLASSES)} classes, val accuracy unknown (no provenance in the sidecar)"
+    side = tmp_path / "good.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), "provenance": {"val_accuracy": 0.75}}))
+    with torch.inference_mode():
+        assert loader.execute("good.safetensors").args[2].endswith(f"{len(CLASSES)} classes, val accuracy 0.750")
     with torch.inference_mode(), pytest.raises(ValueError, match="Set 'input_size' in its .json sidecar"):
         loader.execute("vit_wrong_size.safetensors")
 

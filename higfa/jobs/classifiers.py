@@ -1,0 +1,339 @@
+"""Bring your own classifier: `higfa train-classifier`, `import-classifier` (here), `check-classifier`
+(higfa/jobs/check_classifier.py) and `tune-classifier` (higfa/tuning.py). All write and read the
+sidecar format of docs/classifiers.md; all training goes through `higfa.training.train_classifier`.
+
+    higfa train-classifier --data CUB/train --architecture resnet50 --init resnet50.a1_in1k \\
+        --input-size 224 --epochs 30 --out ComfyUI/models/classifiers/cub_resnet50
+    higfa import-classifier --checkpoint best.pth.tar --architecture resnet50 --class-names CUB/train \\
+        --input-size 224 --val CUB/val --out ComfyUI/models/classifiers/cub_resnet50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, save_classifier
+from .labelled import Labelled, provenance, read_labelled
+
+AUGMENT_PRESETS = ("none", "light", "default", "robust")
+
+
+def augment_preset(name: str):
+    """none | light (flip, ±5 % shift) | default (flip, shift, scale, rotation) | robust (default + a
+    little pixel noise and blur, as the built-in guide: it also sees blurry x̂0 during guidance)."""
+    from ..training import Augment
+
+    presets = {"none": None, "light": Augment(translate=0.05, scale=0.0, rotate=0.0), "default": Augment(),
+               "robust": Augment(noise=0.03, blur=1.0)}
+    if name not in presets:
+        raise ValueError(f"--augment {name!r}: choose one of {list(presets)}")
+    return presets[name]
+
+
+# ---------------------------------------------------------------------------- models
+def check_architecture(name: str) -> str:
+    import difflib
+
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ValueError(f"--architecture {name!r} is not a timm model" + (f"; did you mean {close}?" if close else
+                         "; list them with `python -c \"import timm; print(timm.list_models('*resnet*'))\"`"))
+    return name
+
+
+def cached_timm_weights(name: str) -> str:
+    """Local file of a timm pretrained tag (e.g. 'resnet50.a1_in1k') in the Hugging Face cache; nothing is
+    downloaded. Raises a one-line error saying how to fetch it when it is absent."""
+    import timm
+    from huggingface_hub import hf_hub_download
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub:
+        raise ValueError(f"--init {name!r} is neither a file nor a timm pretrained name with Hugging Face weights: "
+                         "pass a local .pth/.bin/.safetensors checkpoint")
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return hf_hub_download(hub, filename, local_files_only=True)
+        except Exception:  # noqa: BLE001 - huggingface_hub raises several kinds of 'not cached'
+            continue
+    raise ValueError(f"--init {name}: its weights ({hub}) are not in the local Hugging Face cache and nothing is "
+                     f"downloaded here. Fetch them once where there is internet (python -c \"import timm; "
+                     f"timm.create_model('{name}', pretrained=True)\") and copy the cache, or pass a checkpoint file")
+
+
+def create_model(architecture: str, num_classes: int, init: str | None = None,
+                 model_kwargs: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A timm model with `num_classes` outputs, initialised from `init` (a local checkpoint file, or a
+    cached timm pretrained name; its head is dropped when its class count differs). Returns the model
+    and its pretrained config (input_size, mean, std)."""
+    import timm
+
+    kwargs = dict(model_kwargs or {})
+    if not init:
+        m = timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
+        return m, dict(m.pretrained_cfg)
+    path = Path(init).expanduser()
+    file = str(path) if path.is_file() else cached_timm_weights(init)
+    try:
+        m = timm.create_model(architecture, pretrained=True, num_classes=num_classes,
+                              pretrained_cfg_overlay=dict(file=file, source="", hf_hub_id=None, url=None), **kwargs)
+    except (RuntimeError, KeyError) as e:
+        raise ValueError(f"--init {init} does not fit --architecture {architecture}: "
+                         f"{str(e).strip().splitlines()[-1][:300]}") from e
+    return m, dict(m.pretrained_cfg)
+
+
+def pick_norm(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[list[float], list[float]]:
+    mean = args.mean or (cfg.get("mean") if args.init else None) or IMAGENET_MEAN
+    std = args.std or (cfg.get("std") if args.init else None) or IMAGENET_STD
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"--mean {mean} / --std {std}: give three values each, std > 0")
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def out_path(out: str) -> Path:
+    p = Path(out).expanduser()
+    if p.suffix.lower() in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p
+
+
+def evaluate_on(clf: Classifier, data: Labelled, what: str) -> dict[str, Any]:
+    from ..training import evaluate
+
+    return evaluate(clf, data.images, data.targets(clf.class_names, what))
+
+
+# ---------------------------------------------------------------------------- train-classifier
+def run_train(args: argparse.Namespace) -> int:
+    from ..training import train_classifier
+    from .distributed import ProcessGroup, detect_ranks, pick_device
+
+    for name in ("epochs", "batch_size", "input_size", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if not args.lr > 0:
+        raise ValueError(f"--lr {args.lr}: must be > 0")
+    arch = check_architecture(args.architecture)
+    out = out_path(args.out)
+    weights, ckpt = out.with_name(out.name + ".safetensors"), out.with_name(out.name + ".ckpt")
+    if args.overwrite:
+        ckpt.unlink(missing_ok=True)
+    elif weights.exists() and not ckpt.exists():
+        raise ValueError(f"--out {out}: {weights.name} exists already; pass --overwrite to train it again")
+    ranks = detect_ranks()
+    group = ProcessGroup(ranks) if ranks.launcher == "torchrun" else None
+    device = pick_device(args.device, ranks)
+    train = read_labelled(args.data, args.input_size)
+    if args.val:
+        val = read_labelled(args.val, args.input_size)
+    elif args.val_fraction > 0:
+        train, val = train.split(args.val_fraction, args.seed)
+    else:
+        val = None
+    classes = train.classes
+    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    torch.manual_seed(args.seed)
+    model, cfg = create_model(arch, len(classes), args.init, kwargs)
+    mean, std = pick_norm(args, cfg)
+    clf = Classifier(model, classes, args.input_size, mean, std, arch, kwargs).to(device)
+    y = train.targets(classes)
+    per_epoch = math.ceil(len(y) / args.batch_size)
+    steps = args.steps or per_epoch * args.epochs
+    run_config = {"data": str(args.data), "val": str(args.val or args.val_fraction), "architecture": arch,
+                  "init": args.init, "classes": classes, "input_size": args.input_size, "epochs": args.epochs,
+                  "augment": args.augment, "world_size": ranks.world_size, "steps_option": args.steps}
+    if ckpt.exists() and ranks.is_main:
+        print(f"resuming from {ckpt}", flush=True)
+    result = train_classifier(
+        clf, train.images, y, steps=steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        weight_decay=args.weight_decay, augment=augment_preset(args.augment), seed=args.seed,
+        eval_images=None if val is None else val.images,
+        eval_labels=None if val is None else val.targets(classes, "--val"), eval_every=per_epoch,
+        checkpoint=ckpt, checkpoint_every=per_epoch, run_config=run_config, progress=not args.no_progress,
+        amp=not args.no_amp)
+    clf = result.classifier
+    ev = None if val is None else evaluate_on(clf, val, "--val")
+    clf.provenance = provenance(str(args.data), classes, ev, command="train-classifier",
+                                val_data=str(args.val or f"{args.data} (seeded {args.val_fraction:g} split)"),
+                                train_images=len(y), epochs=args.epochs, steps=steps, init=args.init,
+                                augment=args.augment, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    if ranks.is_main:
+        save_classifier(clf.cpu(), out)
+        ckpt.unlink(missing_ok=True)
+        acc = "no val set" if ev is None else f"val accuracy {ev['accuracy']:.4f} on {ev['n']} images"
+        print(f"wrote {weights} (+ {weights.with_suffix('.json').name}): {len(classes)} classes, {acc}")
+    if group is not None:
+        group.barrier()
+        group.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------- import-classifier
+def read_class_list(spec: str) -> list[str]:
+    """Class names from an ImageFolder (its sorted sub-folders), a JSON list or {index: name}, or a text
+    file with one name per line."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        from .dataset import scan_image_folder
+
+        return scan_image_folder(p)[1]
+    if not p.is_file():
+        raise FileNotFoundError(f"--class-names {spec} not found: give a dataset folder, a .json list or a text "
+                                "file with one class name per line")
+    if p.suffix.lower() == ".json":
+        data = json.loads(p.read_text())
+        if isinstance(data, dict):
+            try:
+                data = [data[k] for k in sorted(data, key=int)]
+            except ValueError:
+                raise ValueError(f"--class-names {p}: a JSON object must map indices to names") from None
+        if not isinstance(data, list):
+            raise ValueError(f"--class-names {p}: expected a JSON list of names or {{index: name}}")
+        return [str(n) for n in data]
+    return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+
+
+def load_state(checkpoint: str, whole_model: bool) -> tuple[dict[str, torch.Tensor], str | None]:
+    """(state dict, architecture recorded in the checkpoint or None) of a .safetensors / .pth / .bin file.
+    A whole pickled model is unpickled only with `whole_model` (it can run code)."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint} not found")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path)), None
+        except Exception as e:  # noqa: BLE001 - SafetensorError and friends
+            raise ValueError(f"--checkpoint {path} is not a readable .safetensors file ({e})") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not whole_model)
+    except Exception as e:  # noqa: BLE001 - pickle refuses a module under weights_only
+        hint = "" if whole_model else " (if it is a whole model saved with torch.save, pass --whole-model)"
+        raise ValueError(f"--checkpoint {path} could not be read as a state dict: {type(e).__name__}{hint}") from e
+    arch = None
+    if isinstance(obj, torch.nn.Module):
+        arch = (getattr(obj, "pretrained_cfg", None) or {}).get("architecture")
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        arch = obj.get("arch", arch) if isinstance(obj.get("arch"), str) else arch
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"--checkpoint {path} holds no state dict of tensors")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}, arch
+
+
+def run_import(args: argparse.Namespace) -> int:
+    import timm
+
+    state, recorded = load_state(args.checkpoint, args.whole_model)
+    arch = check_architecture(args.architecture or recorded or "")
+    if not args.class_names:
+        raise ValueError("import-classifier needs --class-names: a dataset folder (its class folders, sorted), a "
+                         ".json list or a text file with one name per line, in the order of the model's outputs")
+    names = read_class_list(args.class_names)
+    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    model = timm.create_model(arch, pretrained=False, num_classes=len(names), **kwargs)
+    head = model.pretrained_cfg.get("classifier", "fc")
+    head = head[0] if isinstance(head, (list, tuple)) else head
+    hw = state.get(f"{head}.weight")
+    if hw is not None and int(hw.shape[0]) != len(names):
+        raise ValueError(f"--class-names {args.class_names} gives {len(names)} classes but the checkpoint's head "
+                         f"'{head}' has {int(hw.shape[0])} outputs: give one name per output, in output order")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"--checkpoint {args.checkpoint} does not match --architecture {arch}: "
+                         f"{str(e).strip().splitlines()[-1][:300]}") from e
+    cfg = model.pretrained_cfg
+    size = args.input_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    mean, std = pick_norm(argparse.Namespace(mean=args.mean, std=args.std, init=True), cfg)
+    clf = Classifier(model, names, size, mean, std, arch, kwargs).eval().requires_grad_(False)
+    with torch.no_grad():
+        try:
+            logits = clf(torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)))
+        except RuntimeError as e:
+            raise ValueError(f"the {arch} model rejects {size}x{size} images ({str(e).splitlines()[0][:200]}): set "
+                             "--input-size (or --model-kwargs, e.g. img_size for a ViT)") from e
+    if tuple(logits.shape) != (2, len(names)):
+        raise ValueError(f"the model gives {tuple(logits.shape)} logits for 2 images, not (2, {len(names)})")
+    ev = evaluate_on(clf, read_labelled(args.val, size), "--val") if args.val else None
+    clf.provenance = provenance(str(args.checkpoint), names, ev, command="import-classifier",
+                                val_data=str(args.val) if args.val else None)
+    path = save_classifier(clf, out_path(args.out))
+    acc = "" if ev is None else f", val accuracy {ev['accuracy']:.4f} on {ev['n']} images"
+    print(f"wrote {path} (+ {path.with_suffix('.json').name}): {arch}, {len(names)} classes, {size} px{acc}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- CLI
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mean", type=float, nargs=3, help="per-channel mean for images in [0,1] (default: the "
+                   "pretrained weights', else ImageNet's)")
+    p.add_argument("--std", type=float, nargs=3, help="per-channel std (default as --mean)")
+    p.add_argument("--model-kwargs", help="JSON of extra timm.create_model arguments, e.g. '{\"img_size\": 224}'")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-classifier", help="train a guidance classifier (timm) on your images: sidecar format",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="ImageFolder (one sub-folder per class) or CSV/JSON(L) manifest "
+                   "(path,label), as `higfa augment` reads; or builtin:<split>[:n]")
+    p.add_argument("--val", help="validation data in the same forms (default: a seeded split of --data)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share per class without --val "
+                   "(default 0.1; 0: no validation)")
+    p.add_argument("--architecture", required=True, help="any timm model name, e.g. resnet50, convnext_tiny")
+    p.add_argument("--init", help="pretrained start: a local .pth/.bin/.safetensors file, or a timm name whose "
+                   "weights are in the local Hugging Face cache (nothing is downloaded); default: from scratch")
+    p.add_argument("--input-size", type=int, default=224, help="square input size in pixels (default 224)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--steps", type=int, help="total optimiser steps instead of --epochs (checkpoints stay per epoch)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch (split over torchrun ranks)")
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate (default 3e-3; ~1e-3 when "
+                   "fine-tuning pretrained weights)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=30, help="linear warm-up steps before the cosine decay (default 30)")
+    p.add_argument("--augment", default="default", choices=AUGMENT_PRESETS, help="augmentation preset: none, light, "
+                   "default (flip, shift, scale, rotation), robust (default + noise and blur)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="models/classifiers/NAME: writes NAME.safetensors + NAME.json; "
+                   "NAME.ckpt beside it while training (a rerun resumes from the last finished epoch)")
+    p.add_argument("--overwrite", action="store_true", help="start over even if NAME exists or NAME.ckpt is there")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available), cpu, cuda, cuda:1")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--no-progress", action="store_true")
+    _common(p)
+    p.set_defaults(func=run_train)
+
+    q = sub.add_parser("import-classifier", help="wrap an existing timm checkpoint + class names into the sidecar "
+                       "format", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--checkpoint", required=True, help="a timm state dict (.safetensors, .pth, .pth.tar, .bin; timm's "
+                   "train.py checkpoints included)")
+    q.add_argument("--whole-model", action="store_true", help="the file is a whole model saved with torch.save "
+                   "(unpickling can run code: only for files you trust)")
+    q.add_argument("--architecture", help="timm model name (default: the 'arch' the checkpoint records)")
+    q.add_argument("--class-names", help="dataset folder (its class folders), .json list or text file, in output order")
+    q.add_argument("--input-size", type=int, help="square input size (default: the architecture's)")
+    q.add_argument("--val", help="optional labelled data: its accuracy goes into the sidecar")
+    q.add_argument("--out", required=True, help="models/classifiers/NAME")
+    _common(q)
+    q.set_defaults(func=run_import)
+
+    from . import check_classifier
+    from .. import tuning
+
+    check_classifier.register(sub)
+    tuning.register(sub)

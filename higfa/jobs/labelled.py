@@ -1,0 +1,153 @@
+"""Labelled image sets in memory for the classifier commands: an ImageFolder, a manifest (the formats
+`higfa augment` reads) or a split of the built-in world (`builtin:test`, `builtin:fewshot:10`), read
+into uint8 [N,H,W,3] at the classifier's input size, with a label per image.
+
+    data = read_labelled("CUB/train", size=224)            # class names from the folders
+    train, val = data.split(0.1, seed=0)                    # stratified, seeded
+    idx = data.targets(classifier.class_names)              # label -> class index, clear errors
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..classifier import find_name
+from . import dataset
+
+BUILTIN_PREFIX = "builtin:"
+
+
+@dataclass
+class Labelled:
+    images: np.ndarray  # [N,H,W,3] uint8
+    labels: list[str]  # [N] class label (folder name or manifest label)
+    ids: list[str]  # [N] stable ids (path relative to the dataset, or builtin:split/index)
+    classes: list[str]  # sorted class labels found (ImageFolder: every class folder)
+    source: str  # what was read (for provenance)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def targets(self, class_names: Sequence[str], what: str = "--data") -> np.ndarray:
+        """[N] class indices into `class_names`; a label matches its name, ignoring case and '_'/'-'
+        (and a CUB-style '001.' prefix). Raises a one-line error listing labels that are no class."""
+        from .augment import pretty_label
+
+        index: dict[str, int] = {}
+        unknown = []
+        for lab in sorted(set(self.labels)):
+            hit = find_name(lab, class_names)
+            hit = find_name(pretty_label(lab), class_names) if hit is None else hit
+            if hit is None:
+                unknown.append(lab)
+            else:
+                index[lab] = hit
+        if unknown:
+            raise ValueError(f"{what} {self.source}: labels {unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not "
+                             f"classes of the classifier ({len(class_names)} classes: {list(class_names[:5])}"
+                             f"{' ...' if len(class_names) > 5 else ''}): use data with the classifier's classes, or "
+                             "fix 'class_names' in its sidecar")
+        return np.array([index[lab] for lab in self.labels], dtype=np.int64)
+
+    def subset(self, idx: Sequence[int] | np.ndarray, source: str | None = None) -> "Labelled":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Labelled(self.images[idx], [self.labels[i] for i in idx], [self.ids[i] for i in idx], self.classes,
+                        source or self.source)
+
+    def split(self, fraction: float, seed: int = 0) -> tuple["Labelled", "Labelled"]:
+        """(train, val): `fraction` of each class (at least one image when it has two or more) held out,
+        drawn with `seed`; the same data and seed always give the same split."""
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"--val-fraction {fraction}: must lie in (0, 1), e.g. 0.1")
+        rng = np.random.default_rng(seed)
+        val: list[int] = []
+        for c in sorted(set(self.labels)):
+            members = [i for i, lab in enumerate(self.labels) if lab == c]
+            k = min(len(members) - 1, max(1, round(fraction * len(members))))
+            val += sorted(rng.permutation(members)[:k].tolist())
+        val_set = set(val)
+        train = [i for i in range(len(self)) if i not in val_set]
+        return (self.subset(train, f"{self.source} (train part)"),
+                self.subset(sorted(val), f"{self.source} (seeded {fraction:g} split, seed {seed})"))
+
+
+def read_labelled(data: str | Path, size: int, limit: int | None = None, workers: int = 4) -> Labelled:
+    """Images of an ImageFolder, a CSV/JSON(L) manifest or `builtin:<split>[:<per class>]`, each resized
+    (short side) and centre-cropped to size×size. A file that is not a readable image stops the read
+    with a one-line error naming it (delete it or move it out of the dataset)."""
+    if str(data).startswith(BUILTIN_PREFIX):
+        return _read_builtin(str(data), size)
+    from .augment import SourceError, read_sources, square_image
+
+    found, classes, empty = read_sources(data, limit)
+    if empty:
+        raise ValueError(f"--data {data}: class folders {empty[:5]} have no images; add images or remove the folders")
+
+    def load(item: dataset.SourceImage) -> np.ndarray:
+        try:
+            return square_image(item.path, size)
+        except SourceError as e:
+            raise ValueError(f"{e} (in --data {data})") from None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # OpenCV decodes without the GIL
+        images = list(pool.map(load, found))
+    return Labelled(np.stack(images), [i.label for i in found], [i.id for i in found],
+                    classes if Path(str(data)).is_dir() else sorted({i.label for i in found}), str(data))
+
+
+def _read_builtin(spec: str, size: int) -> Labelled:
+    from ..world.birds import TinyBirds
+
+    parts = spec[len(BUILTIN_PREFIX):].split(":")
+    split = parts[0]
+    defaults = {"test": 50, "fewshot": 10, "train": 50, "val": 50}
+    if split not in defaults or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError(f"--data {spec}: write builtin:<split>[:<images per class>] with split one of "
+                         f"{sorted(defaults)}, e.g. builtin:test")
+    per_class = int(parts[1]) if len(parts) == 2 else defaults[split]
+    world = TinyBirds()
+    s = world.split(split, per_class)
+    images = s.images
+    if images.shape[1] != size:
+        import cv2
+
+        images = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
+    labels = [world.class_names[int(k)] for k in s.labels]
+    return Labelled(images, labels, [f"{spec}/{i}" for i in range(len(labels))], list(world.class_names), spec)
+
+
+def provenance(data: str, classes: Sequence[str], evaluation: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    """The sidecar's `provenance`: data, class count, val accuracy and a per-class summary (mean, min,
+    the five worst classes), date and library versions, plus `extra` (epochs, init, ...)."""
+    import timm
+    import torch
+
+    out: dict[str, Any] = {"data": str(data), "num_classes": len(classes), **extra}
+    if evaluation is not None:
+        per = [(c, a) for c, a in zip(classes, evaluation["per_class"]) if a == a]  # NaN: class absent from val
+        out["val_accuracy"] = round(float(evaluation["accuracy"]), 4)
+        out["val_images"] = int(evaluation["n"])
+        if per:
+            accs = [a for _, a in per]
+            out["val_per_class"] = {"mean": round(float(np.mean(accs)), 4), "min": round(float(np.min(accs)), 4),
+                                    "worst": [[c, round(a, 4)] for c, a in sorted(per, key=lambda p: p[1])[:5]]}
+    out["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    out["versions"] = {"higfa": _higfa_version(), "torch": torch.__version__, "timm": timm.__version__,
+                       "python": platform.python_version()}
+    return out
+
+
+def _higfa_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("higfa")
+    except Exception:  # noqa: BLE001 - not installed as a distribution (a source checkout)
+        return "source"
