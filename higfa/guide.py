@@ -57,7 +57,7 @@ class Guide:
 
     def __init__(self, schedule: Schedule, classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  decode: Decode | None = None, target: int | Sequence[int] | torch.Tensor | None = None,
-                 class_names: Sequence[str] | None = None, precision: str = "auto",
+                 class_names: Sequence[str] | None = None, *, precision: str = "auto",
                  decoder_name: str | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {PRECISIONS}")

@@ -32,7 +32,7 @@ class HiGFACFGGuider(comfy.samplers.CFGGuider):
             name = (f"{'guidance_vae' if guidance_vae is not None else 'vae'} "
                     f"({type(self.decoder_vae.first_stage_model).__name__})")
         self.guide = Guide(schedule, self._classify if use_clf else None, self._decode if use_clf else None,
-                           target, classifier.class_names if classifier is not None else None, name)
+                           target, classifier.class_names if classifier is not None else None, decoder_name=name)
         self.controls: list = []  # ControlNet copies this guider made, so it may change their strength
         if control_net is not None:
             cache: dict = {}
