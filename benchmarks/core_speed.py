@@ -5,7 +5,7 @@
 Both configurations run side by side in one process (interleaved, same seed, same steps); the
 median wall time of `--repeats` runs is compared. Peak memory is measured per configuration in a
 fresh subprocess (CPU: peak RSS above the loaded-model baseline; CUDA: max allocated).
-Design goal (issue 2): HiGFA ≤ 1.25× the time of plain CFG + contour, stage 1 at parity.
+Design goal: HiGFA ≤ 1.25× the time of plain CFG + contour, stage 1 at parity.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`make bench-quality`: does HiGFA make better fine-grained training images than its ablations?
 
 On the built-in tiny world (higfa/world/birds.py, models in higfa/world/assets/), for every preset of
-METHOD.md (cfg, contour, classifier-all-steps, higfa) and every species:
+docs/method.md (cfg, contour, classifier-all-steps, higfa) and every species:
 
 1. generate `per_source` images per real few-shot image (10 per species): family prompt, the
    transformed contour of that real image, the few-shot guidance classifier aimed at its species;

@@ -73,7 +73,6 @@ class Guide:
         self.precision = precision
         self.decoder_name = (decoder_name or "decode") if decode is not None else None
         self.costs = Costs()
-        self.gated_evaluations = 0
         self.reset()
 
     def reset(self) -> None:
@@ -142,7 +141,6 @@ class Guide:
                 if it == 0:
                     p, first = m.p, m
                 if m.g is None:
-                    self.gated_evaluations += int(bool(gate.any()))
                     break
                 g = m.g
                 finite = torch.isfinite(g.flatten(1)).all(1)

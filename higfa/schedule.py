@@ -1,4 +1,4 @@
-"""The stage schedule of METHOD.md: which strengths apply at sampling progress π.
+"""The stage schedule of docs/method.md: which strengths apply at sampling progress π.
 
 Stage 1 (π < π_c): fixed text CFG `cfg` and contour strength `contour_strength`.
 Stage 2 (π ≥ π_c): with `modulate`, the three strengths follow the confidence p of the
@@ -45,7 +45,7 @@ class Strengths:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Two-stage HiGFA schedule. Defaults: METHOD.md (base recipe from SaSPA; the stage-2 values,
+    """Two-stage HiGFA schedule. Defaults: docs/method.md (base recipe from SaSPA; the stage-2 values,
     the ramp and the gate are our formulation, see docs/method.md)."""
 
     preset: str = "higfa"
@@ -228,7 +228,7 @@ def _lerp(a: float, b: float, t: float) -> float:
     return a + (b - a) * t
 
 
-# The ablations of METHOD.md. Values not listed keep the dataclass defaults.
+# The ablations of docs/method.md. Values not listed keep the dataclass defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     # text CFG only, all steps (Real-Guidance-like)
     "cfg": dict(contour_strength=0.0, contour_lowconf=0.0, contour_highconf=0.0,

@@ -81,9 +81,6 @@ class NoiseSchedule:
             return 1.0
         return 1.0 - self.timestep(sigma) / (self.num_timesteps - 1)
 
-    def alpha_bar(self, sigma: float) -> float:
-        return 1.0 / (1.0 + float(sigma) ** 2)
-
     def sample_sigmas(self, steps: int, spacing: str = "ddim", denoise: float = 1.0) -> torch.Tensor:
         """Descending σ for `steps` steps, ending with 0 (shape [steps+1], float32).
 

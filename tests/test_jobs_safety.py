@@ -1,4 +1,4 @@
-"""`higfa augment` as a careless or hostile user runs it (issue 14, CLI side): each test reproduces one
+"""`higfa augment` as a careless or hostile user runs it (CLI side): each test reproduces one
 probe and asserts the clear error or the safe result, and that nothing outside --out was written.
 
 Shares test_augment's tiny model, classifier and dataset (imported fixtures)."""

@@ -98,7 +98,8 @@ def _walk(folder: Path, keep: Callable[[Path], bool]) -> list[Path]:
     return sorted(files)
 
 
-def empty_classes(root: str | Path, items: Iterable[SourceImage], classes: Iterable[str]) -> list[str]:
+def empty_classes(items: Iterable[SourceImage], classes: Iterable[str]) -> list[str]:
+    """The class folders that hold no usable image."""
     have = {i.label for i in items}
     return [c for c in classes if c not in have]
 

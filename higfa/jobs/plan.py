@@ -97,7 +97,7 @@ def read_sources(data: str | Path, limit: int | None = None) -> tuple[list[datas
     data = Path(data).expanduser()
     if data.is_dir():
         found, classes = dataset.scan_image_folder(data)
-        empty = dataset.empty_classes(data, found, classes)
+        empty = dataset.empty_classes(found, classes)
     elif data.is_file():
         found = dataset.read_manifest(data)
         classes, empty = sorted({i.label for i in found}), []

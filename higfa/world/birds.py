@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -348,17 +347,3 @@ def _draw_bird(canvas: np.ndarray, fam: Family, sp: Species, pose: _Pose) -> dic
     ellipse(canvas, ex, ey, 0.052, 0.052, 0, (0.04, 0.04, 0.05))
     return masks
 
-
-def contact_grid(images: Sequence[np.ndarray], columns: int, scale: int = 2, pad: int = 2) -> np.ndarray:
-    """Tile HxWx3 uint8 images (nearest-neighbour scaled) into one uint8 sheet."""
-    if not images:
-        raise ValueError("contact_grid needs at least one image")
-    h, w = images[0].shape[:2]
-    rows = math.ceil(len(images) / columns)
-    H, W = h * scale, w * scale
-    sheet = np.full((rows * (H + pad) + pad, columns * (W + pad) + pad, 3), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, columns)
-        big = cv2.resize(img, (W, H), interpolation=cv2.INTER_NEAREST)
-        sheet[pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = big
-    return sheet

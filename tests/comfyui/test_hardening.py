@@ -1,4 +1,4 @@
-"""What a hostile or careless API client tries on a shared server (issue 14): folders outside ComfyUI's own,
+"""What a hostile or careless API client tries on a shared server: folders outside ComfyUI's own,
 labels that are paths, a schedule query that would stall the server, huge images. Each test reproduces the
 probe against a real ComfyUI and checks the clear error or the safe result, and that nothing outside the
 allowed folders was read into a result or written."""
