@@ -7,11 +7,13 @@ VP form (diffusers):           z = √ᾱ·x0 + √(1−ᾱ)·ε, so x = z/√�
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 Decode = Callable[[torch.Tensor], torch.Tensor]  # latent x̂0 [B,C,h,w] -> image [B,3,H,W] in [0,1]
 
@@ -53,8 +55,12 @@ class Costs:
     decode_backward: int = 0
     classifier_forward: int = 0
     classifier_backward: int = 0
+    denoiser_forward: int = 0  # extra denoiser passes with grad (grad_through_denoiser)
+    denoiser_backward: int = 0
+    autocast_fallbacks: int = 0  # low-precision passes redone in float32 (non-finite gradient)
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("decode_forward", "decode_backward", "classifier_forward", "classifier_backward"), 0.0))
+        ("decode_forward", "decode_backward", "classifier_forward", "classifier_backward", "denoiser_forward",
+         "denoiser_backward"), 0.0))
 
     def add(self, name: str, seconds: float) -> None:
         setattr(self, name, getattr(self, name) + 1)
@@ -82,6 +88,110 @@ class _Timer:
             self.costs.add(self.name, time.perf_counter() - self.t0)
 
 
+@dataclass(frozen=True)
+class Views:
+    """K random differentiable views of a decoded image (the defence of CLIP-guided diffusion against
+    adversarial gradients): each view is a random resized crop (a side fraction in [1 − crop, 1], at a
+    random place, i.e. scale + translation), a horizontal flip with probability ½, and Gaussian noise of
+    std `noise`. The draw depends on `seed` only and is shared by the samples of a batch, so a batch
+    gives what its samples give one by one. count 1 = the image itself (no view is drawn)."""
+
+    count: int = 1
+    crop: float = 0.0
+    noise: float = 0.0
+    seed: int = 0
+
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
+        """image [B,3,H,W] -> views [K·B,3,H,W] (view-major: rows k·B … k·B + B − 1 are view k)."""
+        if self.count <= 1:
+            return image
+        K, (B, C, H, W) = self.count, image.shape
+        g = torch.Generator().manual_seed(int(self.seed))
+        side = 1.0 - self.crop * torch.rand(K, generator=g, dtype=torch.float64)  # fraction of the side kept
+        shift = (1.0 - side).unsqueeze(1) * (2 * torch.rand(K, 2, generator=g, dtype=torch.float64) - 1)
+        flip = torch.where(torch.rand(K, generator=g) < 0.5, -1.0, 1.0).double()
+        theta = torch.zeros(K, 2, 3, dtype=torch.float64)
+        theta[:, 0, 0], theta[:, 1, 1] = side * flip, side
+        theta[:, :, 2] = shift
+        noise = torch.randn(K, 1, C, H, W, generator=g) * self.noise
+        theta = theta.to(image.device, image.dtype).repeat_interleave(B, 0)
+        grid = F.affine_grid(theta, [K * B, C, H, W], align_corners=False)
+        views = F.grid_sample(image.repeat(K, 1, 1, 1), grid, mode="bilinear", padding_mode="border",
+                              align_corners=False)
+        return views + noise.to(image.device, image.dtype).expand(K, B, C, H, W).reshape(K * B, C, H, W)
+
+
+@dataclass
+class Measurement:
+    """What one pass of the classifier path gives: p [B] (mean over views of softmax[y]), g [B,C,h,w]
+    (∇ of the views' mean log p w.r.t. the input, None without grad) and the decoded image [B,3,H,W]."""
+
+    p: torch.Tensor
+    g: torch.Tensor | None
+    image: torch.Tensor
+    fallback: bool = False  # the low-precision pass gave a non-finite gradient: this one ran in float32
+
+
+def measure(x: torch.Tensor, decode: Decode, classifier: Callable[[torch.Tensor], torch.Tensor],
+            target: torch.Tensor, *, grad: bool, costs: Costs | None = None, views: Views | None = None,
+            denoise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            autocast: torch.dtype | None = None) -> Measurement:
+    """The classifier path on latent x [B,C,h,w]: x̂0 = x (or denoise(x)), image = decode(x̂0), views,
+    classifier; p and, with grad, g = ∇_x mean_k log softmax(f(view_k(image)))[y].
+
+    `denoise` (σ-form noisy latent -> x̂0, differentiable) makes g the gradient through the denoiser.
+    `autocast` (e.g. torch.bfloat16) runs decode + classifier in that precision; a non-finite p or g
+    then reruns the pass in float32 (`Measurement.fallback`; counted in `costs.autocast_fallbacks`).
+    """
+    if autocast is not None:
+        m = _measure_once(x, decode, classifier, target, grad, costs, views, denoise, autocast)
+        finite = torch.isfinite(m.p).all() and (m.g is None or torch.isfinite(m.g).all())
+        if finite:
+            return m
+        if costs is not None:
+            costs.autocast_fallbacks += 1
+        m = _measure_once(x, decode, classifier, target, grad, costs, views, denoise, None)
+        m.fallback = True
+        return m
+    return _measure_once(x, decode, classifier, target, grad, costs, views, denoise, None)
+
+
+def _measure_once(x, decode, classifier, target, grad, costs, views, denoise, autocast) -> Measurement:
+    views = views or Views()
+    amp = (torch.autocast(x.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext())
+    # Outside inference mode (ComfyUI samples under it): everything autograd saves is created here.
+    with torch.inference_mode(False), torch.set_grad_enabled(grad):
+        B = x.shape[0]
+        target = target.to(x.device).long().reshape(-1).expand(B).clone().repeat(views.count)
+        rows = torch.arange(B * views.count, device=x.device)
+        z = x.detach().clone().requires_grad_(grad)
+        x0 = z
+        if denoise is not None:
+            with _Timer(costs, "denoiser_forward", z):
+                x0 = denoise(z)
+        with _Timer(costs, "decode_forward", z), amp:
+            image = decode(x0)
+        image_leaf = image.detach().requires_grad_(True) if grad else image
+        with _Timer(costs, "classifier_forward", z), amp:
+            logits = classifier(views.apply(image_leaf))
+        logp = torch.log_softmax(logits.float(), dim=-1)[rows, target].reshape(views.count, B)
+        p = logp.exp().mean(0).detach()
+        if not grad:
+            return Measurement(p, None, image.detach())
+        # Backward in parts (classifier, decoder, denoiser) so their costs can be told apart.
+        with _Timer(costs, "classifier_backward", z):
+            (g_image,) = torch.autograd.grad(logp.mean(0).sum(), image_leaf)
+        if denoise is None:
+            with _Timer(costs, "decode_backward", z):
+                (g,) = torch.autograd.grad(image, z, grad_outputs=g_image.to(image.dtype))
+        else:
+            with _Timer(costs, "decode_backward", z):
+                (g_x0,) = torch.autograd.grad(image, x0, grad_outputs=g_image.to(image.dtype))
+            with _Timer(costs, "denoiser_backward", z):
+                (g,) = torch.autograd.grad(x0, z, grad_outputs=g_x0)
+    return Measurement(p, g.detach(), image.detach())
+
+
 def classifier_log_prob(x0: torch.Tensor, decode: Decode, classifier: Callable[[torch.Tensor], torch.Tensor],
                         target: torch.Tensor, *, grad: bool, costs: Costs | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -89,28 +199,10 @@ def classifier_log_prob(x0: torch.Tensor, decode: Decode, classifier: Callable[[
 
     The gradient goes through the decoder and the classifier only, never the denoiser. It runs
     outside inference mode on a fresh copy of x̂0, so it works under ComfyUI's inference_mode.
-    Backward is done in two parts (classifier, then decoder) so their costs can be told apart.
+    (`measure` is the general form: views, the gradient through the denoiser, autocast.)
     """
-    with torch.inference_mode(False), torch.set_grad_enabled(grad):
-        # Everything autograd may save is created here, outside inference mode (indices included).
-        target = target.to(x0.device).long().reshape(-1).expand(x0.shape[0]).clone()
-        rows = torch.arange(x0.shape[0], device=x0.device)
-        z = x0.detach().clone().requires_grad_(grad)
-        with _Timer(costs, "decode_forward", z):
-            image = decode(z)
-        if grad:
-            image_leaf = image.detach().requires_grad_(True)
-        else:
-            image_leaf = image
-        with _Timer(costs, "classifier_forward", z):
-            logp = torch.log_softmax(classifier(image_leaf).float(), dim=-1)[rows, target]
-        if not grad:
-            return logp.exp().detach(), None
-        with _Timer(costs, "classifier_backward", z):
-            (g_image,) = torch.autograd.grad(logp.sum(), image_leaf)
-        with _Timer(costs, "decode_backward", z):
-            (g,) = torch.autograd.grad(image, z, grad_outputs=g_image)
-    return logp.exp().detach(), g.detach()
+    m = measure(x0, decode, classifier, target, grad=grad, costs=costs)
+    return m.p, m.g
 
 
 def _per_sample(v, like: torch.Tensor) -> torch.Tensor | float:

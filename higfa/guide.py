@@ -19,9 +19,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from .guidance import Costs, Decode, classifier_log_prob, normalise, sigma_form_update
+from .guidance import Costs, Decode, Views, measure, normalise, sigma_form_update
 from .schedule import Schedule, Strengths
-from .trace import Trace, TraceStep
+from .trace import Trace, TraceStep, grad_map, preview
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,16 @@ class Guide:
     """Holds the run state: p of the latest measurement, the previous step's p, the trace.
 
     classifier: image [B,3,H,W] in [0,1] -> logits [B,K]; decode: latent x̂0 -> such an image;
-    target: class index, or one per sample.
+    target: class index, or one per sample. precision: the classifier path's autocast dtype, "fp32"
+    (none), "bf16", "fp16", or "auto" (bf16 on CUDA where supported, else fp16; fp32 on the CPU);
+    a non-finite gradient in low precision is recomputed in float32.
     """
 
     def __init__(self, schedule: Schedule, classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  decode: Decode | None = None, target: int | Sequence[int] | torch.Tensor | None = None,
-                 class_names: Sequence[str] | None = None):
+                 class_names: Sequence[str] | None = None, precision: str = "auto"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {PRECISIONS}")
         if schedule.uses_classifier:
             missing = [n for n, v in (("classifier", classifier), ("decode", decode), ("target", target)) if v is None]
             if missing:
@@ -61,6 +68,7 @@ class Guide:
         self.schedule, self.classifier, self.decode = schedule, classifier, decode
         self.target = None if target is None else torch.as_tensor(target).long().reshape(-1)
         self.class_names = list(class_names) if class_names else None
+        self.precision = precision
         self.costs = Costs()
         self.gated_evaluations = 0
         self.reset()
@@ -93,14 +101,19 @@ class Guide:
         if (stage == 2 and self.p_prev is None and self.last_x0 is not None
                 and self.schedule.classifier_active(2)):
             # First stage-2 step: nothing measured yet, so measure once on the latest x̂0.
-            self.p_prev, _ = self._measure(self.last_x0, grad=False)
+            self.p_prev = self._measure(self.last_x0, grad=False, step=index).p
             self.p_latest = self.p_prev
         strengths = self.schedule.strengths(progress, self._batch_confidence(self.p_prev), max(self.stage2_steps, 0))
         return Plan(index, float(progress), sigma, max(self.stage2_steps, 0), strengths, started)
 
-    def refine(self, x0: torch.Tensor, plan: Plan) -> torch.Tensor:
-        """Apply the classifier step to the CFG-combined x̂0 [B,C,h,w]; record the trace row."""
-        s, B = plan.strengths, x0.shape[0]
+    def refine(self, x0: torch.Tensor, plan: Plan, x: torch.Tensor | None = None,
+               denoise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Apply the classifier step to the CFG-combined x̂0 [B,C,h,w]; record the trace row.
+
+        With `grad_through_denoiser` the backend also passes the noisy latent `x` (σ form) and
+        `denoise(x) -> x̂0`, the same CFG-combined prediction, differentiable w.r.t. x.
+        """
+        s, B, sch = plan.strengths, x0.shape[0], self.schedule
         row = TraceStep(index=plan.index, progress=plan.progress, sigma=plan.sigma, stage=s.stage, cfg=s.cfg,
                         contour=s.contour, classifier_scale=[0.0] * B, confidence=None, grad_norm=None,
                         gated=[False] * B, nan_skipped=[False] * B)
@@ -108,23 +121,47 @@ class Guide:
         if s.classifier:
             p_prev = self.p_prev if self.p_prev is not None and len(self.p_prev) == B else torch.zeros(B)
             p_prev = p_prev.to(x0.device)
-            w = torch.as_tensor(self.schedule.classifier_scale_at(s.stage, p_prev), dtype=torch.float32).reshape(B)
-            gate = torch.as_tensor(self.schedule.gated(p_prev)).reshape(B)
+            w = torch.as_tensor(sch.classifier_scale_at(s.stage, p_prev), dtype=torch.float32).reshape(B)
+            gate = torch.as_tensor(sch.gated(p_prev)).reshape(B)
             want = (w > 0) & ~gate  # no backward for confident samples, nor where w_cls is already 0
-            p, g = self._measure(x0, grad=bool(want.any()))
-            if g is None:
-                self.gated_evaluations += int(bool(gate.any()))
-                applied = torch.zeros(B, dtype=torch.bool, device=x0.device)
-            else:
+            grad = bool(want.any())
+            through = grad and sch.grad_through_denoiser
+            if through and (x is None or denoise is None):
+                raise ValueError("schedule input 'grad_through_denoiser' = True: this backend cannot differentiate "
+                                 "through its denoiser (no differentiable model call); set it to false")
+            n = sch.inner_iterations if grad else 1
+            energy, nan = None, torch.zeros(B, dtype=torch.bool)
+            applied = torch.zeros(B, dtype=torch.bool, device=x0.device)
+            x_i = None if not through else x.detach()
+            for it in range(n):
+                m = self._measure(x_i if through else out, grad, plan.index, it, denoise if through else None)
+                if it == 0:
+                    p, first = m.p, m
+                if m.g is None:
+                    self.gated_evaluations += int(bool(gate.any()))
+                    break
+                g = m.g
                 finite = torch.isfinite(g.flatten(1)).all(1)
                 g = torch.where(finite.reshape(-1, *[1] * (g.ndim - 1)), g, torch.zeros_like(g))
-                applied = want & finite
-                row.grad_norm = g.flatten(1).norm(dim=1).tolist()
-                row.nan_skipped = (want & ~finite).tolist()
-                step = normalise(g.to(x0.dtype), self.schedule.grad_norm)
-                out = sigma_form_update(x0, step, (w * applied).to(x0.dtype), plan.sigma)
+                ok = want & finite
+                nan |= (want & ~finite).cpu()
+                applied = ok if it == 0 else applied & ok
+                if it == 0:
+                    row.grad_norm = g.flatten(1).norm(dim=1).tolist()
+                unit = normalise(g.to(x0.dtype), sch.grad_norm)
+                delta = sigma_form_update(torch.zeros_like(x0), unit, (w * ok / n).to(x0.dtype), plan.sigma)
+                out = out + delta
+                if through:
+                    x_i = x_i + delta  # the next iteration looks at the noisy latent moved as x̂0 was
+                if sch.grad_map:
+                    e = unit.float().pow(2).sum(1)
+                    energy = e if energy is None else energy + e
+            row.nan_skipped = nan.tolist()
             row.classifier_scale = (w * applied).tolist()
             row.gated = gate.tolist()
+            if energy is not None:
+                row.grad_map = grad_map(energy)
+                self.trace.preview = preview(first.image)
             if torch.isfinite(p).all():
                 self.p_latest = p.detach().float().cpu()
             row.confidence = p.float().cpu().tolist()
@@ -134,14 +171,27 @@ class Guide:
         return out
 
     # ------------------------------------------------------------------ helpers
-    def _measure(self, x0: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _measure(self, x: torch.Tensor, grad: bool, step: int = 0, iteration: int = 0,
+                 denoise: Callable[[torch.Tensor], torch.Tensor] | None = None):
         assert self.classifier is not None and self.decode is not None and self.target is not None
-        p, g = classifier_log_prob(x0, self.decode, self.classifier, self.target.to(x0.device), grad=grad,
-                                   costs=self.costs)
-        return p.float().cpu(), g
+        sch = self.schedule
+        # Views are drawn from (step, iteration): reproducible runs, a fresh draw per gradient.
+        views = Views(sch.views, sch.view_crop, sch.view_noise, seed=1_000_003 * (step + 1) + iteration)
+        m = measure(x, self.decode, self.classifier, self.target.to(x.device), grad=grad, costs=self.costs,
+                    views=views, denoise=denoise, autocast=_autocast_dtype(self.precision, x.device))
+        m.p = m.p.float().cpu()
+        return m
 
     def _batch_confidence(self, p: torch.Tensor | None) -> float | None:
         if p is None or len(p) == 0:
             return None
         reduce = {"mean": torch.mean, "min": torch.min, "max": torch.max}[self.schedule.batch_confidence]
         return float(reduce(p.float()))
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

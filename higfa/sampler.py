@@ -26,6 +26,8 @@ class Denoiser(Protocol):
     __call__(x [B,C,h,w], sigma [B], branches, contour_strength) -> one x̂0 per branch, where a
     branch is "cond" (text prompt) or "uncond" (negative/empty prompt) and the contour (ControlNet)
     is applied at `contour_strength` (0: not run at all). Implementations may batch the branches.
+    Only for schedules with `grad_through_denoiser` is it called with `grad=True`: the outputs must then
+    be differentiable w.r.t. x (otherwise it runs without gradient).
     """
 
     noise_schedule: NoiseSchedule
@@ -70,11 +72,23 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, guide:
         t_model += time.perf_counter() - t0
         calls += len(branches)
         x0 = cfg_combine(outs[0], outs[1], plan.cfg) if len(outs) == 2 else outs[0]
-        x0 = guide.refine(x0, plan)
+        if guide.schedule.grad_through_denoiser:
+            x0 = guide.refine(x0, plan, x, _differentiable(denoiser, sig, branches, plan.contour, plan.cfg))
+        else:
+            x0 = guide.refine(x0, plan)
         x = _ddim_step(x, x0, s, s_next, eta, generator)
         if callback is not None:
             callback(i, x, x0)
     return SampleResult(x, guide.trace, guide.costs, calls, {"denoiser": t_model})
+
+
+def _differentiable(denoiser: Denoiser, sig: torch.Tensor, branches, contour: float, cfg: float):
+    """x -> the CFG-combined x̂0 of the same evaluation, with the gradient (`grad_through_denoiser`)."""
+    def denoise(x: torch.Tensor) -> torch.Tensor:
+        outs = denoiser(x, sig, branches, contour, grad=True)
+        return cfg_combine(outs[0], outs[1], cfg) if len(outs) == 2 else outs[0]
+
+    return denoise
 
 
 def _ddim_step(x: torch.Tensor, x0: torch.Tensor, s: float, s_next: float, eta: float,

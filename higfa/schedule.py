@@ -66,6 +66,13 @@ class Schedule:
     modulate: bool = True
     gating: bool = True
     batch_confidence: str = "mean"  # how a batch's confidences set the shared cfg and contour strength
+    # Hard-to-fool guidance (docs/method.md "Optional parts"); the defaults are today's behaviour.
+    views: int = 1  # K random views of the decoded x̂0 averaged for g and p (1: the image itself)
+    view_crop: float = 0.25  # a view keeps a random (1 − view_crop … 1) fraction of the side, anywhere
+    view_noise: float = 0.03  # std of the Gaussian noise added to a view (image in [0,1])
+    grad_through_denoiser: bool = False  # g = ∇_x of log p(decode(D(x, σ))): backprop through the UNet
+    inner_iterations: int = 1  # n gradient steps of w·σ²/n per step, each at the updated x̂0
+    grad_map: bool = False  # save a 16×16 map of |g| per classifier step in the trace
 
     def __post_init__(self) -> None:
         self.validate()
@@ -101,9 +108,17 @@ class Schedule:
             raise bad("batch_confidence", f"choose one of {BATCH_CONFIDENCE}")
         if isinstance(self.measure_every, bool) or not isinstance(self.measure_every, int) or self.measure_every < 1:
             raise bad("measure_every", "must be an integer >= 1 (1 = measure every stage-2 step)")
-        for name in ("modulate", "gating"):
+        for name in ("modulate", "gating", "grad_through_denoiser", "grad_map"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
+        for name, what in (("views", "1 = the decoded image itself"), ("inner_iterations", "1 = one gradient step")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64:
+                raise bad(name, f"must be an integer from 1 to 64 ({what})")
+        if not 0.0 <= self.view_crop < 1.0:
+            raise bad("view_crop", "the fraction of the side a view may cut away must lie in [0, 1)")
+        if self.view_noise < 0:
+            raise bad("view_noise", "a noise standard deviation must be >= 0")
 
     # ----------------------------------------------------------------- what the schedule needs
     @property

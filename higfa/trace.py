@@ -30,10 +30,61 @@ class TraceStep:
     gated: list[bool]  # backward skipped because p_{k-1} ≥ τ_skip
     nan_skipped: list[bool]  # gradient was not finite: guidance skipped for that sample
     seconds: float = 0.0
+    # Where guidance acts (schedule `grad_map`): per sample a MAP_SIZE² map (rows of floats) of the RMS of the
+    # normalised gradient over channels and cells, divided by its maximum; None where no gradient was taken.
+    grad_map: list[list[list[float]]] | None = None
 
 
 # TraceStep columns that hold one value per sample of the batch.
-PER_SAMPLE = ("classifier_scale", "confidence", "grad_norm", "gated", "nan_skipped")
+PER_SAMPLE = ("classifier_scale", "confidence", "grad_norm", "gated", "nan_skipped", "grad_map")
+MAP_SIZE = 16  # side of a saved gradient map (smaller latents keep their own size)
+PREVIEW_SIZE = 32  # side of the decoded x̂0 thumbnail the maps are drawn on
+
+
+def grad_map(energy) -> list[list[list[float]]]:
+    """Per-sample energy Σ_c g² [B,h,w] (latent grid, aligned with the image) -> the saved maps: area-pooled to at
+    most MAP_SIZE², square-rooted (an RMS |g| per cell, so map² is the cell's energy), divided by the max, 3 decimals."""
+    import torch
+    import torch.nn.functional as F
+
+    e = torch.as_tensor(energy).detach().float().cpu()
+    size = (min(MAP_SIZE, e.shape[-2]), min(MAP_SIZE, e.shape[-1]))
+    m = F.adaptive_avg_pool2d(e.unsqueeze(1), size).squeeze(1).clamp_min(0).sqrt()
+    m = m / m.flatten(1).amax(1).clamp_min(1e-30).reshape(-1, 1, 1)
+    return [[[round(float(v), 3) for v in r] for r in b] for b in m.numpy()]
+
+
+def preview(image) -> list:
+    """Decoded x̂0 [B,3,H,W] in [0,1] -> per sample a PREVIEW_SIZE² RGB thumbnail (rows of [r, g, b] uint8)."""
+    import torch
+    import torch.nn.functional as F
+
+    im = torch.as_tensor(image).detach().float().cpu().clamp(0, 1)
+    small = F.interpolate(im, size=(PREVIEW_SIZE, PREVIEW_SIZE), mode="area")
+    return (small * 255).round().to(torch.uint8).permute(0, 2, 3, 1).tolist()
+
+
+def energy_inside(grad_map, mask) -> np.ndarray:
+    """Fraction of the gradient's energy inside `mask`, per sample.
+
+    grad_map: [B,h,w] or [h,w] (a saved map, whose square is the energy, or any |g|); mask: [B,H,W] or [H,W]
+    (bool or weights in [0,1]) on the image or latent grid, e.g. the world's `Render.masks` summed over markings.
+    The mask is area-resized onto the map's grid (a cell half inside counts half). Returns [B] in [0, 1]."""
+    import cv2
+
+    m = np.asarray(grad_map, dtype=np.float64)
+    m = m[None] if m.ndim == 2 else m
+    k = np.asarray(mask, dtype=np.float64)
+    k = k[None] if k.ndim == 2 else k
+    if len(k) == 1 and len(m) > 1:
+        k = np.repeat(k, len(m), 0)
+    if len(k) != len(m):
+        raise ValueError(f"energy_inside: {len(m)} maps but {len(k)} masks: give one mask, or one per map")
+    h, w = m.shape[-2:]
+    interp = cv2.INTER_AREA if k.shape[-1] >= w else cv2.INTER_LINEAR
+    k = np.stack([cv2.resize(np.clip(x, 0, 1), (w, h), interpolation=interp) for x in k])
+    e = m**2
+    return (e * k).reshape(len(e), -1).sum(1) / np.maximum(e.reshape(len(e), -1).sum(1), 1e-30)
 
 
 @dataclass
@@ -42,6 +93,7 @@ class Trace:
     schedule: dict[str, Any] = field(default_factory=dict)
     target: list[int] | None = None
     class_names: list[str] | None = None
+    preview: list | None = None  # per sample the decoded x̂0 of the latest step with a gradient map (see `preview`)
 
     def add(self, step: TraceStep) -> None:
         self.steps.append(step)
@@ -60,8 +112,10 @@ class Trace:
                     if d[k] is not None:
                         d[k] = [d[k][b]]
                 steps.append(TraceStep(**d))
-            out.append(Trace(steps, self.schedule, None if self.target is None else [self.target[b]],
-                             self.class_names))
+            # one target for the whole batch is everyone's target
+            target = None if self.target is None else [self.target[b if len(self.target) > 1 else 0]]
+            out.append(Trace(steps, self.schedule, target,
+                             self.class_names, None if self.preview is None else [self.preview[b]]))
         return out
 
     # ------------------------------------------------------------------ summaries
@@ -84,10 +138,22 @@ class Trace:
                 "nan_skipped": sum(sum(s.nan_skipped) for s in self.steps),
                 "final_confidence": self.final_confidence(), "seconds": sum(s.seconds for s in self.steps)}
 
+    def grad_maps(self, sample: int = 0) -> list[tuple[int, float, np.ndarray]]:
+        """(step index, π, map [h,w]) of every row with a saved gradient map, for one sample."""
+        return [(s.index, s.progress, np.asarray(s.grad_map[sample], dtype=np.float32))
+                for s in self.steps if s.grad_map is not None]
+
+    def energy_inside(self, mask, sample: int = 0) -> list[float]:
+        """Per step with a map: the fraction of the gradient's energy inside `mask` ([H,W], see `energy_inside`)."""
+        return [float(energy_inside(m, mask)[0]) for _, _, m in self.grad_maps(sample)]
+
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        return {"schedule": self.schedule, "target": self.target, "class_names": self.class_names,
-                "summary": self.summary(), "steps": [dataclasses.asdict(s) for s in self.steps]}
+        data = {"schedule": self.schedule, "target": self.target, "class_names": self.class_names,
+                "summary": self.summary(), "steps": [_row(s) for s in self.steps]}
+        if self.preview is not None:
+            data["preview"] = self.preview
+        return data
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
@@ -95,7 +161,7 @@ class Trace:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trace":
         return cls(steps=[TraceStep(**s) for s in data.get("steps", [])], schedule=data.get("schedule", {}),
-                   target=data.get("target"), class_names=data.get("class_names"))
+                   target=data.get("target"), class_names=data.get("class_names"), preview=data.get("preview"))
 
     @classmethod
     def from_json(cls, text: str) -> "Trace":
@@ -107,7 +173,8 @@ class Trace:
     # ------------------------------------------------------------------ plot
     def plot(self, path: str | Path | None = None, size: tuple[int, int] = (768, 432), title: str | None = None
              ) -> np.ndarray:
-        """Confidence and the three strengths against π, stage boundary dashed, gated steps marked.
+        """Confidence and the three strengths against π, stage boundary dashed, gated steps marked; below, when
+        the trace has gradient maps, a strip of them (sample 0) upsampled onto the decoded x̂0.
 
         Returns the image as HxWx3 uint8 (and writes a PNG when `path` is given).
         """
@@ -117,8 +184,13 @@ class Trace:
         from matplotlib.figure import Figure
 
         dpi = 96
-        fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
-        ax = fig.add_subplot(1, 1, 1)
+        maps = self.grad_maps()
+        strip = STRIP_HEIGHT if maps else 0
+        fig = Figure(figsize=(size[0] / dpi, (size[1] + strip) / dpi), dpi=dpi)
+        grid = fig.add_gridspec(2 if maps else 1, 1, height_ratios=[size[1], strip] if maps else None)
+        ax = fig.add_subplot(grid[0])
+        if maps:
+            self._plot_maps(fig, grid[1], maps)
         ax2 = ax.twinx()
         rows = self.steps
         pi = np.array([s.progress for s in rows])
@@ -162,3 +234,36 @@ class Trace:
         if path is not None:
             Path(path).write_bytes(buf.getvalue())
         return img
+
+    def _plot_maps(self, fig, cell, maps) -> None:
+        """At most MAX_MAPS maps, evenly chosen, each |g| as a heat overlay on the decoded x̂0 thumbnail."""
+        import cv2
+
+        if len(maps) > MAX_MAPS:
+            maps = [maps[i] for i in np.linspace(0, len(maps) - 1, MAX_MAPS).round().astype(int)]
+        base = None if self.preview is None else np.asarray(self.preview[0], dtype=np.float32) / 255.0
+        sub = cell.subgridspec(1, MAX_MAPS, wspace=0.05)
+        for j, (index, pi, m) in enumerate(maps):
+            a = fig.add_subplot(sub[0, j])
+            side = PREVIEW_SIZE * 2
+            heat = cv2.resize(m, (side, side), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+            if base is not None:
+                a.imshow(cv2.resize(base, (side, side), interpolation=cv2.INTER_LINEAR))
+                a.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+            else:
+                a.imshow(heat, cmap="inferno", vmin=0, vmax=1)
+            a.set_xticks([])
+            a.set_yticks([])
+            a.set_title(f"|g| step {index}\nπ={pi:.2f}", fontsize=6)
+
+
+STRIP_HEIGHT = 110  # px added below the chart for the gradient-map strip
+MAX_MAPS = 8
+
+
+def _row(step: TraceStep) -> dict[str, Any]:
+    """A trace row as JSON; `grad_map` only where one was saved (traces without maps read as before)."""
+    d = dataclasses.asdict(step)
+    if d["grad_map"] is None:
+        del d["grad_map"]
+    return d

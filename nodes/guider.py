@@ -22,6 +22,10 @@ def build_guider(model, positive, negative, schedule, control_net=None, contour=
         raise ValueError(f"schedule '{schedule.preset}' uses classifier guidance but {' and '.join(missing)} "
                          f"{'is' if len(missing) == 1 else 'are'} not connected: connect HiGFA Classifier Loader "
                          "and the checkpoint's VAE (it decodes x̂0 for the classifier), or use the 'contour' preset")
+    if schedule.grad_through_denoiser and uses_classifier:
+        raise ValueError("schedule input 'grad_through_denoiser' = True is not supported in ComfyUI (its model "
+                         "weights cannot be differentiated during sampling): set it to false (the higfa CLI "
+                         "supports it)")
     index = classifier.resolve(str(target).strip()) if uses_classifier else None
     return HiGFACFGGuider(model, schedule, positive, negative, control_net if uses_contour else None, contour, vae,
                            classifier if uses_classifier else None, index)

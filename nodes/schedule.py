@@ -35,10 +35,20 @@ TOOLTIPS = {
     "gating": "Skip the classifier backward pass once the sample is confidently the target class.",
     "batch_confidence": "How a batch's confidences set the shared cfg and contour strength (one number per "
                         "model call).",
+    "views": "Average the classifier's gradient and confidence over this many random views (crop, flip, "
+             "noise) of the decoded image: harder to fool. 1 = the image itself (no views).",
+    "view_crop": "With views > 1: a view keeps a random 1 - view_crop .. 1 of the image's side, at a random place.",
+    "view_noise": "With views > 1: standard deviation of the noise added to each view (image in [0, 1]).",
+    "grad_through_denoiser": "Take the gradient through the diffusion model too (of x̂0(x), not x̂0). Costs a "
+                             "model backward per step. Not supported inside ComfyUI (the CLI supports it).",
+    "inner_iterations": "Gradient steps per sampling step (each w_cls·σ²/n, at the updated x̂0).",
+    "grad_map": "Save a 16×16 map of where the classifier's gradient acts per step in the trace (drawn as a "
+                "strip under the trace plot).",
 }
 _COMBOS = {"grad_norm": GRAD_NORMS, "classifier_steps": CLASSIFIER_STEPS, "batch_confidence": BATCH_CONFIDENCE}
 _RANGES = {"cfg": 30.0, "cfg_lowconf": 30.0, "cfg_highconf": 30.0, "contour_strength": 2.0, "contour_lowconf": 2.0,
-           "contour_highconf": 2.0, "classifier_scale": 20.0}
+           "contour_highconf": 2.0, "classifier_scale": 20.0, "view_crop": 0.9, "view_noise": 0.5}
+_INT_MAX = {"measure_every": 100, "views": 64, "inner_iterations": 64}
 FIELDS = [f.name for f in dataclasses.fields(Schedule) if f.name != "preset"]
 
 
@@ -49,7 +59,7 @@ def _input(name: str):
     if isinstance(default, bool):
         return io.Boolean.Input(name, default=default, tooltip=tip)
     if isinstance(default, int):
-        return io.Int.Input(name, default=default, min=1, max=100, tooltip=tip)
+        return io.Int.Input(name, default=default, min=1, max=_INT_MAX[name], tooltip=tip)
     return io.Float.Input(name, default=default, min=0.0, max=_RANGES.get(name, 1.0), step=0.01, tooltip=tip)
 
 

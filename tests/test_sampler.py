@@ -1,5 +1,6 @@
 """The reference sampler and the Guide: parity, stage separation, gating, NaN guard, guidance effect."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -195,3 +196,101 @@ def test_classifier_guidance_raises_target_confidence(tiny_world, sigmas, bright
     guided = final_p(Schedule(classifier_scale=2.0, stage_boundary=0.5))
     assert guided.mean() > unguided.mean() + 0.1, (guided, unguided)
     assert (guided > unguided).float().mean() >= 0.75
+
+
+# ----------------------------------------------------------------------------- optional parts of the method
+SHORT = 8
+
+
+class _RecordingDenoiser:
+    """Wraps a Denoiser; records, per call, whether a gradient was asked for and is being taken."""
+
+    def __init__(self, inner):
+        self.inner, self.noise_schedule, self.calls = inner, inner.noise_schedule, []
+
+    def __call__(self, x, sigma, branches, contour, grad=False):
+        out = self.inner(x, sigma, branches, contour, grad=grad)
+        self.calls.append((grad, out[0].requires_grad))
+        return out
+
+
+def test_inner_iterations_count_backward_passes(tiny_world):
+    sig = tiny_world.noise_schedule.sample_sigmas(SHORT)
+    base = Schedule.from_preset("classifier-all-steps", classifier_scale=2.0)
+    runs = {}
+    for n in (1, 3):
+        guide = Guide(base.replace(inner_iterations=n), tiny_world.classifier, tiny_world.decode, target=1)
+        runs[n] = sample(tiny_world.denoiser, tiny_world.noise(1, seed=2), sig, guide)
+    assert runs[1].costs.classifier_backward == runs[1].costs.decode_backward == SHORT
+    assert runs[3].costs.classifier_backward == runs[3].costs.decode_backward == 3 * SHORT
+    assert runs[3].costs.classifier_forward == 3 * SHORT
+    assert not torch.allclose(runs[3].latent, runs[1].latent) and torch.isfinite(runs[3].latent).all()
+    # the confidence is the one measured before the first update, as with one iteration
+    assert runs[3].trace.steps[0].confidence == runs[1].trace.steps[0].confidence
+
+
+def test_gradient_through_the_denoiser_differs_and_calls_the_model_with_grad(tiny_world):
+    sig = tiny_world.noise_schedule.sample_sigmas(SHORT)
+    base = Schedule.from_preset("classifier-all-steps", classifier_scale=2.0)
+    plain = sample(tiny_world.denoiser, tiny_world.noise(1, seed=2), sig,
+                   Guide(base, tiny_world.classifier, tiny_world.decode, target=1))
+    den = _RecordingDenoiser(tiny_world.denoiser)
+    through = sample(den, tiny_world.noise(1, seed=2), sig,
+                     Guide(base.replace(grad_through_denoiser=True), tiny_world.classifier, tiny_world.decode, 1))
+    assert [c for c in den.calls if c[0]] == [(True, True)] * SHORT  # one differentiable call per guided step
+    assert all(not c[1] for c in den.calls if not c[0])  # the sampling calls build no graph
+    assert through.costs.denoiser_backward == through.costs.denoiser_forward == SHORT
+    assert plain.costs.denoiser_backward == 0
+    assert torch.isfinite(through.latent).all() and not torch.allclose(through.latent, plain.latent)
+    # the first step's confidence is measured on the same x̂0 either way
+    assert through.trace.steps[0].confidence == pytest.approx(plain.trace.steps[0].confidence, abs=1e-5)
+
+
+def test_gradient_through_the_denoiser_needs_a_differentiable_backend(tiny_world):
+    sig = tiny_world.noise_schedule.sample_sigmas(SHORT)
+    guide = Guide(Schedule(grad_through_denoiser=True, stage_boundary=0.0), tiny_world.classifier,
+                  tiny_world.decode, target=1)
+    guide.reset()
+    plan = guide.plan(float(sig[0]), 0.5, 0)
+    with pytest.raises(ValueError, match="'grad_through_denoiser' = True"):
+        guide.refine(torch.zeros(1, 4, 8, 8), plan)
+
+
+def test_views_run_and_are_reproducible(tiny_world):
+    sig = tiny_world.noise_schedule.sample_sigmas(SHORT)
+    sch = Schedule.from_preset("classifier-all-steps", classifier_scale=2.0, views=4)
+    runs = [sample(tiny_world.denoiser, tiny_world.noise(1, seed=2), sig,
+                   Guide(sch, tiny_world.classifier, tiny_world.decode, target=1)) for _ in range(2)]
+    one = sample(tiny_world.denoiser, tiny_world.noise(1, seed=2), sig,
+                 Guide(sch.replace(views=1), tiny_world.classifier, tiny_world.decode, target=1))
+    assert torch.equal(runs[0].latent, runs[1].latent) and torch.isfinite(runs[0].latent).all()
+    assert not torch.allclose(runs[0].latent, one.latent)
+    assert runs[0].costs.classifier_forward == one.costs.classifier_forward  # K views, one batched forward
+
+
+def test_grad_map_is_in_the_trace_json_and_the_plot(tiny_world):
+    import json
+
+    from higfa.trace import Trace
+
+    sig = tiny_world.noise_schedule.sample_sigmas(SHORT)
+    sch = Schedule(stage_boundary=0.3, gating=False)
+    runs = {m: sample(tiny_world.denoiser, tiny_world.noise(2, seed=2), sig,
+                      Guide(sch.replace(grad_map=m), tiny_world.classifier, tiny_world.decode, target=1))
+            for m in (False, True)}
+    assert torch.equal(runs[True].latent, runs[False].latent)  # the map only observes
+    data = json.loads(runs[True].trace.to_json())
+    maps = [r["grad_map"] for r in data["steps"] if "grad_map" in r]
+    guided = [r for r in data["steps"] if max(r["classifier_scale"]) > 0]
+    assert guided and len(maps) == len(guided)
+    m = np.asarray(maps[0])
+    assert m.shape == (2, 8, 8) and m.max() == 1.0 and m.min() >= 0  # latent 8×8 < 16: its own size
+    assert np.asarray(data["preview"]).shape == (2, 32, 32, 3)
+    assert "grad_map" not in json.loads(runs[False].trace.to_json())["steps"][-1]
+    again = Trace.from_json(runs[True].trace.to_json())
+    with_maps, without = again.plot(size=(640, 360)), runs[False].trace.plot(size=(640, 360))
+    assert without.shape == (360, 640, 3) and with_maps.shape[0] > 360 + 60
+    strip = with_maps[380:]
+    assert strip.std() > 20  # the strip has drawn content, not a blank band
+    first = again.split(2)[1]
+    assert np.asarray(first.steps[-1].grad_map).shape == (1, 8, 8) and len(first.preview) == 1

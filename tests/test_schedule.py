@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -84,3 +85,19 @@ def test_curves_for_charts():
     pi = np.linspace(0, 1, 11)
     c = Schedule().curves(pi, confidence=0.0)
     assert c["cfg"][0] == 7.5 and c["cfg"][-1] == 4.0 and c["classifier_scale"][-1] == 1.0
+
+
+def test_new_fields_are_neutral_by_default_and_validated():
+    s = Schedule()
+    assert (s.views, s.grad_through_denoiser, s.inner_iterations, s.grad_map) == (1, False, 1, False)
+    names = [f.name for f in dataclasses.fields(Schedule)]
+    assert names[-6:] == ["views", "view_crop", "view_noise", "grad_through_denoiser", "inner_iterations",
+                          "grad_map"]  # at the end: saved workflows keep their widget order
+    for field, value, msg in (("views", 0, "from 1 to 64"), ("views", 2.0, "from 1 to 64"),
+                              ("inner_iterations", 65, "from 1 to 64"), ("view_crop", 1.0, r"\[0, 1\)"),
+                              ("view_noise", -0.1, ">= 0"), ("grad_map", 1, "true or false"),
+                              ("grad_through_denoiser", "yes", "true or false")):
+        with pytest.raises(ValueError, match=f"'{field}'.*{msg}"):
+            Schedule(**{field: value})
+    again = Schedule.from_json(Schedule(views=4, inner_iterations=2, grad_map=True).to_json())
+    assert again.views == 4 and again.inner_iterations == 2 and again.grad_map

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from higfa.schedule import Schedule
 from higfa.trace import Trace, TraceStep
@@ -34,3 +35,44 @@ def test_plot_is_an_image_and_a_png(tmp_path):
     assert (tmp_path / "trace.png").read_bytes()[:4] == b"\x89PNG"
     empty = Trace().plot()
     assert empty.ndim == 3
+
+
+def test_energy_inside_a_synthetic_mask():
+    from higfa.trace import energy_inside, grad_map
+
+    m = np.zeros((16, 16))
+    m[:, :8] = 1.0  # all the energy in the left half
+    left = np.zeros((64, 64), bool)
+    left[:, :32] = True  # the mask at image resolution (4× the map)
+    assert energy_inside(m, left)[0] == 1.0 and energy_inside(m, ~left)[0] == 0.0
+    uniform = np.ones((2, 16, 16))
+    square = np.zeros((64, 64), bool)
+    square[16:48, 16:48] = True  # a quarter of the image
+    np.testing.assert_allclose(energy_inside(uniform, square), [0.25, 0.25])
+    # energy is |g|²: a cell with twice the |g| carries four times the energy
+    two = np.ones((1, 2, 2))
+    two[0, 0, 0] = 2.0
+    corner = np.zeros((8, 8))
+    corner[:4, :4] = 1
+    np.testing.assert_allclose(energy_inside(two, corner), [4 / 7])
+    # a half-covered cell counts half
+    np.testing.assert_allclose(energy_inside(np.ones((2, 2)), np.pad(np.ones((8, 2)), ((0, 0), (0, 6)))), [0.25])
+    # saved maps: g² summed over channels, pooled, square-rooted, max 1; their energy fractions survive pooling
+    e = np.zeros((1, 32, 32), np.float32)
+    e[0, 4:12, 4:12] = 9.0
+    e[0, 20:28, 20:28] = 1.0
+    saved = np.asarray(grad_map(e))
+    assert saved.shape == (1, 16, 16) and saved.max() == 1.0
+    first = np.zeros((32, 32))
+    first[:16, :16] = 1
+    np.testing.assert_allclose(energy_inside(saved, first), [0.9], atol=1e-3)
+    with pytest.raises(ValueError, match="2 maps but 3 masks"):
+        energy_inside(uniform, np.ones((3, 4, 4)))
+
+
+def test_trace_energy_inside_per_step():
+    t = make_trace()
+    t.steps[-1].grad_map = [np.eye(4).tolist()]
+    mask = np.eye(4, dtype=bool)
+    assert t.energy_inside(mask) == [1.0]
+    assert Trace.from_json(t.to_json()).steps[-1].grad_map == [np.eye(4).tolist()]

@@ -42,9 +42,13 @@ class DiffusersDenoiser:
         # σ of an integer timestep comes back as t ± 1e-4 in float32: snap so ε(t) matches the scheduler's call.
         return torch.where((t - t.round()).abs() < 1e-3, t.round(), t)
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, branches: Sequence[str],
-                 contour_strength: float) -> list[torch.Tensor]:
+                 contour_strength: float, grad: bool = False) -> list[torch.Tensor]:
+        """grad: differentiable w.r.t. x (the schedule's `grad_through_denoiser`); otherwise no graph is built."""
+        with torch.set_grad_enabled(grad):
+            return self._call(x, sigma, branches, contour_strength)
+
+    def _call(self, x, sigma, branches, contour_strength):
         B, n = x.shape[0], len(branches)
         sig = sigma.reshape(-1).to(x.device, torch.float32).expand(B)
         c_in = (sig**2 + 1).rsqrt().reshape(B, 1, 1, 1)
@@ -77,8 +81,15 @@ class DiffusersDenoiser:
         return t.expand(B, *t.shape[1:])
 
 
-def vae_decode(vae):
-    """Latent x̂0 (scaled, as the UNet sees it) -> image [B,3,H,W] roughly in [0,1], differentiable."""
+def vae_decode(vae, checkpoint: bool = False):
+    """Latent x̂0 (scaled, as the UNet sees it) -> image [B,3,H,W] roughly in [0,1], differentiable.
+
+    checkpoint: activation checkpointing in the decoder's blocks (diffusers' gradient checkpointing): the
+    backward recomputes each block's forward instead of keeping its activations (less memory, more time).
+    It only acts when a gradient is taken, so the final no-grad decode is unchanged.
+    """
+    if checkpoint:
+        vae.enable_gradient_checkpointing()
     scale = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
     shift = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
 
@@ -197,15 +208,26 @@ def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embedding
         emb = torch.cat([DiffusersDenoiser._expand(embeddings[b], B) for b in branches]).to(device)
         tt = torch.full((n * B,), float(t), device=device)
         t0 = time.perf_counter()
+        hint_n = None if hint is None else hint.repeat(n, 1, 1, 1)
         with torch.no_grad():
-            out = unet_output(unet, z.repeat(n, 1, 1, 1), tt, emb, controlnet,
-                              None if hint is None else hint.repeat(n, 1, 1, 1), plan.contour).to(z.dtype)
+            out = unet_output(unet, z.repeat(n, 1, 1, 1), tt, emb, controlnet, hint_n, plan.contour).to(z.dtype)
         t_model += time.perf_counter() - t0
         calls += n
         alpha_bar = 1.0 / (1.0 + sigma**2)
         x0s = [output_to_x0(o, z, alpha_bar, prediction_type) for o in out.chunk(n)]
         x0 = cfg_combine(x0s[0], x0s[1], plan.cfg) if n == 2 else x0s[0]
-        x0 = guide.refine(x0, plan)
+        if guide.schedule.grad_through_denoiser:
+            root = alpha_bar**0.5  # the UNet sees z = √ᾱ·x, x the σ-form latent the guide differentiates in
+
+            def denoise(x, tt=tt, emb=emb, hint_n=hint_n, plan=plan, alpha_bar=alpha_bar, root=root):
+                zz = x * root
+                o = unet_output(unet, zz.repeat(n, 1, 1, 1), tt, emb, controlnet, hint_n, plan.contour).to(zz.dtype)
+                xs = [output_to_x0(c, zz, alpha_bar, prediction_type) for c in o.chunk(n)]
+                return cfg_combine(xs[0], xs[1], plan.cfg) if n == 2 else xs[0]
+
+            x0 = guide.refine(x0, plan, z / root, denoise)
+        else:
+            x0 = guide.refine(x0, plan)
         model_output = x0_to_output(x0, z, alpha_bar, prediction_type)
         latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
         if callback is not None:
