@@ -28,7 +28,7 @@ demo: setup
 # protocol, 10- and 5-shot, paired seeds) per preset on the built-in world -> benchmarks/results/quality.json and
 # docs/quality.md (generated images and downstream runs are cached in outputs/bench_quality/).
 bench-quality: setup
-	$(PY) benchmarks/quality.py --threads 1
+	$(PY) benchmarks/quality.py --threads 1 --extra higfa-oracle=higfa,guide=oracle higfa-views4=higfa,views=4
 
 # Retrain the built-in world's models into higfa/world/assets/ (CPU, under an hour of CPU time).
 train-world: setup

@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -128,10 +129,6 @@ def downstream(args, world, generated: dict, settings: dict, test, bar) -> dict:
         src_map = {c * args.shots + i: c * shots + i for c in range(world.num_classes) for i in range(shots)}
         arms = {"real": (real.images, real.labels, None, len(real.labels))}
         keys = {"real": None}
-        if shots == args.shots:
-            more = np.concatenate([real_all.of_class(c)[:2 * shots] for c in range(world.num_classes)])
-            arms[f"real{2 * shots}"] = (real_all.images[more], real_all.labels[more], None, len(more))
-            keys[f"real{2 * shots}"] = None
         for name in args.downstream:
             g = generated[name]
             use = np.array([s in src_map for s in g["source"].tolist()])
@@ -141,29 +138,50 @@ def downstream(args, world, generated: dict, settings: dict, test, bar) -> dict:
             arms[f"real+{name}"] = (x, y, replacement_weights(real.labels, g["targets"][use], src, args.alpha),
                                     len(real.labels))
             keys[f"real+{name}"] = settings[name]
+        if shots == args.shots:  # "more real data": twice the real images, the same epochs
+            more = np.concatenate([real_all.of_class(c)[:2 * shots] for c in range(world.num_classes)])
+            arms[f"real{2 * shots}"] = (real_all.images[more], real_all.labels[more], None, len(more))
+            keys[f"real{2 * shots}"] = None
         res = {}
         for arm, (x, y, w, n) in arms.items():
             steps = max(1, round(args.epochs * n / args.batch_size))
-            accs = []
+            accs, seeds_done = [], []
             for s in args.seeds:
                 key = json.dumps({"shots": shots, "arm": arm, "images": keys[arm], "seed": s, "steps": steps,
                                   "alpha": args.alpha, "arch": args.downstream_arch, "batch": args.batch_size,
                                   "test": len(test), "models": str(args.models or "shipped")}, sort_keys=True)
+                if key not in cache and args.downstream_from_cache:
+                    continue  # not finished yet: left out, and the seed list says so
                 if key not in cache:
                     ev = train_and_test(x, y, test, world.class_names, architecture=args.downstream_arch,
                                         size=world.image_size, steps=steps, seed=1000 + s, weights=w,
                                         batch_size=args.batch_size, augment=Augment(noise=0.03, blur=1.0))
                     cache[key] = ev["accuracy"]
-                    cache_file.write_text(json.dumps(cache, indent=0))  # a killed run keeps what it finished
+                    # a killed run keeps what it finished; merged with what a parallel run wrote meanwhile
+                    on_disk = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+                    cache = on_disk | cache
+                    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+                    tmp.write_text(json.dumps(cache, indent=0))
+                    tmp.replace(cache_file)
                 accs.append(cache[key])
+                seeds_done.append(s)
                 bar.update(1)
-            res[arm] = {"per_seed": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "steps": steps,
+            if not accs:
+                continue
+            res[arm] = {"per_seed": accs, "seeds": seeds_done, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "steps": steps,
                         "real_images": n, "synthetic_images": int(len(y) - n) if w is not None else 0}
-        res["paired"] = {f"{a} - real": paired(res[a]["per_seed"], res["real"]["per_seed"]) for a in res if a != "real"}
-        if "real+higfa" in res and "real+cfg" in res:
-            res["paired"]["real+higfa - real+cfg"] = paired(res["real+higfa"]["per_seed"], res["real+cfg"]["per_seed"])
+        res["paired"] = {f"{a} - {b}": _paired(res, a, b) for a, b in
+                         [(a, "real") for a in res if a != "real"] + [("real+higfa", "real+cfg")]
+                         if a in res and b in res}
         out[f"{shots}-shot"] = res
     return {"saspa": out}
+
+
+def _paired(res: dict, a: str, b: str) -> dict:
+    """Paired differences over the seeds both arms finished."""
+    common = [s for s in res[a]["seeds"] if s in res[b]["seeds"]]
+    pick = {arm: [x for s, x in zip(res[arm]["seeds"], res[arm]["per_seed"]) if s in common] for arm in (a, b)}
+    return paired(pick[a], pick[b]) | {"seeds": common}
 
 
 def main(argv=None) -> int:
@@ -184,7 +202,14 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", nargs="*", default=[], metavar="FIELD=V1,V2",
                    help="also run `higfa` with one schedule field at each value (fidelity only)")
     p.add_argument("--scorer", type=Path, default=None, help="independent scorer (default: the shipped one)")
-    p.add_argument("--downstream", nargs="*", default=list(DOWNSTREAM), help="arms used downstream (none: skip)")
+    p.add_argument("--downstream", nargs="*", default=list(DOWNSTREAM),
+                   help="arms used downstream (they get all --shots sources; none: skip)")
+    p.add_argument("--only-downstream", action="store_true", help="generate (or load) and run the downstream "
+                   "training only, e.g. one seed per process to fill the cache in parallel; writes no report")
+    p.add_argument("--downstream-from-cache", action="store_true", help="fill only the downstream section of an "
+                   "existing --results file from the runs cached so far (no training, no rescoring), and rewrite --doc")
+    p.add_argument("--no-downstream", action="store_true", help="skip the downstream runs (--downstream still "
+                   "decides which arms get all sources)")
     p.add_argument("--downstream-shots", type=int, nargs="+", default=[10, 5])
     p.add_argument("--downstream-arch", default="test_resnet")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="downstream seeds (paired)")
@@ -242,6 +267,18 @@ def main(argv=None) -> int:
         generated[a.name] = ({k: data[k] for k in ("images", "targets", "source", "contours")}
                              | json.loads(str(data["meta"])))
     bar.close()
+    if args.downstream_from_cache:
+        results = json.loads(args.results.read_text())
+        results["downstream"] = downstream(args, world, generated, settings, test, tqdm(disable=True))
+        results["settings"] |= {"seeds": args.seeds, "epochs": args.epochs, "alpha": args.alpha,
+                                "downstream_shots": args.downstream_shots, "downstream_arch": args.downstream_arch}
+        args.results.write_text(json.dumps(_finite(results), indent=1) + "\n")
+        _write_doc(args.doc, report(results))
+        return 0
+    if args.only_downstream:
+        bar = tqdm(desc="downstream", unit="run", file=sys.stdout)
+        args.results.write_text(json.dumps(downstream(args, world, generated, settings, test, bar), indent=1))
+        return 0
 
     scorer = load_scorer(scorer_path)
     real_feats = features(scorer, real.images)
@@ -272,7 +309,7 @@ def main(argv=None) -> int:
         results["world"] = {"contour_f1": results["presets"]["higfa"]["contour_f1"]["2px"],
                             "contour_f1_1px": results["presets"]["higfa"]["contour_f1"]["1px"],
                             "contour_f1_of": "higfa (defaults), Canny 120/200 of the sample vs its transformed contour"}
-    if args.downstream:
+    if args.downstream and not args.no_downstream:
         bar = tqdm(total=len(args.seeds) * sum(1 + len(args.downstream) + (s == args.shots)
                                                for s in args.downstream_shots),
                    desc="downstream", unit="run", file=sys.stdout, dynamic_ncols=True)
@@ -288,17 +325,34 @@ def main(argv=None) -> int:
                            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}"}
     results["seconds_total"] = round(time.perf_counter() - started, 1)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    args.results.write_text(json.dumps(_finite(results), indent=1) + "\n")
     text = report(results)
     print(text)
-    if args.doc is not None:
-        args.doc.parent.mkdir(parents=True, exist_ok=True)
-        old = args.doc.read_text() if args.doc.is_file() else ""
-        kept = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""
-        args.doc.write_text(text + ("\n" + kept if kept else ""))
-        print(f"wrote {args.doc}")
+    _write_doc(args.doc, text)
     print(f"wrote {args.results}")
     return 0
+
+
+def _finite(x):
+    """NaN (e.g. within-species diversity with one image per species) -> None: strict JSON."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _write_doc(doc: Path | None, text: str) -> None:
+    """The tables, then the hand-written notes kept from below the marker of the old file."""
+    if doc is None:
+        return
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    old = doc.read_text() if doc.is_file() else ""
+    kept = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""
+    doc.write_text(text + ("\n" + kept if kept else ""))
+    print(f"wrote {doc}")
 
 
 def _guide(models, spec: str):

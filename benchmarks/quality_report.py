@@ -60,8 +60,8 @@ def report(r: dict) -> str:
         lines.append(f"| {name}{extra} | {f['guided_by'] if f['guided_sample_steps'] else '–'} | "
                      f"{f['oracle_species']:.3f} | {f['scored_by']} | {f['oracle_family']:.3f} | "
                      f"{f['guide_species']:.3f} | {f['fooling_gap']:+.3f} | {f['scorer_species']:.3f} | "
-                     f"{f['pixel_diversity']:.3f} | "
-                     f"{f['feature_diversity']:.3f} | {f['contour_f1']['2px']:.3f} | {f['seconds_per_image']:.2f} |")
+                     f"{_fmt(f['pixel_diversity'])} | "
+                     f"{_fmt(f['feature_diversity'])} | {f['contour_f1']['2px']:.3f} | {f['seconds_per_image']:.2f} |")
     lines += ["", "Chance is 1/16 = 0.0625 for species; the right family with random markings scores about 0.25. "
               "Guide accuracy: the arm's guide's verdict on its own images (for cfg and contour, which take no "
               "classifier step, the shipped guide's). Fooling gap = guide − oracle species accuracy."]

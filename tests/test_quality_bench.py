@@ -31,7 +31,7 @@ def test_results_scorers_and_caches(quality, tmp_path):
         for key in ("oracle_species", "oracle_family", "guide_species"):
             assert 0 <= p[key] <= 1, (name, key)
         # within-species diversity needs two images of a species: nan for the one-source-per-species arm
-        assert 0 < p["pixel_diversity"] < 1 if p["n"] > 16 else p["pixel_diversity"] != p["pixel_diversity"]
+        assert 0 < p["pixel_diversity"] < 1 if p["n"] > 16 else p["pixel_diversity"] is None
         assert p["scored_by"] == ("scorer" if name == "oracle-guided" else "world oracle")
         assert p["fooling_gap"] == pytest.approx(p["guide_species"] - p["oracle_species"])
     assert r["presets"]["higfa"]["n"] == 32 and r["presets"]["oracle-guided"]["n"] == 16  # --fidelity-shots 1
@@ -60,6 +60,10 @@ def test_results_scorers_and_caches(quality, tmp_path):
     assert quality.main(args) == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == cached
     assert json.loads(results.read_text())["downstream"] == r["downstream"]
+    # --downstream-from-cache refills the downstream section from the cached runs only (here: all of them)
+    assert quality.main(args + ["--downstream-from-cache", "--seeds", "0", "1", "2"]) == 0
+    refilled = json.loads(results.read_text())
+    assert refilled["presets"] == r["presets"] and refilled["downstream"]["saspa"]["2-shot"]["real"]["seeds"] == [0, 1]
     changed = [a.replace("classifier_scale=3", "classifier_scale=5") for a in args]
     assert quality.main(changed) == 0
     assert (out / "cfg.npz").stat().st_mtime_ns == cached["cfg.npz"]

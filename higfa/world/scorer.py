@@ -15,8 +15,8 @@ the few-shot guide in every way we can choose:
   checks it on real test images blurred to the samples' measured sharpness.
 
 `python -m higfa.world.scorer` retrains it into higfa/world/assets/scorer.safetensors (+ .json
-sidecar, + scorer_training.json with the settings and test accuracies), two warm-started cosine
-cycles of 2000 steps (about 6 CPU-minutes).
+sidecar, + scorer_training.json with the settings and test accuracies): one cosine cycle of 2000
+steps (about 3 CPU-minutes); more phases (`ScorerConfig.phases`) warm-start from the previous one.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class ScorerConfig:
     architecture: str = "test_convnext"
     first_image: int = 200  # per species: train-split images [first_image, first_image + per_class)
     per_class: int = 200
-    phases: tuple = ((2000, 3e-3), (2000, 1.5e-3))  # (steps, peak lr): a cosine cycle each, warm-started
+    phases: tuple = ((2000, 3e-3),)  # (steps, peak lr): a cosine cycle each, each warm-starting the next
     batch_size: int = 64
     blur: float = 1.5
     noise: float = 0.05
