@@ -168,13 +168,16 @@ def downstream(args, world, generated: dict, settings: dict, test, bar) -> dict:
                 bar.update(1)
             if not accs:
                 continue
-            res[arm] = {"per_seed": accs, "seeds": seeds_done, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "steps": steps,
+            res[arm] = {"per_seed": accs, "seeds": seeds_done, "mean": float(np.mean(accs)),
+                        "std": float(np.std(accs)), "steps": steps,
                         "real_images": n, "synthetic_images": int(len(y) - n) if w is not None else 0}
         res["paired"] = {f"{a} - {b}": _paired(res, a, b) for a, b in
                          [(a, "real") for a in res if a != "real"] + [("real+higfa", "real+cfg")]
                          if a in res and b in res}
         out[f"{shots}-shot"] = res
-    return {"saspa": out}
+    # downstream.saspa.<arm>.per_seed: the --shots setting at the top, the other shot counts beside it
+    main = out.pop(f"{args.shots}-shot", {})
+    return {"saspa": main | {"shots": args.shots} | out}
 
 
 def _paired(res: dict, a: str, b: str) -> dict:

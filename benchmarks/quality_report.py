@@ -65,8 +65,11 @@ def report(r: dict) -> str:
     lines += ["", "Chance is 1/16 = 0.0625 for species; the right family with random markings scores about 0.25. "
               "Guide accuracy: the arm's guide's verdict on its own images (for cfg and contour, which take no "
               "classifier step, the shipped guide's). Fooling gap = guide − oracle species accuracy."]
-    for proto, by_shots in r.get("downstream", {}).items():
-        for shots, res in by_shots.items():
+    for proto, d in r.get("downstream", {}).items():
+        main = {k: v for k, v in d.items() if not k.endswith("-shot") and k != "shots"}
+        by_shots = (([(f"{d['shots']}-shot", main)] if main else [])
+                    + [(k, v) for k, v in d.items() if k.endswith("-shot")])
+        for shots, res in by_shots:
             lines += ["", f"## Downstream, {proto} protocol, {shots} (held-out real test accuracy)", "",
                       f"`{s['downstream_arch']}` from scratch, {s['epochs']} epochs over the real set's size (the same "
                       f"for every arm), α = {s['alpha']}, seeds {s['seeds']} paired across arms, {s['test_images']} "

@@ -41,9 +41,9 @@ def test_results_scorers_and_caches(quality, tmp_path):
     assert r["presets"]["higfa"]["guided_sample_steps"] > 0 and r["presets"]["cfg"]["guided_sample_steps"] == 0
     assert r["scorer"]["architecture"] != "resnet10t" and 0 <= r["ceiling"]["vae_oracle"] <= 1
     assert 0 <= r["world"]["contour_f1"] <= 1
-    ten, five = r["downstream"]["saspa"]["2-shot"], r["downstream"]["saspa"]["1-shot"]
-    assert set(ten) == {"real", "real4", "real+cfg", "real+higfa", "paired"} and set(five) == {"real", "real+cfg",
-                                                                                             "real+higfa", "paired"}
+    ten, five = r["downstream"]["saspa"], r["downstream"]["saspa"]["1-shot"]  # --shots at the top
+    assert set(ten) == {"real", "real4", "real+cfg", "real+higfa", "paired", "shots", "1-shot"}
+    assert set(five) == {"real", "real+cfg", "real+higfa", "paired"}
     assert len(ten["real+higfa"]["per_seed"]) == 2 and ten["real+higfa"]["steps"] == ten["real"]["steps"]
     assert ten["real4"]["steps"] == 2 * ten["real"]["steps"]  # the same epochs over twice the images
     assert five["real+higfa"]["synthetic_images"] == 16  # the variants of the first image per species
@@ -63,7 +63,7 @@ def test_results_scorers_and_caches(quality, tmp_path):
     # --downstream-from-cache refills the downstream section from the cached runs only (here: all of them)
     assert quality.main(args + ["--downstream-from-cache", "--seeds", "0", "1", "2"]) == 0
     refilled = json.loads(results.read_text())
-    assert refilled["presets"] == r["presets"] and refilled["downstream"]["saspa"]["2-shot"]["real"]["seeds"] == [0, 1]
+    assert refilled["presets"] == r["presets"] and refilled["downstream"]["saspa"]["real"]["seeds"] == [0, 1]
     changed = [a.replace("classifier_scale=3", "classifier_scale=5") for a in args]
     assert quality.main(changed) == 0
     assert (out / "cfg.npz").stat().st_mtime_ns == cached["cfg.npz"]
