@@ -32,10 +32,11 @@ test-core: setup
 demo: setup
 	$(PY) -m higfa.world.demo
 
-# Fidelity, diversity, downstream accuracy per preset and a sensitivity sweep on the built-in world
-# -> docs/quality.md (about 25 min on 2 cores; generated images are cached in outputs/bench_quality/).
+# Fidelity (independent scorer), fooling gap, diversity, contour F1, VAE ceiling, downstream accuracy (SaSPA
+# protocol, 10- and 5-shot, paired seeds) per preset on the built-in world -> benchmarks/results/quality.json and
+# docs/quality.md (generated images and downstream runs are cached in outputs/bench_quality/).
 bench-quality: setup
-	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/quality.py --threads 1 --extra higfa-oracle=higfa,guide=oracle higfa-views4=higfa,views=4
 
 # Retrain the built-in world's models into higfa/world/assets/ (CPU, under an hour of CPU time).
 train-world: setup

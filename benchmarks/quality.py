@@ -1,30 +1,35 @@
-"""`make bench-quality`: does HiGFA make better fine-grained training images than its ablations?
+"""`make bench-quality`: do HiGFA's images make a few-shot classifier better, and where is the bottleneck?
 
 On the built-in tiny world (higfa/world/birds.py, models in higfa/world/assets/), for every preset of
-docs/method.md (cfg, contour, classifier-all-steps, higfa) and every species:
+docs/method.md (cfg, contour, classifier-all-steps, higfa) and any extra arm (`--extra`):
 
 1. generate `per_source` images per real few-shot image (10 per species): family prompt, the
-   transformed contour of that real image, the few-shot guidance classifier aimed at its species;
-   the same noise and contour seeds for every preset (paired comparison);
-2. fidelity: the independent oracle's accuracy w.r.t. the intended species (and family), its mean
-   p(intended species), and the guidance classifier's own accuracy on the final images;
-3. diversity: mean pairwise distance among same-species samples and mean distance of a sample to
-   its source image, in the oracle's feature space (cosine distance of pre-logit features) and in
-   pixels (RMS over the 64x64 RGB image in [0,1]); the real few-shot images give the reference;
-4. downstream: a fresh few-shot classifier (same recipe as the guidance classifier) trained on the
-   160 real images alone vs. real + the synthetic images of each preset, accuracy on 800 held-out
-   real test images, mean ± std over 3 seeds;
-5. sensitivity: `higfa` again with one schedule field changed at a time (--sweep), fidelity and
-   diversity only, to show what the knobs do on this world.
+   transformed contour of that real image, a guide aimed at its species (the shipped few-shot
+   guide unless the arm names another); the same noise and contour seeds for every arm (paired);
+2. fidelity, scored by the independent scorer (higfa/world/scorer.py: another architecture, other
+   data and seeds, trained with blur/noise) — never by a classifier that guided the images — as
+   `oracle_species` / `oracle_family`; the arm's guide's own verdict (`guide_species`, the fooling
+   gap is the difference); the world's oracle as a second opinion where it did not guide;
+3. diversity (pixels and scorer features) and contour adherence (edge F1 of the sample's Canny
+   edges against its transformed contour, 1 and 2 px tolerance);
+4. diagnosis: the scorer on real test images, blurred to the samples' sharpness and after a VAE
+   round trip (the VAE ceiling: no sample can show a marking the VAE loses);
+5. downstream, SaSPA's protocol (higfa/jobs/evaluate.py): a fresh few-shot classifier trained the
+   same epochs per arm, each real image replaced by one of its variants with probability α,
+   seeds paired across arms, 10-shot and 5-shot; arms real, real20 (20 real images per species:
+   "more real data"), real+<arm>; paired 95 % CIs against real.
 
-Writes docs/quality.md (tables + settings) and outputs/bench_quality/results.json; generated
-images are cached in outputs/bench_quality/<preset>.npz (--regenerate to redo them).
+Writes benchmarks/results/quality.json and docs/quality.md (tables; hand-written notes below the
+marker are kept). Generated images are cached in outputs/bench_quality/<arm>.npz (--regenerate).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -35,123 +40,192 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from higfa.classifier import build_classifier  # noqa: E402
+from quality_arms import PRESETS, Arm, _cache_ok, _extra, _gen_settings, _overrides, _sweeps  # noqa: E402,F401
+from quality_report import NOTES_MARKER, report  # noqa: E402
+
+from higfa.classifier import load_classifier  # noqa: E402
 from higfa.contour import ContourTransform  # noqa: E402
+from higfa.jobs.evaluate import paired, replacement_weights  # noqa: E402
+from higfa.jobs.evaluate import ImageSet, train_and_test  # noqa: E402
 from higfa.schedule import Schedule  # noqa: E402
-from higfa.training import Augment, evaluate, features, predict, train_classifier  # noqa: E402
+from higfa.training import Augment, features  # noqa: E402
+from higfa.world import metrics  # noqa: E402
 from higfa.world.models import load_world  # noqa: E402
+from higfa.world.scorer import SCORER, load_scorer  # noqa: E402
 
-PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa")
-NOTES_MARKER = "<!-- notes below are kept when benchmarks/quality.py rewrites this file -->"
+DOWNSTREAM = ("cfg", "higfa")
 
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0])
 
 
-def generate_preset(models, preset: str, sources, per_source: int, steps: int, batch: int, seed: int, bar,
-                    overrides: dict | None = None) -> dict:
-    """Images [N,H,W,3] uint8, targets [N], source index [N], seconds, guidance counts."""
-    items = [(i, k) for i in range(len(sources)) for k in range(per_source)]
-    schedule = Schedule.from_preset(preset, **(overrides or {}))
-    images, targets, src, guided, gated = [], [], [], 0, 0
+def generate(models, arm: Arm, guide, sources, which, per_source: int, steps: int, batch: int, seed: int, bar) -> dict:
+    """Images [N,H,W,3] uint8, targets [N], source index [N] (into `sources`; `which` lists those used),
+    contours [N,H,W] uint8, seconds, guidance counts."""
+    items = [(int(i), k) for i in which for k in range(per_source)]
+    schedule = Schedule.from_preset(arm.preset, **arm.overrides)
+    models = dataclasses.replace(models, guidance=guide)
+    out = {"images": [], "contours": [], "targets": [], "source": []}
+    guided = gated = 0
     t0 = time.perf_counter()
     for b in range(0, len(items), batch):
         chunk = items[b:b + batch]
         idx = [i for i, _ in chunk]
         tg = [int(sources.labels[i]) for i in idx]
-        contour_seeds = [_seed(seed, 1, i, k) for i, k in chunk]
-        noise_seeds = [_seed(seed, 2, i, k) for i, k in chunk]
-        contours = models.contours(sources.images[idx], contour_seeds, ContourTransform())
-        gen = models.generate(schedule, tg, contours, noise_seeds, steps, callback=lambda *_: bar.update(len(chunk)))
-        images.append(gen.images)
-        targets += tg
-        src += idx
+        contours = models.contours(sources.images[idx], [_seed(seed, 1, i, k) for i, k in chunk], ContourTransform())
+        gen = models.generate(schedule, tg, contours, [_seed(seed, 2, i, k) for i, k in chunk], steps,
+                              callback=lambda *_: bar.update(len(chunk)))
+        out["images"].append(gen.images)
+        out["contours"].append((contours.amax(1) * 255).round().to(torch.uint8).numpy())
+        out["targets"].append(tg)
+        out["source"].append(idx)
         summary = gen.result.trace.summary()
         guided += summary["guided_sample_steps"]
         gated += summary["gated_sample_steps"]
-    return {"images": np.concatenate(images), "targets": np.array(targets), "source": np.array(src),
-            "seconds": time.perf_counter() - t0, "guided_sample_steps": guided, "gated_sample_steps": gated}
+    arrays = {k: np.concatenate(v) for k, v in out.items()}
+    return arrays | {"seconds": time.perf_counter() - t0, "guided_sample_steps": guided, "gated_sample_steps": gated}
 
 
-def _pairwise_mean(x: torch.Tensor, metric: str) -> float:
-    """Mean distance over distinct pairs of rows of x [n, d]."""
-    if len(x) < 2:
-        return float("nan")
-    if metric == "cosine":
-        f = torch.nn.functional.normalize(x, dim=1)
-        d = 1 - f @ f.T
-    else:
-        d = torch.cdist(x, x) / x.shape[1] ** 0.5  # RMS distance
-    n = len(x)
-    return float((d.sum() - d.diag().sum()) / (n * (n - 1)))
-
-
-def _mean_finite(values) -> float:
-    """Mean over classes that have a pair (nan when none has: one image per class)."""
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def diversity(images: np.ndarray, labels: np.ndarray, feats: torch.Tensor, source_images: np.ndarray | None = None,
-              source_feats: torch.Tensor | None = None) -> dict:
-    pix = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
-    within_f = [_pairwise_mean(feats[labels == c], "cosine") for c in np.unique(labels)]
-    within_p = [_pairwise_mean(pix[labels == c], "rms") for c in np.unique(labels)]
-    out = {"within_class_feature": _mean_finite(within_f), "within_class_pixel": _mean_finite(within_p)}
-    if source_images is not None:
-        sp = torch.from_numpy(source_images.reshape(len(source_images), -1).astype(np.float32) / 255.0)
-        f, s = torch.nn.functional.normalize(feats, dim=1), torch.nn.functional.normalize(source_feats, dim=1)
-        out["to_source_feature"] = float((1 - (f * s).sum(1)).mean())
-        out["to_source_pixel"] = float(((pix - sp) ** 2).mean(1).sqrt().mean())
+def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats) -> dict:
+    """The fidelity, diversity and contour adherence of one arm's images. oracle_*: the world's
+    oracle where it did not guide, else the independent scorer (`scored_by` says which); scorer_*:
+    the independent scorer always."""
+    t = g["targets"]
+    f = metrics.fidelity(scorer, g["images"], t, fam, "scorer", guide=guide)
+    feats = features(scorer, g["images"])
+    d = metrics.diversity(g["images"], t, feats, real.images[g["source"]], real_feats[g["source"]])
+    out = {"oracle_species": f["species"], "oracle_family": f["family"], "oracle_p_target": f["p_target"],
+           "scored_by": "scorer", "scorer_species": f["species"], "scorer_family": f["family"],
+           "guided_by": arm.guide, "guide_species": f["guide_species"],
+           "guide_p_target": f["guide_p_target"], "pixel_diversity": d["within_class_pixel"],
+           "feature_diversity": d["within_class_feature"], "to_source_pixel": d["to_source_pixel"],
+           "to_source_feature": d["to_source_feature"], "n": int(len(t)), "seconds_per_image": g["seconds"] / len(t),
+           "guided_sample_steps": g["guided_sample_steps"], "gated_sample_steps": g["gated_sample_steps"],
+           "sharpness": metrics.sharpness(g["images"]),
+           "contour_f1": {f"{tol}px": metrics.contour_f1(g["contours"], g["images"], tol)["f1"] for tol in (1, 2)}}
+    if arm.guide != "oracle":  # the world's oracle may score only what it did not guide
+        o = metrics.fidelity(oracle, g["images"], t, fam, "world oracle")
+        out |= {"world_oracle_species": o["species"], "world_oracle_family": o["family"],
+                "oracle_species": o["species"], "oracle_family": o["family"], "oracle_p_target": o["p_target"],
+                "scored_by": "world oracle"}
+    out["fooling_gap"] = out["guide_species"] - out["oracle_species"]
     return out
 
 
-def downstream(models, real, test, synthetic: dict, seeds, steps: int, bar) -> dict:
-    """Test accuracy of a fresh few-shot classifier per training set and seed."""
-    world = models.world
-    arch = models.guidance.architecture
-    sets = {"real only": (real.images, real.labels)}
-    for preset, g in synthetic.items():
-        sets[f"real + {preset}"] = (np.concatenate([real.images, g["images"]]), np.concatenate([real.labels, g["targets"]]))
+def downstream(args, world, generated: dict, settings: dict, test, bar) -> dict:
+    """protocol -> shots -> arm -> {per_seed, mean, std, steps, images}; plus paired differences.
+    Each run's accuracy is cached in <out>/downstream.json under everything that decides it."""
+    cache_file = args.out / "downstream.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    real_all = world.split("fewshot", max(args.shots, 2 * args.shots))
     out = {}
-    for name, (x, y) in sets.items():
-        accs = []
-        for s in seeds:
-            torch.manual_seed(1000 + s)
-            clf = build_classifier(arch, world.class_names, world.image_size, mean=(0.5,) * 3, std=(0.5,) * 3)
-            r = train_classifier(clf, x, y, steps=steps, seed=1000 + s, augment=Augment(noise=0.03, blur=1.0))
-            accs.append(evaluate(r.classifier, test.images, test.labels)["accuracy"])
-            bar.update(1)
-        out[name] = {"accuracies": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs)),
-                     "train_images": int(len(y))}
-    return out
+    for shots in args.downstream_shots:
+        keep = np.concatenate([real_all.of_class(c)[:shots] for c in range(world.num_classes)])
+        real = ImageSet(real_all.images[keep], real_all.labels[keep], [])
+        # the generation sources are the first `args.shots` real images per species, in class-major order
+        src_map = {c * args.shots + i: c * shots + i for c in range(world.num_classes) for i in range(shots)}
+        arms = {"real": (real.images, real.labels, None, len(real.labels))}
+        keys = {"real": None}
+        for name in args.downstream:
+            g = generated[name]
+            use = np.array([s in src_map for s in g["source"].tolist()])
+            src = np.array([src_map[s] for s in g["source"][use].tolist()], dtype=np.int64)
+            x = np.concatenate([real.images, g["images"][use]])
+            y = np.concatenate([real.labels, g["targets"][use]])
+            arms[f"real+{name}"] = (x, y, replacement_weights(real.labels, g["targets"][use], src, args.alpha),
+                                    len(real.labels))
+            keys[f"real+{name}"] = settings[name]
+        if shots == args.shots:  # "more real data": twice the real images, the same epochs
+            more = np.concatenate([real_all.of_class(c)[:2 * shots] for c in range(world.num_classes)])
+            arms[f"real{2 * shots}"] = (real_all.images[more], real_all.labels[more], None, len(more))
+            keys[f"real{2 * shots}"] = None
+        res = {}
+        for arm, (x, y, w, n) in arms.items():
+            steps = max(1, round(args.epochs * n / args.batch_size))
+            accs, seeds_done = [], []
+            for s in args.seeds:
+                key = json.dumps({"shots": shots, "arm": arm, "images": keys[arm], "seed": s, "steps": steps,
+                                  "alpha": args.alpha, "arch": args.downstream_arch, "batch": args.batch_size,
+                                  "test": len(test), "models": str(args.models or "shipped")}, sort_keys=True)
+                if key not in cache and args.downstream_from_cache:
+                    continue  # not finished yet: left out, and the seed list says so
+                if key not in cache:
+                    ev = train_and_test(x, y, test, world.class_names, architecture=args.downstream_arch,
+                                        size=world.image_size, steps=steps, seed=1000 + s, weights=w,
+                                        batch_size=args.batch_size, augment=Augment(noise=0.03, blur=1.0))
+                    cache[key] = ev["accuracy"]
+                    # a killed run keeps what it finished; merged with what a parallel run wrote meanwhile
+                    on_disk = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+                    cache = on_disk | cache
+                    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+                    tmp.write_text(json.dumps(cache, indent=0))
+                    tmp.replace(cache_file)
+                accs.append(cache[key])
+                seeds_done.append(s)
+                bar.update(1)
+            if not accs:
+                continue
+            res[arm] = {"per_seed": accs, "seeds": seeds_done, "mean": float(np.mean(accs)),
+                        "std": float(np.std(accs)), "steps": steps,
+                        "real_images": n, "synthetic_images": int(len(y) - n) if w is not None else 0}
+        res["paired"] = {f"{a} - {b}": _paired(res, a, b) for a, b in
+                         [(a, "real") for a in res if a != "real"] + [("real+higfa", "real+cfg")]
+                         if a in res and b in res}
+        out[f"{shots}-shot"] = res
+    # downstream.saspa.<arm>.per_seed: the --shots setting at the top, the other shot counts beside it
+    main = out.pop(f"{args.shots}-shot", {})
+    return {"saspa": main | {"shots": args.shots} | out}
+
+
+def _paired(res: dict, a: str, b: str) -> dict:
+    """Paired differences over the seeds both arms finished."""
+    common = [s for s in res[a]["seeds"] if s in res[b]["seeds"]]
+    pick = {arm: [x for s, x in zip(res[arm]["seeds"], res[arm]["per_seed"]) if s in common] for arm in (a, b)}
+    return paired(pick[a], pick[b]) | {"seeds": common}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=list(PRESETS))
-    p.add_argument("--shots", type=int, default=10, help="real images per species (sources and downstream)")
+    p.add_argument("--extra", nargs="*", default=[], metavar="NAME=PRESET[,FIELD=VALUE...][,guide=G]",
+                   help="more arms: a preset with schedule overrides and/or another guide (guide=oracle: diagnosis "
+                   "only; guide=PATH: a classifier file), e.g. higfa-oracle=higfa,guide=oracle")
+    p.add_argument("--shots", type=int, default=10, help="real images per species used as sources")
+    p.add_argument("--fidelity-shots", type=int, default=None,
+                   help="sources per species for arms not used downstream (default: --shots; fewer saves time)")
     p.add_argument("--per-source", type=int, default=1, help="synthetic images per real image")
     p.add_argument("--steps", type=int, default=30, help="sampling steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--test-per-class", type=int, default=50)
-    p.add_argument("--train-steps", type=int, default=200, help="downstream classifier training steps (batch 64)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="downstream training seeds")
     p.add_argument("--seed", type=int, default=0, help="generation seed")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="schedule overrides for every arm")
+    p.add_argument("--sweep", nargs="*", default=[], metavar="FIELD=V1,V2",
+                   help="also run `higfa` with one schedule field at each value (fidelity only)")
+    p.add_argument("--scorer", type=Path, default=None, help="independent scorer (default: the shipped one)")
+    p.add_argument("--downstream", nargs="*", default=list(DOWNSTREAM),
+                   help="arms used downstream (they get all --shots sources; none: skip)")
+    p.add_argument("--only-downstream", action="store_true", help="generate (or load) and run the downstream "
+                   "training only, e.g. one seed per process to fill the cache in parallel; writes no report")
+    p.add_argument("--downstream-from-cache", action="store_true", help="fill only the downstream section of an "
+                   "existing --results file from the runs cached so far (no training, no rescoring), and rewrite --doc")
+    p.add_argument("--no-downstream", action="store_true", help="skip the downstream runs (--downstream still "
+                   "decides which arms get all sources)")
+    p.add_argument("--downstream-shots", type=int, nargs="+", default=[10, 5])
+    p.add_argument("--downstream-arch", default="test_resnet")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="downstream seeds (paired)")
+    p.add_argument("--epochs", type=int, default=60, help="downstream epochs over the real set's size")
+    p.add_argument("--batch-size", type=int, default=64, help="downstream batch size")
+    p.add_argument("--alpha", type=float, default=0.4, help="SaSPA replacement probability")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--models", type=Path, default=None, help="world models folder (default: the shipped ones)")
-    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality")
+    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality", help="image cache folder")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
     p.add_argument("--doc", type=lambda s: Path(s) if s else None, default=ROOT / "docs" / "quality.md",
                    help="markdown report ('' = none)")
     p.add_argument("--regenerate", action="store_true", help="ignore cached generated images")
-    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                   help="schedule overrides for every preset (e.g. classifier_scale=2); default: core defaults")
-    p.add_argument("--sweep", nargs="*", default=["classifier_scale=0.5,2,4,8", "stage_boundary=0.5,0.85"],
-                   metavar="FIELD=V1,V2", help="also run `higfa` with one schedule field at each value (fidelity "
-                   "and diversity only); --sweep with no values: none")
-    p.add_argument("--no-downstream", action="store_true")
     args = p.parse_args(argv)
     from tqdm import tqdm
 
@@ -159,169 +233,142 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     models = load_world() if args.models is None else load_world(args.models)
-    world = models.world
+    world, fam = models.world, models.world.family_labels()
+    scorer_path = args.scorer or models.path / SCORER
+    if not scorer_path.is_file():  # fail before generating
+        load_scorer(scorer_path)
     real = world.split("fewshot", args.shots)
     test = world.split("test", args.test_per_class)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    # (name, preset, schedule overrides, cache file): the presets, then the one-at-a-time sweep of `higfa`
-    runs = [(pr, pr, _overrides(args.set), args.out / f"{pr}.npz") for pr in args.presets]
-    sweep_runs = [(f"{field}={value}", "higfa", _overrides(args.set) | {field: value},
-                   args.out / f"sweep-{field}-{value}.npz") for field, values in _sweeps(args.sweep) for value in values]
-    stale = [args.regenerate or not _cache_ok(cache, _gen_settings(args, overrides))
-             for _, _, overrides, cache in runs + sweep_runs]
-    bar = tqdm(total=sum(stale) * len(real) * args.per_source * args.steps, desc="generate", unit="sample-step",
-               file=sys.stdout, dynamic_ncols=True, disable=not any(stale))
+    base = _overrides(args.set)
+    arms = [Arm(pr, pr, base) for pr in args.presets] + [_extra(e, base) for e in args.extra]
+    arms += [Arm(f"{field}={value}", "higfa", base | {field: value}) for field, values in _sweeps(args.sweep)
+             for value in values]
+    unknown = sorted(set(args.downstream) - {a.name for a in arms})
+    if unknown:
+        raise ValueError(f"--downstream {unknown}: not an arm of this run; choose from {[a.name for a in arms]}")
+    guides = {a.guide: _guide(models, a.guide) for a in arms}
+    few = min(args.fidelity_shots or args.shots, args.shots)
+    sources = {a.name: np.arange(len(real)) if a.name in args.downstream or few == args.shots else
+               np.concatenate([real.of_class(c)[:few] for c in range(world.num_classes)]) for a in arms}
+    caches = {a.name: args.out / f"{a.name}.npz" for a in arms}
+    settings = {a.name: _gen_settings(args, a) | {"sources": len(sources[a.name])} for a in arms}
+    stale = {a.name: args.regenerate or not _cache_ok(caches[a.name], settings[a.name]) for a in arms}
+    bar = tqdm(total=sum(len(sources[n]) for n in stale if stale[n]) * args.per_source * args.steps, desc="generate",
+               unit="sample-step", file=sys.stdout, dynamic_ncols=True, disable=not any(stale.values()))
     generated = {}
-    for (name, preset, overrides, cache), redo in zip(runs + sweep_runs, stale):
-        if redo:
-            bar.set_postfix_str(name)
-            g = generate_preset(models, preset, real, args.per_source, args.steps, args.batch, args.seed, bar,
-                                overrides)
-            np.savez_compressed(cache, **{k: v for k, v in g.items() if isinstance(v, np.ndarray)},
-                                meta=json.dumps({k: v for k, v in g.items() if not isinstance(v, np.ndarray)}
-                                                | {"settings": _gen_settings(args, overrides)}))
-        data = np.load(cache)
-        generated[name] = {k: data[k] for k in ("images", "targets", "source")} | json.loads(str(data["meta"]))
+    for a in arms:
+        if stale[a.name]:
+            bar.set_postfix_str(a.name)
+            g = generate(models, a, guides[a.guide], real, sources[a.name], args.per_source, args.steps, args.batch,
+                         args.seed, bar)
+            meta = {k: v for k, v in g.items() if not isinstance(v, np.ndarray)} | {"settings": settings[a.name]}
+            np.savez_compressed(caches[a.name], **{k: v for k, v in g.items() if isinstance(v, np.ndarray)},
+                                meta=json.dumps(meta))
+        data = np.load(caches[a.name])
+        generated[a.name] = ({k: data[k] for k in ("images", "targets", "source", "contours")}
+                             | json.loads(str(data["meta"])))
     bar.close()
-    synthetic = {name: generated[name] for name, *_ in runs}
+    if args.downstream_from_cache:
+        results = json.loads(args.results.read_text())
+        results["downstream"] = downstream(args, world, generated, settings, test, tqdm(disable=True))
+        results["settings"] |= {"seeds": args.seeds, "epochs": args.epochs, "alpha": args.alpha,
+                                "downstream_shots": args.downstream_shots, "downstream_arch": args.downstream_arch}
+        args.results.write_text(json.dumps(_finite(results), indent=1) + "\n")
+        _write_doc(args.doc, report(results))
+        return 0
+    if args.only_downstream:
+        bar = tqdm(desc="downstream", unit="run", file=sys.stdout)
+        args.results.write_text(json.dumps(downstream(args, world, generated, settings, test, bar), indent=1))
+        return 0
 
-    fam = world.family_labels()
-    real_feats = features(models.oracle, real.images)
-    results = {"fidelity": {}, "diversity": {}}
-    real_pred = predict(models.oracle, real.images).argmax(1).numpy()
-    results["fidelity"]["real (few-shot set)"] = {"oracle_accuracy": float((real_pred == real.labels).mean()),
-                                                  "oracle_family_accuracy": float((fam[real_pred] == fam[real.labels]).mean())}
-    results["diversity"]["real (few-shot set)"] = diversity(real.images, real.labels, real_feats)
-    for preset, g in generated.items():
-        probs = predict(models.oracle, g["images"])
-        pred = probs.argmax(1).numpy()
-        t = g["targets"]
-        gprobs = predict(models.guidance, g["images"])
-        results["fidelity"][preset] = {
-            "oracle_accuracy": float((pred == t).mean()),
-            "oracle_family_accuracy": float((fam[pred] == fam[t]).mean()),
-            "oracle_p_target": float(probs[np.arange(len(t)), t].mean()),
-            "guidance_accuracy": float((gprobs.argmax(1).numpy() == t).mean()),
-            "per_class_oracle_accuracy": [float((pred[t == c] == c).mean()) for c in range(world.num_classes)],
-            "seconds_per_image": g["seconds"] / len(t), "guided_sample_steps": g["guided_sample_steps"],
-            "gated_sample_steps": g["gated_sample_steps"], "n": int(len(t))}
-        feats = features(models.oracle, g["images"])
-        results["diversity"][preset] = diversity(g["images"], t, feats, real.images[g["source"]], real_feats[g["source"]])
-    results["sweep"] = [name for name, *_ in sweep_runs]
+    scorer = load_scorer(scorer_path)
+    real_feats = features(scorer, real.images)
+    results: dict = {"presets": {}, "scorer": _scorer_info(scorer, scorer_path)}
+    for a in arms:
+        results["presets"][a.name] = score_arm(generated[a.name], a, scorer, guides[a.guide], models.oracle, fam,
+                                               real, real_feats) | {"preset": a.preset, "overrides": a.overrides}
+    results["real"] = {"fewshot": metrics.fidelity(scorer, real.images, real.labels, fam, "scorer")["species"],
+                       "pixel_diversity": metrics.diversity(real.images, real.labels, real_feats)["within_class_pixel"]}
+    # diagnosis: the scorer on real test images made as soft as the samples, and after the VAE
+    sample_set = generated["higfa"]["images"] if "higfa" in generated else generated[arms[0].name]["images"]
+    sigma = metrics.matched_blur(test.images, sample_set)
+    recon = metrics.vae_roundtrip(models.vae, test.images)
+    blurred = metrics.blur_images(test.images, sigma)
 
-    if not args.no_downstream:
-        bar = tqdm(total=(1 + len(synthetic)) * len(args.seeds), desc="downstream", unit="run", file=sys.stdout, dynamic_ncols=True)
-        results["downstream"] = downstream(models, real, test, synthetic, args.seeds, args.train_steps, bar)
+    def acc(clf, images, name):
+        return metrics.fidelity(clf, images, test.labels, fam, name)["species"]
+
+    results["scorer"] |= {"test": acc(scorer, test.images, "scorer"), "test_blurred": acc(scorer, blurred, "scorer"),
+                          "matched_blur_sigma": sigma, "sharpness_samples": metrics.sharpness(sample_set),
+                          "sharpness_test": metrics.sharpness(test.images),
+                          "guide_test": acc(models.guidance, test.images, "guide"),
+                          "world_oracle_test": acc(models.oracle, test.images, "world oracle"),
+                          "world_oracle_test_blurred": acc(models.oracle, blurred, "world oracle")}
+    results["ceiling"] = {"vae_oracle": acc(models.oracle, recon, "world oracle"), "vae_scored_by": "world oracle",
+                          "vae_scorer": acc(scorer, recon, "scorer"), "sharpness_vae": metrics.sharpness(recon)}
+    if "higfa" in results["presets"]:
+        results["world"] = {"contour_f1": results["presets"]["higfa"]["contour_f1"]["2px"],
+                            "contour_f1_1px": results["presets"]["higfa"]["contour_f1"]["1px"],
+                            "contour_f1_of": "higfa (defaults), Canny 120/200 of the sample vs its transformed contour"}
+    if args.downstream and not args.no_downstream:
+        bar = tqdm(total=len(args.seeds) * sum(1 + len(args.downstream) + (s == args.shots)
+                                               for s in args.downstream_shots),
+                   desc="downstream", unit="run", file=sys.stdout, dynamic_ncols=True)
+        results["downstream"] = downstream(args, world, generated, settings, test, bar)
         bar.close()
-    results["settings"] = _gen_settings(args, _overrides(args.set)) | {
-        "test_images": len(test), "train_steps": args.train_steps, "seeds": args.seeds,
-        "downstream_classifier": models.guidance.architecture, "threads": torch.get_num_threads(),
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}"}
+    results["settings"] = {"shots": args.shots, "per_source": args.per_source, "steps": args.steps,
+                           "batch": args.batch, "seed": args.seed, "schedule_overrides": base,
+                           "arms": {a.name: dataclasses.asdict(a) for a in arms}, "sweep": [a.name for a in arms
+                                                                                           if "=" in a.name],
+                           "test_images": len(test), "downstream_arch": args.downstream_arch, "epochs": args.epochs,
+                           "alpha": args.alpha, "seeds": args.seeds, "downstream_shots": args.downstream_shots,
+                           "threads": torch.get_num_threads(),
+                           "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}"}
     results["seconds_total"] = round(time.perf_counter() - started, 1)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(_finite(results), indent=1) + "\n")
     text = report(results)
     print(text)
-    if args.doc is not None:
-        args.doc.parent.mkdir(parents=True, exist_ok=True)
-        old = args.doc.read_text() if args.doc.is_file() else ""
-        kept = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""
-        args.doc.write_text(text + ("\n" + kept if kept else ""))
-        print(f"wrote {args.doc}")
+    _write_doc(args.doc, text)
+    print(f"wrote {args.results}")
     return 0
 
 
-def _overrides(items) -> dict:
-    out = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        default = getattr(Schedule(), name, None)
-        if default is None or not value:
-            raise ValueError(f"--set {item!r}: use FIELD=VALUE with a Schedule field")
-        out[name] = (value.lower() == "true") if isinstance(default, bool) else type(default)(value)
-    return out
+def _finite(x):
+    """NaN (e.g. within-species diversity with one image per species) -> None: strict JSON."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
 
 
-def _sweeps(items) -> list[tuple[str, list]]:
-    """--sweep FIELD=V1,V2,... -> [(field, [typed values])]."""
-    out = []
-    for item in items:
-        name, _, values = item.partition("=")
-        typed = [_overrides([f"{name}={v}"])[name] for v in values.split(",") if v] if values else []
-        if not typed:
-            raise ValueError(f"--sweep {item!r}: use FIELD=V1,V2,... with a Schedule field")
-        out.append((name, typed))
-    return out
+def _write_doc(doc: Path | None, text: str) -> None:
+    """The tables, then the hand-written notes kept from below the marker of the old file."""
+    if doc is None:
+        return
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    old = doc.read_text() if doc.is_file() else ""
+    kept = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""
+    doc.write_text(text + ("\n" + kept if kept else ""))
+    print(f"wrote {doc}")
 
 
-def _gen_settings(args, overrides: dict) -> dict:
-    return {"shots": args.shots, "per_source": args.per_source, "steps": args.steps,
-            "batch": args.batch, "seed": args.seed, "contour_transform": ContourTransform().to_dict(),
-            "schedule_overrides": overrides}
+def _guide(models, spec: str):
+    if spec == "guidance":
+        return models.guidance
+    if spec == "oracle":
+        return models.oracle
+    return load_classifier(spec).float()
 
 
-def _cache_ok(cache: Path, settings: dict) -> bool:
-    if not cache.is_file():
-        return False
-    try:
-        meta = json.loads(str(np.load(cache)["meta"]))
-    except Exception:
-        return False
-    return {k: v for k, v in meta.get("settings", {}).items() if k != "presets"} == settings
-
-
-def report(r: dict) -> str:
-    s = r["settings"]
-    lines = ["# Quality benchmark on the built-in tiny world", "",
-             "Generated by `make bench-quality` (`benchmarks/quality.py`); every number below can be regenerated.",
-             "What is measured and why: see the module docstring and docs/world.md.", "",
-             f"Settings: {s['shots']} real images per species (16 species) as sources, {s['per_source']} synthetic "
-             f"image(s) per source and preset, {s['steps']} DDIM steps, batch {s['batch']}, generation seed "
-             f"{s['seed']}, contour transform amount {s['contour_transform']['amount']}, schedules: each preset's "
-             f"core defaults{' with ' + str(s['schedule_overrides']) if s['schedule_overrides'] else ''}. Downstream: `{s['downstream_classifier']}` trained {s['train_steps']} steps from scratch, "
-             f"seeds {s['seeds']}, tested on {s['test_images']} held-out real images. {s['machine']}, "
-             f"{s['threads']} thread(s); whole run {r['seconds_total'] / 60:.1f} min.", "",
-             "## Fidelity (does the image show the intended species?)", "",
-             "| images | oracle acc. (species) | oracle acc. (family) | oracle p(target) | guidance-classifier acc. | s / image |",
-             "|---|---|---|---|---|---|"]
-    sweep = set(r.get("sweep", []))
-    for name, f in r["fidelity"].items():
-        if name in sweep:
-            continue
-        lines.append(f"| {name} | {f['oracle_accuracy']:.3f} | {f['oracle_family_accuracy']:.3f} | "
-                     f"{_fmt(f.get('oracle_p_target'))} | {_fmt(f.get('guidance_accuracy'))} | "
-                     f"{_fmt(f.get('seconds_per_image'), 2)} |")
-    lines += ["", "Chance is 1/16 = 0.0625 for species; a model that draws the right family but random markings "
-              "scores about 0.25.", "",
-              "## Diversity", "",
-              "| images | within-species (oracle features, cosine) | within-species (pixels, RMS) | "
-              "to source (features) | to source (pixels) |", "|---|---|---|---|---|"]
-    for name, d in r["diversity"].items():
-        if name in sweep:
-            continue
-        lines.append(f"| {name} | {d['within_class_feature']:.3f} | {d['within_class_pixel']:.3f} | "
-                     f"{_fmt(d.get('to_source_feature'))} | {_fmt(d.get('to_source_pixel'))} |")
-    if sweep:
-        lines += ["", "## Sensitivity of `higfa` (one schedule field changed, the rest at the preset's defaults)", "",
-                  "| change | oracle acc. (species) | oracle acc. (family) | oracle p(target) | "
-                  "within-species (features) | within-species (pixels) | to source (features) |",
-                  "|---|---|---|---|---|---|---|"]
-        for name in r["sweep"]:
-            f, d = r["fidelity"][name], r["diversity"][name]
-            lines.append(f"| {name} | {f['oracle_accuracy']:.3f} | {f['oracle_family_accuracy']:.3f} | "
-                         f"{f['oracle_p_target']:.3f} | {d['within_class_feature']:.3f} | "
-                         f"{d['within_class_pixel']:.3f} | {d['to_source_feature']:.3f} |")
-    if "downstream" in r:
-        lines += ["", "## Downstream (few-shot classifier, held-out real test accuracy)", "",
-                  "| training set | images | accuracy (mean ± std) | per seed |", "|---|---|---|---|"]
-        for name, d in r["downstream"].items():
-            lines.append(f"| {name} | {d['train_images']} | {d['mean']:.3f} ± {d['std']:.3f} | "
-                         f"{', '.join(f'{a:.3f}' for a in d['accuracies'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(v, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
+def _scorer_info(scorer, path: Path) -> dict:
+    return {"path": str(path), "architecture": scorer.architecture,
+            "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from higfa.jobs import cli
-from higfa.jobs.evaluate import load_folder, load_synthetic
+from higfa.jobs.evaluate import ImageSet, load_folder, load_synthetic, paired, replacement_weights, source_index
 
 
 def shape_image(rng, cls: int, size=40):
@@ -71,7 +71,7 @@ def test_evaluate_command_reports_both_arms(tmp_path):
     (real / "circle" / "broken.png").write_bytes(b"not a png")
     argv = ["evaluate", "--real", real, "--synthetic", syn, "--test", test, "--architecture", "test_resnet",
             "--size", "32", "--steps", "15", "--batch-size", "8", "--seeds", "2", "--threads", "1",
-            "--device", "cpu", "--report", tmp_path / "report.json"]
+            "--device", "cpu", "--report", tmp_path / "report.json", "--protocol", "concat"]
     runs = []
     for _ in range(2):
         err, out = io.StringIO(), io.StringIO()
@@ -89,3 +89,66 @@ def test_evaluate_command_reports_both_arms(tmp_path):
         assert report[arm]["mean"] == pytest.approx(np.mean(accs)) and headline[arm] == report[arm]["mean"]
         assert all(a * 12 == pytest.approx(round(a * 12)) for a in accs)  # accuracies of 12 test images
     assert report["delta"] == pytest.approx(report["real+synthetic"]["mean"] - report["real"]["mean"])
+
+
+def test_replacement_weights_follow_saspa():
+    real = np.array([0, 0, 1, 1])
+    # image 0 has two variants, image 1 one, image 2 none, and one class-1 image of unknown source
+    syn_labels, source = np.array([0, 0, 0, 1]), np.array([0, 0, 1, -1])
+    w = replacement_weights(real, syn_labels, source, alpha=0.4)
+    n = 4
+    assert w[:4] == pytest.approx([0.6 / n, 0.6 / n, 0.6 / n, 0.6 / n])  # class 1 has an unknown-source variant
+    # image 0's α/n split over its two variants; image 1's α/n to its one; the class-1 variant stands for 2 reals
+    assert w[4:] == pytest.approx([0.2 / n, 0.2 / n, 0.4 / n, 2 * 0.4 / n])
+    assert w.sum() == pytest.approx(1.0)
+    # no variants at all: every real image keeps 1/n
+    assert replacement_weights(real, np.array([0]), np.array([0]), 0.4)[2:4] == pytest.approx([1 / n, 1 / n])
+    lw = replacement_weights(real, syn_labels, source, 0.4, label_weights=np.array([0.5, 1.0, np.nan, 0.0]))
+    assert lw[4:] == pytest.approx([0.1 / n, 0.2 / n, 0.4 / n, 0.0])  # nan (no confidence) counts as 1
+    with pytest.raises(ValueError, match="--alpha 1.5"):
+        replacement_weights(real, syn_labels, source, 1.5)
+    with pytest.raises(ValueError, match="source indices below 4"):
+        replacement_weights(real, syn_labels, np.array([0, 0, 9, 1]), 0.4)
+
+
+def test_paired_differences_and_their_interval():
+    d = paired([0.8, 0.9, 0.7], [0.7, 0.7, 0.6])
+    assert d["per_seed"] == pytest.approx([0.1, 0.2, 0.1]) and d["mean"] == pytest.approx(0.4 / 3)
+    half = 4.303 * np.std([0.1, 0.2, 0.1], ddof=1) / np.sqrt(3)
+    assert d["ci95"] == pytest.approx([0.4 / 3 - half, 0.4 / 3 + half], abs=1e-4)
+    assert paired([0.5], [0.4])["ci95"] is None
+
+
+def test_manifest_sources_map_onto_the_real_images(tmp_path):
+    real, _ = load_folder(folder(tmp_path / "real", 2, seed=0), 16)
+    assert real.ids == ["circle/0.png", "circle/1.png", "square/0.png", "square/1.png"]
+    out = tmp_path / "aug"
+    folder(out / "images", 1, seed=1)
+    rows = [{"status": "ok", "label": "circle", "output": "images/circle/0.png", "source": "circle/1.png",
+             "confidence": 0.25},
+            {"status": "ok", "label": "square", "output": "images/square/0.png", "source": "elsewhere.png",
+             "confidence": None}]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    syn = load_synthetic(out, 16, ["circle", "square"])
+    assert source_index(real, syn).tolist() == [1, -1]
+    assert syn.confidence[0] == 0.25 and np.isnan(syn.confidence[1])
+    plain = ImageSet(syn.images, syn.labels, [])
+    assert source_index(real, plain).tolist() == [-1, -1]
+
+
+@pytest.mark.slow
+def test_saspa_protocol_trains_the_same_epochs_per_arm(tmp_path):
+    real, syn, test = folder(tmp_path / "real", 2, 0), folder(tmp_path / "syn", 6, 1), folder(tmp_path / "test", 3, 2)
+    argv = ["evaluate", "--real", real, "--synthetic", syn, "--test", test, "--architecture", "test_resnet",
+            "--size", "32", "--epochs", "8", "--batch-size", "4", "--seeds", "2", "--threads", "1",
+            "--device", "cpu", "--report", tmp_path / "report.json"]
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        assert cli.main([str(a) for a in argv]) == 0
+    assert "(saspa, alpha 0.4)" in err.getvalue() and "used as variants of their class" in err.getvalue()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["protocol"] == "saspa" and report["alpha"] == 0.4
+    assert report["real"]["steps"] == report["real+synthetic"]["steps"] == 8  # 8 epochs x 4 real images / 4
+    assert len(report["paired"]["per_seed"]) == 2 and len(report["paired"]["ci95"]) == 2
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):  # --steps and --epochs exclude
+        cli.main([str(a) for a in argv + ["--steps", "3"]])

@@ -1,4 +1,4 @@
-"""benchmarks/quality.py end to end on a tiny budget: tables, cache reuse, the sensitivity sweep."""
+"""benchmarks/quality.py end to end on a tiny budget: the results file's keys, scorers, caches, the report."""
 
 import importlib.util
 import json
@@ -17,38 +17,67 @@ def quality():
     return module
 
 
-def test_tables_cache_and_sweep(quality, tmp_path):
-    args = ["--shots", "1", "--steps", "4", "--presets", "cfg", "higfa", "--no-downstream", "--threads", "1",
-            "--out", str(tmp_path / "out"), "--doc", str(tmp_path / "quality.md"), "--sweep", "classifier_scale=3"]
-    (tmp_path / "quality.md").write_text("old table\n" + quality.NOTES_MARKER + "\nmy notes\n")
+def test_results_scorers_and_caches(quality, tmp_path):
+    out, results, doc = tmp_path / "out", tmp_path / "quality.json", tmp_path / "quality.md"
+    args = ["--shots", "2", "--fidelity-shots", "1", "--steps", "3", "--presets", "cfg", "higfa",
+            "--extra", "oracle-guided=higfa,classifier_scale=3,guide=oracle", "--downstream", "cfg", "higfa",
+            "--downstream-shots", "2", "1", "--seeds", "0", "1", "--epochs", "2", "--test-per-class", "2",
+            "--threads", "1", "--out", str(out), "--results", str(results), "--doc", str(doc)]
+    doc.write_text("old table\n" + quality.NOTES_MARKER + "\nmy notes\n")
     assert quality.main(args) == 0
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(results["fidelity"]) == {"real (few-shot set)", "cfg", "higfa", "classifier_scale=3.0"}
-    assert results["sweep"] == ["classifier_scale=3.0"]
-    assert results["fidelity"]["higfa"]["guided_sample_steps"] > 0
-    assert results["fidelity"]["cfg"]["guided_sample_steps"] == 0
-    assert results["fidelity"]["higfa"]["n"] == 16  # one source image per species
-    doc = (tmp_path / "quality.md").read_text()
-    assert "| classifier_scale=3.0 |" in doc and "## Sensitivity" in doc and "old table" not in doc
-    assert doc.rstrip().endswith("my notes")  # hand-written notes below the marker survive a rewrite
+    r = json.loads(results.read_text())
+    assert set(r["presets"]) == {"cfg", "higfa", "oracle-guided"}
+    for name, p in r["presets"].items():
+        for key in ("oracle_species", "oracle_family", "guide_species"):
+            assert 0 <= p[key] <= 1, (name, key)
+        # within-species diversity needs two images of a species: nan for the one-source-per-species arm
+        assert 0 < p["pixel_diversity"] < 1 if p["n"] > 16 else p["pixel_diversity"] is None
+        assert p["scored_by"] == ("scorer" if name == "oracle-guided" else "world oracle")
+        assert p["fooling_gap"] == pytest.approx(p["guide_species"] - p["oracle_species"])
+    assert r["presets"]["higfa"]["n"] == 32 and r["presets"]["oracle-guided"]["n"] == 16  # --fidelity-shots 1
+    guided = r["presets"]["oracle-guided"]
+    assert guided["guided_by"] == "oracle" and "world_oracle_species" not in guided  # it guided: no verdict
+    assert "world_oracle_species" in r["presets"]["higfa"]
+    assert r["presets"]["higfa"]["guided_sample_steps"] > 0 and r["presets"]["cfg"]["guided_sample_steps"] == 0
+    assert r["scorer"]["architecture"] != "resnet10t" and 0 <= r["ceiling"]["vae_oracle"] <= 1
+    assert 0 <= r["world"]["contour_f1"] <= 1
+    ten, five = r["downstream"]["saspa"], r["downstream"]["saspa"]["1-shot"]  # --shots at the top
+    assert set(ten) == {"real", "real4", "real+cfg", "real+higfa", "paired", "shots", "1-shot"}
+    assert set(five) == {"real", "real+cfg", "real+higfa", "paired"}
+    assert len(ten["real+higfa"]["per_seed"]) == 2 and ten["real+higfa"]["steps"] == ten["real"]["steps"]
+    assert ten["real4"]["steps"] == 2 * ten["real"]["steps"]  # the same epochs over twice the images
+    assert five["real+higfa"]["synthetic_images"] == 16  # the variants of the first image per species
+    d = ten["paired"]["real+higfa - real"]
+    assert d["per_seed"] == pytest.approx([a - b for a, b in zip(ten["real+higfa"]["per_seed"],
+                                                                 ten["real"]["per_seed"])])
+    text = doc.read_text()
+    assert "independent scorer" in text and "| oracle-guided (higfa" in text and "old table" not in text
+    assert text.rstrip().endswith("my notes")  # hand-written notes below the marker survive a rewrite
 
-    # a rerun reuses every cached generation; a changed override regenerates only what it changes
-    cached = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.npz")}
-    assert set(cached) == {"cfg.npz", "higfa.npz", "sweep-classifier_scale-3.0.npz"}
+    # a rerun reuses every generation and every downstream run; a changed arm regenerates only itself
+    cached = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert {"cfg.npz", "higfa.npz", "oracle-guided.npz", "downstream.json"} <= set(cached)
     assert quality.main(args) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.npz")} == cached
-    assert quality.main(args[:-1] + ["classifier_scale=5"]) == 0
-    assert (tmp_path / "out" / "cfg.npz").stat().st_mtime_ns == cached["cfg.npz"]
-    assert (tmp_path / "out" / "sweep-classifier_scale-5.0.npz").is_file()
-    # --doc '' writes no report, --sweep with no value runs no sweep
-    (tmp_path / "quality.md").unlink()
-    assert quality.main(args[:-2] + ["--sweep", "--doc", ""]) == 0
-    assert not (tmp_path / "quality.md").exists()
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["sweep"] == []
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == cached
+    assert json.loads(results.read_text())["downstream"] == r["downstream"]
+    # --downstream-from-cache refills the downstream section from the cached runs only (here: all of them)
+    assert quality.main(args + ["--downstream-from-cache", "--seeds", "0", "1", "2"]) == 0
+    refilled = json.loads(results.read_text())
+    assert refilled["presets"] == r["presets"] and refilled["downstream"]["saspa"]["real"]["seeds"] == [0, 1]
+    changed = [a.replace("classifier_scale=3", "classifier_scale=5") for a in args]
+    assert quality.main(changed) == 0
+    assert (out / "cfg.npz").stat().st_mtime_ns == cached["cfg.npz"]
+    assert (out / "oracle-guided.npz").stat().st_mtime_ns != cached["oracle-guided.npz"]
+    assert json.loads(results.read_text())["downstream"] == r["downstream"]  # its arms did not change
 
 
-def test_bad_overrides_name_the_option(quality):
+def test_bad_arms_name_the_option(quality):
     with pytest.raises(ValueError, match="--sweep 'classifier_scale'"):
         quality._sweeps(["classifier_scale"])
     with pytest.raises(ValueError, match="--set 'no_such_field=1'"):
         quality._overrides(["no_such_field=1"])
+    with pytest.raises(ValueError, match="--extra 'x=nopreset'"):
+        quality._extra("x=nopreset", {})
+    arm = quality._extra("v=higfa,classifier_scale=2,guide=oracle", {"stage_boundary": 0.5})
+    assert (arm.preset, arm.guide) == ("higfa", "oracle")
+    assert arm.overrides == {"stage_boundary": 0.5, "classifier_scale": 2.0}

@@ -26,7 +26,6 @@ import torch
 from ..classifier import find_name
 from ..contour import ContourTransform
 from ..schedule import Schedule
-from ..training import predict
 
 PRESETS = ("cfg", "contour", "higfa")
 # Two species per family, chosen so every marking kind appears.
@@ -99,24 +98,26 @@ def _species_index(names: list[str], name: str) -> int:
 
 
 def _metrics(models, targets, images, traces, seconds, sources) -> dict:
+    """Per preset: fidelity by the world's oracle (it never guides the demo's images; the shared
+    implementation of higfa/world/metrics.py), the guide's own view, time and guidance counts."""
+    from .metrics import fidelity
+
     world = models.world
     fam = world.family_labels()
     tgt = np.array(targets)
-    out: dict = {"presets": {}, "rows": []}
-    src_pred = models.oracle_probs(sources).argmax(1).numpy()
+    out: dict = {"scored_by": "world oracle (higfa/world/assets/oracle.safetensors)", "presets": {}, "rows": []}
+    src_pred = fidelity(models.oracle, sources, tgt, fam, "world oracle")["pred"]
     preds = {}
     for preset in PRESETS:
-        probs = models.oracle_probs(np.stack(images[preset]))
-        pred = probs.argmax(1).numpy()
-        preds[preset] = (pred, probs[np.arange(len(tgt)), tgt].numpy())
-        guide_p = [t.final_confidence()[0] if t.final_confidence() else None for t in traces[preset]]
         # the guidance classifier's own view of the final images (it is what higfa optimises)
-        gp = predict(models.guidance, np.stack(images[preset]))[np.arange(len(tgt)), tgt].numpy()
+        f = fidelity(models.oracle, np.stack(images[preset]), tgt, fam, "world oracle", guide=models.guidance)
+        preds[preset] = (f["pred"], f["p_target_each"])
+        guide_p = [t.final_confidence()[0] if t.final_confidence() else None for t in traces[preset]]
         out["presets"][preset] = {
-            "oracle_accuracy": float((pred == tgt).mean()),
-            "oracle_family_accuracy": float((fam[pred] == fam[tgt]).mean()),
-            "oracle_p_target": float(probs[np.arange(len(tgt)), tgt].mean()),
-            "guidance_p_target": float(gp.mean()),
+            "oracle_accuracy": f["species"],
+            "oracle_family_accuracy": f["family"],
+            "oracle_p_target": f["p_target"],
+            "guidance_p_target": f["guide_p_target"],
             "seconds_per_sample": round(seconds[preset] / len(tgt), 2),
             "guided_sample_steps": int(sum(t.summary()["guided_sample_steps"] for t in traces[preset])),
             "gated_sample_steps": int(sum(t.summary()["gated_sample_steps"] for t in traces[preset])),

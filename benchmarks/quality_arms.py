@@ -1,0 +1,76 @@
+"""The arms of the quality bench (benchmarks/quality.py): presets, extra arms, overrides, the generation cache key."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from higfa.contour import ContourTransform
+from higfa.schedule import Schedule
+
+PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str
+    preset: str
+    overrides: dict
+    guide: str = "guidance"  # guidance (the shipped few-shot guide) | oracle (diagnosis only) | a classifier path
+
+
+def _extra(item: str, base: dict) -> Arm:
+    """NAME=PRESET[,FIELD=VALUE...][,guide=G] -> Arm."""
+    name, _, rest = item.partition("=")
+    parts = [x for x in rest.split(",") if x]
+    if not name or not parts or parts[0] not in PRESETS:
+        raise ValueError(f"--extra {item!r}: use NAME=PRESET[,FIELD=VALUE...][,guide=oracle|PATH] with a preset of "
+                         f"{list(PRESETS)}")
+    guide = next((x.partition("=")[2] for x in parts[1:] if x.startswith("guide=")), "guidance")
+    return Arm(name, parts[0], base | _overrides([x for x in parts[1:] if not x.startswith("guide=")]), guide)
+
+
+def _overrides(items) -> dict:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        default = getattr(Schedule(), name, None)
+        if default is None or not value:
+            raise ValueError(f"--set {item!r}: use FIELD=VALUE with a Schedule field")
+        out[name] = (value.lower() == "true") if isinstance(default, bool) else type(default)(value)
+    return out
+
+
+def _sweeps(items) -> list[tuple[str, list]]:
+    """--sweep FIELD=V1,V2,... -> [(field, [typed values])]."""
+    out = []
+    for item in items:
+        name, _, values = item.partition("=")
+        typed = [_overrides([f"{name}={v}"])[name] for v in values.split(",") if v] if values else []
+        if not typed:
+            raise ValueError(f"--sweep {item!r}: use FIELD=V1,V2,... with a Schedule field")
+        out.append((name, typed))
+    return out
+
+
+def _gen_settings(args, arm: Arm) -> dict:
+    guide = arm.guide
+    if guide not in ("guidance", "oracle"):
+        guide = f"{guide}#{hashlib.sha256(Path(guide).read_bytes()).hexdigest()[:16]}"
+    return {"shots": args.shots, "per_source": args.per_source, "steps": args.steps, "batch": args.batch,
+            "seed": args.seed, "contour_transform": ContourTransform().to_dict(), "preset": arm.preset,
+            "schedule_overrides": arm.overrides, "guide": guide, "models": str(args.models or "shipped")}
+
+
+def _cache_ok(cache: Path, settings: dict) -> bool:
+    if not cache.is_file():
+        return False
+    try:
+        meta = json.loads(str(np.load(cache)["meta"]))
+    except Exception:
+        return False
+    return meta.get("settings") == settings

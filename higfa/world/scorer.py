@@ -1,0 +1,113 @@
+"""The independent scorer: a second many-shot classifier of the built-in world that never guides.
+
+A classifier that guided an image cannot score it: guidance climbs its gradient, so its own
+verdict (and that of any classifier trained like it) is inflated (docs/quality.md, "fooling
+gap"). The oracle is also usable as a guide for diagnosis (`--classifier oracle.safetensors`), so
+the quality bench scores fidelity with this scorer instead, which differs from both the oracle and
+the few-shot guide in every way we can choose:
+
+- architecture: timm `test_convnext` (ConvNeXt blocks, patchify stem; the oracle is a ResNet-10t,
+  the guide a `test_resnet`), 0.2 M parameters, stored in float16 (~0.4 MB);
+- data: images 200..399 of every species of the world's `train` split (the oracle saw 0..199,
+  the guide the `fewshot` split), other initialisation and batch seeds;
+- augmentation: geometric plus Gaussian blur (σ up to 1.5 px) and pixel noise (σ up to 0.05),
+  so that the diffusion model's softer samples are not out of distribution for it. The bench
+  checks it on real test images blurred to the samples' measured sharpness.
+
+`python -m higfa.world.scorer` retrains it into higfa/world/assets/scorer.safetensors (+ .json
+sidecar, + scorer_training.json with the settings and test accuracies): one cosine cycle of 2000
+steps (about 3 CPU-minutes); more phases (`ScorerConfig.phases`) warm-start from the previous one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..classifier import Classifier, build_classifier, load_classifier, save_classifier
+from ..training import Augment, evaluate, train_classifier
+from .birds import ASSETS, TinyBirds
+from .metrics import blur_images
+
+SCORER = "scorer.safetensors"
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    architecture: str = "test_convnext"
+    first_image: int = 200  # per species: train-split images [first_image, first_image + per_class)
+    per_class: int = 200
+    phases: tuple = ((2000, 3e-3),)  # (steps, peak lr): a cosine cycle each, each warm-starting the next
+    batch_size: int = 64
+    blur: float = 1.5
+    noise: float = 0.05
+    seed: int = 4242
+    world_seed: int = 0
+
+
+def train_scorer(cfg: ScorerConfig = ScorerConfig(), out: Path = ASSETS, log=print, resume: Path | None = None,
+                 skip_phases: int = 0) -> dict:
+    """Train the scorer, write `<out>/scorer.safetensors` (+ sidecar) and `<out>/scorer_training.json`.
+    resume/skip_phases: start from a saved scorer that finished the first `skip_phases` phases."""
+    world = TinyBirds(seed=cfg.world_seed)
+    data = world.split("train", cfg.first_image + cfg.per_class)
+    keep = np.tile(np.arange(cfg.first_image + cfg.per_class) >= cfg.first_image, world.num_classes)
+    images, labels = data.images[keep], data.labels[keep]
+    torch.manual_seed(cfg.seed)
+    clf = build_classifier(cfg.architecture, world.class_names, world.image_size, mean=(0.5,) * 3, std=(0.5,) * 3)
+    if resume is not None:
+        clf = load_scorer(resume)
+    test = world.split("test", 50)
+    started = time.perf_counter()
+    info = {"config": asdict(cfg), "train_images": int(len(labels)), "phases": []}
+    for k, (steps, lr) in enumerate(cfg.phases):
+        if k < skip_phases:
+            continue
+        clf = train_classifier(clf, images, labels, steps=steps, batch_size=cfg.batch_size, lr=lr, seed=cfg.seed + k,
+                               augment=Augment(blur=cfg.blur, noise=cfg.noise),
+                               callback=lambda s, loss: log(f"scorer phase {k} step {s}/{steps} loss {loss:.3f}")
+                               if s % 100 == 0 else None).classifier
+        acc = {f"blur_sigma_{sigma}": round(evaluate(clf, blur_images(test.images, sigma), test.labels)["accuracy"], 4)
+               for sigma in (0.0, 0.5, 1.0, 1.5)}
+        info["phases"].append({"steps": steps, "lr": lr, "test_accuracy": acc})
+        log(f"scorer phase {k}: test accuracy {acc}")
+        save_classifier(clf.half(), out / SCORER)  # a checkpoint per phase
+        clf = clf.float()
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    info["test_accuracy"] = info["phases"][-1]["test_accuracy"] if info["phases"] else None
+    if skip_phases:
+        info["resumed_after_phases"] = skip_phases
+    (out / "scorer_training.json").write_text(json.dumps(info, indent=1) + "\n")
+    log(f"scorer: {info}")
+    return info
+
+
+def load_scorer(path: str | Path = ASSETS / SCORER, device: str | torch.device = "cpu") -> Classifier:
+    """The independent scorer in float32; a clear error when it was not trained yet."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"independent scorer not found: {path}. Train it with `python -m higfa.world.scorer`")
+    return load_classifier(path, device).float()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m higfa.world.scorer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ASSETS, help="folder for scorer.safetensors (default: the assets)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resume", type=Path, help="a scorer that finished the first --skip-phases phases")
+    p.add_argument("--skip-phases", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    train_scorer(ScorerConfig(), args.out, resume=args.resume, skip_phases=args.skip_phases)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
