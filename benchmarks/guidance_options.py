@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 
 from higfa.contour import ContourTransform  # noqa: E402
 from higfa.schedule import Schedule  # noqa: E402
-from higfa.trace import energy_inside  # noqa: E402
 from higfa.training import predict  # noqa: E402
 from higfa.world.models import load_world  # noqa: E402
 

@@ -77,7 +77,7 @@ def generate(models, arm: Arm, guide, sources, which, per_source: int, steps: in
         tg = [int(sources.labels[i]) for i in idx]
         contours = models.contours(sources.images[idx], [_seed(seed, 1, i, k) for i, k in chunk], ContourTransform())
         gen = models.generate(schedule, tg, contours, [_seed(seed, 2, i, k) for i, k in chunk], steps,
-                              callback=lambda *_: bar.update(len(chunk)))
+                              callback=lambda *_: bar.update(len(chunk)))  # noqa: B023 (called in this iteration)
         out["images"].append(gen.images)
         out["contours"].append((contours.amax(1) * 255).round().to(torch.uint8).numpy())
         out["targets"].append(tg)

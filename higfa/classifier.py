@@ -67,7 +67,8 @@ class Classifier(torch.nn.Module):
         if found is not None:
             return found
         close = difflib.get_close_matches(target, self.class_names, n=3)
-        hint = f" Did you mean {close}?" if close else f" Known classes: {self.class_names[:10]}{' ...' if self.num_classes > 10 else ''}"
+        more = " ..." if self.num_classes > 10 else ""
+        hint = f" Did you mean {close}?" if close else f" Known classes: {self.class_names[:10]}{more}"
         raise ValueError(f"target class {target!r} is not a class of this classifier.{hint}")
 
     def sidecar(self) -> dict[str, Any]:
@@ -175,12 +176,14 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Cla
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"classifier weights {path} do not match architecture {arch!r}: {str(e).splitlines()[-1].strip()} "
+        raise ValueError(f"classifier weights {path} do not match architecture {arch!r}: "
+                         f"{str(e).splitlines()[-1].strip()} "
                          f"Fix 'architecture' or 'model_kwargs' in {side.name}.") from e
     if missing or unexpected:
         raise ValueError(f"classifier weights {path} do not match architecture {arch!r}: missing keys "
                          f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
-                         f"{'...' if len(unexpected) > 5 else ''}. Fix 'architecture' or 'model_kwargs' in {side.name}.")
+                         f"{'...' if len(unexpected) > 5 else ''}. "
+                         f"Fix 'architecture' or 'model_kwargs' in {side.name}.")
     cfg = model.pretrained_cfg
     size = meta.get("input_size") or cfg.get("input_size", (3, 224, 224))
     mean = meta.get("mean") or cfg.get("mean", IMAGENET_MEAN)

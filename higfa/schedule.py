@@ -89,7 +89,8 @@ class Schedule:
             if isinstance(v, float) and not math.isfinite(v):
                 raise bad(f.name, "must be finite")
         if not 0.0 <= self.stage_boundary <= 1.0:
-            raise bad("stage_boundary", "π_c is a noise-level percent and must lie in [0, 1] (0.7 = last 30% of the noise range)")
+            raise bad("stage_boundary", "π_c is a noise-level percent and must lie in [0, 1] "
+                                        "(0.7 = last 30% of the noise range)")
         for name in ("cfg", "cfg_lowconf", "cfg_highconf", "contour_strength", "contour_lowconf",
                      "contour_highconf", "classifier_scale"):
             if getattr(self, name) < 0:

@@ -103,10 +103,12 @@ def resize_uint8(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=x.shape[-1] > size[1])
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
+TUNE_AUGMENT = Augment(noise=0.03, blur=1.0)  # frozen: safe as a shared default
+
 
 def tune_classifier(classifier: Classifier, images: np.ndarray, labels: np.ndarray, x0_images: np.ndarray,
                     x0_labels: np.ndarray, *, steps: int = 300, batch_size: int = 64, lr: float = 3e-4,
-                    augment: Augment | None = Augment(noise=0.03, blur=1.0), adversarial: float = 0.0,
+                    augment: Augment | None = TUNE_AUGMENT, adversarial: float = 0.0,
                     adversarial_steps: int = 3, seed: int = 0, **train_kwargs: Any) -> TrainResult:
     """Fine-tune `classifier` (in place) on clean `images` + decoded `x0_images` (uint8 [N,H,W,3], any size:
     resized to its input size) with `higfa.training.train_classifier`; a tenth of the steps warm up."""

@@ -71,7 +71,7 @@ class HiGFACFGGuider(comfy.samplers.CFGGuider):
                 self._grad = None
                 mm.soft_empty_cache()
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (CFGGuider's own signature)
         mm.throw_exception_if_processing_interrupted()
         sigma = float(timestep.reshape(-1)[0])
         plan = self.guide.plan(sigma, self._progress(sigma), self._step_index(model_options, sigma))

@@ -61,7 +61,8 @@ def test_species_of_a_family_differ_only_in_marking_regions():
                         region |= m
                     region = cv2.dilate(region.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
                     assert diff.any(), f"{SPECIES[i].name} and {SPECIES[j].name} look identical"
-                    assert not (diff & ~region).any(), f"{SPECIES[i].name} vs {SPECIES[j].name}: change outside markings"
+                    pair = f"{SPECIES[i].name} vs {SPECIES[j].name}"
+                    assert not (diff & ~region).any(), f"{pair}: change outside markings"
                     assert region.mean() < 0.08  # the markings are small
                     checked += 1
     assert checked >= 3 * len(FAMILIES) * 6

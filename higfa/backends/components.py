@@ -129,7 +129,8 @@ def load_components(model: str | Path, *, controlnet: str | Path | None = None, 
     elif model.suffix.lower() in SINGLE_FILE_SUFFIXES:
         parts = _load_single_file(model, config)
     else:
-        raise ValueError(f"model {model} is neither a folder nor a checkpoint file ({', '.join(SINGLE_FILE_SUFFIXES)}). "
+        raise ValueError(f"model {model} is neither a folder nor a checkpoint file "
+                         f"({', '.join(SINGLE_FILE_SUFFIXES)}). "
                          + MODEL_FIX)
     parts["scheduler"] = make_scheduler(parts["scheduler"].config, scheduler, scheduler_options)
     if controlnet is not None:
@@ -183,7 +184,8 @@ def _load_folder(folder: Path) -> dict[str, Any]:
     for part in FOLDER_PARTS:
         if not (folder / part).is_dir():
             raise _missing(f"'{part}' of the diffusers folder", folder / part,
-                           f"The folder needs {', '.join(p + '/' for p in FOLDER_PARTS)} (as written by save_pretrained)")
+                           f"The folder needs {', '.join(p + '/' for p in FOLDER_PARTS)} "
+                           "(as written by save_pretrained)")
     defaults = {"unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
                 "text_encoder": ("transformers", "CLIPTextModel"), "tokenizer": ("transformers", "CLIPTokenizer"),
                 "scheduler": ("diffusers", "DDIMScheduler"), "controlnet": ("diffusers", "ControlNetModel")}

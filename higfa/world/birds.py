@@ -318,7 +318,8 @@ def _draw_bird(canvas: np.ndarray, fam: Family, sp: Species, pose: _Pose) -> dic
     hr = fam.head_radius
     hx, hy = bw * 0.78 + pose.head_dx, bh * 0.62 + pose.head_dy
     if fam.crest > 0:
-        poly(canvas, [(hx - hr * 0.7, hy + hr * 0.5), (hx - hr * 0.9, hy + hr + fam.crest), (hx + hr * 0.2, hy + hr * 0.8)],
+        poly(canvas, [(hx - hr * 0.7, hy + hr * 0.5), (hx - hr * 0.9, hy + hr + fam.crest),
+                      (hx + hr * 0.2, hy + hr * 0.8)],
              body)
     ellipse(canvas, hx, hy, hr, hr, 0, body)
     # wing (darker) and the wing bar marking

@@ -55,7 +55,10 @@ def sharpness(images: np.ndarray) -> float:
     return float(np.mean(vals))
 
 
-def matched_blur(real: np.ndarray, samples: np.ndarray, sigmas=np.round(np.arange(0.0, 2.01, 0.1), 2)) -> float:
+BLUR_SIGMAS = tuple(round(0.1 * i, 1) for i in range(21))  # 0.0 .. 2.0 px
+
+
+def matched_blur(real: np.ndarray, samples: np.ndarray, sigmas=BLUR_SIGMAS) -> float:
     """The σ (from `sigmas`) whose blurred real images have the sharpness closest to the samples'."""
     target = sharpness(samples)
     errs = [abs(sharpness(blur_images(real, s)) - target) for s in sigmas]

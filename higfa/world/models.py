@@ -3,7 +3,8 @@
     models = load_world()                         # diffusers UNet + ControlNet + VAE, CLIP text, 2 classifiers
     sources = models.world.split("fewshot", 10)
     contours = models.contours(sources.images[:4], seeds=[0, 1, 2, 3])
-    out = models.generate(Schedule.from_preset("higfa"), targets=sources.labels[:4], contours=contours, seeds=[0, 1, 2, 3])
+    out = models.generate(Schedule.from_preset("higfa"), targets=sources.labels[:4], contours=contours,
+                          seeds=[0, 1, 2, 3])
     out.images          # [4,64,64,3] uint8;  out.result.trace  the per-step trace
 
 Sampling is the core reference sampler (`higfa.sampler.sample`) with `higfa.guide.Guide` over

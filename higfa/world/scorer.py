@@ -71,8 +71,9 @@ def train_scorer(cfg: ScorerConfig = ScorerConfig(), out: Path = ASSETS, log=pri
             continue
         clf = train_classifier(clf, images, labels, steps=steps, batch_size=cfg.batch_size, lr=lr, seed=cfg.seed + k,
                                augment=Augment(blur=cfg.blur, noise=cfg.noise),
-                               callback=lambda s, loss: log(f"scorer phase {k} step {s}/{steps} loss {loss:.3f}")
-                               if s % 100 == 0 else None).classifier
+                               callback=lambda s, loss, k=k, n=steps:
+                               log(f"scorer phase {k} step {s}/{n} loss {loss:.3f}") if s % 100 == 0 else None
+                               ).classifier
         acc = {f"blur_sigma_{sigma}": round(evaluate(clf, blur_images(test.images, sigma), test.labels)["accuracy"], 4)
                for sigma in (0.0, 0.5, 1.0, 1.5)}
         info["phases"].append({"steps": steps, "lr": lr, "test_accuracy": acc})

@@ -148,7 +148,8 @@ def test_shipped_workflow_queued_with_tiny_models_shows_images_and_traces(ui, na
 
 def wait_all_schedule_charts(page) -> None:
     page.wait_for_function("""() => window.app.graph.nodes.filter(n => n.type === "HiGFA_Schedule")
-        .every(n => (n.higfaChart.data || n.higfaChart.error) && Number(n.higfaChart.chart.canvas.dataset.draws) > 0)""",
+        .every(n => (n.higfaChart.data || n.higfaChart.error)
+                    && Number(n.higfaChart.chart.canvas.dataset.draws) > 0)""",
                            timeout=15_000)
 
 

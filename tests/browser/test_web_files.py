@@ -23,7 +23,8 @@ def test_extensions_import_only_app_api_and_their_own_helpers():
     assert [p.name for p in extensions] == ["higfa_nodes.js", "higfa_schedule.js", "higfa_trace.js"]
     for path in extensions:
         for spec in imports(path):
-            assert spec in COMFY_IMPORTS or (spec.startswith("./lib/") and (WEB / spec).is_file()), f"{path.name}: {spec}"
+            local = spec.startswith("./lib/") and (WEB / spec).is_file()
+            assert spec in COMFY_IMPORTS or local, f"{path.name}: {spec}"
     for path in sorted((WEB / "lib").glob("*.js")):
         assert all(spec.startswith("./") for spec in imports(path)), f"{path.name} must not import ComfyUI"
 
@@ -50,6 +51,7 @@ def test_presets_and_parameters_come_from_the_route_not_from_js():
 
 def test_shipped_layout_leaves_room_for_the_charts():
     room = load_script("comfyui_workflows").CHART_ROOM
-    for script, nodes in (("higfa_schedule.js", ["HiGFA_Schedule"]), ("higfa_trace.js", ["HiGFA_Sampler", "HiGFA_Trace"])):
+    for script, nodes in (("higfa_schedule.js", ["HiGFA_Schedule"]),
+                          ("higfa_trace.js", ["HiGFA_Sampler", "HiGFA_Trace"])):
         height = int(re.search(r"const CHART_HEIGHT = (\d+);", (WEB / script).read_text()).group(1))
         assert all(room[n] >= height for n in nodes), (script, height, room)

@@ -27,7 +27,8 @@ def w(comfy):
         pos = nodes.CLIPTextEncode().encode(clip, "a photo of a bird")[0]
         neg = nodes.CLIPTextEncode().encode(clip, "")[0]
         image = torch.from_numpy(make_image(0)).float().div(255).unsqueeze(0)
-        contour = pack.nodes.contour.HiGFAContourTransform.execute(image, "canny", 120.0, 200.0, 0.0, False, 0.5, 0, 1).args[0]
+        contour = pack.nodes.contour.HiGFAContourTransform.execute(image, "canny", 120.0, 200.0, 0.0, False, 0.5, 0,
+                                                                   1).args[0]
     import folder_paths
 
     folder_paths.add_model_folder_path("classifiers", str(comfy.tmp / "classifiers"))
@@ -66,7 +67,8 @@ def stock(w, cfg=7.5, contour=None):
 
     pos, neg = w["pos"], w["neg"]
     if contour is not None:
-        pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, w["cnet"], w["contour"], contour, 0.0, 1.0)
+        pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, w["cnet"], w["contour"], contour,
+                                                                    0.0, 1.0)
     g = cs.CFGGuider(w["model"])
     g.set_conds(pos, neg)
     g.set_cfg(cfg)
@@ -234,7 +236,8 @@ def test_sampler_node_reports_progress_per_step_and_returns_the_trace(w, comfy):
         comfy.utils.set_progress_bar_global_hook(None)
     latent, plot, text = out.args
     assert latent["samples"].shape == (1, 4, IMAGE // 8, IMAGE // 8)
-    assert plot.ndim == 4 and plot.shape[0] == 1 and plot.shape[-1] == 3 and 0 <= float(plot.min()) <= float(plot.max()) <= 1
+    assert plot.ndim == 4 and plot.shape[0] == 1 and plot.shape[-1] == 3
+    assert 0 <= float(plot.min()) <= float(plot.max()) <= 1
     trace = json.loads(text)
     assert trace["target"] == [1] and trace["summary"]["steps"] == STEPS
     import comfyui_version

@@ -55,7 +55,8 @@ def tiny_model(seed: int = 0):
     cfg.set_inference_dtype(torch.float32, None)
     model = comfy.model_base.BaseModel(cfg, device=torch.device("cpu"))
     init_weights(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
 
 
 def tiny_clip(seed: int = 1):
