@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
 .PHONY: help setup test test-core demo bench bench-quality train-world clean comfyui comfyui-setup browser-setup \
-	workflows test-requirements
+	workflows test-requirements lint
 
 # This list: every target with the first line of the comment above it.
 help:
@@ -20,9 +20,13 @@ $(VENV)/.setup-done: pyproject.toml constraints.txt
 	$(PIP) -e ".[dev]"
 	touch $@
 
-# Every test: core, a real ComfyUI (tests/comfyui) and headless Chromium (tests/browser).
-test: setup comfyui-setup browser-setup
+# Lint, then every test: core, a real ComfyUI (tests/comfyui) and headless Chromium (tests/browser).
+test: lint comfyui-setup browser-setup
 	$(PY) -m pytest
+
+# ruff (pyflakes, pycodestyle, bugbear; config in pyproject.toml) over the whole repository.
+lint: setup
+	$(PY) -m ruff check .
 
 # The core tests only (no ComfyUI, no browser).
 test-core: setup
