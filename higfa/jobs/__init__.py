@@ -5,6 +5,8 @@ checked settings), `plan` (sources, items, groups, seeds), `item_sampler` (HiGFA
 `job` (the run loop, its typed stats, interruption), `records` (the output folder: fingerprint, per-rank
 records, merge), `safety` (model-file content digests, one lock per shard, folder checks) and `distributed`
 (torchrun, SLURM arrays, `--shard`); `dataset` (ImageFolder / manifest reading, the label rules shared with the
-node pack, atomic writes) and `evaluate` (does the synthetic data help a classifier). They use the method at
+node pack, atomic writes), `evaluate` (does the synthetic data help a classifier: SaSPA's protocol), and the
+guidance classifier's commands: `classifiers` (train-, import-, tune-classifier), `check_classifier` (accuracy
+and fooling gap) and `labelled` (labelled image sets from folders, manifests or the built-in world). They use the method at
 the top of `higfa/` and a backend from `higfa.backends`; nothing here is imported by the method.
 """
