@@ -30,7 +30,7 @@ from higfa.classifier import load_classifier, save_classifier  # noqa: E402
 from higfa.jobs.labelled import provenance  # noqa: E402
 from higfa.schedule import Schedule  # noqa: E402
 from higfa.training import evaluate  # noqa: E402
-from higfa.tuning import load_tuning_model, tune_classifier, x0_predictions  # noqa: E402
+from higfa.jobs.tuning import load_tuning_model, tune_classifier, x0_predictions  # noqa: E402
 from higfa.world.birds import ASSETS, TinyBirds  # noqa: E402
 
 

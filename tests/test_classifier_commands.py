@@ -199,7 +199,7 @@ def test_tune_classifier_writes_a_new_classifier_and_keeps_the_source(trained, f
 def test_x0_predictions_are_seeded_per_image_and_stay_in_stage_two():
     from higfa.backends.components import Components
     from higfa.testing.pipeline_folder import tiny_components
-    from higfa.tuning import x0_predictions
+    from higfa.jobs.tuning import x0_predictions
 
     parts = tiny_components(seed=0, latent_size=8)
     comps = Components(**{k: v for k, v in parts.items() if k in ("unet", "vae", "text_encoder", "tokenizer",

@@ -1,5 +1,5 @@
 """Bring your own classifier: `higfa train-classifier`, `import-classifier` (here), `check-classifier`
-(higfa/jobs/check_classifier.py) and `tune-classifier` (higfa/tuning.py). All write and read the
+(higfa/jobs/check_classifier.py) and `tune-classifier` (higfa/jobs/tuning.py). All write and read the
 sidecar format of docs/classifiers.md; all training goes through `higfa.training.train_classifier`.
 
     higfa train-classifier --data CUB/train --architecture resnet50 --init resnet50.a1_in1k \\
@@ -333,7 +333,7 @@ def register(sub) -> None:
     q.set_defaults(func=run_import)
 
     from . import check_classifier
-    from .. import tuning
+    from . import tuning
 
     check_classifier.register(sub)
     tuning.register(sub)

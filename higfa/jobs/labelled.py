@@ -38,7 +38,7 @@ class Labelled:
     def targets(self, class_names: Sequence[str], what: str = "--data") -> np.ndarray:
         """[N] class indices into `class_names`; a label matches its name, ignoring case and '_'/'-'
         (and a CUB-style '001.' prefix). Raises a one-line error listing labels that are no class."""
-        from .augment import pretty_label
+        from .dataset import class_name_from_label as pretty_label
 
         index: dict[str, int] = {}
         unknown = []
@@ -84,7 +84,8 @@ def read_labelled(data: str | Path, size: int, limit: int | None = None, workers
     with a one-line error naming it (delete it or move it out of the dataset)."""
     if str(data).startswith(BUILTIN_PREFIX):
         return _read_builtin(str(data), size)
-    from .augment import SourceError, read_sources, square_image
+    from .item_sampler import SourceError, square_image
+    from .plan import read_sources
 
     found, classes, empty = read_sources(data, limit)
     if empty:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .classifier import Classifier
-from .training import Augment, TrainResult, to_tensor, train_classifier
+from ..classifier import Classifier
+from ..training import Augment, TrainResult, to_tensor, train_classifier
 
 
 @dataclass
@@ -47,8 +47,8 @@ def x0_predictions(components, images: np.ndarray, prompts: Sequence[str], *, bo
     x̂0 = D_uncond + cfg·(D_cond − D_uncond) with the image's own edges (an `EdgeDetector`) on the
     ControlNet at `contour_strength` (the stage-2 low-confidence values by default: where the guide acts
     hardest). Every view depends on (seed, image index, view) only."""
-    from .backends.denoiser import DiffusersDenoiser, noise_schedule_from_scheduler, vae_decode
-    from .contour import EdgeDetector
+    from ..backends.denoiser import DiffusersDenoiser, noise_schedule_from_scheduler, vae_decode
+    from ..contour import EdgeDetector
 
     if views < 1 or not 0.0 < boundary < 1.0:
         raise ValueError(f"views {views} must be >= 1 and the stage boundary {boundary} in (0, 1)")
@@ -123,9 +123,9 @@ def tune_classifier(classifier: Classifier, images: np.ndarray, labels: np.ndarr
 # ---------------------------------------------------------------------------- CLI
 def load_tuning_model(model: str, controlnet: str | None, device: torch.device):
     """(components, prompt template, {normalised class: prompt name} or None, EdgeDetector)."""
-    from .backends.components import load_components
-    from .contour import EdgeDetector
-    from .jobs.augment import model_prompts
+    from ..backends.components import load_components
+    from ..contour import EdgeDetector
+    from .plan import model_prompts
 
     comps = load_components(model, controlnet=controlnet, need_controlnet=False).to(device)
     found = model_prompts(model)
@@ -133,7 +133,7 @@ def load_tuning_model(model: str, controlnet: str | None, device: torch.device):
     if found is not None:  # a world folder: its own edge detector settings
         import json
 
-        from .backends.components import BUILTIN, builtin_model_path
+        from ..backends.components import BUILTIN, builtin_model_path
 
         folder = builtin_model_path() if model == BUILTIN else Path(model)
         e = json.loads((folder / "world.json").read_text())["edge_detector"]
@@ -142,13 +142,14 @@ def load_tuning_model(model: str, controlnet: str | None, device: torch.device):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .classifier import load_classifier, normalise_name, save_classifier
-    from .jobs.augment import DEFAULT_PROMPT, pretty_label
-    from .jobs.check_classifier import resolve_classifier
-    from .jobs.classifiers import augment_preset, evaluate_on, out_path
-    from .jobs.distributed import Ranks, pick_device
-    from .jobs.labelled import provenance, read_labelled
-    from .schedule import Schedule
+    from ..classifier import load_classifier, normalise_name, save_classifier
+    from .dataset import class_name_from_label as pretty_label
+    from .plan import DEFAULT_PROMPT
+    from .check_classifier import resolve_classifier
+    from .classifiers import augment_preset, evaluate_on, out_path
+    from .distributed import Ranks, pick_device
+    from .labelled import provenance, read_labelled
+    from ..schedule import Schedule
 
     for name in ("epochs", "views", "batch_size"):
         if getattr(args, name) < 1:
