@@ -179,6 +179,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.collect:
         for part in args.only or DEFAULT:
+            if part == "world" and not (ROOT / "higfa" / "world" / "assets" / "tiny_decoder").is_dir():
+                print("== world: skipped, no tiny decoder shipped (python -m higfa.world.train --stages tiny_decoder)")
+                continue
             t0 = time.perf_counter()
             print(f"== {part}: benchmarks/{SCRIPTS[part]}", flush=True)
             cmd = [sys.executable, str(ROOT / "benchmarks" / SCRIPTS[part]), "--out", str(OUTPUTS / OUTPUT_NAMES[part])]
