@@ -97,7 +97,7 @@ def main() -> None:
     world, sigmas, configs = build(args)
     times = {k: [] for k in configs}
     results = {}
-    for k, make in configs.items():  # warm-up
+    for make in configs.values():  # warm-up
         run_once(world, sigmas, make(), args)
     for _ in range(args.repeats):
         for k, make in configs.items():
@@ -117,7 +117,8 @@ def main() -> None:
     for k in ("contour", "higfa"):
         cmd = [sys.executable, __file__, "--probe", k, "--steps", str(args.steps), "--batch", str(args.batch),
                "--latent-size", str(args.latent_size), "--stage-boundary", str(args.stage_boundary)]
-        mem[k] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        probe = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        mem[k] = json.loads(probe.stdout.strip().splitlines()[-1])
     ratio = med["higfa"] / med["contour"]
     mem_ratio = mem["higfa"]["peak_extra_bytes"] / max(mem["contour"]["peak_extra_bytes"], 1)
     report = {
@@ -159,7 +160,8 @@ def main() -> None:
                                       "classifier_forward": g.costs.classifier_forward}
     out.write_text(json.dumps(report, indent=1))
     print(f"with a classifier already sure of the target (p ≈ 1): {g.costs.classifier_backward} backward passes, "
-          f"{g.costs.classifier_forward} no-grad forwards, time ratio {report['confident_classifier']['time_ratio']:.3f}x")
+          f"{g.costs.classifier_forward} no-grad forwards, "
+          f"time ratio {report['confident_classifier']['time_ratio']:.3f}x")
     print(f"time ratio higfa / contour = {ratio:.3f}x (goal <= {GOAL}x: {'met' if ratio <= GOAL else 'NOT met'}); "
           f"stage-1 step ratio = {s1['higfa'] / max(s1['contour'], 1e-9):.3f}x; memory ratio = {mem_ratio:.2f}x")
     print(f"written: {out}")

@@ -229,7 +229,7 @@ def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embedding
         if guide.schedule.grad_through_denoiser:
             root = alpha_bar**0.5  # the UNet sees z = √ᾱ·x, x the σ-form latent the guide differentiates in
 
-            def denoise(x, tt=tt, emb=emb, hint_n=hint_n, plan=plan, alpha_bar=alpha_bar, root=root):
+            def denoise(x, tt=tt, emb=emb, hint_n=hint_n, plan=plan, alpha_bar=alpha_bar, root=root, n=n):
                 zz = x * root
                 o = unet_output(unet, zz.repeat(n, 1, 1, 1), tt, emb, controlnet, hint_n, plan.contour).to(zz.dtype)
                 xs = [output_to_x0(c, zz, alpha_bar, prediction_type) for c in o.chunk(n)]

@@ -96,7 +96,7 @@ def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
     # The encoder is not on the guidance path; a short distillation makes the folder a usable autoencoder.
     x_all = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     opt = torch.optim.AdamW(tiny.encoder.parameters(), lr=s["lr"])
-    for step in range(s["encoder_steps"]):
+    for _ in range(s["encoder_steps"]):
         idx = torch.randint(0, len(x_all), (s["batch"],), generator=gen)
         loss = (tiny.encode(x_all[idx]).latents - clean[idx]).abs().mean()
         opt.zero_grad(set_to_none=True)

@@ -311,8 +311,9 @@ def train_diffusion(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, 
             hint = _erase_patches(hint, gen)
             down, mid = controlnet(zt[:n_ctrl], t[:n_ctrl], encoder_hidden_states=emb[:n_ctrl], controlnet_cond=hint,
                                    return_dict=False)
-            pad = lambda r: torch.cat([r, r.new_zeros((B - n_ctrl, *r.shape[1:]))])  # noqa: E731
-            extra = {"down_block_additional_residuals": [pad(r) for r in down], "mid_block_additional_residual": pad(mid)}
+            pad = lambda r, n=n_ctrl: torch.cat([r, r.new_zeros((B - n, *r.shape[1:]))])  # noqa: E731
+            extra = {"down_block_additional_residuals": [pad(r) for r in down],
+                     "mid_block_additional_residual": pad(mid)}
         pred = unet(zt, t, encoder_hidden_states=emb, **extra).sample
         snr = a.flatten() / (1 - a.flatten())
         weight = snr.clamp(max=cfg.min_snr_gamma) / snr
@@ -380,7 +381,8 @@ def _classifier_stage(cfg: TrainConfig, world: TinyBirds, out: Path, name: str) 
     torch.manual_seed(seed)
     clf = build_classifier(arch, world.class_names, world.image_size, mean=(0.5,) * 3, std=(0.5,) * 3, **kwargs)
     result = train_classifier(clf, data.images, data.labels, steps=steps, seed=seed, augment=augment,
-                              callback=lambda s, l: _log(f"{name} step {s}/{steps} loss {l:.3f}") if s % 100 == 0 else None)
+                              callback=lambda s, loss: _log(f"{name} step {s}/{steps} loss {loss:.3f}")
+                              if s % 100 == 0 else None)
     ev = evaluate(result.classifier, test.images, test.labels)
     fam = world.family_labels()
     pred = predict(result.classifier, test.images).argmax(1).numpy()
