@@ -156,7 +156,8 @@ class Guide:
                 if through:
                     x_i = x_i + delta  # the next iteration looks at the noisy latent moved as x̂0 was
                 if sch.grad_map:
-                    e = unit.float().pow(2).sum(1)
+                    # only where the update was applied: a gated sample in a guided batch gets an empty map
+                    e = unit.float().pow(2).sum(1) * (w * ok > 0).reshape(-1, 1, 1).float()
                     energy = e if energy is None else energy + e
             row.nan_skipped = nan.tolist()
             row.classifier_scale = (w * applied).tolist()

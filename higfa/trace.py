@@ -143,8 +143,9 @@ class Trace:
 
     def grad_maps(self, sample: int = 0) -> list[tuple[int, float, np.ndarray]]:
         """(step index, π, map [h,w]) of every row with a saved gradient map, for one sample."""
-        return [(s.index, s.progress, np.asarray(s.grad_map[sample], dtype=np.float32))
+        rows = [(s.index, s.progress, np.asarray(s.grad_map[sample], dtype=np.float32))
                 for s in self.steps if s.grad_map is not None]
+        return [r for r in rows if r[2].max() > 0]  # an all-zero map: no guidance reached this sample
 
     def energy_inside(self, mask, sample: int = 0) -> list[float]:
         """Per step with a map: the fraction of the gradient's energy inside `mask` ([H,W], see `energy_inside`)."""

@@ -60,10 +60,13 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
                dynamic_ncols=True)
     # All rows of a preset form one batch; w_cls and gating are per sample, the text and contour
     # strengths of a step follow the batch's mean confidence (docs/method.md, "Batches").
+    # The higfa rows record where the classifier's gradient acts (trace.png draws the maps as a strip);
+    # recording changes no pixel of the samples.
+    schedules = {p: Schedule.from_preset(p, grad_map=(p == "higfa")) for p in PRESETS}
     for preset in PRESETS:
         bar.set_postfix_str(preset)
         t0 = time.perf_counter()
-        gen = models.generate(Schedule.from_preset(preset), targets, contours, noise_seeds, steps,
+        gen = models.generate(schedules[preset], targets, contours, noise_seeds, steps,
                               callback=lambda *_: bar.update(1))
         seconds[preset] = time.perf_counter() - t0
         images[preset] = list(gen.images)
@@ -74,7 +77,7 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
     metrics["settings"] = {"steps": steps, "sampler": "DDIM (eta 0), core reference sampler", "seed": seed,
                            "contour_seeds": contour_seeds, "noise_seeds": noise_seeds,
                            "contour_transform": ContourTransform().to_dict(),
-                           "schedules": {p: Schedule.from_preset(p).to_dict() for p in PRESETS},
+                           "schedules": {p: schedules[p].to_dict() for p in PRESETS},
                            "models": str(models.path), "threads": torch.get_num_threads()}
     sheet = _contact_sheet(world.class_names, targets, sources, contours, images, metrics["rows"])
     cv2.imwrite(str(out / "contact_sheet.png"), sheet[:, :, ::-1])
