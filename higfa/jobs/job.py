@@ -8,6 +8,7 @@ OUT/traces/..., OUT/manifest.jsonl, run.json (the run's settings), summary.json.
 
 Ctrl-C (SIGINT) and SIGTERM (SLURM preemption) drop the group in flight, keep every finished record and
 image, merge them (one process) and end the run: `cli` exits 130 or 143; a rerun finishes the rest.
+(About 370 lines: the order of checks above is the point of this file, so it stays in one place.)
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ Stages (see docs/world.md for formats and configs):
   tiny_decoder  the guidance decoder: a TAESD-architecture AutoencoderTiny distilled from the VAE (tiny_decoder.py)
 
 Each stage's settings, seconds and final losses go to `training.json` in the output folder.
+
+Why one file of ~480 lines: it is the world's whole recipe, read top to bottom (config, then one function per
+stage in the order `make train-world` runs them); the classifier stages already call the shared
+`higfa.training.train_classifier` and the decoder stage lives in tiny_decoder.py.
 """
 
 from __future__ import annotations
