@@ -40,7 +40,9 @@ demo: setup
 # protocol, 10- and 5-shot, paired seeds) per preset on the built-in world -> benchmarks/results/quality.json and
 # docs/quality.md (generated images and downstream runs are cached in outputs/bench_quality/).
 bench-quality: setup
-	$(PY) benchmarks/quality.py --threads 1 --extra higfa-oracle=higfa,guide=oracle higfa-views4=higfa,views=4
+	$(PY) benchmarks/quality.py --threads 1 --jobs 2 \
+		--extra higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/guidance_robust.safetensors \
+		higfa-oracle=higfa-robust,guide=oracle --downstream cfg higfa higfa-robust higfa-robust-pgd
 
 # Retrain the built-in world's models into higfa/world/assets/ (CPU, under an hour of CPU time).
 train-world: setup

@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from higfa.classifier import load_classifier  # noqa: E402
 from higfa.contour import ContourTransform  # noqa: E402
 from higfa.schedule import Schedule  # noqa: E402
 from higfa.training import predict  # noqa: E402
@@ -88,15 +89,20 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--guide", type=Path, default=None,
+                   help="guidance classifier file (default: the shipped few-shot guide; never the oracle: it scores)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "guidance_options.json")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = args.config if args.config is not None else ["", "views=4"]
     models = load_world()
+    if args.guide is not None:
+        models.guidance = load_classifier(args.guide).float()
     sources = models.world.split("fewshot", args.shots, masks=True)
+    guide = str(args.guide or "few-shot guidance classifier")
     results = {"settings": {"preset": "higfa", "shots": args.shots, "steps": args.steps, "seed": args.seed,
-                            "scorer": "oracle (never guides)", "guide": "few-shot guidance classifier",
+                            "scorer": "oracle (never guides)", "guide": guide,
                             "threads": torch.get_num_threads(), "torch": torch.__version__}, "configs": {}}
     print(f"{'config':40s} oracle  family  guide   gap    energy-in-markings  s/img")
     for text in configs:

@@ -55,7 +55,7 @@ from higfa.world import metrics  # noqa: E402
 from higfa.world.models import load_world  # noqa: E402
 from higfa.world.scorer import SCORER, load_scorer  # noqa: E402
 
-DOWNSTREAM = ("cfg", "higfa")
+DOWNSTREAM = ("cfg", "higfa", "higfa-robust")
 
 
 def _seed(*parts: int) -> int:
@@ -142,42 +142,68 @@ def downstream(args, world, generated: dict, settings: dict, test, bar) -> dict:
             more = np.concatenate([real_all.of_class(c)[:2 * shots] for c in range(world.num_classes)])
             arms[f"real{2 * shots}"] = (real_all.images[more], real_all.labels[more], None, len(more))
             keys[f"real{2 * shots}"] = None
+        def key_of(arm, s, steps, shots=shots, keys=keys):
+            return json.dumps({"shots": shots, "arm": arm, "images": keys[arm], "seed": s, "steps": steps,
+                               "alpha": args.alpha, "arch": args.downstream_arch, "batch": args.batch_size,
+                               "test": len(test), "models": str(args.models or "shipped")}, sort_keys=True)
+
+        steps_of = {arm: max(1, round(args.epochs * n / args.batch_size)) for arm, (_, _, _, n) in arms.items()}
+        todo = [] if args.downstream_from_cache else [
+            (key_of(arm, s, steps_of[arm]), x, y, w, steps_of[arm], s)
+            for arm, (x, y, w, n) in arms.items() for s in args.seeds if key_of(arm, s, steps_of[arm]) not in cache]
+        for key, acc in _run_all(todo, test, world, args):
+            cache[key] = acc
+            # a killed run keeps what it finished; merged with what a parallel run wrote meanwhile
+            on_disk = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+            cache = on_disk | cache
+            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=0))
+            tmp.replace(cache_file)
+            bar.update(1)
         res = {}
-        for arm, (x, y, w, n) in arms.items():
-            steps = max(1, round(args.epochs * n / args.batch_size))
+        for arm, (_, y, w, n) in arms.items():
+            steps = steps_of[arm]
             accs, seeds_done = [], []
             for s in args.seeds:
-                key = json.dumps({"shots": shots, "arm": arm, "images": keys[arm], "seed": s, "steps": steps,
-                                  "alpha": args.alpha, "arch": args.downstream_arch, "batch": args.batch_size,
-                                  "test": len(test), "models": str(args.models or "shipped")}, sort_keys=True)
-                if key not in cache and args.downstream_from_cache:
-                    continue  # not finished yet: left out, and the seed list says so
+                key = key_of(arm, s, steps)
                 if key not in cache:
-                    ev = train_and_test(x, y, test, world.class_names, architecture=args.downstream_arch,
-                                        size=world.image_size, steps=steps, seed=1000 + s, weights=w,
-                                        batch_size=args.batch_size, augment=Augment(noise=0.03, blur=1.0))
-                    cache[key] = ev["accuracy"]
-                    # a killed run keeps what it finished; merged with what a parallel run wrote meanwhile
-                    on_disk = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-                    cache = on_disk | cache
-                    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-                    tmp.write_text(json.dumps(cache, indent=0))
-                    tmp.replace(cache_file)
+                    continue  # not finished yet (--downstream-from-cache): left out, and the seed list says so
                 accs.append(cache[key])
                 seeds_done.append(s)
-                bar.update(1)
             if not accs:
                 continue
             res[arm] = {"per_seed": accs, "seeds": seeds_done, "mean": float(np.mean(accs)),
                         "std": float(np.std(accs)), "steps": steps,
                         "real_images": n, "synthetic_images": int(len(y) - n) if w is not None else 0}
         res["paired"] = {f"{a} - {b}": _paired(res, a, b) for a, b in
-                         [(a, "real") for a in res if a != "real"] + [("real+higfa", "real+cfg")]
+                         [(a, "real") for a in res if a != "real"]
+                         + [(a, "real+cfg") for a in res if a.startswith("real+higfa")]
                          if a in res and b in res}
         out[f"{shots}-shot"] = res
     # downstream.saspa.<arm>.per_seed: the --shots setting at the top, the other shot counts beside it
     main = out.pop(f"{args.shots}-shot", {})
     return {"saspa": main | {"shots": args.shots} | out}
+
+
+def _run_all(todo: list, test, world, args):
+    """(key, accuracy) of each downstream run as it finishes: in this process, or in `--jobs` worker processes
+    (one torch thread each unless --threads says otherwise); every run is seeded, so the order changes nothing."""
+    def run(submit, task):
+        key, x, y, w, steps, seed = task
+        return submit(train_and_test, x, y, test, world.class_names, architecture=args.downstream_arch,
+                      size=world.image_size, steps=steps, seed=1000 + seed, weights=w, batch_size=args.batch_size,
+                      augment=Augment(noise=0.03, blur=1.0))
+
+    if args.jobs <= 1 or len(todo) <= 1:
+        for task in todo:
+            yield task[0], run(lambda f, *a, **k: f(*a, **k), task)["accuracy"]
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(args.threads or 1,)) as pool:
+        futures = {run(pool.submit, task): task[0] for task in todo}
+        for future in as_completed(futures):
+            yield futures[future], future.result()["accuracy"]
 
 
 def _paired(res: dict, a: str, b: str) -> dict:
@@ -216,10 +242,12 @@ def main(argv=None) -> int:
     p.add_argument("--downstream-shots", type=int, nargs="+", default=[10, 5])
     p.add_argument("--downstream-arch", default="test_resnet")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="downstream seeds (paired)")
-    p.add_argument("--epochs", type=int, default=60, help="downstream epochs over the real set's size")
+    p.add_argument("--epochs", type=int, default=250,
+                   help="downstream epochs over the real set's size (250: near convergence, docs/quality.md)")
     p.add_argument("--batch-size", type=int, default=64, help="downstream batch size")
     p.add_argument("--alpha", type=float, default=0.4, help="SaSPA replacement probability")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=1, help="downstream runs in parallel worker processes")
     p.add_argument("--models", type=Path, default=None, help="world models folder (default: the shipped ones)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality", help="image cache folder")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")

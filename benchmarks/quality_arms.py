@@ -12,7 +12,7 @@ import numpy as np
 from higfa.contour import ContourTransform
 from higfa.schedule import Schedule
 
-PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa")
+PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa", "higfa-robust")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -240,4 +240,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "classifier-all-steps": dict(classifier_steps="all", modulate=False, gating=False),
     # the full method
     "higfa": dict(),
+    # the method with the defences a non-robust guide needs (docs/method.md, "higfa-robust"): the classifier
+    # sees 8 random views, and a fixed w_cls acts on every stage-2 step, because a fooled confidence must not
+    # fade or gate guidance away. Measured on the built-in world (docs/quality.md).
+    "higfa-robust": dict(views=8, view_crop=0.4, view_noise=0.05, classifier_scale=4.0, modulate=False,
+                         gating=False),
 }

@@ -87,6 +87,9 @@ class HiGFASchedule(io.ComfyNode):
             inputs=[io.Combo.Input("preset", options=PRESET_NAMES, default="higfa",
                                    tooltip="cfg: text only. contour: text + contour. classifier-all-steps: "
                                            "+ classifier on every step, fixed strengths. higfa: the full method. "
+                                           "higfa-robust: higfa with 8 random views and a fixed classifier "
+                                           "scale through stage 2 (no fade, no gate), for guides that can be "
+                                           "fooled. "
                                            "custom: every input as set. A named preset fixes the switches "
                                            "that define it; the other inputs tune it."),
                     *[_input(name) for name in FIELDS]],

@@ -69,6 +69,10 @@ def test_results_scorers_and_caches(quality, tmp_path):
     assert (out / "cfg.npz").stat().st_mtime_ns == cached["cfg.npz"]
     assert (out / "oracle-guided.npz").stat().st_mtime_ns != cached["oracle-guided.npz"]
     assert json.loads(results.read_text())["downstream"] == r["downstream"]  # its arms did not change
+    # --jobs 2: the downstream runs in worker processes give the same numbers (each run is seeded)
+    (out / "downstream.json").unlink()
+    assert quality.main(changed + ["--jobs", "2"]) == 0
+    assert json.loads(results.read_text())["downstream"] == r["downstream"]
 
 
 def test_bad_arms_name_the_option(quality):

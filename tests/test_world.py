@@ -193,6 +193,7 @@ def test_demo_writes_its_files(tmp_path):
     metrics = run_demo(tmp_path, species=["red-crowned finch", "plain jay"], steps=3, progress=False)
     for name in ("contact_sheet.png", "trace.png", "trace.json", "metrics.json"):
         assert (tmp_path / name).is_file(), name
-    assert set(metrics["presets"]) == {"cfg", "contour", "higfa"} and len(metrics["rows"]) == 2
+    assert set(metrics["presets"]) == {"cfg", "contour", "higfa", "higfa-robust"} and len(metrics["rows"]) == 2
     sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
-    assert sheet.shape[0] > 2 * 128 and sheet.shape[1] > 5 * 128
+    assert sheet.shape[0] > 2 * 128 and sheet.shape[1] > 6 * 128
+    assert json.loads((tmp_path / "trace.json").read_text())["schedule"]["preset"] == "higfa-robust"

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..contour import ContourTransform, EdgeDetector
+from ..schedule import PRESETS as SCHEDULE_PRESETS
 
-PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa")
+PRESETS = tuple(SCHEDULE_PRESETS)  # the schedule presets, one home: higfa/schedule.py
 FILTERS = ("drop", "mark")
 EDGE_METHODS = ("canny", "soft")
 

@@ -1,12 +1,12 @@
 """`make demo` / `higfa demo`: HiGFA on the built-in tiny world, end to end, no arguments needed.
 
 For each row (one species): a real source image of the species, its transformed contour, and one
-sample per preset (`cfg`, `contour`, `higfa`) from the same noise, prompted with the FAMILY text
-only and guided (higfa) by the few-shot classifier. An independent oracle classifier says which
-species each sample shows. Writes to outputs/demo/:
+sample per preset (`cfg`, `contour`, `higfa`, `higfa-robust`) from the same noise, prompted with the
+FAMILY text only and guided (the two higfa presets) by the few-shot classifier. An independent oracle
+classifier says which species each sample shows. Writes to outputs/demo/:
 
-    contact_sheet.png   source | transformed contour | cfg | contour | higfa, per row
-    trace.png, trace.json   the higfa trace of the first row (confidence and strengths against π)
+    contact_sheet.png   source | transformed contour | cfg | contour | higfa | higfa-robust, per row
+    trace.png, trace.json   the higfa-robust trace of the first row (confidence, strengths, gradient maps)
     metrics.json        per preset: oracle accuracy, confidences, time; per row: predictions
 """
 
@@ -27,7 +27,8 @@ from ..classifier import find_name
 from ..contour import ContourTransform
 from ..schedule import Schedule
 
-PRESETS = ("cfg", "contour", "higfa")
+PRESETS = ("cfg", "contour", "higfa", "higfa-robust")
+TRACED = "higfa-robust"  # the preset whose first row is drawn in trace.png
 # Two species per family, chosen so every marking kind appears.
 DEFAULT_SPECIES = ("red-crowned finch", "orange-billed finch", "spectacled warbler", "white-winged warbler",
                    "spectacled jay", "plain jay", "red-crowned dove", "orange-billed dove")
@@ -60,9 +61,9 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
                dynamic_ncols=True)
     # All rows of a preset form one batch; w_cls and gating are per sample, the text and contour
     # strengths of a step follow the batch's mean confidence (docs/method.md, "Batches").
-    # The higfa rows record where the classifier's gradient acts (trace.png draws the maps as a strip);
+    # The guided rows record where the classifier's gradient acts (trace.png draws the maps as a strip);
     # recording changes no pixel of the samples.
-    schedules = {p: Schedule.from_preset(p, grad_map=(p == "higfa")) for p in PRESETS}
+    schedules = {p: Schedule.from_preset(p, grad_map=p.startswith("higfa")) for p in PRESETS}
     for preset in PRESETS:
         bar.set_postfix_str(preset)
         t0 = time.perf_counter()
@@ -81,9 +82,8 @@ def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_
                            "models": str(models.path), "threads": torch.get_num_threads()}
     sheet = _contact_sheet(world.class_names, targets, sources, contours, images, metrics["rows"])
     cv2.imwrite(str(out / "contact_sheet.png"), sheet[:, :, ::-1])
-    first = traces["higfa"][0]
-    first.plot(out / "trace.png", title=f"higfa trace of one sample: {world.class_names[targets[0]]} "
-                                        f"(cfg and contour follow the batch's mean confidence)")
+    first = traces[TRACED][0]
+    first.plot(out / "trace.png", title=f"{TRACED} trace of one sample: {world.class_names[targets[0]]}")
     first.save(out / "trace.json")
     metrics["seconds_total"] = round(time.perf_counter() - started, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -134,16 +134,17 @@ def _metrics(models, targets, images, traces, seconds, sources) -> dict:
 
 
 def format_table(metrics: dict) -> str:
-    head = f"{'preset':<9} {'oracle acc':>10} {'family acc':>10} {'p_oracle(y)':>11} {'p_guide(y)':>10} {'s/sample':>8}"
+    head = (f"{'preset':<12} {'oracle acc':>10} {'family acc':>10} {'p_oracle(y)':>11} {'p_guide(y)':>10} "
+            f"{'s/sample':>8}")
     lines = [head, "-" * len(head)]
     for p, m in metrics["presets"].items():
-        lines.append(f"{p:<9} {m['oracle_accuracy']:>10.2f} {m['oracle_family_accuracy']:>10.2f} "
+        lines.append(f"{p:<12} {m['oracle_accuracy']:>10.2f} {m['oracle_family_accuracy']:>10.2f} "
                      f"{m['oracle_p_target']:>11.2f} {m['guidance_p_target']:>10.2f} {m['seconds_per_sample']:>8.2f}")
     return "\n".join(lines)
 
 
 def _contact_sheet(names, targets, sources, contours, images, rows, cell: int = 128) -> np.ndarray:
-    """source | contour | cfg | contour | higfa per row; each generated cell is framed green when the
+    """source | contour | one column per preset, per row; each generated cell is framed green when the
     oracle recognises the target species, red otherwise, with the oracle's answer underneath."""
     label_w, head_h, text_h, pad = 170, 22, 14, 4
     cols = 2 + len(PRESETS)
