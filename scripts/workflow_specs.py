@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from higfa.schedule import Schedule
+
 CKPT = {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": "checkpoints",
         "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
                "v1-5-pruned-emaonly-fp16.safetensors"}
@@ -79,11 +81,17 @@ def _sampler(s: Spec, key: str, column: int, schedule: str, **widgets: Any) -> N
         s.link(src, out, key, inp)
 
 
+def preset_inputs(preset: str) -> dict[str, Any]:
+    """A HiGFA Schedule node's widget values for a named preset: the values the preset runs with (what the
+    node's preset dropdown fills in on the canvas), so a loaded workflow shows what it will do."""
+    return Schedule.from_preset(preset).to_dict()
+
+
 def preset_workflow(preset: str) -> Spec:
     """One of the four ablations of docs/method.md: the same graph, only the schedule preset differs."""
     s = Spec(f"higfa-preset-{preset}")
     _sd15_base(s)
-    s.add("schedule", "HiGFA_Schedule", 2, preset=preset)
+    s.add("schedule", "HiGFA_Schedule", 2, **preset_inputs(preset))
     s.add("latent", "EmptyLatentImage", 2, width=512, height=512, batch_size=2)
     _sampler(s, "sampler", 3, "schedule")
     _decode_save_trace(s, "SaveImage", filename_prefix=f"higfa/{preset}")
@@ -113,7 +121,7 @@ def batch_workflow() -> Spec:
     s.add("data", "HiGFA_LoadImageFolder", 0, folder="dataset", mode="single", index=0,
           _control={"index": "increment"})
     s.nodes["contour"].widgets["variants"] = 2
-    s.add("schedule", "HiGFA_Schedule", 2, preset="higfa")
+    s.add("schedule", "HiGFA_Schedule", 2, **preset_inputs("higfa"))
     s.add("latent", "EmptyLatentImage", 2, width=512, height=512, batch_size=2)
     _sampler(s, "sampler", 3, "schedule")
     _decode_save_trace(s, "HiGFA_SaveImageFolder", folder="higfa_dataset")
@@ -136,7 +144,7 @@ def compare_workflow() -> Spec:
     s.add("latent", "EmptyLatentImage", 2, width=512, height=512, batch_size=1)
     s.link("ckpt", "MODEL", "sigmas", "model")
     for side, preset in (("a", "cfg"), ("b", "higfa")):
-        s.add(f"schedule_{side}", "HiGFA_Schedule", 3, preset=preset, _title=f"Schedule: {preset}")
+        s.add(f"schedule_{side}", "HiGFA_Schedule", 3, **preset_inputs(preset), _title=f"Schedule: {preset}")
         s.add(f"guider_{side}", "HiGFA_Guider", 4, target="0", _title=f"Guider: {preset}")
         s.add(f"sample_{side}", "SamplerCustomAdvanced", 5)
         s.add(f"decode_{side}", "VAEDecode", 6)
@@ -168,18 +176,20 @@ def compare_workflow() -> Spec:
     return s
 
 
+WORLD_GUIDED = "higfa-robust"  # the guided column of the world workflow (docs/method.md: why this preset)
 WORLD_NOTE = (
     "Built-in tiny world: runs out of the box, no model files (HiGFA World Loader reads the models shipped "
     "with the pack). A real image of a species -> its transformed contour -> the same seed sampled three ways: "
-    "cfg (family prompt only), contour (+ the contour ControlNet), higfa (+ confidence-gated classifier guidance "
-    "toward the species). Saved row: real | contour | cfg | contour | higfa.\n"
+    "cfg (family prompt only), contour (+ the contour ControlNet), higfa-robust (+ classifier guidance toward "
+    "the species on 8 random views, the preset that suits a foolable few-shot guide; pick 'higfa' in its "
+    "Schedule for the confidence-gated original). Saved row: real | contour | cfg | contour | higfa-robust.\n"
     "The text model knows the family ('a photo of a finch'), never the species: only the classifier knows the "
     "markings (crown patch, wing bar, eye ring, beak colour). Try another species (16: see the loader's "
     "class_names) or image index.")
 
 
 def world_workflow() -> Spec:
-    """The built-in world (docs/world.md), cfg vs contour vs higfa on one seed: no files needed."""
+    """The built-in world (docs/world.md), cfg vs contour vs higfa-robust on one seed: no files needed."""
     s = Spec("higfa-world-compare")
     s.add("note", "Note", -1, text=WORLD_NOTE, _size=(720, 130))
     s.add("world", "HiGFA_WorldLoader", 0, path="")
@@ -196,8 +206,8 @@ def world_workflow() -> Spec:
     s.link("image", "image", "contour", "image")
     s.link("world", "VAE", "latent", "vae")
     row = [("image", "image"), ("contour", "contour")]
-    for i, preset in enumerate(("cfg", "contour", "higfa")):
-        s.add(f"schedule_{preset}", "HiGFA_Schedule", 2 + i, preset=preset, _title=f"Schedule: {preset}")
+    for i, preset in enumerate(("cfg", "contour", WORLD_GUIDED)):
+        s.add(f"schedule_{preset}", "HiGFA_Schedule", 2 + i, **preset_inputs(preset), _title=f"Schedule: {preset}")
         s.add(f"sampler_{preset}", "HiGFA_Sampler", 2 + i, seed=42, steps=30, sampler_name="ddim",
               scheduler="ddim_uniform", denoise=1.0, target="red-crowned finch", _title=f"Sampler: {preset}")
         s.add(f"decode_{preset}", "VAEDecode", 5)
@@ -217,10 +227,10 @@ def world_workflow() -> Spec:
         s.link(*right, f"stitch_{k}", "image2")
         left = (f"stitch_{k}", "IMAGE")
     s.add("save", "SaveImage", 6, filename_prefix="higfa/world_compare",
-          _title="real | contour | cfg | contour | higfa")
+          _title=f"real | contour | cfg | contour | {WORLD_GUIDED}")
     s.link(*left, "save", "images")
-    s.add("trace_view", "PreviewImage", 6, _title="HiGFA trace (higfa)")
-    s.link("sampler_higfa", "trace_plot", "trace_view", "images")
+    s.add("trace_view", "PreviewImage", 6, _title=f"HiGFA trace ({WORLD_GUIDED})")
+    s.link(f"sampler_{WORLD_GUIDED}", "trace_plot", "trace_view", "images")
     return s
 
 

@@ -43,19 +43,19 @@ def test_world_workflow_runs_out_of_the_box_and_shows_its_images(ui, world_path)
         .every(n => n.imgs?.length && n.imgs.every(i => i.complete && i.naturalWidth > 0))""", timeout=30_000)
     shown = page.evaluate("""() => window.app.graph.nodes.filter(n => n.type === "SaveImage")
         .map(n => n.imgs.map(i => [i.naturalWidth, i.naturalHeight]))""")
-    assert shown == [[[5 * 64 + 4 * 4, 64]]]  # real | contour | cfg | contour | higfa
+    assert shown == [[[5 * 64 + 4 * 4, 64]]]  # real | contour | cfg | contour | higfa-robust
     traces = page.evaluate("""() => window.app.graph.nodes.filter(n => n.type === "HiGFA_Sampler").map(n => {
         const t = n.higfaTrace.traces?.at(-1), c = n.higfaTrace.chart.canvas;
         return {title: n.title, preset: t?.schedule.preset, target: t?.target, steps: t?.summary.steps,
                 draws: Number(c.dataset.draws), in_page: c.isConnected && c.clientHeight > 100};
     })""")
-    assert sorted(t["preset"] for t in traces) == ["cfg", "contour", "higfa"]
+    assert sorted(t["preset"] for t in traces) == ["cfg", "contour", "higfa-robust"]
     for t in traces:
         assert t["steps"] == 30 and t["in_page"] and t["draws"] >= 2, t
-        assert t["target"] == ([6] if t["preset"] == "higfa" else None), t  # spectacled warbler
+        assert t["target"] == ([6] if t["preset"] == "higfa-robust" else None), t  # spectacled warbler
     screenshot_graph(page, ARTIFACTS / f"{NAME}-run.png")
     (save,) = node_ids(page, "SaveImage")
     focus_node(page, save, 2.0)
     screenshot(page, ARTIFACTS / f"{NAME}-run-images.png")
-    higfa = next(n for n, t in zip(node_ids(page, "HiGFA_Sampler"), traces) if t["preset"] == "higfa")
+    higfa = next(n for n, t in zip(node_ids(page, "HiGFA_Sampler"), traces) if t["preset"] == "higfa-robust")
     screenshot_chart(page, higfa, ARTIFACTS / f"{NAME}-trace-chart.png")

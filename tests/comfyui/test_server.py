@@ -175,8 +175,8 @@ def test_shipped_workflow_validates_and_runs(server, world_path, name):
 
 
 def check_world_outputs(server, out, prompt) -> None:
-    """The built-in world workflow: one row real | contour | cfg | contour | higfa (64 px each, 4 px
-    apart), and each sampler's trace (30 steps; higfa guided toward the world image's species)."""
+    """The built-in world workflow: one row real | contour | cfg | contour | higfa-robust (64 px each, 4 px
+    apart), and each sampler's trace (30 steps; higfa-robust guided toward the world image's species)."""
     (save,) = nodes_of(prompt, "SaveImage")
     assert [im.shape for im in saved_images(server, out, save)] == [(64, 5 * 64 + 4 * 4, 3)]
     (image,) = nodes_of(prompt, "HiGFA_WorldImage")
@@ -186,7 +186,7 @@ def check_world_outputs(server, out, prompt) -> None:
         preset = prompt[sampler]["_meta"]["title"].removeprefix("Sampler: ")
         assert trace["schedule"]["preset"] == preset and trace["summary"]["steps"] == 30
         measured = [r for r in trace["steps"] if r["confidence"] is not None]
-        if preset == "higfa":
+        if preset == "higfa-robust":
             assert trace["class_names"][trace["target"][0]] == species
             assert measured and trace["summary"]["guided_sample_steps"] > 0
         else:

@@ -344,6 +344,6 @@ def test_world_workflow_runs_through_the_server(server, world_path):
     print(f"world workflow through the server: {time.monotonic() - started:.1f} s")
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
     traces = {prompt[k]["_meta"]["title"]: entry["outputs"][k]["higfa_trace"][0] for k in samplers}
-    assert traces["Sampler: higfa"]["target"] == [6] and traces["Sampler: cfg"]["target"] is None
+    assert traces["Sampler: higfa-robust"]["target"] == [6] and traces["Sampler: cfg"]["target"] is None
     images = entry["outputs"][kinds["SaveImage"]]["images"]
     assert len(images) == 1 and (server.base / "output" / images[0]["subfolder"] / images[0]["filename"]).is_file()
