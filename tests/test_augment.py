@@ -429,6 +429,40 @@ def test_confidence_filter(world, reference, tmp_path, mode):
 
 
 @pytest.mark.slow
+def test_filter_classifier_scores_the_final_images_instead_of_the_guide(world, reference, tmp_path):
+    """--filter-classifier: the same images (it only judges), each confidence its softmax at its own index for the
+    source's class (class order differs from the guide's), and --min-confidence applies to that."""
+    from higfa.classifier import build_classifier, load_classifier, save_classifier
+    from higfa.training import predict
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        judge = build_classifier("test_resnet", ["House Sparrow", "Red Cardinal"], 64, mean=(0.5,) * 3, std=(0.5,) * 3)
+    path = save_classifier(judge, tmp_path / "judge.safetensors")
+    out = tmp_path / "judged"
+    rc, err = run_cli(args_for(world, out, "--filter-classifier", path))
+    assert rc == 0, err
+    assert images(out) == images(reference[0])  # sampling is the guide's alone
+    recs = sorted(manifest(out), key=lambda r: r["key"])
+    pics = np.stack([cv2.imread(str(out / r["output"]))[:, :, ::-1] for r in recs])
+    p = predict(load_classifier(path).float(), pics).numpy()
+    index = {"001.Red_Cardinal": 1, "002.House_Sparrow": 0}
+    expected = [p[i, index[r["label"]]] for i, r in enumerate(recs)]
+    assert [r["confidence"] for r in recs] == pytest.approx(expected, abs=1e-4)
+    guide = {r["key"]: r["confidence"] for r in manifest(reference[0])}
+    assert [r["confidence"] for r in recs] != pytest.approx([guide[r["key"]] for r in recs], abs=1e-3)
+    threshold = float(np.median(expected))
+    rc, err = run_cli(args_for(world, tmp_path / "kept", "--filter-classifier", path, "--min-confidence", threshold))
+    assert rc == 0, err
+    kept = {r["key"] for r in manifest(tmp_path / "kept") if r["status"] == "ok"}
+    assert kept == {r["key"] for r, c in zip(recs, expected) if c >= threshold}
+    # a judge that does not know a class is refused, naming the option
+    other = save_classifier(build_classifier("test_resnet", ["Blue Jay", "Red Cardinal"], 64), tmp_path / "o.safetensors")
+    rc, err = run_cli(args_for(world, tmp_path / "bad", "--filter-classifier", other))
+    assert rc != 0 and "--filter-classifier" in err and "002.House_Sparrow" in err
+
+
+@pytest.mark.slow
 def test_manifest_input_and_regenerating_one_image_alone(world, reference, tmp_path):
     """Seeds come from (seed, image id, variant): the same ids from a CSV give the same bytes."""
     rows = ["path,label"] + [f"{p.relative_to(world['data']).as_posix()},{p.parent.name}"

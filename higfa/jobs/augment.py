@@ -41,6 +41,7 @@ def settings_from_args(args: argparse.Namespace) -> AugmentSettings:
         size=args.size, seed=args.seed, batch_size=args.batch_size, edges=args.edges, canny_low=args.canny_low,
         canny_high=args.canny_high, auto_canny=args.auto_canny, edge_blur=args.edge_blur,
         contour_amount=args.contour_amount, min_confidence=args.min_confidence, filter=args.filter,
+        filter_classifier=args.filter_classifier,
         overwrite=args.overwrite, device=args.device, dtype=args.dtype, vae_dtype=args.vae_dtype, shard=args.shard,
         threads=args.threads, deterministic=args.deterministic, progress=not args.no_progress, quiet=args.quiet,
     ).validate()
@@ -108,6 +109,11 @@ def register(subparsers) -> None:
     f.add_argument("--min-confidence", type=float, help="final classifier confidence threshold in [0,1]")
     f.add_argument("--filter", default="drop", choices=list(FILTERS), help="below the threshold: drop the image "
                    "or keep it marked in the manifest")
+    f.add_argument("--filter-classifier", metavar="PATH.safetensors", help="score the final images with this "
+                   "classifier (timm + .json sidecar) instead of the guide, for the manifest's confidence and "
+                   "--min-confidence: guidance raises the guide's own confidence whether or not the detail is there, "
+                   "so a classifier that did not guide is the fairer judge (e.g. one of another architecture "
+                   "trained on the same real images)"),
     r = p.add_argument_group("run")
     r.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier `higfa augment` run "
                    "in --out (other settings or changed model files): every item is regenerated and, once merged, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -67,8 +67,10 @@ class ItemSampler:
 
     def __init__(self, components: Components, schedule: Schedule, classifier, *, size: int, steps: int, eta: float,
                  prompt: PromptText, edges: EdgeDetector, transform: ContourTransform, device: torch.device,
-                 guidance_vae: torch.nn.Module | None = None):
+                 guidance_vae: torch.nn.Module | None = None, judge: tuple[Any, dict[str, int]] | None = None):
         self.c, self.schedule, self.classifier = components, schedule, classifier
+        # what scores the final images: (classifier, source id -> its class index), or None = the guide
+        self.judge = judge
         self.size, self.steps, self.eta, self.prompt = size, steps, eta, prompt
         self.edges, self.transform, self.device = edges, transform, device
         self.decode = vae_decode(components.vae)
@@ -122,11 +124,14 @@ class ItemSampler:
                                        eta=self.eta, generator=gens if len(gens) > 1 else gens[0])
         images = decode_uint8(self.decode, result.latent)
         conf: list[float | None] = [None] * len(group)
-        if self.classifier is not None:
+        scorer, scored = self.classifier, targets
+        if self.judge is not None:
+            scorer, scored = self.judge[0], [self.judge[1][it.source.id] for it in group]
+        if scorer is not None:
             with torch.no_grad():
                 x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(self.device)
-                p = torch.softmax(self.classifier(x).float(), -1)
-            conf = [float(p[b, t]) for b, t in enumerate(targets)]
+                p = torch.softmax(scorer(x).float(), -1)
+            conf = [float(p[b, t]) for b, t in enumerate(scored)]
         traces = result.trace.split(len(group))
         return [Sampled(images[b], traces[b], conf[b]) for b in range(len(group))]
 

@@ -28,7 +28,7 @@ from . import records, safety
 from .distributed import ProcessGroup, Ranks, detect_ranks, pick_device, shard
 from .item_sampler import ItemSampler, PromptText, Sampled, SourceError, encode_png, trace_counts
 from .plan import (DEFAULT_PROMPT, Item, check_prompt, default_builtin_classifier, make_groups, make_items,
-                   make_sources, model_prompts, prompt_names, read_sources)
+                   make_sources, model_prompts, prompt_names, read_sources, resolve_targets)
 from .settings import AugmentSettings
 
 
@@ -139,8 +139,9 @@ def _run(s: AugmentSettings) -> int:
     check_prompt(prompt)
     schedule = s.build_schedule()
     classifier_path = s.classifier or (default_builtin_classifier() if s.model == BUILTIN else None)
-    if s.min_confidence is not None and not classifier_path:
-        raise ValueError("--min-confidence needs --classifier (the confidence is the classifier's)")
+    if s.min_confidence is not None and not (classifier_path or s.filter_classifier):
+        raise ValueError("--min-confidence needs --classifier or --filter-classifier (the confidence is a "
+                         "classifier's)")
     if schedule.uses_classifier and not classifier_path:
         raise ValueError(f"preset/schedule '{schedule.preset}' uses classifier guidance: pass --classifier "
                          "PATH.safetensors (timm weights + .json sidecar), or choose --preset cfg or contour")
@@ -160,7 +161,7 @@ def _run(s: AugmentSettings) -> int:
         raise ValueError(f"--size {s.size}: must be a multiple of {multiple} for this model")
     content, cache = safety.content_fingerprint(safety.model_files(
         [model_path, s.config, s.controlnet, s.controlnet_config, classifier_path,
-         None if s.guidance_vae in (None, "none") else s.guidance_vae]), records.file_cache(out))
+         None if s.guidance_vae in (None, "none") else s.guidance_vae, s.filter_classifier]), records.file_cache(out))
     if s.threads:
         torch.set_num_threads(s.threads)
     if s.deterministic:
@@ -172,6 +173,11 @@ def _run(s: AugmentSettings) -> int:
     try:
         classifier = load_classifier(classifier_path, device) if classifier_path else None
         sources = make_sources(found, names, classifier)
+        judge = None
+        if s.filter_classifier:  # --filter-classifier: final images are scored by a classifier that did not guide
+            judge_clf = load_classifier(s.filter_classifier, device)
+            by_label = resolve_targets([i.label for i in found], names, judge_clf, "--filter-classifier")
+            judge = (judge_clf, {src.id: by_label[i.label] for i, src in zip(found, sources)})
         items = make_items(sources, s.variants, s.seed)
         components = load_components(s.model, controlnet=s.controlnet, config=s.config,
                                      controlnet_config=s.controlnet_config, scheduler=s.scheduler,
@@ -186,13 +192,15 @@ def _run(s: AugmentSettings) -> int:
         guidance_vae = load_guidance_decoder(s, device, vae_dtype) if schedule.uses_classifier else None
         if guidance_vae is not None:  # runs without one keep their fingerprint (and their outputs) unchanged
             fp["guidance_vae"] = guidance_vae[1]
+        if judge is not None:  # likewise: only runs that use one record it
+            fp["filter_classifier"] = str(Path(s.filter_classifier).resolve())
         run_hash = records.check_run(out, fp, s.overwrite, file_cache=cache)
         records.write_json(out / records.PLAN_FILE, {"run": run_hash, "items": [it.key for it in items],
                                                      "empty_classes": empty, "exact": s.overwrite})
         sampler = ItemSampler(components, schedule, classifier, size=size, steps=s.steps, eta=s.eta,
                               prompt=PromptText(prompt, s.super_name, s.negative_prompt),
                               edges=s.edge_detector(), transform=s.contour_transform(), device=device,
-                              guidance_vae=None if guidance_vae is None else guidance_vae[0])
+                              guidance_vae=None if guidance_vae is None else guidance_vae[0], judge=judge)
         job = _Job(s, info, out, run_hash, sampler)
         if info.is_main:
             job.say(f"higfa augment: {len(items)} items ({len(sources)} images x {s.variants} variants, "

@@ -168,12 +168,13 @@ def prompt_names(labels: Sequence[str], found_labels: set[str], class_names: str
     return names
 
 
-def make_sources(found: Sequence[dataset.SourceImage], names: dict[str, str], classifier=None) -> list[Source]:
-    """Attach prompt names, classifier targets and unique output names; clear errors for labels the
-    classifier does not know."""
+def resolve_targets(labels: Sequence[str], names: dict[str, str], classifier=None,
+                    what: str = "the classifier") -> dict[str, int | None]:
+    """label -> the classifier's class index (the label, its readable form and its class name are tried);
+    all None without a classifier. A clear error lists the labels `what` does not know."""
     targets: dict[str, int | None] = {}
     unknown = []
-    for label in sorted({i.label for i in found}):
+    for label in sorted(set(labels)):
         if classifier is None:
             targets[label] = None
             continue
@@ -186,10 +187,17 @@ def make_sources(found: Sequence[dataset.SourceImage], names: dict[str, str], cl
         else:
             unknown.append(label)
     if unknown:
-        raise ValueError(f"labels {unknown} are not classes of the classifier (it knows {classifier.class_names[:8]}"
+        raise ValueError(f"labels {unknown} are not classes of {what} (it knows {classifier.class_names[:8]}"
                          f"{' ...' if classifier.num_classes > 8 else ''}). Map them with --class-names (the folder "
-                         "name, its readable form and its class name are tried), use the classifier trained on this "
+                         "name, its readable form and its class name are tried), use a classifier trained on this "
                          "dataset, or choose --preset cfg/contour (no classifier)")
+    return targets
+
+
+def make_sources(found: Sequence[dataset.SourceImage], names: dict[str, str], classifier=None) -> list[Source]:
+    """Attach prompt names, classifier targets and unique output names; clear errors for labels the
+    classifier does not know."""
+    targets = resolve_targets([i.label for i in found], names, classifier)
     sources, seen = [], {}
     for it in found:
         parts = [p for p in PurePosixPath(it.id).with_suffix("").parts if p not in ("/", "..", ".")]

@@ -61,6 +61,7 @@ class AugmentSettings:
     # filter
     min_confidence: float | None = None
     filter: str = "drop"
+    filter_classifier: str | None = None  # scores the final images instead of the guide (None: the guide)
     # run
     overwrite: bool = False
     device: str = "auto"
