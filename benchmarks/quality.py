@@ -50,7 +50,7 @@ from higfa.contour import ContourTransform  # noqa: E402
 from higfa.jobs.evaluate import paired, replacement_weights  # noqa: E402
 from higfa.jobs.evaluate import ImageSet, train_and_test  # noqa: E402
 from higfa.schedule import Schedule  # noqa: E402
-from higfa.training import Augment, features  # noqa: E402
+from higfa.training import Augment, features, predict  # noqa: E402
 from higfa.world import metrics  # noqa: E402
 from higfa.world.models import load_world  # noqa: E402
 from higfa.world.scorer import SCORER, load_scorer  # noqa: E402
@@ -112,6 +112,13 @@ def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats) -
                 "oracle_species": o["species"], "oracle_family": o["family"], "oracle_p_target": o["p_target"],
                 "scored_by": "world oracle"}
     out["fooling_gap"] = out["guide_species"] - out["oracle_species"]
+    if "keep" in g:  # what the confidence filter keeps, and how right the kept images are (the same judge as above)
+        judge = oracle if arm.guide != "oracle" else scorer
+        kept = g["keep"]
+        right = predict(judge, g["images"]).argmax(1).numpy() == t
+        out["filter"] = {"classifier": arm.filter, "threshold": arm.filter_threshold, "kept": float(kept.mean()),
+                         "oracle_species_kept": float(right[kept].mean()) if kept.any() else None,
+                         "oracle_species_dropped": float(right[~kept].mean()) if (~kept).any() else None}
     return out
 
 
@@ -131,7 +138,7 @@ def downstream(args, world, generated: dict, settings: dict, test, bar) -> dict:
         keys = {"real": None}
         for name in args.downstream:
             g = generated[name]
-            use = np.array([s in src_map for s in g["source"].tolist()])
+            use = np.array([s in src_map for s in g["source"].tolist()]) & g.get("keep", True)
             src = np.array([src_map[s] for s in g["source"][use].tolist()], dtype=np.int64)
             x = np.concatenate([real.images, g["images"][use]])
             y = np.concatenate([real.labels, g["targets"][use]])
@@ -297,6 +304,11 @@ def main(argv=None) -> int:
         data = np.load(caches[a.name])
         generated[a.name] = ({k: data[k] for k in ("images", "targets", "source", "contours")}
                              | json.loads(str(data["meta"])))
+        if a.filter is not None:  # the confidence filter, by a classifier that did not guide these images
+            g = generated[a.name]
+            p = predict(load_classifier(a.filter).float(), g["images"]).numpy()[np.arange(len(g["targets"])),
+                                                                                 g["targets"]]
+            g["keep"] = p >= a.filter_threshold
     bar.close()
     if args.downstream_from_cache:
         results = json.loads(args.results.read_text())

@@ -21,17 +21,27 @@ class Arm:
     preset: str
     overrides: dict
     guide: str = "guidance"  # guidance (the shipped few-shot guide) | oracle (diagnosis only) | a classifier path
+    # the confidence filter downstream: a classifier file other than the guide, and the threshold on its p(target)
+    filter: str | None = None
+    filter_threshold: float = 0.5
 
 
 def _extra(item: str, base: dict) -> Arm:
-    """NAME=PRESET[,FIELD=VALUE...][,guide=G] -> Arm."""
+    """NAME=PRESET[,FIELD=VALUE...][,guide=G][,filter=PATH[,filter_threshold=T]] -> Arm."""
     name, _, rest = item.partition("=")
     parts = [x for x in rest.split(",") if x]
     if not name or not parts or parts[0] not in PRESETS:
-        raise ValueError(f"--extra {item!r}: use NAME=PRESET[,FIELD=VALUE...][,guide=oracle|PATH] with a preset of "
-                         f"{list(PRESETS)}")
-    guide = next((x.partition("=")[2] for x in parts[1:] if x.startswith("guide=")), "guidance")
-    return Arm(name, parts[0], base | _overrides([x for x in parts[1:] if not x.startswith("guide=")]), guide)
+        raise ValueError(f"--extra {item!r}: use NAME=PRESET[,FIELD=VALUE...][,guide=oracle|PATH][,filter=PATH] with "
+                         f"a preset of {list(PRESETS)}")
+    own = {k: x.partition("=")[2] for x in parts[1:] for k in ("guide", "filter", "filter_threshold")
+           if x.startswith(k + "=")}
+    fields = [x for x in parts[1:] if x.partition("=")[0] not in own]
+    arm = Arm(name, parts[0], base | _overrides(fields), own.get("guide", "guidance"), own.get("filter"),
+              float(own.get("filter_threshold", 0.5)))
+    if arm.filter is not None and arm.filter in (arm.guide, "oracle"):
+        raise ValueError(f"--extra {item!r}: filter={arm.filter} must be a classifier that did not guide the arm "
+                         "and is not the world oracle (it scores)")
+    return arm
 
 
 def _overrides(items) -> dict:
@@ -61,9 +71,13 @@ def _gen_settings(args, arm: Arm) -> dict:
     guide = arm.guide
     if guide not in ("guidance", "oracle"):
         guide = f"{guide}#{hashlib.sha256(Path(guide).read_bytes()).hexdigest()[:16]}"
-    return {"shots": args.shots, "per_source": args.per_source, "steps": args.steps, "batch": args.batch,
-            "seed": args.seed, "contour_transform": ContourTransform().to_dict(), "preset": arm.preset,
-            "schedule_overrides": arm.overrides, "guide": guide, "models": str(args.models or "shipped")}
+    out = {"shots": args.shots, "per_source": args.per_source, "steps": args.steps, "batch": args.batch,
+           "seed": args.seed, "contour_transform": ContourTransform().to_dict(), "preset": arm.preset,
+           "schedule_overrides": arm.overrides, "guide": guide, "models": str(args.models or "shipped")}
+    if arm.filter is not None:  # only filtered arms carry it: the others keep their cached images
+        out["filter"] = [f"{arm.filter}#{hashlib.sha256(Path(arm.filter).read_bytes()).hexdigest()[:16]}",
+                         arm.filter_threshold]
+    return out
 
 
 def _cache_ok(cache: Path, settings: dict) -> bool:

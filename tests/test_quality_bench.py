@@ -85,3 +85,24 @@ def test_bad_arms_name_the_option(quality):
     arm = quality._extra("v=higfa,classifier_scale=2,guide=oracle", {"stage_boundary": 0.5})
     assert (arm.preset, arm.guide) == ("higfa", "oracle")
     assert arm.overrides == {"stage_boundary": 0.5, "classifier_scale": 2.0}
+    arm = quality._extra("f=higfa-robust,filter=x.safetensors,filter_threshold=0.7", {})
+    assert (arm.preset, arm.filter, arm.filter_threshold, arm.overrides) == ("higfa-robust", "x.safetensors", 0.7, {})
+    with pytest.raises(ValueError, match="must be a classifier that did not guide"):
+        quality._extra("f=higfa,guide=x.safetensors,filter=x.safetensors", {})
+
+
+def test_a_filtered_arm_keeps_only_what_its_judge_accepts(quality, tmp_path):
+    """filter=PATH: a classifier that did not guide scores the arm's images; downstream uses only those it
+    accepts, and the arm's record says how many and how right they are (by the world oracle)."""
+    judge = ROOT / "higfa" / "world" / "assets" / "guidance_robust.safetensors"
+    results = tmp_path / "quality.json"
+    args = ["--shots", "2", "--steps", "3", "--presets", "higfa", "--extra",
+            f"judged=higfa,filter={judge},filter_threshold=0.2", "--downstream", "judged", "--downstream-shots", "2",
+            "--seeds", "0", "--epochs", "1", "--test-per-class", "1", "--threads", "1", "--out", str(tmp_path / "o"),
+            "--results", str(results), "--doc", ""]
+    assert quality.main(args) == 0
+    r = json.loads(results.read_text())
+    f = r["presets"]["judged"]["filter"]
+    assert f["threshold"] == 0.2 and 0 <= f["kept"] <= 1 and "filter" not in r["presets"]["higfa"]
+    assert r["presets"]["judged"]["oracle_species"] == r["presets"]["higfa"]["oracle_species"]  # the same images
+    assert r["downstream"]["saspa"]["real+judged"]["synthetic_images"] == round(f["kept"] * 32)
