@@ -9,7 +9,8 @@ guided steps (`grad_map` is switched on for this; it only observes).
 
     python benchmarks/guidance_options.py --shots 2 --config views=4 --config views=4,classifier_scale=4
 
-Writes benchmarks/results/guidance_options.json (and prints a table). Not run by `make test`.
+Writes --out (and prints a table). benchmarks/results/guidance_options.json collects the runs that chose the
+`higfa-robust` preset (docs/method.md, docs/quality.md). Not run by `make test`.
 """
 
 from __future__ import annotations
