@@ -3,7 +3,7 @@
     python benchmarks/speed_world_decoder.py [--per-species 4]
 
 Same sources, contour seeds and noise seeds for both decoders (paired): `--per-species` few-shot images per
-species, one `higfa`-preset image each (30 DDIM steps), guided by the world's few-shot classifier
+species, one image each (`--preset`, default `higfa`) (30 DDIM steps), guided by the world's few-shot classifier
 (guidance.safetensors) with x̂0 decoded either by the world VAE or by the shipped tiny decoder
 (higfa/world/assets/tiny_decoder, `make train-world`); the final image is always decoded by the VAE.
 Fidelity: the oracle's (oracle.safetensors) species accuracy w.r.t. the intended species; fooling gap: the
@@ -34,7 +34,7 @@ def _seed(*parts: int) -> int:  # as benchmarks/quality.py
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0])
 
 
-def run(models, sources, decoder: str, batch: int) -> dict:
+def run(models, sources, decoder: str, batch: int, preset: str = "higfa") -> dict:
     from higfa.training import predict
 
     images, stage2, t0 = [], [], time.perf_counter()
@@ -42,7 +42,7 @@ def run(models, sources, decoder: str, batch: int) -> dict:
         idx = list(range(b, min(b + batch, len(sources))))
         tg = [int(sources.labels[i]) for i in idx]
         contours = models.contours(sources.images[idx], [_seed(0, 1, i, 0) for i in idx], ContourTransform())
-        gen = models.generate(Schedule.from_preset("higfa"), tg, contours, [_seed(0, 2, i, 0) for i in idx],
+        gen = models.generate(Schedule.from_preset(preset), tg, contours, [_seed(0, 2, i, 0) for i in idx],
                               guidance_decoder=decoder)
         images.append(gen.images)
         stage2 += [r.seconds for r in gen.result.trace.steps if r.stage == 2]
@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--per-species", type=int, default=4)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--preset", default="higfa", help="schedule preset (default higfa)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "speed_world_decoder.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -68,9 +69,9 @@ def main(argv=None) -> int:
     if models.tiny_decoder is None:
         raise SystemExit(f"no tiny decoder in {models.path}: run `make train-world` (stage tiny_decoder)")
     sources = models.world.split("fewshot", args.per_species)
-    result = {"per_species": args.per_species, "preset": "higfa", "steps": 30, "threads": args.threads}
+    result = {"per_species": args.per_species, "preset": args.preset, "steps": 30, "threads": args.threads}
     for decoder in ("vae", "tiny"):
-        result[decoder] = run(models, sources, decoder, args.batch)
+        result[decoder] = run(models, sources, decoder, args.batch, args.preset)
         print(decoder, result[decoder], flush=True)
     result["fidelity_drop"] = round(result["vae"]["oracle_species_accuracy"]
                                     - result["tiny"]["oracle_species_accuracy"], 4)

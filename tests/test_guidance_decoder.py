@@ -110,6 +110,7 @@ def test_the_world_tiny_decoder_stage_trains_saves_and_guides(tmp_path, monkeypa
     monkeypatch.setitem(tiny_decoder.SETTINGS, "encoder_steps", 5)
     info = tiny_decoder.train_tiny_decoder(TrainConfig(), TinyBirds(seed=0), tmp_path / "world")
     assert info["pool_latents"] == 32 and info["decoder_parameters"] < info["teacher_decoder_parameters"]
+    assert -1.0 <= info["train_pool_vjp_cosine_last256"] <= 1.0  # the classifier-path VJP was distilled too
     files = list((tmp_path / "world" / tiny_decoder.FOLDER).glob("*.safetensors"))
     assert files and sum(f.stat().st_size for f in files) < 1_000_000  # small, fp16
     models = load_world(tmp_path / "world")

@@ -3,7 +3,10 @@
 Stage `tiny_decoder` of `higfa train-world` (after `vae` and `diffusion`): the student decodes the UNet's latent
 space directly (TAESD's convention: scaling_factor 1.0, input = the latent the UNet sees, output in [-1, 1]) and is
 trained to reproduce the world VAE decoder's image on the latents guidance actually decodes: one-step x̂0 of the
-world's own UNet + ControlNet at noise levels of stage 2 and below (π in [0.5, 1]), and clean latents. Its encoder
+world's own UNet + ControlNet at noise levels of stage 2 and below (π in [0.5, 1]), and clean latents. On the
+classifier path only the decoder's vector-Jacobian product matters (guidance uses ∂ log p / ∂ latent), so the
+student is also trained to give the teacher's VJP direction (cosine loss, `grad_weight`) for the cotangents the
+path really sees: the few-shot guide's ∇ log p(y | image) on the teacher's image, for a random species y. Its encoder
 is distilled too (to the VAE's posterior mean, scaled), so the folder is a complete diffusers AutoencoderTiny that
 `higfa augment --guidance-vae` and any TAESD loader accept. Saved in float16 to `<out>/tiny_decoder/`.
 """
@@ -16,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 FOLDER = "tiny_decoder"
 # What guides the world's classifier path by default (WorldModels.generate, the demo, `higfa augment --model
@@ -26,8 +30,8 @@ CONFIG: dict[str, Any] = dict(
     in_channels=3, out_channels=3, latent_channels=8, encoder_block_out_channels=(32, 32, 32),
     decoder_block_out_channels=(32, 32, 32), num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(1, 1, 1),
     upsampling_scaling_factor=2, act_fn="relu", scaling_factor=1.0, shift_factor=0.0)
-SETTINGS: dict[str, Any] = dict(per_class=48, steps=700, batch=32, lr=2e-3, min_progress=0.5, clean_share=0.25,
-                                encoder_steps=200)
+SETTINGS: dict[str, Any] = dict(per_class=48, steps=1500, batch=32, lr=2e-3, min_progress=0.5, clean_share=0.25,
+                                encoder_steps=200, grad_weight=1.0)
 
 
 @torch.no_grad()
@@ -60,6 +64,33 @@ def _pool(models, per_class: int, gen: torch.Generator, settings: dict
     return latents, teacher, torch.cat(clean), data.images
 
 
+def _teacher_vjps(models, latents: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cotangents v [N,3,64,64] (∇ log p_guide(y | image) w.r.t. the image in [-1,1], random y, unit RMS) and the
+    teacher decoder's VJPs Jᵀv [N,8,16,16] at the pool latents: what the classifier path propagates."""
+    from ..backends.denoiser import vae_decode
+
+    decode, guide = vae_decode(models.vae), models.guidance
+    vs, gs = [], []
+    for i in range(0, len(latents), 128):
+        z = latents[i:i + 128].clone().requires_grad_(True)
+        with torch.enable_grad():
+            image = decode(z)  # [0,1]
+            leaf = image.detach().requires_grad_(True)
+            y = torch.randint(0, guide.num_classes, (len(z),), generator=gen)
+            logp = torch.log_softmax(guide(leaf), -1)[torch.arange(len(z)), y]
+            (v,) = torch.autograd.grad(logp.sum(), leaf)
+            v = v / 2  # the student decodes to [-1,1]: d image01 = d image / 2
+            v = v / (v.flatten(1).pow(2).mean(1).sqrt().reshape(-1, 1, 1, 1) + 1e-12)
+            (g,) = torch.autograd.grad(image * 2 - 1, z, grad_outputs=v)
+        vs.append(v.detach())
+        gs.append(g.detach())
+    return torch.cat(vs), torch.cat(gs)
+
+
+def _cosine_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return 1 - F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1).mean()
+
+
 def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
     """Distil `out/vae`'s decoder (and encoder) into an AutoencoderTiny saved as `out/tiny_decoder` (float16)."""
     from diffusers import AutoencoderTiny
@@ -71,28 +102,37 @@ def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed + 23)
     t_pool = time.perf_counter()
     latents, teacher, clean, images = _pool(models, s["per_class"], gen, s)
+    cotangents, vjps = _teacher_vjps(models, latents, gen) if s["grad_weight"] > 0 else (None, None)
     t_pool = time.perf_counter() - t_pool
     torch.manual_seed(cfg.seed + 29)
     tiny = AutoencoderTiny(**CONFIG).train()
     opt = torch.optim.AdamW(tiny.decoder.parameters(), lr=s["lr"], weight_decay=0.0)
-    started, losses = time.perf_counter(), []
+    started, losses, cos_losses = time.perf_counter(), [], []
+    mirror = lambda t, flip: torch.where(flip.reshape(-1, 1, 1, 1), t.flip(-1), t)  # noqa: E731
     for step in range(s["steps"]):
         idx = torch.randint(0, len(latents), (s["batch"],), generator=gen)
-        z, target = latents[idx], teacher[idx]
         flip = torch.rand(s["batch"], generator=gen) < 0.5  # mirror pairs: the world's birds face both ways
-        z = torch.where(flip.reshape(-1, 1, 1, 1), z.flip(-1), z)
-        target = torch.where(flip.reshape(-1, 1, 1, 1), target.flip(-1), target)
+        z, target = mirror(latents[idx], flip), mirror(teacher[idx], flip)
         lr = s["lr"] * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / s["steps"])))
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = (tiny.decode(z).sample - target).abs().mean()
+        z.requires_grad_(vjps is not None)
+        decoded = tiny.decode(z).sample
+        loss = l1 = (decoded - target).abs().mean()
+        if vjps is not None:  # double backward: the student's VJP is differentiable in its weights
+            (g_student,) = torch.autograd.grad(decoded, z, grad_outputs=mirror(cotangents[idx], flip),
+                                              create_graph=True)
+            cos = _cosine_loss(g_student, mirror(vjps[idx], flip))
+            loss = loss + s["grad_weight"] * cos
+            cos_losses.append(float(cos.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(l1.detach()))
         if (step + 1) % 50 == 0:
+            extra = f" VJP 1-cos {np.mean(cos_losses[-50:]):.4f}" if cos_losses else ""
             print(f"[{time.strftime('%H:%M:%S')}] tiny decoder step {step + 1}/{s['steps']} "
-                  f"L1 {np.mean(losses[-50:]):.4f}", flush=True)
+                  f"L1 {np.mean(losses[-50:]):.4f}{extra}", flush=True)
     # The encoder is not on the guidance path; a short distillation makes the folder a usable autoencoder.
     x_all = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     opt = torch.optim.AdamW(tiny.encoder.parameters(), lr=s["lr"])
@@ -108,13 +148,20 @@ def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
     with torch.no_grad():
         held = latents[-256:]
         err = float((tiny.decode(held).sample - teacher[-256:]).abs().mean())
+    vjp_cos = None
+    if vjps is not None:
+        z = held.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g_student,) = torch.autograd.grad(tiny.decode(z).sample, z, grad_outputs=cotangents[-256:])
+        vjp_cos = round(1 - float(_cosine_loss(g_student, vjps[-256:])), 4)
     tiny.to(torch.float16).save_pretrained(out / FOLDER, safe_serialization=True)
     n_dec = sum(p.numel() for p in tiny.decoder.parameters())
     n_vae = sum(p.numel() for p in models.vae.decoder.parameters()) + sum(
         p.numel() for p in models.vae.post_quant_conv.parameters())
     return {"seconds": round(seconds, 1), "pool_seconds": round(t_pool, 1), "pool_latents": len(latents),
             "settings": s, "final_l1_pm1": round(float(np.mean(losses[-100:])), 4),
-            "train_pool_l1_pm1_last256": round(err, 4), "encoder_l1": round(enc_l1, 4),
+            "train_pool_l1_pm1_last256": round(err, 4),
+            "train_pool_vjp_cosine_last256": vjp_cos, "encoder_l1": round(enc_l1, 4),
             "decoder_parameters": n_dec, "teacher_decoder_parameters": n_vae}
 
 
