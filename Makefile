@@ -42,7 +42,9 @@ demo: setup
 bench-quality: setup
 	$(PY) benchmarks/quality.py --threads 1 --jobs 2 \
 		--extra higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/guidance_robust.safetensors \
-		higfa-oracle=higfa-robust,guide=oracle --downstream cfg higfa higfa-robust higfa-robust-pgd
+		higfa-robust-filtered=higfa-robust,filter=higfa/world/assets/guidance_robust.safetensors \
+		higfa-oracle=higfa-robust,guide=oracle \
+		--downstream cfg higfa higfa-robust higfa-robust-pgd higfa-robust-filtered
 
 # Retrain the built-in world's models into higfa/world/assets/ (CPU, under an hour of CPU time).
 train-world: setup

@@ -49,6 +49,13 @@ def report(r: dict) -> str:
     if "world" in r:
         lines.append(f"- Contour adherence of `higfa` (edge F1, Canny of the sample vs its transformed contour): "
                      f"**{r['world']['contour_f1']:.3f}** at 2 px, {r['world']['contour_f1_1px']:.3f} at 1 px.")
+    for name, f in r["presets"].items():
+        if f.get("filter"):
+            flt = f["filter"]
+            lines.append(f"- Confidence filter of `{name}` ({flt['classifier']}, p(target) ≥ {flt['threshold']}; "
+                         f"it did not guide): keeps {flt['kept']:.1%} of the images; oracle species accuracy "
+                         f"{_fmt(flt['oracle_species_kept'])} on those kept, {_fmt(flt['oracle_species_dropped'])} on "
+                         "those dropped. Only the kept ones go downstream.")
     lines += ["", "## Fidelity, fooling gap, diversity", "",
               "| arm | guided by | oracle acc. (species) | scored by | oracle acc. (family) | guide acc. (species) | "
               "fooling gap | scorer acc. (species) | pixel diversity | feature diversity | contour F1 (2 px) | "
