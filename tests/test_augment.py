@@ -457,7 +457,8 @@ def test_filter_classifier_scores_the_final_images_instead_of_the_guide(world, r
     kept = {r["key"] for r in manifest(tmp_path / "kept") if r["status"] == "ok"}
     assert kept == {r["key"] for r, c in zip(recs, expected) if c >= threshold}
     # a judge that does not know a class is refused, naming the option
-    other = save_classifier(build_classifier("test_resnet", ["Blue Jay", "Red Cardinal"], 64), tmp_path / "o.safetensors")
+    other = save_classifier(build_classifier("test_resnet", ["Blue Jay", "Red Cardinal"], 64),
+                            tmp_path / "o.safetensors")
     rc, err = run_cli(args_for(world, tmp_path / "bad", "--filter-classifier", other))
     assert rc != 0 and "--filter-classifier" in err and "002.House_Sparrow" in err
 
