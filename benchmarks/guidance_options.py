@@ -27,6 +27,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from quality_arms import _overrides  # noqa: E402
 
 from higfa.classifier import load_classifier  # noqa: E402
 from higfa.contour import ContourTransform  # noqa: E402
@@ -39,15 +42,9 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0])
 
 
-def _overrides(text: str) -> dict:
-    out = {}
-    for item in filter(None, text.split(",")):
-        name, _, value = item.partition("=")
-        default = getattr(Schedule(), name, None)
-        if default is None or not value:
-            raise ValueError(f"--config {text!r}: use FIELD=VALUE[,FIELD=VALUE] with Schedule fields")
-        out[name] = (value.lower() == "true") if isinstance(default, bool) else type(default)(value)
-    return out
+def _config(text: str) -> dict:
+    """--config FIELD=V[,FIELD=V] -> typed Schedule overrides (the quality bench's parser)."""
+    return _overrides(filter(None, text.split(",")), "--config")
 
 
 def run(models, sources, masks, overrides: dict, steps: int, batch: int, seed: int) -> dict:
@@ -107,7 +104,7 @@ def main(argv=None) -> int:
                             "threads": torch.get_num_threads(), "torch": torch.__version__}, "configs": {}}
     print(f"{'config':40s} oracle  family  guide   gap    energy-in-markings  s/img")
     for text in configs:
-        r = run(models, sources, sources.masks, _overrides(text), args.steps, args.batch, args.seed)
+        r = run(models, sources, sources.masks, _config(text), args.steps, args.batch, args.seed)
         results["configs"][text or "higfa"] = r
         e = r["grad_energy_in_markings"]
         print(f"{text or 'higfa':40s} {r['oracle_species']:.3f}  {r['oracle_family']:.3f}  {r['guide_species']:.3f}"

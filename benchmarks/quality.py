@@ -106,16 +106,16 @@ def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats) -
            "guided_sample_steps": g["guided_sample_steps"], "gated_sample_steps": g["gated_sample_steps"],
            "sharpness": metrics.sharpness(g["images"]),
            "contour_f1": {f"{tol}px": metrics.contour_f1(g["contours"], g["images"], tol)["f1"] for tol in (1, 2)}}
+    judged = f  # the verdict behind oracle_species: the scorer's, or the world oracle's where it did not guide
     if arm.guide != "oracle":  # the world's oracle may score only what it did not guide
-        o = metrics.fidelity(oracle, g["images"], t, fam, "world oracle")
+        o = judged = metrics.fidelity(oracle, g["images"], t, fam, "world oracle")
         out |= {"world_oracle_species": o["species"], "world_oracle_family": o["family"],
                 "oracle_species": o["species"], "oracle_family": o["family"], "oracle_p_target": o["p_target"],
                 "scored_by": "world oracle"}
     out["fooling_gap"] = out["guide_species"] - out["oracle_species"]
     if "keep" in g:  # what the confidence filter keeps, and how right the kept images are (the same judge as above)
-        judge = oracle if arm.guide != "oracle" else scorer
         kept = g["keep"]
-        right = predict(judge, g["images"]).argmax(1).numpy() == t
+        right = np.asarray(judged["pred"]) == t
         out["filter"] = {"classifier": arm.filter, "threshold": arm.filter_threshold, "kept": float(kept.mean()),
                          "oracle_species_kept": float(right[kept].mean()) if kept.any() else None,
                          "oracle_species_dropped": float(right[~kept].mean()) if (~kept).any() else None}

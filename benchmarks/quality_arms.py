@@ -44,13 +44,14 @@ def _extra(item: str, base: dict) -> Arm:
     return arm
 
 
-def _overrides(items) -> dict:
+def _overrides(items, option: str = "--set") -> dict:
+    """FIELD=VALUE items -> typed Schedule overrides; a bad item is named with the option it came from."""
     out = {}
     for item in items:
         name, _, value = item.partition("=")
         default = getattr(Schedule(), name, None)
         if default is None or not value:
-            raise ValueError(f"--set {item!r}: use FIELD=VALUE with a Schedule field")
+            raise ValueError(f"{option} {item!r}: use FIELD=VALUE with a Schedule field")
         out[name] = (value.lower() == "true") if isinstance(default, bool) else type(default)(value)
     return out
 

@@ -34,6 +34,14 @@ DEFAULT = ("tiny", "sd15", "torchrun", "world")
 NOTES_MARKER = "<!-- notes below are kept when benchmarks/speed.py rewrites this file -->"
 
 
+def write_part(path: Path, result: dict, shown: dict | None = None) -> int:
+    """A part's output file (what `collect` reads) and its printout (`shown`, default all of it); exit status 0."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result if shown is None else shown, indent=1))
+    return 0
+
+
 def collect(previous: dict) -> dict:
     """speed.json from the part outputs present (parts without output keep their previous section)."""
     out = dict(previous)

@@ -13,7 +13,6 @@ outputs/bench/speed_gpu.json (`benchmarks/speed.py --only gpu` folds it into ben
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
+from speed import write_part  # noqa: E402
 from speed_sd15 import KINDS, Bench, build, parts_for  # noqa: E402
 
 from higfa.guide import Guide  # noqa: E402
@@ -81,10 +81,7 @@ def main(argv=None) -> int:
               "weights_mb": round(sum(p.numel() * p.element_size() for m in models.values() for p in m.parameters())
                                   / 2**20, 1),
               "torch": torch.__version__}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    return 0
+    return write_part(args.out, result)
 
 
 if __name__ == "__main__":

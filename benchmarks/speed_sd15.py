@@ -40,6 +40,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from speed import write_part  # noqa: E402
 
 from higfa.backends.denoiser import DiffusersDenoiser, vae_decode  # noqa: E402
 from higfa.classifier import build_classifier  # noqa: E402
@@ -304,10 +307,7 @@ def main(argv=None) -> int:
         print(f"stage-1 overhead {overhead * 1e3:.2f} ms per step -> {args.out}")
         return 0
     result = measure(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if "ratio" in k}, indent=1))
-    return 0
+    return write_part(args.out, result, shown={k: v for k, v in result.items() if "ratio" in k})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ the trace's stage-2 rows (whole step: model call + guidance). Writes outputs/ben
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from speed import write_part  # noqa: E402
 
 from higfa.contour import ContourTransform  # noqa: E402
 from higfa.schedule import Schedule  # noqa: E402
@@ -79,10 +81,7 @@ def main(argv=None) -> int:
     result["fooling_gap_not_worse"] = result["tiny"]["fooling_gap"] <= result["vae"]["fooling_gap"]
     result["decoder_parameters"] = {"vae": sum(p.numel() for p in models.vae.decoder.parameters()),
                                     "tiny": sum(p.numel() for p in models.tiny_decoder.decoder.parameters())}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    return 0
+    return write_part(args.out, result)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,11 @@ def _teacher_vjps(models, latents: torch.Tensor, gen: torch.Generator) -> tuple[
     return torch.cat(vs), torch.cat(gs)
 
 
+def _mirror(t: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Samples [B,...] with flip[b] mirrored left-right (the world's birds face both ways)."""
+    return torch.where(flip.reshape(-1, 1, 1, 1), t.flip(-1), t)
+
+
 def _cosine_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1 - F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1).mean()
 
@@ -108,11 +113,10 @@ def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
     tiny = AutoencoderTiny(**CONFIG).train()
     opt = torch.optim.AdamW(tiny.decoder.parameters(), lr=s["lr"], weight_decay=0.0)
     started, losses, cos_losses = time.perf_counter(), [], []
-    mirror = lambda t, flip: torch.where(flip.reshape(-1, 1, 1, 1), t.flip(-1), t)  # noqa: E731
     for step in range(s["steps"]):
         idx = torch.randint(0, len(latents), (s["batch"],), generator=gen)
         flip = torch.rand(s["batch"], generator=gen) < 0.5  # mirror pairs: the world's birds face both ways
-        z, target = mirror(latents[idx], flip), mirror(teacher[idx], flip)
+        z, target = _mirror(latents[idx], flip), _mirror(teacher[idx], flip)
         lr = s["lr"] * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / s["steps"])))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -120,9 +124,9 @@ def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
         decoded = tiny.decode(z).sample
         loss = l1 = (decoded - target).abs().mean()
         if vjps is not None:  # double backward: the student's VJP is differentiable in its weights
-            (g_student,) = torch.autograd.grad(decoded, z, grad_outputs=mirror(cotangents[idx], flip),
+            (g_student,) = torch.autograd.grad(decoded, z, grad_outputs=_mirror(cotangents[idx], flip),
                                               create_graph=True)
-            cos = _cosine_loss(g_student, mirror(vjps[idx], flip))
+            cos = _cosine_loss(g_student, _mirror(vjps[idx], flip))
             loss = loss + s["grad_weight"] * cos
             cos_losses.append(float(cos.detach()))
         opt.zero_grad(set_to_none=True)
