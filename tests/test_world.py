@@ -197,3 +197,43 @@ def test_demo_writes_its_files(tmp_path):
     sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
     assert sheet.shape[0] > 2 * 128 and sheet.shape[1] > 6 * 128
     assert json.loads((tmp_path / "trace.json").read_text())["schedule"]["preset"] == "higfa-robust"
+
+
+# ---------------------------------------------------------------------------- training
+def test_diffusion_more_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """`make train-world` may be cut short: the diffusion stages checkpoint every `checkpoint_every`
+    steps, and a run killed after a checkpoint resumes to exactly the weights of an uncut run."""
+    import dataclasses
+    import shutil
+
+    from higfa.world import train
+
+    for run in ("uncut", "cut"):
+        shutil.copytree(ASSETS, tmp_path / run, ignore=shutil.ignore_patterns("*tiny_decoder*", "guidance_*"))
+    cfg = dataclasses.replace(train.TrainConfig(), diffusion_per_class=2, diffusion_batch=4, diffusion_more_steps=4,
+                              checkpoint_every=2)
+    train.run(cfg, ["diffusion_more"], tmp_path / "uncut")
+
+    real_cosine = train._cosine
+
+    def killed_at_step_3(step, total, warmup, floor=0.1):
+        if step == 3:
+            raise KeyboardInterrupt  # like Ctrl-C or the machine going away after the step-2 checkpoint
+        return real_cosine(step, total, warmup, floor)
+
+    monkeypatch.setattr(train, "_cosine", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, ["diffusion_more"], tmp_path / "cut")
+    ckpt = tmp_path / "cut" / "checkpoints" / "diffusion_more.pt"
+    assert torch.load(ckpt, weights_only=False)["step"] == 2
+    monkeypatch.setattr(train, "_cosine", real_cosine)
+    info = train.run(cfg, ["diffusion_more"], tmp_path / "cut")["diffusion_more"]
+    assert info["resumed_at"] == 2 and not ckpt.exists()  # a finished stage removes its checkpoint
+    from safetensors.torch import load_file
+
+    for part in ("unet", "controlnet", "text_encoder"):
+        name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
+        a, b = (load_file(tmp_path / run / part / name) for run in ("uncut", "cut"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+        shipped = load_file(ASSETS / part / name)
+        assert any(not torch.equal(a[k], shipped[k]) for k in a), f"{part}: trained weights unchanged"
