@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality_arms import PRESETS, Arm, _cache_ok, _extra, _gen_settings, _overrides, _sweeps  # noqa: E402,F401
+from quality_arms import (PRESETS, Arm, _cache_ok, _extra, _gen_settings, _overrides, _sweeps,  # noqa: E402,F401
+                           models_digest)
 from quality_report import NOTES_MARKER, report  # noqa: E402
 
 from higfa.classifier import load_classifier  # noqa: E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 
 from higfa.contour import ContourTransform
 from higfa.schedule import Schedule
+from higfa.world.birds import ASSETS
 
 PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa", "higfa-robust")
 
@@ -68,13 +70,30 @@ def _sweeps(items) -> list[tuple[str, list]]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def models_digest(folder: Path) -> str:
+    """sha256 (16 hex) of what generates and guides in a world models folder: the diffusers parts, the
+    shipped guide and the oracle, the tiny decoder. Cached images and downstream runs are keyed by it,
+    so retrained weights (`make train-world`) never reuse images of the old ones."""
+    h = hashlib.sha256()
+    parts = [p for p in sorted(folder.iterdir()) if p.is_dir()] + [folder / "guidance.safetensors",
+                                                                    folder / "oracle.safetensors"]
+    for part in parts:
+        for f in sorted([part] if part.is_file() else part.rglob("*")):
+            if f.is_file():
+                h.update(str(f.relative_to(folder)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _gen_settings(args, arm: Arm) -> dict:
     guide = arm.guide
     if guide not in ("guidance", "oracle"):
         guide = f"{guide}#{hashlib.sha256(Path(guide).read_bytes()).hexdigest()[:16]}"
     out = {"shots": args.shots, "per_source": args.per_source, "steps": args.steps, "batch": args.batch,
            "seed": args.seed, "contour_transform": ContourTransform().to_dict(), "preset": arm.preset,
-           "schedule_overrides": arm.overrides, "guide": guide, "models": str(args.models or "shipped")}
+           "schedule_overrides": arm.overrides, "guide": guide,
+           "models": f"{args.models or 'shipped'}#{models_digest(Path(args.models or ASSETS).resolve())}"}
     if arm.filter is not None:  # only filtered arms carry it: the others keep their cached images
         out["filter"] = [f"{arm.filter}#{hashlib.sha256(Path(arm.filter).read_bytes()).hexdigest()[:16]}",
                          arm.filter_threshold]

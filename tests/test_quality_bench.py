@@ -106,3 +106,23 @@ def test_a_filtered_arm_keeps_only_what_its_judge_accepts(quality, tmp_path):
     assert f["threshold"] == 0.2 and 0 <= f["kept"] <= 1 and "filter" not in r["presets"]["higfa"]
     assert r["presets"]["judged"]["oracle_species"] == r["presets"]["higfa"]["oracle_species"]  # the same images
     assert r["downstream"]["saspa"]["real+judged"]["synthetic_images"] == round(f["kept"] * 32)
+
+
+def test_cached_images_are_keyed_by_the_models_weights(quality, tmp_path):
+    """Retrained weights (`make train-world`) must never reuse the old weights' cached images or runs."""
+    import argparse
+    import shutil
+
+    from higfa.world.birds import ASSETS
+
+    folder = tmp_path / "world"
+    shutil.copytree(ASSETS, folder)
+    args = argparse.Namespace(shots=10, per_source=1, steps=30, batch=32, seed=0, models=folder)
+    arm = quality._extra("a=higfa", {})
+    before = quality._gen_settings(args, arm)
+    (folder / "training.json").write_text("{}")  # metadata only: same key
+    assert quality._gen_settings(args, arm) == before
+    unet = next((folder / "unet").glob("*.safetensors"))
+    unet.write_bytes(unet.read_bytes()[:-2] + b"\x00\x01")  # one weight changed
+    quality.models_digest.cache_clear()
+    assert quality._gen_settings(args, arm)["models"] != before["models"]
