@@ -42,6 +42,7 @@ demo: setup
 bench-quality: setup
 	$(PY) benchmarks/quality.py --threads 1 --jobs 2 \
 		--extra higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/guidance_robust.safetensors \
+		higfa-robust-pgd16=higfa-robust,views=16,guide=higfa/world/assets/guidance_robust.safetensors \
 		higfa-robust-filtered=higfa-robust,filter=higfa/world/assets/guidance_robust.safetensors \
 		higfa-oracle=higfa-robust,guide=oracle \
 		--downstream cfg higfa higfa-robust higfa-robust-pgd higfa-robust-filtered

@@ -3,7 +3,7 @@
 On the built-in tiny world (higfa/world/birds.py, models in higfa/world/assets/), for every preset of
 docs/method.md (cfg, contour, classifier-all-steps, higfa) and any extra arm (`--extra`):
 
-1. generate `per_source` images per real few-shot image (10 per species): family prompt, the
+1. generate `per_source` (default 2, as SaSPA) images per real few-shot image (10 per species): family prompt, the
    transformed contour of that real image, a guide aimed at its species (the shipped few-shot
    guide unless the arm names another); the same noise and contour seeds for every arm (paired);
 2. fidelity, scored by the independent scorer (higfa/world/scorer.py: another architecture, other
@@ -230,7 +230,8 @@ def main(argv=None) -> int:
     p.add_argument("--shots", type=int, default=10, help="real images per species used as sources")
     p.add_argument("--fidelity-shots", type=int, default=None,
                    help="sources per species for arms not used downstream (default: --shots; fewer saves time)")
-    p.add_argument("--per-source", type=int, default=1, help="synthetic images per real image")
+    p.add_argument("--per-source", type=int, default=2,
+                   help="synthetic images per real image (default 2: SaSPA's two outputs per real image)")
     p.add_argument("--steps", type=int, default=30, help="sampling steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--test-per-class", type=int, default=50)

@@ -34,7 +34,7 @@ def test_results_scorers_and_caches(quality, tmp_path):
         assert 0 < p["pixel_diversity"] < 1 if p["n"] > 16 else p["pixel_diversity"] is None
         assert p["scored_by"] == ("scorer" if name == "oracle-guided" else "world oracle")
         assert p["fooling_gap"] == pytest.approx(p["guide_species"] - p["oracle_species"])
-    assert r["presets"]["higfa"]["n"] == 32 and r["presets"]["oracle-guided"]["n"] == 16  # --fidelity-shots 1
+    assert r["presets"]["higfa"]["n"] == 64 and r["presets"]["oracle-guided"]["n"] == 32  # --fidelity-shots 1
     guided = r["presets"]["oracle-guided"]
     assert guided["guided_by"] == "oracle" and "world_oracle_species" not in guided  # it guided: no verdict
     assert "world_oracle_species" in r["presets"]["higfa"]
@@ -46,7 +46,7 @@ def test_results_scorers_and_caches(quality, tmp_path):
     assert set(five) == {"real", "real+cfg", "real+higfa", "paired"}
     assert len(ten["real+higfa"]["per_seed"]) == 2 and ten["real+higfa"]["steps"] == ten["real"]["steps"]
     assert ten["real4"]["steps"] == 2 * ten["real"]["steps"]  # the same epochs over twice the images
-    assert five["real+higfa"]["synthetic_images"] == 16  # the variants of the first image per species
+    assert five["real+higfa"]["synthetic_images"] == 32  # the 2 variants of the first image per species
     d = ten["paired"]["real+higfa - real"]
     assert d["per_seed"] == pytest.approx([a - b for a, b in zip(ten["real+higfa"]["per_seed"],
                                                                  ten["real"]["per_seed"])])
@@ -105,7 +105,7 @@ def test_a_filtered_arm_keeps_only_what_its_judge_accepts(quality, tmp_path):
     f = r["presets"]["judged"]["filter"]
     assert f["threshold"] == 0.2 and 0 <= f["kept"] <= 1 and "filter" not in r["presets"]["higfa"]
     assert r["presets"]["judged"]["oracle_species"] == r["presets"]["higfa"]["oracle_species"]  # the same images
-    assert r["downstream"]["saspa"]["real+judged"]["synthetic_images"] == round(f["kept"] * 32)
+    assert r["downstream"]["saspa"]["real+judged"]["synthetic_images"] == round(f["kept"] * 64)  # 2 per source
 
 
 def test_cached_images_are_keyed_by_the_models_weights(quality, tmp_path):
