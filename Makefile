@@ -47,7 +47,8 @@ bench-quality: setup
 		higfa-oracle=higfa-robust,guide=oracle \
 		--downstream cfg higfa higfa-robust higfa-robust-pgd higfa-robust-filtered
 
-# Retrain the built-in world's models into higfa/world/assets/ (CPU, under an hour of CPU time).
+# Retrain the built-in world's models into higfa/world/assets/ (CPU, about 2 h of CPU time; the diffusion stages
+# checkpoint every 200 steps into higfa/world/assets/checkpoints/ and a cut run resumes there).
 train-world: setup
 	$(PY) -m higfa.world.train
 

@@ -223,7 +223,7 @@ def _paired(res: dict, a: str, b: str) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=list(PRESETS))
+    p.add_argument("--presets", nargs="*", default=list(PRESETS))
     p.add_argument("--extra", nargs="*", default=[], metavar="NAME=PRESET[,FIELD=VALUE...][,guide=G]",
                    help="more arms: a preset with schedule overrides and/or another guide (guide=oracle: diagnosis "
                    "only; guide=PATH: a classifier file), e.g. higfa-oracle=higfa,guide=oracle")

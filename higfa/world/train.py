@@ -6,15 +6,18 @@
 Stages (see docs/world.md for formats and configs):
   vae        AutoencoderKL, 4x down-sampling (64 px image -> 8x16x16 latent), trained on 32 px crops
              (half centred on a marking), marking-weighted L1
+  vae_decoder  the VAE's decoder fine-tuned with the encoder frozen (the latent space stays)
   diffusion  CLIPTextModel (word-level tokenizer) + UNet2DConditionModel + ControlNetModel, trained
              jointly on FAMILY prompts only, CFG dropout on text and contour, min-SNR weighting, EMA
+  diffusion_more  the same three models trained further from the diffusion stage's EMA weights
+             (a warm restart); both diffusion stages checkpoint and resume (out/checkpoints/)
   guidance   the few-shot guidance classifier: timm test_resnet on 10 real images per species
   oracle     the measuring classifier: timm resnet10t (slim), another seed, 200 images per species
   tiny_decoder  the guidance decoder: a TAESD-architecture AutoencoderTiny distilled from the VAE (tiny_decoder.py)
 
 Each stage's settings, seconds and final losses go to `training.json` in the output folder.
 
-Why one file of ~480 lines: it is the world's whole recipe, read top to bottom (config, then one function per
+Why one file of ~600 lines: it is the world's whole recipe, read top to bottom (config, then one function per
 stage in the order `make train-world` runs them); the classifier stages already call the shared
 `higfa.training.train_classifier` and the decoder stage lives in tiny_decoder.py.
 """
@@ -598,7 +601,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train-world", help="train the built-in tiny world's models (CPU, < 1 h)",
+    p = sub.add_parser("train-world", help="train the built-in tiny world's models (CPU, about 2 h; resumable)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     p.set_defaults(func=lambda a: (run(_config(a), a.stages, a.out), 0)[1])
