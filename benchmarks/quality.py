@@ -90,7 +90,7 @@ def generate(models, arm: Arm, guide, sources, which, per_source: int, steps: in
     return arrays | {"seconds": time.perf_counter() - t0, "guided_sample_steps": guided, "gated_sample_steps": gated}
 
 
-def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats) -> dict:
+def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats, test_oracle_feats) -> dict:
     """The fidelity, diversity and contour adherence of one arm's images. oracle_*: the world's
     oracle where it did not guide, else the independent scorer (`scored_by` says which); scorer_*:
     the independent scorer always."""
@@ -106,7 +106,10 @@ def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats) -
            "to_source_feature": d["to_source_feature"], "n": int(len(t)), "seconds_per_image": g["seconds"] / len(t),
            "guided_sample_steps": g["guided_sample_steps"], "gated_sample_steps": g["gated_sample_steps"],
            "sharpness": metrics.sharpness(g["images"]),
-           "contour_f1": {f"{tol}px": metrics.contour_f1(g["contours"], g["images"], tol)["f1"] for tol in (1, 2)}}
+           "contour_f1": {f"{tol}px": metrics.contour_f1(g["contours"], g["images"], tol)["f1"] for tol in (1, 2)},
+           # distance to real test images in the world oracle's features (for the oracle-guided arm too: KID
+           # measures the image distribution, not a verdict; lower is closer to real)
+           "kid_oracle": metrics.kid(features(oracle, g["images"]), test_oracle_feats)}
     judged = f  # the verdict behind oracle_species: the scorer's, or the world oracle's where it did not guide
     if arm.guide != "oracle":  # the world's oracle may score only what it did not guide
         o = judged = metrics.fidelity(oracle, g["images"], t, fam, "world oracle")
@@ -327,10 +330,12 @@ def main(argv=None) -> int:
 
     scorer = load_scorer(scorer_path)
     real_feats = features(scorer, real.images)
+    test_oracle_feats = features(models.oracle, test.images)
     results: dict = {"presets": {}, "scorer": _scorer_info(scorer, scorer_path)}
     for a in arms:
-        results["presets"][a.name] = score_arm(generated[a.name], a, scorer, guides[a.guide], models.oracle, fam,
-                                               real, real_feats) | {"preset": a.preset, "overrides": a.overrides}
+        results["presets"][a.name] = score_arm(generated[a.name], a, scorer, guides[a.guide], models.oracle, fam, real,
+                                               real_feats, test_oracle_feats) | {"preset": a.preset,
+                                                                                 "overrides": a.overrides}
     results["real"] = {"fewshot": metrics.fidelity(scorer, real.images, real.labels, fam, "scorer")["species"],
                        "pixel_diversity": metrics.diversity(real.images, real.labels, real_feats)["within_class_pixel"]}
     # diagnosis: the scorer on real test images made as soft as the samples, and after the VAE
@@ -349,11 +354,17 @@ def main(argv=None) -> int:
                           "world_oracle_test": acc(models.oracle, test.images, "world oracle"),
                           "world_oracle_test_blurred": acc(models.oracle, blurred, "world oracle")}
     results["ceiling"] = {"vae_oracle": acc(models.oracle, recon, "world oracle"), "vae_scored_by": "world oracle",
-                          "vae_scorer": acc(scorer, recon, "scorer"), "sharpness_vae": metrics.sharpness(recon)}
+                          "vae_scorer": acc(scorer, recon, "scorer"), "sharpness_vae": metrics.sharpness(recon),
+                          # KID references in the same oracle features: VAE round trips, and real few-shot images
+                          "kid_oracle_vae": metrics.kid(features(models.oracle, recon), test_oracle_feats),
+                          "kid_oracle_real_fewshot": metrics.kid(features(models.oracle, real.images),
+                                                                 test_oracle_feats)}
     if "higfa" in results["presets"]:
         results["world"] = {"contour_f1": results["presets"]["higfa"]["contour_f1"]["2px"],
                             "contour_f1_1px": results["presets"]["higfa"]["contour_f1"]["1px"],
-                            "contour_f1_of": "higfa (defaults), Canny 120/200 of the sample vs its transformed contour"}
+                            "contour_f1_of": "higfa (defaults), Canny 120/200 of the sample vs its transformed contour",
+                            "kid_oracle": results["presets"]["higfa"]["kid_oracle"],
+                            "kid_oracle_of": "higfa (defaults) vs real test images, world oracle pre-logit features"}
     if args.downstream and not args.no_downstream:
         bar = tqdm(total=len(args.seeds) * sum(1 + len(args.downstream) + (s == args.shots)
                                                for s in args.downstream_shots),

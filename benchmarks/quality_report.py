@@ -46,6 +46,10 @@ def report(r: dict) -> str:
              f"- VAE ceiling (world oracle on VAE reconstructions of the test images): "
              f"**{r['ceiling']['vae_oracle']:.3f}** (independent scorer {r['ceiling']['vae_scorer']:.3f}).",
              ]
+    if "kid_oracle_vae" in r["ceiling"]:
+        lines.append(f"- KID to the real test images in the world oracle's features (×1000, lower is closer): "
+                     f"VAE round trips {1000 * r['ceiling']['kid_oracle_vae']:.2f}, the real few-shot images "
+                     f"{1000 * r['ceiling']['kid_oracle_real_fewshot']:.2f}; per arm in the table below.")
     if "world" in r:
         lines.append(f"- Contour adherence of `higfa` (edge F1, Canny of the sample vs its transformed contour): "
                      f"**{r['world']['contour_f1']:.3f}** at 2 px, {r['world']['contour_f1_1px']:.3f} at 1 px.")
@@ -59,16 +63,18 @@ def report(r: dict) -> str:
     lines += ["", "## Fidelity, fooling gap, diversity", "",
               "| arm | guided by | oracle acc. (species) | scored by | oracle acc. (family) | guide acc. (species) | "
               "fooling gap | scorer acc. (species) | pixel diversity | feature diversity | contour F1 (2 px) | "
-              "s / image |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "KID ×1000 | s / image |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines.append(f"| real (few-shot set) | – | {r['real']['fewshot']:.3f} | scorer | – | – | – | – | "
-                 f"{r['real']['pixel_diversity']:.3f} | – | – | – |")
+                 f"{r['real']['pixel_diversity']:.3f} | – | – | – | – |")
     for name, f in r["presets"].items():
         extra = "" if name == arms[name]["preset"] else f" ({arms[name]['preset']}{_with(f['overrides'], ', ')})"
         lines.append(f"| {name}{extra} | {f['guided_by'] if f['guided_sample_steps'] else '–'} | "
                      f"{f['oracle_species']:.3f} | {f['scored_by']} | {f['oracle_family']:.3f} | "
                      f"{f['guide_species']:.3f} | {f['fooling_gap']:+.3f} | {f['scorer_species']:.3f} | "
                      f"{_fmt(f['pixel_diversity'])} | "
-                     f"{_fmt(f['feature_diversity'])} | {f['contour_f1']['2px']:.3f} | {f['seconds_per_image']:.2f} |")
+                     f"{_fmt(f['feature_diversity'])} | {f['contour_f1']['2px']:.3f} | "
+                     f"{_fmt(1000 * f['kid_oracle'], 2) if 'kid_oracle' in f else '–'} | "
+                     f"{f['seconds_per_image']:.2f} |")
     lines += ["", "Chance is 1/16 = 0.0625 for species; the right family with random markings scores about 0.25. "
               "Guide accuracy: the arm's guide's verdict on its own images (for cfg and contour, which take no "
               "classifier step, the shipped guide's). Fooling gap = guide − oracle species accuracy."]

@@ -41,6 +41,7 @@ def test_results_scorers_and_caches(quality, tmp_path):
     assert r["presets"]["higfa"]["guided_sample_steps"] > 0 and r["presets"]["cfg"]["guided_sample_steps"] == 0
     assert r["scorer"]["architecture"] != "resnet10t" and 0 <= r["ceiling"]["vae_oracle"] <= 1
     assert 0 <= r["world"]["contour_f1"] <= 1
+    assert r["world"]["kid_oracle"] == r["presets"]["higfa"]["kid_oracle"] and "kid_oracle_vae" in r["ceiling"]
     ten, five = r["downstream"]["saspa"], r["downstream"]["saspa"]["1-shot"]  # --shots at the top
     assert set(ten) == {"real", "real4", "real+cfg", "real+higfa", "paired", "shots", "1-shot"}
     assert set(five) == {"real", "real+cfg", "real+higfa", "paired"}
@@ -51,7 +52,8 @@ def test_results_scorers_and_caches(quality, tmp_path):
     assert d["per_seed"] == pytest.approx([a - b for a, b in zip(ten["real+higfa"]["per_seed"],
                                                                  ten["real"]["per_seed"])])
     text = doc.read_text()
-    assert "independent scorer" in text and "| oracle-guided (higfa" in text and "old table" not in text
+    assert "independent scorer" in text and "KID ×1000" in text
+    assert "| oracle-guided (higfa" in text and "old table" not in text
     assert text.rstrip().endswith("my notes")  # hand-written notes below the marker survive a rewrite
 
     # a rerun reuses every generation and every downstream run; a changed arm regenerates only itself

@@ -51,3 +51,15 @@ def test_fidelity_scores_species_family_and_the_guide():
     f = metrics.fidelity(Fixed(), images, np.array([0, 0, 3, 3]), family, "fixed", guide=Fixed())
     assert (f["species"], f["family"], f["scorer"]) == (0.5, 1.0, "fixed") and f["pred"] == [0, 1, 2, 3]
     assert f["guide_species"] == 0.5 and f["p_target"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift():
+    from higfa.world.metrics import kid
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
+    same = kid(a, b, subsets=20, subset_size=100)
+    assert abs(same) < 0.02
+    near, far = kid(a, b + 0.3, subsets=20, subset_size=100), kid(a, b + 1.0, subsets=20, subset_size=100)
+    assert 0.02 < near < far  # monotone in the shift
+    assert kid(a, a[:1]) != kid(a, a[:1])  # fewer than 2 rows: nan, not a number that looks like a result

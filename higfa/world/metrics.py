@@ -91,6 +91,27 @@ def contour_f1(contours: np.ndarray | torch.Tensor, images: np.ndarray, toleranc
             "tolerance_px": tolerance}
 
 
+def kid(x: torch.Tensor, y: torch.Tensor, subsets: int = 100, subset_size: int = 200, seed: int = 0) -> float:
+    """Kernel Inception Distance (Bińkowski et al. 2018) between feature sets x [N,D] and y [M,D]: the
+    unbiased MMD² with the cubic polynomial kernel k(a, b) = (a·b / D + 1)³, averaged over random
+    subsets of min(subset_size, N, M) rows (as torch-fidelity / clean-fid do). 0 for one distribution;
+    unbiased, so it can be slightly negative. Here the features are the world oracle's, not Inception's."""
+    x, y = x.double(), y.double()
+    m = min(subset_size, len(x), len(y))
+    if m < 2:
+        return float("nan")
+    d = x.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(subsets):
+        a = x[torch.randperm(len(x), generator=gen)[:m]]
+        b = y[torch.randperm(len(y), generator=gen)[:m]]
+        kxx, kyy, kxy = ((u @ v.T / d + 1) ** 3 for u, v in ((a, a), (b, b), (a, b)))
+        off = (kxx.sum() - kxx.diag().sum() + kyy.sum() - kyy.diag().sum()) / (m * (m - 1))
+        vals.append(float(off - 2 * kxy.mean()))
+    return float(np.mean(vals))
+
+
 def _pairwise_mean(x: torch.Tensor, metric: str) -> float:
     """Mean distance over distinct pairs of rows of x [n, d] (nan with fewer than 2 rows)."""
     if len(x) < 2:
