@@ -237,3 +237,4 @@ def test_diffusion_more_resumes_from_its_checkpoint(tmp_path, monkeypatch):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
         shipped = load_file(ASSETS / part / name)
         assert any(not torch.equal(a[k], shipped[k]) for k in a), f"{part}: trained weights unchanged"
+        assert "_name_or_path" not in json.loads((tmp_path / "cut" / part / "config.json").read_text())

@@ -290,12 +290,22 @@ def train_vae_decoder(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         after = float((vae.decode(vae.encode(probe).latent_dist.mean).sample - probe).abs().mean())
-    vae.to(torch.float16).save_pretrained(out / "vae", safe_serialization=True)
+    _save_fp16(vae, out / "vae")
     info = {"seconds": round(seconds, 1), "steps": cfg.vae_decoder_steps, "batch": cfg.vae_batch,
             "images": len(x_all), "final_weighted_l1": round(float(np.mean(losses[-50:])), 4),
             "recon_l1_pm1_before": round(before, 4), "recon_l1_pm1": round(after, 4)}
     _log(f"vae_decoder done in {seconds:.0f} s: {info}")
     return info
+
+
+def _save_fp16(model, folder: Path) -> None:
+    """save_pretrained in float16, without the `_name_or_path` a model loaded from another folder carries
+    (it would write that folder, e.g. a temporary one, into the shipped config)."""
+    model.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    cfg = folder / "config.json"
+    data = json.loads(cfg.read_text())
+    if data.pop("_name_or_path", None) is not None:
+        cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _load_vae(out: Path):
@@ -430,10 +440,10 @@ def _save_diffusion(out: Path, tokenizer, modules: list) -> None:
     from diffusers import DDIMScheduler
 
     text_encoder, unet, controlnet = modules
-    text_encoder.to(torch.float16).save_pretrained(out / "text_encoder", safe_serialization=True)
+    _save_fp16(text_encoder, out / "text_encoder")
     tokenizer.save_pretrained(out / "tokenizer")
-    unet.to(torch.float16).save_pretrained(out / "unet", safe_serialization=True)
-    controlnet.to(torch.float16).save_pretrained(out / "controlnet", safe_serialization=True)
+    _save_fp16(unet, out / "unet")
+    _save_fp16(controlnet, out / "controlnet")
     DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
     _write_model_index(out)
 
