@@ -238,3 +238,26 @@ def test_diffusion_more_resumes_from_its_checkpoint(tmp_path, monkeypatch):
         shipped = load_file(ASSETS / part / name)
         assert any(not torch.equal(a[k], shipped[k]) for k in a), f"{part}: trained weights unchanged"
         assert "_name_or_path" not in json.loads((tmp_path / "cut" / part / "config.json").read_text())
+
+
+def test_vae_decoder_stage_keeps_the_latent_space(tmp_path):
+    """The vae_decoder stage fine-tunes only the decoder side: the encoder (the diffusion model's latent
+    space) is bit-identical afterwards, so it may run after the diffusion stages."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from higfa.world import train
+
+    shutil.copytree(ASSETS / "vae", tmp_path / "vae")
+    before = load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors")
+    cfg = dataclasses.replace(train.TrainConfig(), vae_per_class=2, vae_batch=8, vae_decoder_steps=3)
+    info = train.run(cfg, ["vae_decoder"], tmp_path)["vae_decoder"]
+    after = load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors")
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and decoder and info["steps"] == 3
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    assert "_name_or_path" not in json.loads((tmp_path / "vae" / "config.json").read_text())

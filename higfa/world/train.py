@@ -199,6 +199,16 @@ def _crops(x: torch.Tensor, w: torch.Tensor, masks: torch.Tensor, size: int, gen
     return torch.stack(xs), torch.stack(ws)
 
 
+def _vae_batch(cfg: TrainConfig, x_all: torch.Tensor, w_all: torch.Tensor, masks: torch.Tensor, order: torch.Tensor,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The next `vae_batch` crops (and their L1 weights) from a shuffled epoch order; returns the rest of it."""
+    if len(order) < cfg.vae_batch:
+        order = torch.cat([order, torch.randperm(len(x_all), generator=gen)])
+    idx, order = order[:cfg.vae_batch], order[cfg.vae_batch:]
+    x, w = _crops(x_all[idx], w_all[idx], masks[idx], cfg.vae_crop, gen)
+    return x, w, order
+
+
 def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
     from diffusers import AutoencoderKL
 
@@ -216,10 +226,7 @@ def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed + 11)
     started, order, losses = time.perf_counter(), torch.empty(0, dtype=torch.long), []
     for step in range(cfg.vae_steps):
-        if len(order) < cfg.vae_batch:
-            order = torch.cat([order, torch.randperm(len(x_all), generator=gen)])
-        idx, order = order[:cfg.vae_batch], order[cfg.vae_batch:]
-        x, w = _crops(x_all[idx], w_all[idx], masks[idx], cfg.vae_crop, gen)
+        x, w, order = _vae_batch(cfg, x_all, w_all, masks, order, gen)
         for g in opt.param_groups:
             g["lr"] = cfg.vae_lr * _cosine(step, cfg.vae_steps, 30)
         post = vae.encode(x).latent_dist
@@ -270,10 +277,7 @@ def train_vae_decoder(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str
     gen = torch.Generator().manual_seed(cfg.seed + 12)
     started, order, losses = time.perf_counter(), torch.empty(0, dtype=torch.long), []
     for step in range(cfg.vae_decoder_steps):
-        if len(order) < cfg.vae_batch:
-            order = torch.cat([order, torch.randperm(len(x_all), generator=gen)])
-        idx, order = order[:cfg.vae_batch], order[cfg.vae_batch:]
-        x, w = _crops(x_all[idx], w_all[idx], masks[idx], cfg.vae_crop, gen)
+        x, w, order = _vae_batch(cfg, x_all, w_all, masks, order, gen)
         for g in opt.param_groups:
             g["lr"] = cfg.vae_decoder_lr * _cosine(step, cfg.vae_decoder_steps, 20)
         with torch.no_grad():
