@@ -29,7 +29,9 @@ DOC = ROOT / "docs" / "speed.md"
 SCRIPTS = {"tiny": "core_speed.py", "sd15": "speed_sd15.py", "torchrun": "speed_torchrun.py",
            "world": "speed_world_decoder.py", "gpu": "speed_gpu.py"}
 OUTPUT_NAMES = {"tiny": "core_speed.json", "sd15": "speed_sd15.json", "torchrun": "speed_torchrun.json",
-                "world": "speed_world_decoder.json", "gpu": "speed_gpu.json"}
+                "world": "speed_world_decoder.json", "gpu": "speed_gpu.json",
+                # collected when present, not run by `make bench`: speed_world_decoder.py --preset higfa-robust --out …
+                "world_robust": "speed_world_decoder_higfa-robust.json"}
 DEFAULT = ("tiny", "sd15", "torchrun", "world")
 NOTES_MARKER = "<!-- notes below are kept when benchmarks/speed.py rewrites this file -->"
 
@@ -57,6 +59,8 @@ def collect(previous: dict) -> dict:
         out["torchrun"] = parts["torchrun"]
     if "world" in parts:
         out["world_decoder"] = parts["world"]
+    if "world_robust" in parts:
+        out["world_decoder_higfa_robust"] = parts["world_robust"]
     if "gpu" in parts:
         out["gpu"] = parts["gpu"]
     out["machine"] = {"processor": platform.processor() or platform.machine(), "cpus": _cpus(),
@@ -157,18 +161,21 @@ def report(r: dict) -> str:
                   f"included; same PNG bytes: {tr['same_bytes']}).", ""]
     w = r.get("world_decoder")
     if w:
+        runs = [w] + ([r["world_decoder_higfa_robust"]] if "world_decoder_higfa_robust" in r else [])
         lines += ["## The built-in world's tiny guidance decoder", "",
-                  f"{w['vae']['images']} images (`higfa` preset, {w['per_species']} per species, the same seeds for "
-                  "both), guided by guidance.safetensors, scored by oracle.safetensors:", "",
-                  "| decoder on the classifier path | parameters | oracle species acc. | guidance-classifier acc. | "
-                  "fooling gap | stage-2 step (s) |", "|---|---|---|---|---|---|"]
-        for key, name in (("vae", "world VAE"), ("tiny", "tiny (AutoencoderTiny, distilled)")):
-            v = w[key]
-            lines.append(f"| {name} | {w['decoder_parameters'][key]:,} | {_f(v['oracle_species_accuracy'], 3)} | "
-                         f"{_f(v['guidance_classifier_accuracy'], 3)} | {_f(v['fooling_gap'], 3)} | "
-                         f"{_f(v['stage2_step_seconds'], 3)} |")
-        lines += ["", f"Fidelity drop {_f(w['fidelity_drop'], 3)} (within 0.03: {w['within_0.03']}; fooling gap "
-                  f"not worse: {w['fooling_gap_not_worse']}).", ""]
+                  f"{w['vae']['images']} images per preset ({w['per_species']} per species, the same seeds for both "
+                  "decoders), guided by guidance.safetensors, scored by oracle.safetensors:", "",
+                  "| preset | decoder on the classifier path | parameters | oracle species acc. | "
+                  "guidance-classifier acc. | fooling gap | stage-2 step (s) |", "|---|---|---|---|---|---|---|"]
+        for run in runs:
+            for key, name in (("vae", "world VAE"), ("tiny", "tiny (AutoencoderTiny, distilled)")):
+                v = run[key]
+                lines.append(f"| `{run.get('preset', 'higfa')}` | {name} | {run['decoder_parameters'][key]:,} | "
+                             f"{_f(v['oracle_species_accuracy'], 3)} | {_f(v['guidance_classifier_accuracy'], 3)} | "
+                             f"{_f(v['fooling_gap'], 3)} | {_f(v['stage2_step_seconds'], 3)} |")
+        lines += [""] + [f"`{run.get('preset', 'higfa')}`: fidelity drop {_f(run['fidelity_drop'], 3)} (within "
+                         f"0.03: {run['within_0.03']}; fooling gap not worse: {run['fooling_gap_not_worse']})."
+                         for run in runs] + [""]
     g = r.get("gpu")
     lines += ["## GPU (`make bench-gpu`)", ""]
     if g:
