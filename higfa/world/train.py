@@ -248,7 +248,7 @@ def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
         recon_err = float((vae.decode(mean[:256]).sample - x_all[:256]).abs().mean())
     scale = float(1.0 / mean.std())
     vae.register_to_config(scaling_factor=round(scale, 5))
-    vae.to(torch.float16).save_pretrained(out / "vae", safe_serialization=True)
+    _save_fp16(vae, out / "vae")
     info = {"seconds": round(seconds, 1), "steps": cfg.vae_steps, "batch": cfg.vae_batch, "images": len(x_all),
             "final_weighted_l1": round(float(np.mean(losses[-50:])), 4), "recon_l1_pm1": round(recon_err, 4),
             "scaling_factor": round(scale, 5)}
@@ -370,6 +370,7 @@ def _diffusion_loop(cfg: TrainConfig, d: dict[str, Any], modules: list, steps: i
     gen = torch.Generator().manual_seed(seed)
     B, order, losses, first = cfg.diffusion_batch, torch.empty(0, dtype=torch.long), [], 0
     labels, edges, sf = d["labels"], d["edges"], d["sf"]
+    text_encoder, unet, controlnet = modules
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
         with torch.no_grad():
@@ -395,7 +396,6 @@ def _diffusion_loop(cfg: TrainConfig, d: dict[str, Any], modules: list, steps: i
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
         drop_text = torch.rand(B, generator=gen) < cfg.text_dropout
         ids = torch.where(drop_text[:, None], d["empty_ids"], d["fam_ids"][labels[idx]])
-        text_encoder, unet, controlnet = modules
         emb = text_encoder(ids)[0]
         # The first n_ctrl samples get the contour (the batch order is random already).
         n_ctrl = int((torch.rand(B, generator=gen) >= cfg.contour_dropout).sum())
