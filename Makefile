@@ -74,8 +74,11 @@ browser-setup: setup
 REQ_VENV := .cache/venv-requirements
 # The world template through a real ComfyUI in a venv built only from ComfyUI's requirements.txt and the pack's,
 # as users install (a missing diffusers line once broke it). Builds .cache/venv-requirements once (minutes).
-test-requirements:
+# torch and torchvision (users install them before ComfyUI) are hard-linked from .venv, not installed a second
+# time: a second 5.5 GB copy ran CI's disk full.
+test-requirements: setup
 	test -x $(REQ_VENV)/bin/python || $(PYTHON) -m venv $(REQ_VENV)
+	$(PY) scripts/link_packages.py --into $(REQ_VENV) torch torchvision
 	$(REQ_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt torch torchvision pytest
 	$(REQ_VENV)/bin/python scripts/comfyui.py install
 	PYTHONPATH=$(CURDIR) $(REQ_VENV)/bin/python -m pytest -p no:cacheprovider \
