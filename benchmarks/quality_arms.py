@@ -73,11 +73,16 @@ def _sweeps(items) -> list[tuple[str, list]]:
 @functools.lru_cache(maxsize=8)
 def models_digest(folder: Path) -> str:
     """sha256 (16 hex) of what generates and guides in a world models folder: the diffusers parts, the
-    shipped guide and the oracle, the tiny decoder. Cached images and downstream runs are keyed by it,
-    so retrained weights (`make train-world`) never reuse images of the old ones."""
+    shipped guide and the oracle, and the tiny decoder only where it guides by default
+    (`tiny_decoder.GUIDANCE_DEFAULT`; no bench arm picks it otherwise). Training checkpoints are not weights
+    the bench uses. Cached images and downstream runs are keyed by it, so retrained weights
+    (`make train-world`) never reuse images of the old ones."""
+    from higfa.world.tiny_decoder import FOLDER, GUIDANCE_DEFAULT
+
+    skip = {"checkpoints"} | ({FOLDER} if GUIDANCE_DEFAULT != "tiny" else set())
     h = hashlib.sha256()
-    parts = [p for p in sorted(folder.iterdir()) if p.is_dir()] + [folder / "guidance.safetensors",
-                                                                    folder / "oracle.safetensors"]
+    parts = [p for p in sorted(folder.iterdir()) if p.is_dir() and p.name not in skip] + [
+        folder / "guidance.safetensors", folder / "oracle.safetensors"]
     for part in parts:
         for f in sorted([part] if part.is_file() else part.rglob("*")):
             if f.is_file():

@@ -123,7 +123,15 @@ def test_cached_images_are_keyed_by_the_models_weights(quality, tmp_path):
     arm = quality._extra("a=higfa", {})
     before = quality._gen_settings(args, arm)
     (folder / "training.json").write_text("{}")  # metadata only: same key
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "diffusion.pt").write_bytes(b"resumable state")  # training state only: same key
+    quality.models_digest.cache_clear()
     assert quality._gen_settings(args, arm) == before
+    from higfa.world import tiny_decoder
+    tiny = next((folder / tiny_decoder.FOLDER).glob("*.safetensors"))
+    tiny.write_bytes(tiny.read_bytes()[:-2] + b"\x00\x01")  # the tiny decoder guides no arm while the VAE does
+    quality.models_digest.cache_clear()
+    assert (quality._gen_settings(args, arm) == before) == (tiny_decoder.GUIDANCE_DEFAULT != "tiny")
     unet = next((folder / "unet").glob("*.safetensors"))
     unet.write_bytes(unet.read_bytes()[:-2] + b"\x00\x01")  # one weight changed
     quality.models_digest.cache_clear()

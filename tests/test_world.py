@@ -75,12 +75,29 @@ def test_families_differ_in_large_features():
 
 
 def test_masks_only_on_request_and_bad_inputs():
-    assert WORLD.render(0, 0, masks=False).masks == {}
+    assert WORLD.render(0, 0, masks=False).masks == {} and WORLD.render(0, 0, masks=False).parts == {}
     assert WORLD.split("test", 1, masks=True).masks.shape == (WORLD.num_classes, 64, 64)
     with pytest.raises(ValueError, match="out of range"):
         WORLD.render(99, 0)
     with pytest.raises(ValueError, match="unknown split"):
         WORLD.split("holdout", 1)
+
+
+def test_legs_mask_is_thin_dark_and_below_the_body():
+    """`Render.parts["legs"]` marks the two 1-px legs (the detail a 4x VAE drops first; the decoder stage weights
+    it): a small area, drawn dark, under the bird's centre, and asking for it changes no pixel."""
+    for label, seed in ((0, 1), (9, 2), (15, 3)):
+        r = WORLD.render(label, seed)
+        legs = r.parts["legs"]
+        assert set(r.parts) == {"legs"} and not set(r.parts) & set(r.masks)
+        assert 0.002 < legs.mean() < 0.03
+        assert r.image[legs].mean() < 0.6 * r.image[~legs].mean()  # dark strokes, not the background
+        rows = np.nonzero(legs.any(1))[0]
+        body_rows = np.nonzero(np.any(np.stack(list(r.masks.values())), 0).any(1))[0]
+        assert rows.mean() > body_rows.mean()  # below the markings (head, wing): image rows grow downwards
+        np.testing.assert_array_equal(r.image, WORLD.render(label, seed, masks=False).image)
+    split = WORLD.split("test", 1, masks=True)
+    assert split.parts.shape == split.masks.shape and split.parts.any((1, 2)).all()
 
 
 # ---------------------------------------------------------------------------- shipped models
@@ -261,3 +278,27 @@ def test_vae_decoder_stage_keeps_the_latent_space(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in encoder)
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
     assert "_name_or_path" not in json.loads((tmp_path / "vae" / "config.json").read_text())
+
+
+def test_training_record_keeps_the_history_of_fine_tune_stages(tmp_path):
+    """A fine-tune stage run again trains the weights further: its record keeps the earlier runs and the totals
+    count them; re-running the stage it fine-tunes replaces those weights, so its record goes."""
+    from higfa.world import train
+
+    def run(stage, seconds):
+        train._record(tmp_path, stage, {"steps": seconds, "stage_cpu_seconds": seconds, "stage_wall_seconds": seconds})
+        return json.loads((tmp_path / "training.json").read_text())
+
+    run("vae", 100)
+    run("vae_decoder", 10)
+    data = run("vae_decoder", 20)
+    assert data["stages"]["vae_decoder"]["steps"] == 20
+    assert [r["steps"] for r in data["stages"]["vae_decoder"]["earlier_runs"]] == [10]
+    data = run("vae_decoder", 30)
+    assert [r["steps"] for r in data["stages"]["vae_decoder"]["earlier_runs"]] == [10, 20]
+    assert data["total_cpu_seconds"] == 160
+    data = run("diffusion", 5)  # not the base of vae_decoder: nothing dropped, nothing stacked
+    data = run("diffusion", 6)
+    assert data["stages"]["diffusion"] == {"steps": 6, "stage_cpu_seconds": 6, "stage_wall_seconds": 6}
+    data = run("vae", 100)  # new VAE weights: the decoder fine-tunes described weights that are gone
+    assert "vae_decoder" not in data["stages"] and data["total_cpu_seconds"] == 106

@@ -28,6 +28,9 @@ IMAGE_SIZE = 64
 SUPERSAMPLE = 4
 PROMPT_TEMPLATE = "a photo of a {family}"
 MARKINGS = ("crown", "wing_bar", "eye_ring", "beak")
+# Thin parts every species has (not markings): 1-px legs are what a 4x-downsampling VAE drops first, so the world's
+# decoder training weights them like the markings (train.py); `Render.parts`, `Split.parts`.
+PARTS = ("legs",)
 # One stream per split: seeds of different splits never collide.
 SPLITS = {"train": 1, "fewshot": 2, "test": 3, "val": 4}
 
@@ -104,6 +107,7 @@ SPECIES: tuple[Species, ...] = tuple(_species(f, k) for f, kinds in (
 class Render:
     image: np.ndarray  # HxWx3 uint8 RGB
     masks: dict[str, np.ndarray]  # marking name -> HxW bool, where that marking (would) sit
+    parts: dict[str, np.ndarray] = field(default_factory=dict)  # PARTS name -> HxW bool (with masks=True)
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class Split:
     labels: np.ndarray
     seeds: np.ndarray
     masks: np.ndarray | None = None  # [N,H,W] bool: union of the marking regions (split(..., masks=True))
+    parts: np.ndarray | None = None  # [N,H,W] bool: union of the thin PARTS (legs), with masks=True
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -185,17 +190,19 @@ class TinyBirds:
     def split(self, split: str, per_class: int, masks: bool = False) -> Split:
         """`per_class` images of every species. The first k of a larger request are the k of a
         smaller one (a class's i-th image depends only on (world seed, split, class, i)).
-        masks=True also returns where the markings sit (e.g. to weight a reconstruction loss)."""
+        masks=True also returns where the markings and the thin parts sit (e.g. to weight a reconstruction
+        loss)."""
         labels, seeds = self.split_seeds(split, per_class)
         renders = [self.render(int(c), int(s), masks=masks) for c, s in zip(labels, seeds)]
         images = np.stack([r.image for r in renders])
         union = np.stack([np.any(np.stack(list(r.masks.values())), 0) for r in renders]) if masks else None
-        return Split(split, images, labels, seeds, union)
+        parts = np.stack([np.any(np.stack(list(r.parts.values())), 0) for r in renders]) if masks else None
+        return Split(split, images, labels, seeds, union, parts)
 
     # ------------------------------------------------------------------ drawing
     def render(self, label: int, seed: int, masks: bool = True) -> Render:
         """One image of species `label`; pose, background and jitter depend on `seed` only.
-        masks=False skips the marking masks (faster; `Render.masks` is then empty)."""
+        masks=False skips the marking and part masks (faster; `Render.masks`, `.parts` are then empty)."""
         if not 0 <= int(label) < self.num_classes:
             raise ValueError(f"species index {label} out of range: the world has {self.num_classes} species")
         sp = self.species[int(label)]
@@ -203,16 +210,17 @@ class TinyBirds:
         rng = np.random.default_rng(np.random.SeedSequence([int(seed) % 2**63, 0x8127]))
         pose = _Pose.draw(rng, fam, self.image_size * SUPERSAMPLE)
         canvas = _background(rng, self.image_size * SUPERSAMPLE)
-        drawn = _draw_bird(canvas, fam, sp, pose)
+        drawn, parts = _draw_bird(canvas, fam, sp, pose)
         small = cv2.resize(canvas, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
         image = np.clip(np.round(small * 255), 0, 255).astype(np.uint8)
         if pose.flip:
             image = image[:, ::-1]
-        out_masks = {}
-        for name, m in (drawn.items() if masks else ()):
+        out_masks: dict[str, np.ndarray] = {}
+        out_parts: dict[str, np.ndarray] = {}
+        for name, m in ({**drawn, **parts}.items() if masks else ()):
             m = cv2.resize(m, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA) > 0
-            out_masks[name] = np.ascontiguousarray(m[:, ::-1] if pose.flip else m)
-        return Render(np.ascontiguousarray(image), out_masks)
+            (out_parts if name in PARTS else out_masks)[name] = np.ascontiguousarray(m[:, ::-1] if pose.flip else m)
+        return Render(np.ascontiguousarray(image), out_masks, out_parts)
 
 
 def _seed(world: int, split: int, label: int, index: int) -> int:
@@ -270,8 +278,9 @@ def _background(rng: np.random.Generator, size: int, low: int = 32) -> np.ndarra
     return cv2.resize(canvas, (out_size, out_size), interpolation=cv2.INTER_LINEAR)
 
 
-def _draw_bird(canvas: np.ndarray, fam: Family, sp: Species, pose: _Pose) -> dict[str, np.ndarray]:
-    """Draw the bird in place; return the marking masks (canvas resolution, float32 0/1)."""
+def _draw_bird(canvas: np.ndarray, fam: Family, sp: Species, pose: _Pose
+               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Draw the bird in place; return the marking masks and the PARTS masks (canvas resolution, float32 0/1)."""
     P = pose.to_px
     deg = math.degrees(pose.angle)
     shade = pose.shade
@@ -280,6 +289,7 @@ def _draw_bird(canvas: np.ndarray, fam: Family, sp: Species, pose: _Pose) -> dic
     belly = tuple(float(min(1.0, c * shade)) for c in fam.belly)
     size = canvas.shape[0]
     masks = {m: np.zeros((size, size), np.float32) for m in MARKINGS}
+    parts = {m: np.zeros((size, size), np.float32) for m in PARTS}
 
     def pt(x, y):
         return tuple(int(round(v * 16)) for v in P(x, y))  # 4 fractional bits for cv2
@@ -299,8 +309,8 @@ def _draw_bird(canvas: np.ndarray, fam: Family, sp: Species, pose: _Pose) -> dic
              (0.36, 0.25, 0.15), max(2, int(0.07 * pose.scale)), cv2.LINE_AA, 4)
     # legs
     for lx in (-0.08, 0.1):
-        cv2.line(canvas, pt(lx, -0.25), pt(lx + 0.03, -0.62), (0.2, 0.15, 0.1), max(1, int(0.035 * pose.scale)),
-                 cv2.LINE_AA, 4)
+        for img, color in ((canvas, (0.2, 0.15, 0.1)), (parts["legs"], 1.0)):
+            cv2.line(img, pt(lx, -0.25), pt(lx + 0.03, -0.62), color, max(1, int(0.035 * pose.scale)), cv2.LINE_AA, 4)
     # tail: a quadrilateral pointing back and down
     bw, bh = fam.body_axes
     ta = math.radians(fam.tail_angle + pose.tail_dangle)
@@ -308,12 +318,15 @@ def _draw_bird(canvas: np.ndarray, fam: Family, sp: Species, pose: _Pose) -> dic
     tip = (root[0] - fam.tail_length * math.cos(ta), root[1] - fam.tail_length * math.sin(ta))
     nx, ny = -math.sin(ta), math.cos(ta)
     w = fam.tail_width
-    poly(canvas, [(root[0] + nx * w * 0.35, root[1] + ny * w * 0.35), (tip[0] + nx * w * 0.5, tip[1] + ny * w * 0.5),
-                  (tip[0] - nx * w * 0.5, tip[1] - ny * w * 0.5), (root[0] - nx * w * 0.35, root[1] - ny * w * 0.35)],
-         dark)
+    tail = [(root[0] + nx * w * 0.35, root[1] + ny * w * 0.35), (tip[0] + nx * w * 0.5, tip[1] + ny * w * 0.5),
+            (tip[0] - nx * w * 0.5, tip[1] - ny * w * 0.5), (root[0] - nx * w * 0.35, root[1] - ny * w * 0.35)]
+    poly(canvas, tail, dark)
     # body and belly
     ellipse(canvas, 0, 0, bw, bh, 0, body)
     ellipse(canvas, 0.08, -bh * 0.35, bw * 0.72, bh * 0.55, 0, belly)
+    # the legs' mask keeps only what stays visible: the tail and the body cover the legs' upper ends
+    poly(parts["legs"], tail, 0.0)
+    ellipse(parts["legs"], 0, 0, bw, bh, 0, 0.0)
     # head (and crest)
     hr = fam.head_radius
     hx, hy = bw * 0.78 + pose.head_dx, bh * 0.62 + pose.head_dy
@@ -346,5 +359,5 @@ def _draw_bird(canvas: np.ndarray, fam: Family, sp: Species, pose: _Pose) -> dic
     if sp.eye_ring is not None:
         ellipse(canvas, ex, ey, 0.1, 0.1, 0, sp.eye_ring)
     ellipse(canvas, ex, ey, 0.052, 0.052, 0, (0.04, 0.04, 0.05))
-    return masks
+    return masks, parts
 

@@ -61,9 +61,10 @@ class TrainConfig:
     vae_kl: float = 1e-5
     vae_init_logvar: float = -6.0
     # VAE decoder fine-tuning, encoder frozen (train_vae_decoder)
-    vae_decoder_steps: int = 600
+    vae_decoder_steps: int = 1000
     vae_decoder_lr: float = 1e-3
     vae_decoder_marking_weight: float = 8.0
+    vae_decoder_part_weight: float = 8.0  # the same extra weight on the thin parts (legs): a blurry decoder drops them
     # diffusion (text encoder + UNet + ControlNet, jointly)
     diffusion_steps: int = 1400
     diffusion_batch: int = 32
@@ -162,14 +163,28 @@ def _images_pm1(images: np.ndarray) -> torch.Tensor:
     return to_tensor(images) * 2 - 1
 
 
+# Stages that start from the weights already in the folder (-> the stage that made those weights): running one
+# again trains further, so its record keeps the earlier runs (the weights' history; the totals count them). Every
+# other stage starts from scratch, and running it drops the records of the fine-tunes of the weights it replaced.
+FINE_TUNE_STAGES = {"vae_decoder": "vae", "diffusion_more": "diffusion"}
+
+
 def _record(out: Path, stage: str, info: dict[str, Any]) -> None:
     path = out / "training.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data.setdefault("stages", {})[stage] = info
+    stages = data.setdefault("stages", {})
+    if stage in FINE_TUNE_STAGES and stage in stages:
+        earlier = dict(stages[stage])
+        info = {**info, "earlier_runs": [*earlier.pop("earlier_runs", []), earlier]}
+    for tuned, base in FINE_TUNE_STAGES.items():
+        if base == stage:
+            stages.pop(tuned, None)  # those weights are gone
+    stages[stage] = info
     data["machine"] = {"python": platform.python_version(), "torch": torch.__version__,
                        "processor": platform.processor() or platform.machine()}
     for key in ("stage_wall_seconds", "stage_cpu_seconds"):
-        data["total_" + key[6:]] = round(sum(s.get(key, 0.0) for s in data["stages"].values()), 1)
+        data["total_" + key[6:]] = round(sum(r.get(key, 0.0) for s in stages.values()
+                                             for r in (s, *s.get("earlier_runs", ()))), 1)
     path.write_text(json.dumps(data, indent=1))
 
 
@@ -264,8 +279,10 @@ def train_vae_decoder(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str
     vae = _load_vae(out)
     data = world.split("train", cfg.vae_per_class, masks=True)
     x_all = _images_pm1(data.images)
-    masks = torch.as_tensor(data.masks)
-    w_all = 1 + cfg.vae_decoder_marking_weight * masks.float()[:, None]
+    parts = torch.as_tensor(data.parts)
+    masks = torch.as_tensor(data.masks) | parts  # crops centre on a marking or a leg
+    w_all = (1 + cfg.vae_decoder_marking_weight * torch.as_tensor(data.masks).float()[:, None]
+             + cfg.vae_decoder_part_weight * parts.float()[:, None])
     with torch.no_grad():
         probe = x_all[:256]
         before = float((vae.decode(vae.encode(probe).latent_dist.mean).sample - probe).abs().mean())
