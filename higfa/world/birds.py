@@ -195,9 +195,13 @@ class TinyBirds:
         labels, seeds = self.split_seeds(split, per_class)
         renders = [self.render(int(c), int(s), masks=masks) for c, s in zip(labels, seeds)]
         images = np.stack([r.image for r in renders])
-        union = np.stack([np.any(np.stack(list(r.masks.values())), 0) for r in renders]) if masks else None
-        parts = np.stack([np.any(np.stack(list(r.parts.values())), 0) for r in renders]) if masks else None
-        return Split(split, images, labels, seeds, union, parts)
+        if not masks:
+            return Split(split, images, labels, seeds)
+
+        def union(kind: str) -> np.ndarray:  # [N,H,W]: per image, any of its `kind` masks
+            return np.stack([np.any(np.stack(list(getattr(r, kind).values())), 0) for r in renders])
+
+        return Split(split, images, labels, seeds, union("masks"), union("parts"))
 
     # ------------------------------------------------------------------ drawing
     def render(self, label: int, seed: int, masks: bool = True) -> Render:
@@ -215,12 +219,15 @@ class TinyBirds:
         image = np.clip(np.round(small * 255), 0, 255).astype(np.uint8)
         if pose.flip:
             image = image[:, ::-1]
-        out_masks: dict[str, np.ndarray] = {}
-        out_parts: dict[str, np.ndarray] = {}
-        for name, m in ({**drawn, **parts}.items() if masks else ()):
+        if not masks:
+            return Render(np.ascontiguousarray(image), {})
+
+        def small(m: np.ndarray) -> np.ndarray:  # canvas-resolution float mask -> image-size bool, flipped like it
             m = cv2.resize(m, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA) > 0
-            (out_parts if name in PARTS else out_masks)[name] = np.ascontiguousarray(m[:, ::-1] if pose.flip else m)
-        return Render(np.ascontiguousarray(image), out_masks, out_parts)
+            return np.ascontiguousarray(m[:, ::-1] if pose.flip else m)
+
+        return Render(np.ascontiguousarray(image), {k: small(m) for k, m in drawn.items()},
+                      {k: small(m) for k, m in parts.items()})
 
 
 def _seed(world: int, split: int, label: int, index: int) -> int:

@@ -279,9 +279,9 @@ def train_vae_decoder(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str
     vae = _load_vae(out)
     data = world.split("train", cfg.vae_per_class, masks=True)
     x_all = _images_pm1(data.images)
-    parts = torch.as_tensor(data.parts)
-    masks = torch.as_tensor(data.masks) | parts  # crops centre on a marking or a leg
-    w_all = (1 + cfg.vae_decoder_marking_weight * torch.as_tensor(data.masks).float()[:, None]
+    markings, parts = torch.as_tensor(data.masks), torch.as_tensor(data.parts)
+    masks = markings | parts  # crops centre on a marking or a leg
+    w_all = (1 + cfg.vae_decoder_marking_weight * markings.float()[:, None]
              + cfg.vae_decoder_part_weight * parts.float()[:, None])
     with torch.no_grad():
         probe = x_all[:256]
