@@ -324,8 +324,9 @@ def main(argv=None) -> int:
         _write_doc(args.doc, report(results))
         return 0
     if args.only_downstream:
+        # fills the run cache only: --results keeps the whole report (--downstream-from-cache rewrites its section)
         bar = tqdm(desc="downstream", unit="run", file=sys.stdout)
-        args.results.write_text(json.dumps(downstream(args, world, generated, settings, test, bar), indent=1))
+        print(json.dumps(downstream(args, world, generated, settings, test, bar), indent=1))
         return 0
 
     scorer = load_scorer(scorer_path)

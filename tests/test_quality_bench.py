@@ -66,6 +66,10 @@ def test_results_scorers_and_caches(quality, tmp_path):
     assert quality.main(args + ["--downstream-from-cache", "--seeds", "0", "1", "2"]) == 0
     refilled = json.loads(results.read_text())
     assert refilled["presets"] == r["presets"] and refilled["downstream"]["saspa"]["real"]["seeds"] == [0, 1]
+    # --only-downstream fills the run cache and leaves the report alone
+    before = results.read_bytes()
+    assert quality.main(args + ["--only-downstream"]) == 0
+    assert results.read_bytes() == before
     changed = [a.replace("classifier_scale=3", "classifier_scale=5") for a in args]
     assert quality.main(changed) == 0
     assert (out / "cfg.npz").stat().st_mtime_ns == cached["cfg.npz"]
