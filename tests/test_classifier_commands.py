@@ -71,6 +71,46 @@ def test_train_classifier_writes_weights_and_sidecar_with_provenance(trained, fo
     assert main(["train-classifier", "--data", str(folder), "--out", str(trained.with_suffix("")), *TINY]) == 2
 
 
+def test_train_classifier_with_synthetic_images_uses_saspa_replacement(folder, tmp_path, monkeypatch, capsys):
+    """--synthetic: a second-round guide trained on real + a `higfa augment` folder. The training draws each real
+    image with 1 - α and one of its variants with α (the weights `higfa evaluate` uses); variants of the
+    validation images stay out; the sidecar records what it was trained on."""
+    import higfa.training
+
+    syn = tmp_path / "round1"
+    rows = []
+    for img_path in sorted(folder.rglob("*.png")):
+        rel = img_path.relative_to(folder).as_posix()
+        for k in range(2):
+            out = f"{img_path.parent.name}/{img_path.stem}_{k}.png"
+            save_image(syn / out, np.zeros((32, 32, 3), np.uint8) + 40 * k)
+            rows.append({"status": "ok", "label": img_path.parent.name, "output": out, "source": rel})
+    (syn / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = {}
+    real_train = higfa.training.train_classifier
+
+    def spy(clf, images, labels, **kw):
+        seen.update(n=len(images), weights=kw["weights"], labels=np.asarray(labels))
+        return real_train(clf, images, labels, **kw)
+
+    monkeypatch.setattr(higfa.training, "train_classifier", spy)
+    out = tmp_path / "boot"
+    assert main(["train-classifier", "--data", str(folder), "--synthetic", str(syn), "--alpha", "0.3", "--epochs", "1",
+                 "--val-fraction", "0.25", "--out", str(out), *TINY]) == 0
+    assert seen["n"] == 9 + 18  # 9 real training images, 2 variants each; the 3 validation images' variants left out
+    w = seen["weights"] / seen["weights"].sum()
+    assert w[:9].sum() == pytest.approx(0.7) and w[9:].sum() == pytest.approx(0.3)
+    assert np.allclose(w[9:], 0.3 / 9 / 2)  # one of the two variants of a real image, uniformly
+    prov = json.loads(out.with_suffix(".json").read_text())["provenance"]
+    assert prov["synthetic"] == str(syn) and prov["synthetic_images"] == 18 and prov["alpha"] == 0.3
+    assert prov["train_images"] == 9 and prov["steps"] == 3  # epochs count the real images
+    for bad, expect in (([str(syn), "--alpha", "1.5"], "--alpha 1.5: "), ([str(tmp_path / "nope")], "--synthetic ")):
+        assert main(["train-classifier", "--data", str(folder), "--synthetic", *bad, "--epochs", "1",
+                     "--out", str(tmp_path / "bad"), *TINY]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expect in err and len(err.splitlines()) == 1, err
+
+
 def test_higfa_augment_guides_with_a_trained_classifier(trained, folder, tmp_path):
     r = _cli("augment", "--data", str(folder), "--model", "builtin", "--classifier", str(trained), "--limit", "1",
              "--variants", "1", "--steps", "3", "--out", str(tmp_path / "aug"), "--quiet", "--threads", "1")

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, save_classifier
@@ -141,22 +142,25 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         val = None
     classes = train.classes
+    images, y, draw = train.images, train.targets(classes), None
+    if args.synthetic:
+        images, y, draw = with_synthetic(train, classes, val, args)
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     torch.manual_seed(args.seed)
     model, cfg = create_model(arch, len(classes), args.init, kwargs)
     mean, std = pick_norm(args, cfg)
     clf = Classifier(model, classes, args.input_size, mean, std, arch, kwargs).to(device)
-    y = train.targets(classes)
-    per_epoch = math.ceil(len(y) / args.batch_size)
+    per_epoch = math.ceil(len(train) / args.batch_size)  # epochs count the real images (SaSPA: replacement)
     steps = args.steps or per_epoch * args.epochs
     run_config = {"data": str(args.data), "val": str(args.val or args.val_fraction), "architecture": arch,
                   "init": args.init, "classes": classes, "input_size": args.input_size, "epochs": args.epochs,
-                  "augment": args.augment, "world_size": ranks.world_size, "steps_option": args.steps}
+                  "augment": args.augment, "world_size": ranks.world_size, "steps_option": args.steps,
+                  "synthetic": str(args.synthetic), "alpha": args.alpha}
     if ckpt.exists() and ranks.is_main:
         print(f"resuming from {ckpt}", flush=True)
     result = train_classifier(
-        clf, train.images, y, steps=steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-        weight_decay=args.weight_decay, augment=augment_preset(args.augment), seed=args.seed,
+        clf, images, y, steps=steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        weight_decay=args.weight_decay, augment=augment_preset(args.augment), seed=args.seed, weights=draw,
         eval_images=None if val is None else val.images,
         eval_labels=None if val is None else val.targets(classes, "--val"), eval_every=per_epoch,
         checkpoint=ckpt, checkpoint_every=per_epoch, run_config=run_config, progress=not args.no_progress,
@@ -165,8 +169,10 @@ def run_train(args: argparse.Namespace) -> int:
     ev = None if val is None else evaluate_on(clf, val, "--val")
     clf.provenance = provenance(str(args.data), classes, ev, command="train-classifier",
                                 val_data=str(args.val or f"{args.data} (seeded {args.val_fraction:g} split)"),
-                                train_images=len(y), epochs=args.epochs, steps=steps, init=args.init,
-                                augment=args.augment, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+                                train_images=len(train), epochs=args.epochs, steps=steps, init=args.init,
+                                augment=args.augment, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                                **({"synthetic": str(args.synthetic), "synthetic_images": len(y) - len(train),
+                                    "alpha": args.alpha} if args.synthetic else {}))
     if ranks.is_main:
         save_classifier(clf.cpu(), out)
         ckpt.unlink(missing_ok=True)
@@ -176,6 +182,32 @@ def run_train(args: argparse.Namespace) -> int:
         group.barrier()
         group.close()
     return 0
+
+
+def with_synthetic(train: Labelled, classes: list[str], val: Labelled | None, args: argparse.Namespace
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real + `--synthetic` images [N+M,H,W,3], labels [N+M] and SaSPA replacement weights [N+M] (each real image
+    drawn with probability 1 - α, one of its variants with α: `higfa evaluate`'s protocol, the same function).
+    Variants of a validation image are left out, so the validation accuracy stays a held-out one."""
+    from .evaluate import ImageSet, load_synthetic, replacement_weights, source_index
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha {args.alpha}: the share of draws that take a synthetic variant must lie in [0, 1]")
+    if not Path(args.synthetic).is_dir():
+        raise FileNotFoundError(f"--synthetic {args.synthetic} not found: give a `higfa augment` --out folder "
+                                "(manifest.jsonl) or an ImageFolder of synthetic images")
+    syn = load_synthetic(args.synthetic, args.input_size, classes)
+    y_real = train.targets(classes)
+    src = source_index(ImageSet(train.images, y_real, [], ids=train.ids), syn)
+    if val is not None and syn.sources is not None:  # drop the variants of held-out images
+        held = set(val.ids)
+        keep = np.array([s not in held for s in syn.sources])
+        syn = ImageSet(syn.images[keep], syn.labels[keep], syn.failed)
+        src = src[keep]
+    if len(syn.labels) == 0:
+        raise ValueError(f"--synthetic {args.synthetic}: no synthetic image of a training source is left")
+    weights = replacement_weights(y_real, syn.labels, src, args.alpha)
+    return np.concatenate([train.images, syn.images]), np.concatenate([y_real, syn.labels]), weights
 
 
 # ---------------------------------------------------------------------------- import-classifier
@@ -308,6 +340,10 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=30, help="linear warm-up steps before the cosine decay (default 30)")
     p.add_argument("--augment", default="default", choices=AUGMENT_PRESETS, help="augmentation preset: none, light, "
                    "default (flip, shift, scale, rotation), robust (default + noise and blur)")
+    p.add_argument("--synthetic", help="also train on a `higfa augment` --out folder (or an ImageFolder) of synthetic "
+                   "images, SaSPA style: each real image replaced by one of its variants with probability --alpha; "
+                   "e.g. a second-round guide trained on the first round's images (docs/classifiers.md)")
+    p.add_argument("--alpha", type=float, default=0.4, help="with --synthetic: replacement probability (default 0.4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="models/classifiers/NAME: writes NAME.safetensors + NAME.json; "
                    "NAME.ckpt beside it while training (a rerun resumes from the last finished epoch)")
