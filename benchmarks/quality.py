@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality_arms import (PRESETS, Arm, _cache_ok, _extra, _gen_settings, _overrides, _sweeps,  # noqa: E402,F401
-                           models_digest)
+from quality_arms import (BOOT, PRESETS, Arm, _cache_ok, _extra, _gen_settings, _overrides,  # noqa: E402,F401
+                           _sweeps, boot_guide, models_digest)
 from quality_report import NOTES_MARKER, report  # noqa: E402
 
 from higfa.classifier import load_classifier  # noqa: E402
@@ -255,7 +255,8 @@ def main(argv=None) -> int:
     p.add_argument("--downstream-arch", default="test_resnet")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="downstream seeds (paired)")
     p.add_argument("--epochs", type=int, default=250,
-                   help="downstream epochs over the real set's size (250: near convergence, docs/quality.md)")
+                   help="downstream epochs over the real set's size (at 500 every 10-shot arm still gains a few "
+                   "points: docs/quality.md, 'Is 250 epochs converged?')")
     p.add_argument("--batch-size", type=int, default=64, help="downstream batch size")
     p.add_argument("--alpha", type=float, default=0.4, help="SaSPA replacement probability")
     p.add_argument("--threads", type=int, default=None)
@@ -288,17 +289,29 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.downstream) - {a.name for a in arms})
     if unknown:
         raise ValueError(f"--downstream {unknown}: not an arm of this run; choose from {[a.name for a in arms]}")
-    guides = {a.guide: _guide(models, a.guide) for a in arms}
+    names = [a.name for a in arms]
+    for i, a in enumerate(arms):
+        if a.guide.startswith("boot:") and a.guide[5:] not in names[:i]:
+            raise ValueError(f"--extra {a.name}: guide={a.guide} needs the arm {a.guide[5:]!r} earlier in this run "
+                             f"(its images train the guide); arms before it: {names[:i]}")
+    guides = {a.guide: _guide(models, a.guide) for a in arms if not a.guide.startswith("boot:")}
     few = min(args.fidelity_shots or args.shots, args.shots)
     sources = {a.name: np.arange(len(real)) if a.name in args.downstream or few == args.shots else
                np.concatenate([real.of_class(c)[:few] for c in range(world.num_classes)]) for a in arms}
     caches = {a.name: args.out / f"{a.name}.npz" for a in arms}
     settings = {a.name: _gen_settings(args, a) | {"sources": len(sources[a.name])} for a in arms}
+    for a in arms:  # a second-round guide is keyed by its recipe and by what its first round's images were
+        if a.guide.startswith("boot:"):
+            settings[a.name]["guide"] = {"boot": a.guide[5:], "recipe": BOOT, "alpha": args.alpha,
+                                         "first_round": settings[a.guide[5:]]}
     stale = {a.name: args.regenerate or not _cache_ok(caches[a.name], settings[a.name]) for a in arms}
     bar = tqdm(total=sum(len(sources[n]) for n in stale if stale[n]) * args.per_source * args.steps, desc="generate",
                unit="sample-step", file=sys.stdout, dynamic_ncols=True, disable=not any(stale.values()))
     generated = {}
     for a in arms:
+        if a.guide not in guides:  # boot:ARM, once ARM's images exist
+            guides[a.guide] = boot_guide(models, real, generated[a.guide[5:]], args.alpha,
+                                         args.out / f"guide-{a.name}.safetensors", settings[a.name]["guide"])
         if stale[a.name]:
             bar.set_postfix_str(a.name)
             g = generate(models, a, guides[a.guide], real, sources[a.name], args.per_source, args.steps, args.batch,

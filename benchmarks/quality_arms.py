@@ -22,7 +22,9 @@ class Arm:
     name: str
     preset: str
     overrides: dict
-    guide: str = "guidance"  # guidance (the shipped few-shot guide) | oracle (diagnosis only) | a classifier path
+    # guidance (the shipped few-shot guide) | oracle (diagnosis only) | a classifier path | boot:ARM (a second-round
+    # guide: the shipped guide's architecture trained on the few-shot images + ARM's images, `boot_guide`)
+    guide: str = "guidance"
     # the confidence filter downstream: a classifier file other than the guide, and the threshold on its p(target)
     filter: str | None = None
     filter_threshold: float = 0.5
@@ -33,13 +35,16 @@ def _extra(item: str, base: dict) -> Arm:
     name, _, rest = item.partition("=")
     parts = [x for x in rest.split(",") if x]
     if not name or not parts or parts[0] not in PRESETS:
-        raise ValueError(f"--extra {item!r}: use NAME=PRESET[,FIELD=VALUE...][,guide=oracle|PATH][,filter=PATH] with "
-                         f"a preset of {list(PRESETS)}")
+        raise ValueError(f"--extra {item!r}: use NAME=PRESET[,FIELD=VALUE...][,guide=oracle|PATH|boot:ARM]"
+                         f"[,filter=PATH] with a preset of {list(PRESETS)}")
     own = {k: x.partition("=")[2] for x in parts[1:] for k in ("guide", "filter", "filter_threshold")
            if x.startswith(k + "=")}
     fields = [x for x in parts[1:] if x.partition("=")[0] not in own]
     arm = Arm(name, parts[0], base | _overrides(fields), own.get("guide", "guidance"), own.get("filter"),
               float(own.get("filter_threshold", 0.5)))
+    if arm.guide.startswith("boot:") and arm.guide[5:] == name:
+        raise ValueError(f"--extra {item!r}: guide=boot:ARM names the first-round arm whose images train the guide, "
+                         "not the arm itself")
     if arm.filter is not None and arm.filter in (arm.guide, "oracle"):
         raise ValueError(f"--extra {item!r}: filter={arm.filter} must be a classifier that did not guide the arm "
                          "and is not the world oracle (it scores)")
@@ -91,9 +96,45 @@ def models_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+# The second-round guide's recipe: the shipped guide's (docs/world.md: test_resnet, seed 20, noise/blur augmentation),
+# on the real few-shot images + the first round's variants drawn SaSPA style, twice the steps (3 x the images).
+BOOT = {"steps": 1000, "seed": 20, "noise": 0.03, "blur": 1.0}
+
+
+def boot_guide(models, real, first_round: dict, alpha: float, cache: Path, key: dict):
+    """A guide for a second round, from labels the few-shot set already has: `models.guidance`'s architecture
+    trained from scratch on `real` (a Split) + `first_round`'s images (targets, source index into `real`) with
+    SaSPA's replacement weights (`higfa train-classifier --synthetic` does the same on folders). Cached in
+    `cache` (+ .key.json) under `key`."""
+    import torch
+
+    from higfa.classifier import build_classifier, load_classifier, save_classifier
+    from higfa.jobs.evaluate import replacement_weights
+    from higfa.training import Augment, train_classifier
+
+    key_file = cache.with_suffix(".key.json")
+    if cache.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
+        return load_classifier(cache).float()
+    g = first_round
+    x = np.concatenate([real.images, g["images"]])
+    y = np.concatenate([real.labels, g["targets"]])
+    w = replacement_weights(real.labels, g["targets"], np.asarray(g["source"], dtype=np.int64), alpha)
+    shipped = models.guidance
+    torch.manual_seed(BOOT["seed"])
+    clf = build_classifier(shipped.architecture, shipped.class_names, models.world.image_size, mean=(0.5,) * 3,
+                           std=(0.5,) * 3)
+    clf = train_classifier(clf, x, y, steps=BOOT["steps"], seed=BOOT["seed"], weights=w,
+                           augment=Augment(noise=BOOT["noise"], blur=BOOT["blur"])).classifier
+    save_classifier(clf.half(), cache)
+    key_file.write_text(json.dumps(key, sort_keys=True))
+    return clf.float()
+
+
 def _gen_settings(args, arm: Arm) -> dict:
     guide = arm.guide
-    if guide not in ("guidance", "oracle"):
+    if guide.startswith("boot:"):
+        pass  # keyed by its first round's settings once those are known (quality.main)
+    elif guide not in ("guidance", "oracle"):
         guide = f"{guide}#{hashlib.sha256(Path(guide).read_bytes()).hexdigest()[:16]}"
     out = {"shots": args.shots, "per_source": args.per_source, "steps": args.steps, "batch": args.batch,
            "seed": args.seed, "contour_transform": ContourTransform().to_dict(), "preset": arm.preset,

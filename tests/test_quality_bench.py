@@ -95,6 +95,8 @@ def test_bad_arms_name_the_option(quality):
     assert (arm.preset, arm.filter, arm.filter_threshold, arm.overrides) == ("higfa-robust", "x.safetensors", 0.7, {})
     with pytest.raises(ValueError, match="must be a classifier that did not guide"):
         quality._extra("f=higfa,guide=x.safetensors,filter=x.safetensors", {})
+    with pytest.raises(ValueError, match="not the arm itself"):
+        quality._extra("b=higfa,guide=boot:b", {})
 
 
 def test_a_filtered_arm_keeps_only_what_its_judge_accepts(quality, tmp_path):
@@ -112,6 +114,30 @@ def test_a_filtered_arm_keeps_only_what_its_judge_accepts(quality, tmp_path):
     assert f["threshold"] == 0.2 and 0 <= f["kept"] <= 1 and "filter" not in r["presets"]["higfa"]
     assert r["presets"]["judged"]["oracle_species"] == r["presets"]["higfa"]["oracle_species"]  # the same images
     assert r["downstream"]["saspa"]["real+judged"]["synthetic_images"] == round(f["kept"] * 64)  # 2 per source
+
+
+def test_a_boot_arm_trains_its_guide_on_the_first_rounds_images(quality, tmp_path, monkeypatch):
+    """guide=boot:ARM: a second-round guide trained (few-shot images + ARM's variants, SaSPA weights) inside the
+    run, cached under what ARM's images were; it guides and judges its own arm, and retrains when ARM changes."""
+    import quality_arms
+
+    monkeypatch.setitem(quality_arms.BOOT, "steps", 3)
+    out, results = tmp_path / "o", tmp_path / "quality.json"
+    args = ["--shots", "1", "--steps", "2", "--presets", "higfa", "--extra", "second=higfa,guide=boot:higfa",
+            "--downstream", "--test-per-class", "1", "--threads", "1", "--out", str(out), "--results",
+            str(results), "--doc", ""]
+    assert quality.main(args) == 0
+    r = json.loads(results.read_text())["presets"]
+    assert r["second"]["guided_by"] == "boot:higfa" and 0 <= r["second"]["guide_species"] <= 1
+    guide = out / "guide-second.safetensors"
+    key = json.loads(guide.with_suffix(".key.json").read_text())
+    assert key["boot"] == "higfa" and key["recipe"]["steps"] == 3 and key["first_round"]["preset"] == "higfa"
+    stamp = guide.stat().st_mtime_ns
+    assert quality.main(args) == 0 and guide.stat().st_mtime_ns == stamp  # reused
+    # the first round changes (a schedule field of every arm): so does its guide
+    assert quality.main(args + ["--set", "classifier_scale=3"]) == 0 and guide.stat().st_mtime_ns != stamp
+    with pytest.raises(ValueError, match="needs the arm 'cfg' earlier"):
+        quality.main([a.replace("boot:higfa", "boot:cfg") for a in args])
 
 
 def test_cached_images_are_keyed_by_the_models_weights(quality, tmp_path):
