@@ -116,6 +116,10 @@ def test_higfa_augment_guides_with_a_trained_classifier(trained, folder, tmp_pat
              "--variants", "1", "--steps", "3", "--out", str(tmp_path / "aug"), "--quiet", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "aug").rglob("*.png"))) == 1
+    # the next round's guide trains on the real images + this folder: augment's manifest names its sources
+    assert main(["train-classifier", "--data", str(folder), "--synthetic", str(tmp_path / "aug"), "--epochs", "1",
+                 "--val-fraction", "0", "--out", str(tmp_path / "round2"), *TINY]) == 0
+    assert json.loads((tmp_path / "round2.json").read_text())["provenance"]["synthetic_images"] == 1
 
 
 def test_resume_after_kill_continues_from_the_last_epoch(folder, tmp_path):
