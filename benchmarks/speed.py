@@ -163,14 +163,15 @@ def report(r: dict) -> str:
     if w:
         runs = [w] + ([r["world_decoder_higfa_robust"]] if "world_decoder_higfa_robust" in r else [])
         lines += ["## The built-in world's tiny guidance decoder", "",
-                  f"{w['vae']['images']} images per preset ({w['per_species']} per species, the same seeds for both "
-                  "decoders), guided by guidance.safetensors, scored by oracle.safetensors:", "",
-                  "| preset | decoder on the classifier path | parameters | oracle species acc. | "
-                  "guidance-classifier acc. | fooling gap | stage-2 step (s) |", "|---|---|---|---|---|---|---|"]
+                  "Few-shot sources (the same sources and seeds for both decoders), guided by guidance.safetensors, "
+                  "scored by oracle.safetensors:", "",
+                  "| preset | images | decoder on the classifier path | parameters | oracle species acc. | "
+                  "guidance-classifier acc. | fooling gap | stage-2 step (s) |", "|---|---|---|---|---|---|---|---|"]
         for run in runs:
             for key, name in (("vae", "world VAE"), ("tiny", "tiny (AutoencoderTiny, distilled)")):
                 v = run[key]
-                lines.append(f"| `{run.get('preset', 'higfa')}` | {name} | {run['decoder_parameters'][key]:,} | "
+                lines.append(f"| `{run.get('preset', 'higfa')}` | {v['images']} | {name} | "
+                             f"{run['decoder_parameters'][key]:,} | "
                              f"{_f(v['oracle_species_accuracy'], 3)} | {_f(v['guidance_classifier_accuracy'], 3)} | "
                              f"{_f(v['fooling_gap'], 3)} | {_f(v['stage2_step_seconds'], 3)} |")
         lines += [""] + [f"`{run.get('preset', 'higfa')}`: fidelity drop {_f(run['fidelity_drop'], 3)} (within "

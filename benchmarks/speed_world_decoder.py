@@ -1,6 +1,6 @@
 """The built-in world's tiny guidance decoder vs its full VAE decoder on the classifier path.
 
-    python benchmarks/speed_world_decoder.py [--per-species 4]
+    python benchmarks/speed_world_decoder.py [--per-species 8]
 
 Same sources, contour seeds and noise seeds for both decoders (paired): `--per-species` few-shot images per
 species, one image each (`--preset`, default `higfa`) (30 DDIM steps), guided by the world's few-shot classifier
@@ -60,18 +60,22 @@ def run(models, sources, decoder: str, batch: int, preset: str = "higfa") -> dic
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--per-species", type=int, default=4)
+    p.add_argument("--per-species", type=int, default=8,
+                   help="sources per species (default 8: 128 images; 64 moved by 0.05 between re-draws of the decoder)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--preset", default="higfa", help="schedule preset (default higfa)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "speed_world_decoder.json")
+    p.add_argument("--models", type=Path, default=None,
+                   help="world models folder (default: the shipped ones), e.g. a candidate tiny decoder's")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    models = load_world()
+    models = load_world() if args.models is None else load_world(args.models)
     if models.tiny_decoder is None:
         raise SystemExit(f"no tiny decoder in {models.path}: run `make train-world` (stage tiny_decoder)")
     sources = models.world.split("fewshot", args.per_species)
-    result = {"per_species": args.per_species, "preset": args.preset, "steps": 30, "threads": args.threads}
+    result = {"per_species": args.per_species, "preset": args.preset, "steps": 30, "threads": args.threads,
+              "models": str(args.models or "shipped")}
     for decoder in ("vae", "tiny"):
         result[decoder] = run(models, sources, decoder, args.batch, args.preset)
         print(decoder, result[decoder], flush=True)

@@ -108,9 +108,13 @@ def test_the_world_tiny_decoder_stage_trains_saves_and_guides(tmp_path, monkeypa
     monkeypatch.setitem(tiny_decoder.SETTINGS, "steps", 20)
     monkeypatch.setitem(tiny_decoder.SETTINGS, "batch", 8)
     monkeypatch.setitem(tiny_decoder.SETTINGS, "encoder_steps", 5)
+    monkeypatch.setitem(tiny_decoder.SETTINGS, "check_per_class", 1)
     info = tiny_decoder.train_tiny_decoder(TrainConfig(), TinyBirds(seed=0), tmp_path / "world")
     assert info["pool_latents"] == 32 and info["decoder_parameters"] < info["teacher_decoder_parameters"]
     assert -1.0 <= info["train_pool_vjp_cosine_last256"] <= 1.0  # the classifier-path VJP was distilled too
+    check = info["test_check"]  # held-out test images: the teacher's decodes are the oracle's reference
+    assert check["images"] == 16 and check["l1_pm1_markings"] > 0 and check["oracle_species_teacher"] >= 0.9
+    assert 0.0 <= check["oracle_species_student"] <= 1.0
     files = list((tmp_path / "world" / tiny_decoder.FOLDER).glob("*.safetensors"))
     assert files and sum(f.stat().st_size for f in files) < 1_000_000  # small, fp16
     models = load_world(tmp_path / "world")
