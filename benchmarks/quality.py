@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     for a in arms:
         if a.guide not in guides:  # boot:ARM, once ARM's images exist
             guides[a.guide] = boot_guide(models, real, generated[a.guide[5:]], args.alpha,
-                                         args.out / f"guide-{a.name}.safetensors", settings[a.name]["guide"])
+                                         args.out / f"guide-boot-{a.guide[5:]}.safetensors", settings[a.name]["guide"])
         if stale[a.name]:
             bar.set_postfix_str(a.name)
             g = generate(models, a, guides[a.guide], real, sources[a.name], args.per_source, args.steps, args.batch,

@@ -129,7 +129,7 @@ def test_a_boot_arm_trains_its_guide_on_the_first_rounds_images(quality, tmp_pat
     assert quality.main(args) == 0
     r = json.loads(results.read_text())["presets"]
     assert r["second"]["guided_by"] == "boot:higfa" and 0 <= r["second"]["guide_species"] <= 1
-    guide = out / "guide-second.safetensors"
+    guide = out / "guide-boot-higfa.safetensors"  # one per first round: arms with the same boot:ARM share it
     key = json.loads(guide.with_suffix(".key.json").read_text())
     assert key["boot"] == "higfa" and key["recipe"]["steps"] == 3 and key["first_round"]["preset"] == "higfa"
     stamp = guide.stat().st_mtime_ns
