@@ -48,7 +48,7 @@ from quality_report import NOTES_MARKER, report  # noqa: E402
 
 from higfa.classifier import load_classifier  # noqa: E402
 from higfa.contour import ContourTransform  # noqa: E402
-from higfa.jobs.evaluate import paired, replacement_weights  # noqa: E402
+from higfa.jobs.evaluate import paired, replacement_set  # noqa: E402
 from higfa.jobs.evaluate import ImageSet, train_and_test  # noqa: E402
 from higfa.schedule import Schedule  # noqa: E402
 from higfa.training import Augment, features, predict  # noqa: E402
@@ -144,10 +144,8 @@ def downstream(args, world, generated: dict, settings: dict, test, bar) -> dict:
             g = generated[name]
             use = np.array([s in src_map for s in g["source"].tolist()]) & g.get("keep", True)
             src = np.array([src_map[s] for s in g["source"][use].tolist()], dtype=np.int64)
-            x = np.concatenate([real.images, g["images"][use]])
-            y = np.concatenate([real.labels, g["targets"][use]])
-            arms[f"real+{name}"] = (x, y, replacement_weights(real.labels, g["targets"][use], src, args.alpha),
-                                    len(real.labels))
+            arms[f"real+{name}"] = (*replacement_set(real.images, real.labels, g["images"][use], g["targets"][use],
+                                                     src, args.alpha), len(real.labels))
             keys[f"real+{name}"] = settings[name]
         if shots == args.shots:  # "more real data": twice the real images, the same epochs
             more = np.concatenate([real_all.of_class(c)[:2 * shots] for c in range(world.num_classes)])
@@ -291,27 +289,27 @@ def main(argv=None) -> int:
         raise ValueError(f"--downstream {unknown}: not an arm of this run; choose from {[a.name for a in arms]}")
     names = [a.name for a in arms]
     for i, a in enumerate(arms):
-        if a.guide.startswith("boot:") and a.guide[5:] not in names[:i]:
-            raise ValueError(f"--extra {a.name}: guide={a.guide} needs the arm {a.guide[5:]!r} earlier in this run "
+        if a.boot_of is not None and a.boot_of not in names[:i]:
+            raise ValueError(f"--extra {a.name}: guide={a.guide} needs the arm {a.boot_of!r} earlier in this run "
                              f"(its images train the guide); arms before it: {names[:i]}")
-    guides = {a.guide: _guide(models, a.guide) for a in arms if not a.guide.startswith("boot:")}
+    guides = {a.guide: _guide(models, a.guide) for a in arms if a.boot_of is None}
     few = min(args.fidelity_shots or args.shots, args.shots)
     sources = {a.name: np.arange(len(real)) if a.name in args.downstream or few == args.shots else
                np.concatenate([real.of_class(c)[:few] for c in range(world.num_classes)]) for a in arms}
     caches = {a.name: args.out / f"{a.name}.npz" for a in arms}
     settings = {a.name: _gen_settings(args, a) | {"sources": len(sources[a.name])} for a in arms}
     for a in arms:  # a second-round guide is keyed by its recipe and by what its first round's images were
-        if a.guide.startswith("boot:"):
-            settings[a.name]["guide"] = {"boot": a.guide[5:], "recipe": BOOT, "alpha": args.alpha,
-                                         "first_round": settings[a.guide[5:]]}
+        if a.boot_of is not None:
+            settings[a.name]["guide"] = {"boot": a.boot_of, "recipe": BOOT, "alpha": args.alpha,
+                                         "first_round": settings[a.boot_of]}
     stale = {a.name: args.regenerate or not _cache_ok(caches[a.name], settings[a.name]) for a in arms}
     bar = tqdm(total=sum(len(sources[n]) for n in stale if stale[n]) * args.per_source * args.steps, desc="generate",
                unit="sample-step", file=sys.stdout, dynamic_ncols=True, disable=not any(stale.values()))
     generated = {}
     for a in arms:
         if a.guide not in guides:  # boot:ARM, once ARM's images exist
-            guides[a.guide] = boot_guide(models, real, generated[a.guide[5:]], args.alpha,
-                                         args.out / f"guide-boot-{a.guide[5:]}.safetensors", settings[a.name]["guide"])
+            guides[a.guide] = boot_guide(models, real, generated[a.boot_of], args.alpha,
+                                         args.out / f"guide-boot-{a.boot_of}.safetensors", settings[a.name]["guide"])
         if stale[a.name]:
             bar.set_postfix_str(a.name)
             g = generate(models, a, guides[a.guide], real, sources[a.name], args.per_source, args.steps, args.batch,

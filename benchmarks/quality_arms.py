@@ -29,6 +29,11 @@ class Arm:
     filter: str | None = None
     filter_threshold: float = 0.5
 
+    @property
+    def boot_of(self) -> str | None:
+        """The first-round arm whose images train this arm's guide (guide=boot:ARM), else None."""
+        return self.guide[5:] if self.guide.startswith("boot:") else None
+
 
 def _extra(item: str, base: dict) -> Arm:
     """NAME=PRESET[,FIELD=VALUE...][,guide=G][,filter=PATH[,filter_threshold=T]] -> Arm."""
@@ -42,7 +47,7 @@ def _extra(item: str, base: dict) -> Arm:
     fields = [x for x in parts[1:] if x.partition("=")[0] not in own]
     arm = Arm(name, parts[0], base | _overrides(fields), own.get("guide", "guidance"), own.get("filter"),
               float(own.get("filter_threshold", 0.5)))
-    if arm.guide.startswith("boot:") and arm.guide[5:] == name:
+    if arm.boot_of == name:
         raise ValueError(f"--extra {item!r}: guide=boot:ARM names the first-round arm whose images train the guide, "
                          "not the arm itself")
     if arm.filter is not None and arm.filter in (arm.guide, "oracle"):
@@ -109,16 +114,14 @@ def boot_guide(models, real, first_round: dict, alpha: float, cache: Path, key: 
     import torch
 
     from higfa.classifier import build_classifier, load_classifier, save_classifier
-    from higfa.jobs.evaluate import replacement_weights
+    from higfa.jobs.evaluate import replacement_set
     from higfa.training import Augment, train_classifier
 
     key_file = cache.with_suffix(".key.json")
     if cache.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
         return load_classifier(cache).float()
     g = first_round
-    x = np.concatenate([real.images, g["images"]])
-    y = np.concatenate([real.labels, g["targets"]])
-    w = replacement_weights(real.labels, g["targets"], np.asarray(g["source"], dtype=np.int64), alpha)
+    x, y, w = replacement_set(real.images, real.labels, g["images"], g["targets"], g["source"], alpha)
     shipped = models.guidance
     torch.manual_seed(BOOT["seed"])
     clf = build_classifier(shipped.architecture, shipped.class_names, models.world.image_size, mean=(0.5,) * 3,
@@ -132,9 +135,7 @@ def boot_guide(models, real, first_round: dict, alpha: float, cache: Path, key: 
 
 def _gen_settings(args, arm: Arm) -> dict:
     guide = arm.guide
-    if guide.startswith("boot:"):
-        pass  # keyed by its first round's settings once those are known (quality.main)
-    elif guide not in ("guidance", "oracle"):
+    if arm.boot_of is None and guide not in ("guidance", "oracle"):  # boot:ARM: keyed in quality.main
         guide = f"{guide}#{hashlib.sha256(Path(guide).read_bytes()).hexdigest()[:16]}"
     out = {"shots": args.shots, "per_source": args.per_source, "steps": args.steps, "batch": args.batch,
            "seed": args.seed, "contour_transform": ContourTransform().to_dict(), "preset": arm.preset,

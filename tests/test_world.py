@@ -98,6 +98,11 @@ def test_legs_mask_is_thin_dark_and_below_the_body():
         np.testing.assert_array_equal(r.image, WORLD.render(label, seed, masks=False).image)
     split = WORLD.split("test", 1, masks=True)
     assert split.parts.shape == split.masks.shape and split.parts.any((1, 2)).all()
+    w = split.loss_weights(4.0, 8.0)  # what the decoder stages weight their L1 by
+    assert w.shape == (len(split), 1, *split.masks.shape[1:]) and w.dtype == np.float32
+    assert set(np.unique(w)) <= {1.0, 5.0, 9.0, 13.0} and (w[:, 0][split.parts] >= 9).all()
+    with pytest.raises(ValueError, match="masks=True"):
+        WORLD.split("test", 1).loss_weights(4.0)
 
 
 # ---------------------------------------------------------------------------- shipped models

@@ -189,10 +189,9 @@ def with_synthetic(train: Labelled, classes: list[str], val: Labelled | None, ar
     """Real + `--synthetic` images [N+M,H,W,3], labels [N+M] and SaSPA replacement weights [N+M] (each real image
     drawn with probability 1 - α, one of its variants with α: `higfa evaluate`'s protocol, the same function).
     Variants of a validation image are left out, so the validation accuracy stays a held-out one."""
-    from .evaluate import ImageSet, load_synthetic, replacement_weights, source_index
+    from .evaluate import ImageSet, check_alpha, load_synthetic, replacement_set, source_index
 
-    if not 0.0 <= args.alpha <= 1.0:
-        raise ValueError(f"--alpha {args.alpha}: the share of draws that take a synthetic variant must lie in [0, 1]")
+    check_alpha(args.alpha)
     if not Path(args.synthetic).is_dir():
         raise FileNotFoundError(f"--synthetic {args.synthetic} not found: give a `higfa augment` --out folder "
                                 "(manifest.jsonl) or an ImageFolder of synthetic images")
@@ -206,8 +205,7 @@ def with_synthetic(train: Labelled, classes: list[str], val: Labelled | None, ar
         src = src[keep]
     if len(syn.labels) == 0:
         raise ValueError(f"--synthetic {args.synthetic}: no synthetic image of a training source is left")
-    weights = replacement_weights(y_real, syn.labels, src, args.alpha)
-    return np.concatenate([train.images, syn.images]), np.concatenate([y_real, syn.labels]), weights
+    return replacement_set(train.images, y_real, syn.images, syn.labels, src, args.alpha)
 
 
 # ---------------------------------------------------------------------------- import-classifier

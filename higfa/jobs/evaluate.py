@@ -101,6 +101,21 @@ def source_index(real: ImageSet, synthetic: ImageSet) -> np.ndarray:
     return np.array([where.get(s, -1) if s is not None else -1 for s in synthetic.sources], dtype=np.int64)
 
 
+def check_alpha(alpha: float) -> None:
+    """SaSPA's replacement probability must lie in [0, 1] (checked before any image is read)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"--alpha {alpha}: the replacement probability must lie in [0, 1]")
+
+
+def replacement_set(real_images: np.ndarray, real_labels: np.ndarray, synthetic_images: np.ndarray,
+                    synthetic_labels: np.ndarray, source: np.ndarray, alpha: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real + synthetic images [N+M,...], labels [N+M] and `replacement_weights` [N+M]: one training set for
+    SaSPA's protocol (`train_classifier(..., weights=w)`)."""
+    return (np.concatenate([real_images, synthetic_images]), np.concatenate([real_labels, synthetic_labels]),
+            replacement_weights(real_labels, synthetic_labels, source, alpha))
+
+
 def replacement_weights(real_labels: np.ndarray, synthetic_labels: np.ndarray, source: np.ndarray, alpha: float,
                         label_weights: np.ndarray | None = None) -> np.ndarray:
     """SaSPA's replacement as sampling weights [N + M] over real + synthetic images.
@@ -114,8 +129,7 @@ def replacement_weights(real_labels: np.ndarray, synthetic_labels: np.ndarray, s
     real_labels, synthetic_labels = np.asarray(real_labels), np.asarray(synthetic_labels)
     source = np.asarray(source, dtype=np.int64)
     n, m = len(real_labels), len(synthetic_labels)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"--alpha {alpha}: the replacement probability must lie in [0, 1]")
+    check_alpha(alpha)
     if len(source) != m or (m and int(source.max()) >= n):
         raise ValueError(f"replacement_weights: {m} synthetic images need {m} source indices below {n}")
     # group of a real image: itself; of a synthetic one: its source, or its class (offset by n) when unknown

@@ -125,6 +125,13 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def loss_weights(self, marking: float, part: float = 0.0) -> np.ndarray:
+        """Per-pixel weights [N,1,H,W] float32 for a reconstruction loss: 1, plus `marking` on the marking regions
+        and `part` on the thin parts (a blurry decoder drops both). Needs split(..., masks=True)."""
+        if self.masks is None or self.parts is None:
+            raise ValueError(f"split {self.name!r} has no masks: build it with split(..., masks=True)")
+        return (1 + marking * self.masks.astype(np.float32) + part * self.parts.astype(np.float32))[:, None]
+
     def of_class(self, label: int) -> np.ndarray:
         """Indices of the images of one species (in split order)."""
         return np.flatnonzero(self.labels == label)

@@ -50,8 +50,7 @@ def _pool(models, per_class: int, gen: torch.Generator, settings: dict
     from ..backends.denoiser import vae_decode
 
     data = models.world.split("train", per_class, masks=True)
-    weights = (1 + settings["marking_weight"] * torch.as_tensor(data.masks).float()
-               + settings["part_weight"] * torch.as_tensor(data.parts).float())[:, None]
+    weights = torch.as_tensor(data.loss_weights(settings["marking_weight"], settings["part_weight"]))
     scale = float(models.vae.config.scaling_factor)
     latents, clean = [], []
     for i in range(0, len(data), 128):

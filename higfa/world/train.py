@@ -230,7 +230,7 @@ def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
     data = world.split("train", cfg.vae_per_class, masks=True)
     x_all = _images_pm1(data.images)
     masks = torch.as_tensor(data.masks)
-    w_all = 1 + cfg.vae_marking_weight * masks.float()[:, None]
+    w_all = torch.as_tensor(data.loss_weights(cfg.vae_marking_weight))
     torch.manual_seed(cfg.seed)
     vae = AutoencoderKL(**VAE_CONFIG).train()
     with torch.no_grad():
@@ -279,10 +279,8 @@ def train_vae_decoder(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str
     vae = _load_vae(out)
     data = world.split("train", cfg.vae_per_class, masks=True)
     x_all = _images_pm1(data.images)
-    markings, parts = torch.as_tensor(data.masks), torch.as_tensor(data.parts)
-    masks = markings | parts  # crops centre on a marking or a leg
-    w_all = (1 + cfg.vae_decoder_marking_weight * markings.float()[:, None]
-             + cfg.vae_decoder_part_weight * parts.float()[:, None])
+    masks = torch.as_tensor(data.masks | data.parts)  # crops centre on a marking or a leg
+    w_all = torch.as_tensor(data.loss_weights(cfg.vae_decoder_marking_weight, cfg.vae_decoder_part_weight))
     with torch.no_grad():
         probe = x_all[:256]
         before = float((vae.decode(vae.encode(probe).latent_dist.mean).sample - probe).abs().mean())
