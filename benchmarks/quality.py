@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from quality_arms import (BOOT, PRESETS, Arm, _cache_ok, _extra, _gen_settings, _overrides,  # noqa: E402,F401
-                           _sweeps, boot_guide, models_digest)
+                           _sweeps, boot_guide, models_digest, tuned_guide)
 from quality_report import NOTES_MARKER, report  # noqa: E402
 
 from higfa.classifier import load_classifier  # noqa: E402
@@ -100,7 +100,7 @@ def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats, t
     d = metrics.diversity(g["images"], t, feats, real.images[g["source"]], real_feats[g["source"]])
     out = {"oracle_species": f["species"], "oracle_family": f["family"], "oracle_p_target": f["p_target"],
            "scored_by": "scorer", "scorer_species": f["species"], "scorer_family": f["family"],
-           "guided_by": arm.guide, "guide_species": f["guide_species"],
+           "guided_by": arm.guide_key, "guide_species": f["guide_species"],
            "guide_p_target": f["guide_p_target"], "pixel_diversity": d["within_class_pixel"],
            "feature_diversity": d["within_class_feature"], "to_source_pixel": d["to_source_pixel"],
            "to_source_feature": d["to_source_feature"], "n": int(len(t)), "seconds_per_image": g["seconds"] / len(t),
@@ -293,6 +293,9 @@ def main(argv=None) -> int:
             raise ValueError(f"--extra {a.name}: guide={a.guide} needs the arm {a.boot_of!r} earlier in this run "
                              f"(its images train the guide); arms before it: {names[:i]}")
     guides = {a.guide: _guide(models, a.guide) for a in arms if a.boot_of is None}
+    # where each guide's file is (a boot:ARM guide's once it is trained): what a tune= arm tunes
+    guide_files = {a.guide: (models.path / "guidance.safetensors" if a.guide == "guidance" else Path(a.guide))
+                   for a in arms if a.boot_of is None and a.guide != "oracle"}
     few = min(args.fidelity_shots or args.shots, args.shots)
     sources = {a.name: np.arange(len(real)) if a.name in args.downstream or few == args.shots else
                np.concatenate([real.of_class(c)[:few] for c in range(world.num_classes)]) for a in arms}
@@ -302,17 +305,24 @@ def main(argv=None) -> int:
         if a.boot_of is not None:
             settings[a.name]["guide"] = {"boot": a.boot_of, "recipe": BOOT, "alpha": args.alpha,
                                          "first_round": settings[a.boot_of]}
+            guide_files[a.guide] = args.out / f"guide-boot-{a.boot_of}.safetensors"
     stale = {a.name: args.regenerate or not _cache_ok(caches[a.name], settings[a.name]) for a in arms}
     bar = tqdm(total=sum(len(sources[n]) for n in stale if stale[n]) * args.per_source * args.steps, desc="generate",
                unit="sample-step", file=sys.stdout, dynamic_ncols=True, disable=not any(stale.values()))
     generated = {}
     for a in arms:
         if a.guide not in guides:  # boot:ARM, once ARM's images exist
-            guides[a.guide] = boot_guide(models, real, generated[a.boot_of], args.alpha,
-                                         args.out / f"guide-boot-{a.boot_of}.safetensors", settings[a.name]["guide"])
+            guides[a.guide] = boot_guide(models, real, generated[a.boot_of], args.alpha, guide_files[a.guide],
+                                         settings[a.name]["guide"])
+        if a.guide_key not in guides:  # tune=EPS: the guide tuned on its own few-shot images' x̂0
+            stem = Path(guide_files[a.guide]).name.removesuffix(".safetensors")
+            guides[a.guide_key] = tuned_guide(str(args.models or "builtin"), guide_files[a.guide], a.tune,
+                                              args.out / f"{stem}-tune{a.tune:g}.safetensors",
+                                              {"guide": settings[a.name]["guide"], "tune": settings[a.name]["tune"],
+                                               "models": settings[a.name]["models"]})
         if stale[a.name]:
             bar.set_postfix_str(a.name)
-            g = generate(models, a, guides[a.guide], real, sources[a.name], args.per_source, args.steps, args.batch,
+            g = generate(models, a, guides[a.guide_key], real, sources[a.name], args.per_source, args.steps, args.batch,
                          args.seed, bar)
             meta = {k: v for k, v in g.items() if not isinstance(v, np.ndarray)} | {"settings": settings[a.name]}
             np.savez_compressed(caches[a.name], **{k: v for k, v in g.items() if isinstance(v, np.ndarray)},
@@ -345,9 +355,9 @@ def main(argv=None) -> int:
     test_oracle_feats = features(models.oracle, test.images)
     results: dict = {"presets": {}, "scorer": _scorer_info(scorer, scorer_path)}
     for a in arms:
-        results["presets"][a.name] = score_arm(generated[a.name], a, scorer, guides[a.guide], models.oracle, fam, real,
-                                               real_feats, test_oracle_feats) | {"preset": a.preset,
-                                                                                 "overrides": a.overrides}
+        results["presets"][a.name] = score_arm(generated[a.name], a, scorer, guides[a.guide_key], models.oracle, fam,
+                                               real, real_feats, test_oracle_feats) | {"preset": a.preset,
+                                                                                       "overrides": a.overrides}
     results["real"] = {"fewshot": metrics.fidelity(scorer, real.images, real.labels, fam, "scorer")["species"],
                        "pixel_diversity": metrics.diversity(real.images, real.labels, real_feats)["within_class_pixel"]}
     # diagnosis: the scorer on real test images made as soft as the samples, and after the VAE

@@ -28,25 +28,40 @@ class Arm:
     # the confidence filter downstream: a classifier file other than the guide, and the threshold on its p(target)
     filter: str | None = None
     filter_threshold: float = 0.5
+    # PGD ε: the guide is first tuned by `higfa tune-classifier --adversarial ε` (TUNE's recipe, `tuned_guide`)
+    tune: float | None = None
 
     @property
     def boot_of(self) -> str | None:
         """The first-round arm whose images train this arm's guide (guide=boot:ARM), else None."""
         return self.guide[5:] if self.guide.startswith("boot:") else None
 
+    @property
+    def guide_key(self) -> str:
+        """The guide as this run builds it: the guide spec, plus the tuning when there is one."""
+        return self.guide if self.tune is None else f"{self.guide}+tune={self.tune}"
+
 
 def _extra(item: str, base: dict) -> Arm:
-    """NAME=PRESET[,FIELD=VALUE...][,guide=G][,filter=PATH[,filter_threshold=T]] -> Arm."""
+    """NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,filter=PATH[,filter_threshold=T]] -> Arm."""
     name, _, rest = item.partition("=")
     parts = [x for x in rest.split(",") if x]
     if not name or not parts or parts[0] not in PRESETS:
         raise ValueError(f"--extra {item!r}: use NAME=PRESET[,FIELD=VALUE...][,guide=oracle|PATH|boot:ARM]"
-                         f"[,filter=PATH] with a preset of {list(PRESETS)}")
-    own = {k: x.partition("=")[2] for x in parts[1:] for k in ("guide", "filter", "filter_threshold")
+                         f"[,tune=EPS][,filter=PATH] with a preset of {list(PRESETS)}")
+    own = {k: x.partition("=")[2] for x in parts[1:] for k in ("guide", "filter", "filter_threshold", "tune")
            if x.startswith(k + "=")}
     fields = [x for x in parts[1:] if x.partition("=")[0] not in own]
+    try:
+        tune = float(own["tune"]) if "tune" in own else None
+    except ValueError:
+        tune = -1.0
+    if tune is not None and tune < 0:
+        raise ValueError(f"--extra {item!r}: tune={own['tune']} must be a PGD ε >= 0 (0: tuned without PGD)")
     arm = Arm(name, parts[0], base | _overrides(fields), own.get("guide", "guidance"), own.get("filter"),
-              float(own.get("filter_threshold", 0.5)))
+              float(own.get("filter_threshold", 0.5)), tune)
+    if arm.tune is not None and arm.guide == "oracle":
+        raise ValueError(f"--extra {item!r}: tune= tunes a guide the product could have; the oracle is diagnosis only")
     if arm.boot_of == name:
         raise ValueError(f"--extra {item!r}: guide=boot:ARM names the first-round arm whose images train the guide, "
                          "not the arm itself")
@@ -133,6 +148,28 @@ def boot_guide(models, real, first_round: dict, alpha: float, cache: Path, key: 
     return clf.float()
 
 
+# The tuned guide's recipe: `higfa tune-classifier` as it made the shipped guidance_robust (docs/world.md), on the
+# few-shot images the guide already learnt from (no extra data).
+TUNE = {"data": "builtin:fewshot", "epochs": 4, "views": 8, "lr": 3e-4, "seed": 0}
+
+
+def tuned_guide(model: str, source: Path, eps: float, cache: Path, key: dict):
+    """`source` (a classifier file) tuned by `higfa tune-classifier --adversarial eps` with TUNE's recipe on the
+    world `model` (a folder or 'builtin'), written to `cache` (+ .json, + .key.json) and cached under `key`."""
+    from higfa.classifier import load_classifier
+    from higfa.jobs.cli import main as higfa
+
+    key_file = cache.with_suffix(".key.json")
+    if not (cache.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key):
+        rc = higfa(["tune-classifier", str(source), "--data", TUNE["data"], "--model", model, "--adversarial",
+                    str(eps), "--epochs", str(TUNE["epochs"]), "--views", str(TUNE["views"]), "--lr", str(TUNE["lr"]),
+                    "--seed", str(TUNE["seed"]), "--no-progress", "--out", str(cache.with_suffix(""))])
+        if rc:
+            raise RuntimeError(f"tune-classifier {source} exited with {rc}")
+        key_file.write_text(json.dumps(key, sort_keys=True))
+    return load_classifier(cache).float()
+
+
 def _gen_settings(args, arm: Arm) -> dict:
     guide = arm.guide
     if arm.boot_of is None and guide not in ("guidance", "oracle"):  # boot:ARM: keyed in quality.main
@@ -141,6 +178,8 @@ def _gen_settings(args, arm: Arm) -> dict:
            "seed": args.seed, "contour_transform": ContourTransform().to_dict(), "preset": arm.preset,
            "schedule_overrides": arm.overrides, "guide": guide,
            "models": f"{args.models or 'shipped'}#{models_digest(Path(args.models or ASSETS).resolve())}"}
+    if arm.tune is not None:  # only tuned arms carry it: the others keep their cached images
+        out["tune"] = TUNE | {"adversarial": arm.tune}
     if arm.filter is not None:  # only filtered arms carry it: the others keep their cached images
         out["filter"] = [f"{arm.filter}#{hashlib.sha256(Path(arm.filter).read_bytes()).hexdigest()[:16]}",
                          arm.filter_threshold]

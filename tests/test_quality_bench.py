@@ -140,6 +140,40 @@ def test_a_boot_arm_trains_its_guide_on_the_first_rounds_images(quality, tmp_pat
         quality.main([a.replace("boot:higfa", "boot:cfg") for a in args])
 
 
+def test_a_tuned_arm_guides_with_its_guide_tuned_by_tune_classifier(quality, tmp_path, monkeypatch):
+    """tune=EPS: the arm's guide (here a second-round guide) is first tuned by `higfa tune-classifier
+    --adversarial EPS` on the few-shot images; the tuned one guides and judges the arm, is cached beside its
+    source, and untuned arms keep their cache keys."""
+    import quality_arms
+
+    from higfa.classifier import load_classifier
+
+    monkeypatch.setitem(quality_arms.BOOT, "steps", 3)
+    monkeypatch.setitem(quality_arms.TUNE, "views", 1)
+    monkeypatch.setitem(quality_arms.TUNE, "epochs", 1)
+    out, results = tmp_path / "o", tmp_path / "quality.json"
+    args = ["--shots", "1", "--steps", "2", "--presets", "higfa", "--extra", "second=higfa,guide=boot:higfa,tune=0.03",
+            "--downstream", "--test-per-class", "1", "--threads", "1", "--out", str(out), "--results",
+            str(results), "--doc", ""]
+    assert quality.main(args) == 0
+    r = json.loads(results.read_text())["presets"]
+    assert r["second"]["guided_by"] == "boot:higfa+tune=0.03" and 0 <= r["second"]["guide_species"] <= 1
+    tuned = out / "guide-boot-higfa-tune0.03.safetensors"
+    prov = load_classifier(tuned).provenance
+    assert prov["command"] == "tune-classifier" and prov["adversarial"] == 0.03 and prov["views"] == 1
+    assert prov["tuned_from"] == str(out / "guide-boot-higfa.safetensors")
+    stamp = tuned.stat().st_mtime_ns
+    assert quality.main(args) == 0 and tuned.stat().st_mtime_ns == stamp  # reused
+    settings = quality._gen_settings
+    ns = __import__("argparse").Namespace(shots=10, per_source=1, steps=30, batch=32, seed=0, models=None)
+    assert "tune" not in settings(ns, quality._extra("a=higfa", {}))  # untuned arms: keys unchanged
+    assert settings(ns, quality._extra("a=higfa,tune=0", {}))["tune"]["adversarial"] == 0.0
+    for bad, match in (("t=higfa,tune=-1", "must be a PGD ε >= 0"), ("t=higfa,tune=x", "must be a PGD ε >= 0"),
+                       ("t=higfa,guide=oracle,tune=0.03", "diagnosis only")):
+        with pytest.raises(ValueError, match=match):
+            quality._extra(bad, {})
+
+
 def test_cached_images_are_keyed_by_the_models_weights(quality, tmp_path):
     """Retrained weights (`make train-world`) must never reuse the old weights' cached images or runs."""
     import argparse
