@@ -40,14 +40,17 @@ demo: setup
 # protocol, 10- and 5-shot, paired seeds) per preset on the built-in world -> benchmarks/results/quality.json and
 # docs/quality.md (generated images and downstream runs are cached in outputs/bench_quality/). higfa-oracle goes
 # downstream as a diagnosis only (the upper bound of what guidance can carry; the oracle saw 20x the labels);
-# higfa-boot is a second round guided by a guide trained on the few-shot images + higfa's (no other labels).
+# higfa-boot is a second round guided by a guide trained on the few-shot images + higfa's (no other labels);
+# higfa-boot-pgd the same guide PGD-tuned by `higfa tune-classifier --adversarial 0.031`, with higfa-robust.
 bench-quality: setup
 	$(PY) benchmarks/quality.py --threads 1 --jobs 2 \
 		--extra higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/guidance_robust.safetensors \
 		higfa-robust-pgd16=higfa-robust,views=16,guide=higfa/world/assets/guidance_robust.safetensors \
 		higfa-robust-filtered=higfa-robust,filter=higfa/world/assets/guidance_robust.safetensors \
 		higfa-oracle=higfa-robust,guide=oracle higfa-boot=higfa,guide=boot:higfa \
-		--downstream cfg higfa higfa-robust higfa-robust-pgd higfa-robust-filtered higfa-oracle higfa-boot
+		higfa-boot-pgd=higfa-robust,guide=boot:higfa,tune=0.031 \
+		--downstream cfg higfa higfa-robust higfa-robust-pgd higfa-robust-filtered higfa-oracle higfa-boot \
+		higfa-boot-pgd
 
 # Retrain the built-in world's models into higfa/world/assets/ (CPU, about 2 h of CPU time; the diffusion stages
 # checkpoint every 200 steps into higfa/world/assets/checkpoints/ and a cut run resumes there).

@@ -320,6 +320,9 @@ def main(argv=None) -> int:
                                               args.out / f"{stem}-tune{a.tune:g}.safetensors",
                                               {"guide": settings[a.name]["guide"], "tune": settings[a.name]["tune"],
                                                "models": settings[a.name]["models"]})
+        if stale[a.name] and not args.regenerate and _cache_ok(caches[a.name], settings[a.name]):
+            stale[a.name] = False  # another process (e.g. a --no-downstream prefill) cached it since the start
+            bar.update(len(sources[a.name]) * args.per_source * args.steps)
         if stale[a.name]:
             bar.set_postfix_str(a.name)
             g = generate(models, a, guides[a.guide_key], real, sources[a.name], args.per_source, args.steps, args.batch,

@@ -174,6 +174,28 @@ def test_a_tuned_arm_guides_with_its_guide_tuned_by_tune_classifier(quality, tmp
             quality._extra(bad, {})
 
 
+def test_an_arm_another_process_cached_meanwhile_is_not_generated_again(quality, tmp_path, monkeypatch):
+    """Two processes may fill one cache (a --no-downstream prefill beside `make bench-quality`): an arm found stale
+    at the start but cached by the time the run reaches it is loaded, not generated again."""
+    args = ["--shots", "1", "--steps", "2", "--presets", "higfa", "--downstream", "--test-per-class", "1",
+            "--threads", "1", "--out", str(tmp_path / "o"), "--results", str(tmp_path / "q.json"), "--doc", ""]
+    assert quality.main(args) == 0
+    seen, cache_ok = set(), quality._cache_ok
+
+    def stale_at_start(cache, settings):  # the first look misses it, as if the other process were still writing
+        if cache in seen:
+            return cache_ok(cache, settings)
+        seen.add(cache)
+        return False
+
+    def generate(*a, **k):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(quality, "_cache_ok", stale_at_start)
+    monkeypatch.setattr(quality, "generate", generate)
+    assert quality.main(args) == 0 and seen == {tmp_path / "o" / "higfa.npz"}
+
+
 def test_cached_images_are_keyed_by_the_models_weights(quality, tmp_path):
     """Retrained weights (`make train-world`) must never reuse the old weights' cached images or runs."""
     import argparse
