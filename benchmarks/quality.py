@@ -225,9 +225,11 @@ def _paired(res: dict, a: str, b: str) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="*", default=list(PRESETS))
-    p.add_argument("--extra", nargs="*", default=[], metavar="NAME=PRESET[,FIELD=VALUE...][,guide=G]",
+    p.add_argument("--extra", nargs="*", default=[], metavar="NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS]",
                    help="more arms: a preset with schedule overrides and/or another guide (guide=oracle: diagnosis "
-                   "only; guide=PATH: a classifier file), e.g. higfa-oracle=higfa,guide=oracle")
+                   "only; guide=PATH: a classifier file; guide=boot:ARM: a second-round guide trained on ARM's "
+                   "images); tune=EPS: that guide tuned first by `higfa tune-classifier --adversarial EPS`; "
+                   "filter=PATH: a confidence filter downstream; e.g. higfa-oracle=higfa,guide=oracle")
     p.add_argument("--shots", type=int, default=10, help="real images per species used as sources")
     p.add_argument("--fidelity-shots", type=int, default=None,
                    help="sources per species for arms not used downstream (default: --shots; fewer saves time)")
