@@ -116,18 +116,23 @@ def test_a_filtered_arm_keeps_only_what_its_judge_accepts(quality, tmp_path):
     assert r["downstream"]["saspa"]["real+judged"]["synthetic_images"] == round(f["kept"] * 64)  # 2 per source
 
 
+def _one_source_run(quality, extra: str, tmp_path: Path) -> tuple[list[str], Path, dict]:
+    """Runs quality.py on `higfa` + one extra arm, one source per species, 2 steps, no downstream:
+    (its arguments, its cache folder, its presets section)."""
+    out, results = tmp_path / "o", tmp_path / "quality.json"
+    args = ["--shots", "1", "--steps", "2", "--presets", "higfa", "--extra", extra, "--downstream",
+            "--test-per-class", "1", "--threads", "1", "--out", str(out), "--results", str(results), "--doc", ""]
+    assert quality.main(args) == 0
+    return args, out, json.loads(results.read_text())["presets"]
+
+
 def test_a_boot_arm_trains_its_guide_on_the_first_rounds_images(quality, tmp_path, monkeypatch):
     """guide=boot:ARM: a second-round guide trained (few-shot images + ARM's variants, SaSPA weights) inside the
     run, cached under what ARM's images were; it guides and judges its own arm, and retrains when ARM changes."""
     import quality_arms
 
     monkeypatch.setitem(quality_arms.BOOT, "steps", 3)
-    out, results = tmp_path / "o", tmp_path / "quality.json"
-    args = ["--shots", "1", "--steps", "2", "--presets", "higfa", "--extra", "second=higfa,guide=boot:higfa",
-            "--downstream", "--test-per-class", "1", "--threads", "1", "--out", str(out), "--results",
-            str(results), "--doc", ""]
-    assert quality.main(args) == 0
-    r = json.loads(results.read_text())["presets"]
+    args, out, r = _one_source_run(quality, "second=higfa,guide=boot:higfa", tmp_path)
     assert r["second"]["guided_by"] == "boot:higfa" and 0 <= r["second"]["guide_species"] <= 1
     guide = out / "guide-boot-higfa.safetensors"  # one per first round: arms with the same boot:ARM share it
     key = json.loads(guide.with_suffix(".key.json").read_text())
@@ -151,12 +156,7 @@ def test_a_tuned_arm_guides_with_its_guide_tuned_by_tune_classifier(quality, tmp
     monkeypatch.setitem(quality_arms.BOOT, "steps", 3)
     monkeypatch.setitem(quality_arms.TUNE, "views", 1)
     monkeypatch.setitem(quality_arms.TUNE, "epochs", 1)
-    out, results = tmp_path / "o", tmp_path / "quality.json"
-    args = ["--shots", "1", "--steps", "2", "--presets", "higfa", "--extra", "second=higfa,guide=boot:higfa,tune=0.03",
-            "--downstream", "--test-per-class", "1", "--threads", "1", "--out", str(out), "--results",
-            str(results), "--doc", ""]
-    assert quality.main(args) == 0
-    r = json.loads(results.read_text())["presets"]
+    args, out, r = _one_source_run(quality, "second=higfa,guide=boot:higfa,tune=0.03", tmp_path)
     assert r["second"]["guided_by"] == "boot:higfa+tune=0.03" and 0 <= r["second"]["guide_species"] <= 1
     tuned = out / "guide-boot-higfa-tune0.03.safetensors"
     prov = load_classifier(tuned).provenance
