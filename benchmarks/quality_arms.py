@@ -52,12 +52,14 @@ def _extra(item: str, base: dict) -> Arm:
     own = {k: x.partition("=")[2] for x in parts[1:] for k in ("guide", "filter", "filter_threshold", "tune")
            if x.startswith(k + "=")}
     fields = [x for x in parts[1:] if x.partition("=")[0] not in own]
-    try:
-        tune = float(own["tune"]) if "tune" in own else None
-    except ValueError:
-        tune = -1.0
-    if tune is not None and tune < 0:
-        raise ValueError(f"--extra {item!r}: tune={own['tune']} must be a PGD ε >= 0 (0: tuned without PGD)")
+    tune = None
+    if "tune" in own:
+        try:
+            tune = float(own["tune"])
+        except ValueError:
+            tune = float("nan")
+        if not tune >= 0:  # NaN (not a number) fails too
+            raise ValueError(f"--extra {item!r}: tune={own['tune']} must be a PGD ε >= 0 (0: tuned without PGD)")
     arm = Arm(name, parts[0], base | _overrides(fields), own.get("guide", "guidance"), own.get("filter"),
               float(own.get("filter_threshold", 0.5)), tune)
     if arm.tune is not None and arm.guide == "oracle":
@@ -132,8 +134,7 @@ def boot_guide(models, real, first_round: dict, alpha: float, cache: Path, key: 
     from higfa.jobs.evaluate import replacement_set
     from higfa.training import Augment, train_classifier
 
-    key_file = cache.with_suffix(".key.json")
-    if cache.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
+    if _cached_under(cache, key):
         return load_classifier(cache).float()
     g = first_round
     x, y, w = replacement_set(real.images, real.labels, g["images"], g["targets"], g["source"], alpha)
@@ -144,8 +145,14 @@ def boot_guide(models, real, first_round: dict, alpha: float, cache: Path, key: 
     clf = train_classifier(clf, x, y, steps=BOOT["steps"], seed=BOOT["seed"], weights=w,
                            augment=Augment(noise=BOOT["noise"], blur=BOOT["blur"])).classifier
     save_classifier(clf.half(), cache)
-    key_file.write_text(json.dumps(key, sort_keys=True))
+    cache.with_suffix(".key.json").write_text(json.dumps(key, sort_keys=True))
     return clf.float()
+
+
+def _cached_under(cache: Path, key: dict) -> bool:
+    """Is a guide written to `cache` by `boot_guide`/`tuned_guide` the one `key` describes (cache.key.json)?"""
+    key_file = cache.with_suffix(".key.json")
+    return cache.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key
 
 
 # The tuned guide's recipe: `higfa tune-classifier` as it made the shipped guidance_robust (docs/world.md), on the
@@ -159,14 +166,13 @@ def tuned_guide(model: str, source: Path, eps: float, cache: Path, key: dict):
     from higfa.classifier import load_classifier
     from higfa.jobs.cli import main as higfa
 
-    key_file = cache.with_suffix(".key.json")
-    if not (cache.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key):
+    if not _cached_under(cache, key):
         rc = higfa(["tune-classifier", str(source), "--data", TUNE["data"], "--model", model, "--adversarial",
                     str(eps), "--epochs", str(TUNE["epochs"]), "--views", str(TUNE["views"]), "--lr", str(TUNE["lr"]),
                     "--seed", str(TUNE["seed"]), "--no-progress", "--out", str(cache.with_suffix(""))])
         if rc:
             raise RuntimeError(f"tune-classifier {source} exited with {rc}")
-        key_file.write_text(json.dumps(key, sort_keys=True))
+        cache.with_suffix(".key.json").write_text(json.dumps(key, sort_keys=True))
     return load_classifier(cache).float()
 
 

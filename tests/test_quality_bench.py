@@ -116,12 +116,13 @@ def test_a_filtered_arm_keeps_only_what_its_judge_accepts(quality, tmp_path):
     assert r["downstream"]["saspa"]["real+judged"]["synthetic_images"] == round(f["kept"] * 64)  # 2 per source
 
 
-def _one_source_run(quality, extra: str, tmp_path: Path) -> tuple[list[str], Path, dict]:
-    """Runs quality.py on `higfa` + one extra arm, one source per species, 2 steps, no downstream:
+def _one_source_run(quality, extra: str | None, tmp_path: Path) -> tuple[list[str], Path, dict]:
+    """Runs quality.py on `higfa` (+ one extra arm), one source per species, 2 steps, no downstream:
     (its arguments, its cache folder, its presets section)."""
     out, results = tmp_path / "o", tmp_path / "quality.json"
-    args = ["--shots", "1", "--steps", "2", "--presets", "higfa", "--extra", extra, "--downstream",
-            "--test-per-class", "1", "--threads", "1", "--out", str(out), "--results", str(results), "--doc", ""]
+    args = ["--shots", "1", "--steps", "2", "--presets", "higfa", *(["--extra", extra] if extra else []),
+            "--downstream", "--test-per-class", "1", "--threads", "1", "--out", str(out), "--results", str(results),
+            "--doc", ""]
     assert quality.main(args) == 0
     return args, out, json.loads(results.read_text())["presets"]
 
@@ -164,8 +165,10 @@ def test_a_tuned_arm_guides_with_its_guide_tuned_by_tune_classifier(quality, tmp
     assert prov["tuned_from"] == str(out / "guide-boot-higfa.safetensors")
     stamp = tuned.stat().st_mtime_ns
     assert quality.main(args) == 0 and tuned.stat().st_mtime_ns == stamp  # reused
+    import argparse
+
     settings = quality._gen_settings
-    ns = __import__("argparse").Namespace(shots=10, per_source=1, steps=30, batch=32, seed=0, models=None)
+    ns = argparse.Namespace(shots=10, per_source=1, steps=30, batch=32, seed=0, models=None)
     assert "tune" not in settings(ns, quality._extra("a=higfa", {}))  # untuned arms: keys unchanged
     assert settings(ns, quality._extra("a=higfa,tune=0", {}))["tune"]["adversarial"] == 0.0
     for bad, match in (("t=higfa,tune=-1", "must be a PGD ε >= 0"), ("t=higfa,tune=x", "must be a PGD ε >= 0"),
@@ -177,9 +180,7 @@ def test_a_tuned_arm_guides_with_its_guide_tuned_by_tune_classifier(quality, tmp
 def test_an_arm_another_process_cached_meanwhile_is_not_generated_again(quality, tmp_path, monkeypatch):
     """Two processes may fill one cache (a --no-downstream prefill beside `make bench-quality`): an arm found stale
     at the start but cached by the time the run reaches it is loaded, not generated again."""
-    args = ["--shots", "1", "--steps", "2", "--presets", "higfa", "--downstream", "--test-per-class", "1",
-            "--threads", "1", "--out", str(tmp_path / "o"), "--results", str(tmp_path / "q.json"), "--doc", ""]
-    assert quality.main(args) == 0
+    args, out, _ = _one_source_run(quality, None, tmp_path)
     seen, cache_ok = set(), quality._cache_ok
 
     def stale_at_start(cache, settings):  # the first look misses it, as if the other process were still writing
@@ -193,7 +194,7 @@ def test_an_arm_another_process_cached_meanwhile_is_not_generated_again(quality,
 
     monkeypatch.setattr(quality, "_cache_ok", stale_at_start)
     monkeypatch.setattr(quality, "generate", generate)
-    assert quality.main(args) == 0 and seen == {tmp_path / "o" / "higfa.npz"}
+    assert quality.main(args) == 0 and seen == {out / "higfa.npz"}
 
 
 def test_cached_images_are_keyed_by_the_models_weights(quality, tmp_path):
