@@ -89,7 +89,8 @@ class HiGFASchedule(io.ComfyNode):
                                            "+ classifier on every step, fixed strengths. higfa: the full method. "
                                            "higfa-robust: higfa with 8 random views and a fixed classifier "
                                            "scale through stage 2 (no fade, no gate), for guides that can be "
-                                           "fooled. "
+                                           "fooled. higfa-tuned: higfa-robust at half the classifier scale, "
+                                           "for a guide tuned by `higfa tune-classifier --adversarial`. "
                                            "custom: every input as set. A named preset fixes the switches "
                                            "that define it; the other inputs tune it."),
                     *[_input(name) for name in FIELDS]],

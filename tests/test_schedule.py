@@ -59,6 +59,11 @@ def test_presets_behaviour():
     early, late = all_steps.strengths(0.1, 0.99), all_steps.strengths(0.95, 0.99)
     assert early.backward and late.backward and early.classifier_scale == late.classifier_scale == 1.0
     assert late.cfg == 7.5 and late.contour == 0.75  # fixed strengths, no modulation
+    # higfa-tuned is higfa-robust at half the push, nothing else: one home for the defences
+    robust, tuned = Schedule.from_preset("higfa-robust"), Schedule.from_preset("higfa-tuned")
+    assert dataclasses.replace(tuned, preset="higfa-robust", classifier_scale=4.0) == robust
+    low = tuned.strengths(0.95, 0.99)  # a confident guide still guides at the fixed scale (no fade, no gate)
+    assert low.backward and low.classifier_scale == 2.0 and (low.cfg, low.contour) == (7.5, 0.75)
 
 
 @pytest.mark.parametrize("kwargs,field", [
