@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality_arms import (BOOT, PRESETS, Arm, _cache_ok, _extra, _gen_settings, _overrides,  # noqa: E402,F401
-                           _sweeps, boot_guide, models_digest, tuned_guide)
+from quality_arms import (BOOT, PRESETS, Arm, _cache_ok, _extra, _gen_settings, _images_key,  # noqa: E402,F401
+                           _overrides, _sweeps, boot_guide, models_digest, tuned_guide)
 from quality_report import NOTES_MARKER, report  # noqa: E402
 
 from higfa.classifier import load_classifier  # noqa: E402
@@ -118,11 +118,21 @@ def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats, t
                 "scored_by": "world oracle"}
     out["fooling_gap"] = out["guide_species"] - out["oracle_species"]
     if "keep" in g:  # what the confidence filter keeps, and how right the kept images are (the same judge as above)
+        # (the kept images are what `higfa augment --filter-classifier` leaves a user to train on)
         kept = g["keep"]
-        right = np.asarray(judged["pred"]) == t
+        pred = np.asarray(judged["pred"])
+        right, family_right = pred == t, fam[pred] == fam[t]
         out["filter"] = {"classifier": arm.filter, "threshold": arm.filter_threshold, "kept": float(kept.mean()),
-                         "oracle_species_kept": float(right[kept].mean()) if kept.any() else None,
                          "oracle_species_dropped": float(right[~kept].mean()) if (~kept).any() else None}
+        if kept.any():
+            k = np.flatnonzero(kept)
+            dk = metrics.diversity(g["images"][k], t[k], feats[k], real.images[g["source"][k]],
+                                   real_feats[g["source"][k]])
+            guide_kept = float((np.asarray(f["guide_pred"])[k] == t[k]).mean())
+            out["filter"] |= {"oracle_species_kept": float(right[k].mean()),
+                              "oracle_family_kept": float(family_right[k].mean()), "guide_species_kept": guide_kept,
+                              "fooling_gap_kept": guide_kept - float(right[k].mean()),
+                              "pixel_diversity_kept": dk["within_class_pixel"]}
     return out
 
 
@@ -308,7 +318,12 @@ def main(argv=None) -> int:
             settings[a.name]["guide"] = {"boot": a.boot_of, "recipe": BOOT, "alpha": args.alpha,
                                          "first_round": settings[a.boot_of]}
             guide_files[a.guide] = args.out / f"guide-boot-{a.boot_of}.safetensors"
-    stale = {a.name: args.regenerate or not _cache_ok(caches[a.name], settings[a.name]) for a in arms}
+    # an arm that differs from an earlier one only in its confidence filter has the same images (the filter acts
+    # after generation): they are that arm's, not generated again
+    twin = {a.name: next((b.name for b in arms[:i] if _images_key(settings[b.name]) == _images_key(settings[a.name])),
+                         None) for i, a in enumerate(arms)}
+    stale = {a.name: twin[a.name] is None and (args.regenerate or not _cache_ok(caches[a.name], settings[a.name]))
+             for a in arms}
     bar = tqdm(total=sum(len(sources[n]) for n in stale if stale[n]) * args.per_source * args.steps, desc="generate",
                unit="sample-step", file=sys.stdout, dynamic_ncols=True, disable=not any(stale.values()))
     generated = {}
@@ -332,9 +347,12 @@ def main(argv=None) -> int:
             meta = {k: v for k, v in g.items() if not isinstance(v, np.ndarray)} | {"settings": settings[a.name]}
             np.savez_compressed(caches[a.name], **{k: v for k, v in g.items() if isinstance(v, np.ndarray)},
                                 meta=json.dumps(meta))
-        data = np.load(caches[a.name])
-        generated[a.name] = ({k: data[k] for k in ("images", "targets", "source", "contours")}
-                             | json.loads(str(data["meta"])))
+        if twin[a.name] is not None:
+            generated[a.name] = {k: v for k, v in generated[twin[a.name]].items() if k != "keep"}
+        else:
+            data = np.load(caches[a.name])
+            generated[a.name] = ({k: data[k] for k in ("images", "targets", "source", "contours")}
+                                 | json.loads(str(data["meta"])))
         if a.filter is not None:  # the confidence filter, by a classifier that did not guide these images
             g = generated[a.name]
             p = predict(load_classifier(a.filter).float(), g["images"]).numpy()[np.arange(len(g["targets"])),

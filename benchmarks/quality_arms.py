@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from higfa.contour import ContourTransform
+from higfa.schedule import PRESETS as SCHEDULE_PRESETS
 from higfa.schedule import Schedule
 from higfa.world.birds import ASSETS
 
+# the arms every run has (--presets); an --extra arm may start from any schedule preset (higfa.schedule.PRESETS)
 PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa", "higfa-robust")
 
 
@@ -46,9 +48,9 @@ def _extra(item: str, base: dict) -> Arm:
     """NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,filter=PATH[,filter_threshold=T]] -> Arm."""
     name, _, rest = item.partition("=")
     parts = [x for x in rest.split(",") if x]
-    if not name or not parts or parts[0] not in PRESETS:
+    if not name or not parts or parts[0] not in SCHEDULE_PRESETS:
         raise ValueError(f"--extra {item!r}: use NAME=PRESET[,FIELD=VALUE...][,guide=oracle|PATH|boot:ARM]"
-                         f"[,tune=EPS][,filter=PATH] with a preset of {list(PRESETS)}")
+                         f"[,tune=EPS][,filter=PATH] with a preset of {list(SCHEDULE_PRESETS)}")
     own = {k: x.partition("=")[2] for x in parts[1:] for k in ("guide", "filter", "filter_threshold", "tune")
            if x.startswith(k + "=")}
     fields = [x for x in parts[1:] if x.partition("=")[0] not in own]
@@ -67,7 +69,8 @@ def _extra(item: str, base: dict) -> Arm:
     if arm.boot_of == name:
         raise ValueError(f"--extra {item!r}: guide=boot:ARM names the first-round arm whose images train the guide, "
                          "not the arm itself")
-    if arm.filter is not None and arm.filter in (arm.guide, "oracle"):
+    guide_file = ASSETS / "guidance.safetensors" if arm.guide == "guidance" else Path(arm.guide)
+    if arm.filter is not None and (arm.filter == "oracle" or Path(arm.filter).resolve() == guide_file.resolve()):
         raise ValueError(f"--extra {item!r}: filter={arm.filter} must be a classifier that did not guide the arm "
                          "and is not the world oracle (it scores)")
     return arm
@@ -190,6 +193,11 @@ def _gen_settings(args, arm: Arm) -> dict:
         out["filter"] = [f"{arm.filter}#{hashlib.sha256(Path(arm.filter).read_bytes()).hexdigest()[:16]}",
                          arm.filter_threshold]
     return out
+
+
+def _images_key(settings: dict) -> dict:
+    """What decides an arm's images: its settings but the confidence filter (it acts after generation)."""
+    return {k: v for k, v in settings.items() if k != "filter"}
 
 
 def _cache_ok(cache: Path, settings: dict) -> bool:

@@ -58,8 +58,12 @@ def report(r: dict) -> str:
             flt = f["filter"]
             lines.append(f"- Confidence filter of `{name}` ({flt['classifier']}, p(target) ≥ {flt['threshold']}; "
                          f"it did not guide): keeps {flt['kept']:.1%} of the images; oracle species accuracy "
-                         f"{_fmt(flt['oracle_species_kept'])} on those kept, {_fmt(flt['oracle_species_dropped'])} on "
-                         "those dropped. Only the kept ones go downstream.")
+                         f"{_fmt(flt.get('oracle_species_kept'))} on those kept"
+                         + (f" (family {_fmt(flt['oracle_family_kept'])}, guide {_fmt(flt['guide_species_kept'])}, "
+                            f"fooling gap {flt['fooling_gap_kept']:+.3f}, pixel diversity "
+                            f"{_fmt(flt['pixel_diversity_kept'])})" if "oracle_family_kept" in flt else "")
+                         + f", {_fmt(flt['oracle_species_dropped'])} on those dropped. Only the kept ones go "
+                         "downstream.")
     lines += ["", "## Fidelity, fooling gap, diversity", "",
               "| arm | guided by | oracle acc. (species) | scored by | oracle acc. (family) | guide acc. (species) | "
               "fooling gap | scorer acc. (species) | pixel diversity | feature diversity | contour F1 (2 px) | "

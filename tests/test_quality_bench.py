@@ -86,8 +86,9 @@ def test_bad_arms_name_the_option(quality):
         quality._sweeps(["classifier_scale"])
     with pytest.raises(ValueError, match="--set 'no_such_field=1'"):
         quality._overrides(["no_such_field=1"])
-    with pytest.raises(ValueError, match="--extra 'x=nopreset'"):
+    with pytest.raises(ValueError, match="--extra 'x=nopreset'.*higfa-tuned"):
         quality._extra("x=nopreset", {})
+    assert quality._extra("t=higfa-tuned,guide=boot:higfa,tune=0.03", {}).preset == "higfa-tuned"  # any preset
     arm = quality._extra("v=higfa,classifier_scale=2,guide=oracle", {"stage_boundary": 0.5})
     assert (arm.preset, arm.guide) == ("higfa", "oracle")
     assert arm.overrides == {"stage_boundary": 0.5, "classifier_scale": 2.0}
@@ -95,6 +96,10 @@ def test_bad_arms_name_the_option(quality):
     assert (arm.preset, arm.filter, arm.filter_threshold, arm.overrides) == ("higfa-robust", "x.safetensors", 0.7, {})
     with pytest.raises(ValueError, match="must be a classifier that did not guide"):
         quality._extra("f=higfa,guide=x.safetensors,filter=x.safetensors", {})
+    shipped = ROOT / "higfa" / "world" / "assets" / "guidance.safetensors"
+    with pytest.raises(ValueError, match="must be a classifier that did not guide"):  # the default guide, by path
+        quality._extra(f"f=higfa,filter={shipped}", {})
+    assert quality._extra(f"f=higfa,guide=boot:higfa,filter={shipped}", {}).filter == str(shipped)
     with pytest.raises(ValueError, match="not the arm itself"):
         quality._extra("b=higfa,guide=boot:b", {})
 
@@ -112,7 +117,16 @@ def test_a_filtered_arm_keeps_only_what_its_judge_accepts(quality, tmp_path):
     r = json.loads(results.read_text())
     f = r["presets"]["judged"]["filter"]
     assert f["threshold"] == 0.2 and 0 <= f["kept"] <= 1 and "filter" not in r["presets"]["higfa"]
+    if f["kept"] == 1:  # nothing dropped: the kept images' verdicts are the arm's own
+        a = r["presets"]["judged"]
+        assert (f["oracle_species_kept"], f["oracle_family_kept"], f["fooling_gap_kept"]) == (
+            a["oracle_species"], a["oracle_family"], a["fooling_gap"])
+    elif f["kept"] > 0:
+        assert f["fooling_gap_kept"] == f["guide_species_kept"] - f["oracle_species_kept"]
+        assert 0 <= f["oracle_family_kept"] <= 1 and f["pixel_diversity_kept"] >= 0
     assert r["presets"]["judged"]["oracle_species"] == r["presets"]["higfa"]["oracle_species"]  # the same images
+    # generated once: the filter acts after generation, so the filtered arm takes its twin's images
+    assert (tmp_path / "o" / "higfa.npz").is_file() and not (tmp_path / "o" / "judged.npz").exists()
     assert r["downstream"]["saspa"]["real+judged"]["synthetic_images"] == round(f["kept"] * 64)  # 2 per source
 
 

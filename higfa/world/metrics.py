@@ -24,7 +24,7 @@ from ..training import predict
 def fidelity(scorer: Classifier, images: np.ndarray, targets: np.ndarray, family: np.ndarray,
              scorer_name: str, guide: Classifier | None = None) -> dict:
     """Species/family accuracy and mean p(target) by `scorer` ([K] family index per species in
-    `family`), per-image predictions, and, with `guide`, the guide's own species accuracy."""
+    `family`), per-image predictions, and, with `guide`, the guide's own species accuracy and predictions."""
     targets = np.asarray(targets, dtype=np.int64)
     probs = predict(scorer, images)
     pred = probs.argmax(1).numpy()
@@ -36,6 +36,7 @@ def fidelity(scorer: Classifier, images: np.ndarray, targets: np.ndarray, family
            "pred": pred.tolist(), "p_target_each": probs[idx, targets].tolist()}
     if guide is not None:
         gprobs = predict(guide, images)
+        out["guide_pred"] = gprobs.argmax(1).numpy().tolist()
         out["guide_species"] = float((gprobs.argmax(1).numpy() == targets).mean())
         out["guide_p_target"] = float(gprobs[idx, targets].mean())
     return out
