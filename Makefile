@@ -41,7 +41,9 @@ demo: setup
 # docs/quality.md (generated images and downstream runs are cached in outputs/bench_quality/). higfa-oracle goes
 # downstream as a diagnosis only (the upper bound of what guidance can carry; the oracle saw 20x the labels);
 # higfa-boot is a second round guided by a guide trained on the few-shot images + higfa's (no other labels);
-# higfa-boot-pgd the same guide PGD-tuned by `higfa tune-classifier --adversarial 0.031`, with higfa-robust.
+# higfa-boot-pgd the same guide PGD-tuned by `higfa tune-classifier --adversarial 0.031`, with higfa-robust;
+# higfa-tuned-* the PGD-tuned guides with the higfa-tuned preset (w_cls 2), -filtered keeping only the images the
+# shipped few-shot guide (which did not guide them) gives p(target) >= 0.5.
 bench-quality: setup
 	$(PY) benchmarks/quality.py --threads 1 --jobs 2 \
 		--extra higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/guidance_robust.safetensors \
@@ -49,8 +51,11 @@ bench-quality: setup
 		higfa-robust-filtered=higfa-robust,filter=higfa/world/assets/guidance_robust.safetensors \
 		higfa-oracle=higfa-robust,guide=oracle higfa-boot=higfa,guide=boot:higfa \
 		higfa-boot-pgd=higfa-robust,guide=boot:higfa,tune=0.031 \
+		higfa-tuned-boot-pgd=higfa-tuned,guide=boot:higfa,tune=0.031 \
+		higfa-tuned-boot-pgd-filtered=higfa-tuned,guide=boot:higfa,tune=0.031,filter=higfa/world/assets/guidance.safetensors \
+		higfa-tuned-pgd=higfa-tuned,guide=higfa/world/assets/guidance_robust.safetensors \
 		--downstream cfg higfa higfa-robust higfa-robust-pgd higfa-robust-filtered higfa-oracle higfa-boot \
-		higfa-boot-pgd
+		higfa-boot-pgd higfa-tuned-boot-pgd higfa-tuned-boot-pgd-filtered higfa-tuned-pgd
 
 # Retrain the built-in world's models into higfa/world/assets/ (CPU, about 2 h of CPU time; the diffusion stages
 # checkpoint every 200 steps into higfa/world/assets/checkpoints/ and a cut run resumes there).
