@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from quality_arms import (BOOT, PRESETS, Arm, _cache_ok, _extra, _gen_settings, _images_key,  # noqa: E402,F401
-                           _overrides, _sweeps, boot_guide, models_digest, tuned_guide)
+                           _overrides, _sweeps, boot_guide, guide_file, models_digest, tuned_guide)
 from quality_report import NOTES_MARKER, report  # noqa: E402
 
 from higfa.classifier import load_classifier  # noqa: E402
@@ -129,9 +129,10 @@ def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats, t
             dk = metrics.diversity(g["images"][k], t[k], feats[k], real.images[g["source"][k]],
                                    real_feats[g["source"][k]])
             guide_kept = float((np.asarray(f["guide_pred"])[k] == t[k]).mean())
-            out["filter"] |= {"oracle_species_kept": float(right[k].mean()),
+            species_kept = float(right[k].mean())
+            out["filter"] |= {"oracle_species_kept": species_kept,
                               "oracle_family_kept": float(family_right[k].mean()), "guide_species_kept": guide_kept,
-                              "fooling_gap_kept": guide_kept - float(right[k].mean()),
+                              "fooling_gap_kept": guide_kept - species_kept,
                               "pixel_diversity_kept": dk["within_class_pixel"]}
     return out
 
@@ -293,7 +294,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     base = _overrides(args.set)
-    arms = [Arm(pr, pr, base) for pr in args.presets] + [_extra(e, base) for e in args.extra]
+    arms = [Arm(pr, pr, base) for pr in args.presets] + [_extra(e, base, models.path) for e in args.extra]
     arms += [Arm(f"{field}={value}", "higfa", base | {field: value}) for field, values in _sweeps(args.sweep)
              for value in values]
     unknown = sorted(set(args.downstream) - {a.name for a in arms})
@@ -306,8 +307,7 @@ def main(argv=None) -> int:
                              f"(its images train the guide); arms before it: {names[:i]}")
     guides = {a.guide: _guide(models, a.guide) for a in arms if a.boot_of is None}
     # where each guide's file is (a boot:ARM guide's once it is trained): what a tune= arm tunes
-    guide_files = {a.guide: (models.path / "guidance.safetensors" if a.guide == "guidance" else Path(a.guide))
-                   for a in arms if a.boot_of is None and a.guide != "oracle"}
+    guide_files = {a.guide: guide_file(a.guide, models.path) for a in arms if a.boot_of is None and a.guide != "oracle"}
     few = min(args.fidelity_shots or args.shots, args.shots)
     sources = {a.name: np.arange(len(real)) if a.name in args.downstream or few == args.shots else
                np.concatenate([real.of_class(c)[:few] for c in range(world.num_classes)]) for a in arms}

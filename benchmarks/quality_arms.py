@@ -44,8 +44,14 @@ class Arm:
         return self.guide if self.tune is None else f"{self.guide}+tune={self.tune}"
 
 
-def _extra(item: str, base: dict) -> Arm:
-    """NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,filter=PATH[,filter_threshold=T]] -> Arm."""
+def guide_file(guide: str, models_path: Path) -> Path:
+    """The classifier file of a guide spec that names one: the world's shipped guide ("guidance") or a path."""
+    return models_path / "guidance.safetensors" if guide == "guidance" else Path(guide)
+
+
+def _extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
+    """NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,filter=PATH[,filter_threshold=T]] -> Arm (guides and
+    filters named by file are compared with the world in `models_path`)."""
     name, _, rest = item.partition("=")
     parts = [x for x in rest.split(",") if x]
     if not name or not parts or parts[0] not in SCHEDULE_PRESETS:
@@ -69,8 +75,8 @@ def _extra(item: str, base: dict) -> Arm:
     if arm.boot_of == name:
         raise ValueError(f"--extra {item!r}: guide=boot:ARM names the first-round arm whose images train the guide, "
                          "not the arm itself")
-    guide_file = ASSETS / "guidance.safetensors" if arm.guide == "guidance" else Path(arm.guide)
-    if arm.filter is not None and (arm.filter == "oracle" or Path(arm.filter).resolve() == guide_file.resolve()):
+    if arm.filter is not None and (arm.filter == "oracle" or
+                                   Path(arm.filter).resolve() == guide_file(arm.guide, models_path).resolve()):
         raise ValueError(f"--extra {item!r}: filter={arm.filter} must be a classifier that did not guide the arm "
                          "and is not the world oracle (it scores)")
     return arm

@@ -1,5 +1,6 @@
 """benchmarks/quality.py end to end on a tiny budget: the results file's keys, scorers, caches, the report."""
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -179,8 +180,6 @@ def test_a_tuned_arm_guides_with_its_guide_tuned_by_tune_classifier(quality, tmp
     assert prov["tuned_from"] == str(out / "guide-boot-higfa.safetensors")
     stamp = tuned.stat().st_mtime_ns
     assert quality.main(args) == 0 and tuned.stat().st_mtime_ns == stamp  # reused
-    import argparse
-
     settings = quality._gen_settings
     ns = argparse.Namespace(shots=10, per_source=1, steps=30, batch=32, seed=0, models=None)
     assert "tune" not in settings(ns, quality._extra("a=higfa", {}))  # untuned arms: keys unchanged
