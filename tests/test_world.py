@@ -212,13 +212,32 @@ def test_diffusers_pipeline_loads_the_shipped_folder():
 def test_demo_writes_its_files(tmp_path):
     from higfa.world.demo import run_demo
 
-    metrics = run_demo(tmp_path, species=["red-crowned finch", "plain jay"], steps=3, progress=False)
+    before = torch.get_num_threads()
+    metrics = run_demo(tmp_path, species=["red-crowned finch", "plain jay"], steps=3, progress=False, threads=1)
+    assert metrics["settings"]["threads"] == 1 and torch.get_num_threads() == before  # the caller's setting is restored
     for name in ("contact_sheet.png", "trace.png", "trace.json", "metrics.json"):
         assert (tmp_path / name).is_file(), name
     assert set(metrics["presets"]) == {"cfg", "contour", "higfa", "higfa-robust"} and len(metrics["rows"]) == 2
     sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
     assert sheet.shape[0] > 2 * 128 and sheet.shape[1] > 6 * 128
     assert json.loads((tmp_path / "trace.json").read_text())["schedule"]["preset"] == "higfa-robust"
+
+
+def test_demo_threads_leave_busy_cores_alone(monkeypatch):
+    """`make demo` next to other jobs: torch's threads stall on a shared core, so the default counts only the
+    cores the load average leaves idle (never fewer than 1, never more than torch's own default)."""
+    import os
+
+    from higfa.world.demo import idle_cores
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert idle_cores() == 4
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.4, 0.0, 0.0))
+    assert idle_cores() == 3
+    monkeypatch.setattr(os, "getloadavg", lambda: (12.0, 0.0, 0.0))
+    assert idle_cores() == 1
 
 
 # ---------------------------------------------------------------------------- training

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,14 +35,32 @@ DEFAULT_SPECIES = ("red-crowned finch", "orange-billed finch", "spectacled warbl
                    "spectacled jay", "plain jay", "red-crowned dove", "orange-billed dove")
 
 
+def idle_cores() -> int:
+    """torch's default thread count, less the cores other processes keep busy (1-minute load average), at least
+    1. Why: torch's threads wait for each other at every op, so a thread that shares its core with another
+    process stalls all of them: `make demo` took 150+ s with two 1-thread trainings on this 2-core machine at
+    torch's default of 2 threads, 39 s at 1 thread (17 s on idle cores)."""
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - busy))
+
+
 def run_demo(out: Path = Path("outputs/demo"), species: Sequence[str] = DEFAULT_SPECIES, steps: int = 30,
              seed: int = 0, threads: int | None = None, progress: bool = True, models_path: Path | None = None) -> dict:
+    """Writes out/{contact_sheet.png, trace.png, trace.json, metrics.json}; returns the metrics. `threads`: torch
+    CPU threads while it runs (default `idle_cores()`; the caller's setting is restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or idle_cores())
+    try:
+        return _demo(out, species, steps, seed, progress, models_path)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _demo(out: Path, species: Sequence[str], steps: int, seed: int, progress: bool, models_path: Path | None) -> dict:
     from tqdm import tqdm
 
     from .models import load_world
 
-    if threads:
-        torch.set_num_threads(threads)
     started = time.perf_counter()
     models = load_world() if models_path is None else load_world(models_path)
     world = models.world
@@ -176,7 +195,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--species", nargs="+", default=list(DEFAULT_SPECIES), help="one row per species name")
     p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30, SaSPA's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's, less the cores other processes keep busy)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--models", type=Path, default=None, help="world models folder (default: the shipped ones)")
 
