@@ -90,7 +90,12 @@ class HiGFAWorldLoader(io.ComfyNode):
                                                                           "(10 real images per species)."),
                      WORLD.Output(display_name="world", tooltip="Text encoder and images of this world: "
                                                                 "HiGFA World Text Encode, HiGFA World Image."),
-                     io.String.Output(display_name="class_names", tooltip="The 16 species, one per line.")],
+                     io.String.Output(display_name="class_names", tooltip="The 16 species, one per line."),
+                     io.Vae.Output(display_name="guidance_vae",
+                                   tooltip="The world's distilled tiny decoder (tiny_decoder/, a TAESD-architecture "
+                                           "AutoencoderTiny) for HiGFA Guider / Sampler's guidance_vae input: the "
+                                           "classifier path decodes with it (docs/speed.md). None when the world "
+                                           "folder has none.")],
         )
 
     @classmethod
@@ -102,9 +107,9 @@ class HiGFAWorldLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, path: str = "") -> io.NodeOutput:
-        model, vae, control, m = load(resolve_path(path))
+        model, vae, control, tiny, m = load(resolve_path(path))
         world = LoadedWorld(m.world, m.text_encoder, m.tokenizer, m.guidance, m.path)
-        return io.NodeOutput(model, vae, control, m.guidance, world, "\n".join(world.class_names))
+        return io.NodeOutput(model, vae, control, m.guidance, world, "\n".join(world.class_names), tiny)
 
 
 class HiGFAWorldTextEncode(io.ComfyNode):

@@ -125,16 +125,34 @@ class WorldAutoencoder(torch.nn.Module):
         return self.decoder(z)
 
 
+class WorldTinyAutoencoder(torch.nn.Module):
+    """The world's distilled AutoencoderTiny (higfa/world/tiny_decoder.py) with the same interface. TAESD's
+    convention: it reads and writes the latent the UNet sees, ComfyUI's VAE the unscaled one, so the world
+    VAE's scaling factor is applied on the way in (decode) and out (encode)."""
+
+    def __init__(self, tiny, scaling_factor: float):
+        super().__init__()
+        self.encoder, self.decoder, self.scale = tiny.encoder, tiny.decoder, float(scaling_factor)
+        self.latent_channels = int(tiny.config.latent_channels)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x) / self.scale
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z * self.scale)
+
+
 class WorldVAE(comfy.sd.VAE):
     """A comfy.sd.VAE around a diffusers AutoencoderKL that ComfyUI's VAE class cannot build (8 latent
     channels, 4x down-sampling, 8 norm groups). Stock VAEEncode / VAEDecode and model management
-    (its ModelPatcher) work as for any VAE; `first_stage_model.decode` is the raw differentiable decoder."""
+    (its ModelPatcher) work as for any VAE; `first_stage_model.decode` is the raw differentiable decoder.
+    `first_stage`: another autoencoder of the same latent geometry in its place (the world's tiny decoder)."""
 
-    def __init__(self, vae, device=None):
+    def __init__(self, vae, device=None, first_stage: torch.nn.Module | None = None):
         with _quiet("root"):  # an empty state dict: the base class sets its defaults and stops there
             super().__init__(sd={})
         ratio = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.first_stage_model = WorldAutoencoder(vae).eval()
+        self.first_stage_model = (first_stage if first_stage is not None else WorldAutoencoder(vae)).eval()
         self.latent_channels, self.downscale_ratio, self.upscale_ratio = int(vae.config.latent_channels), ratio, ratio
         self.latent_dim, self.output_channels = 2, 3
         size = mm.dtype_size
@@ -235,7 +253,8 @@ class WorldControlNet(comfy.controlnet.ControlBase):
 
 # ----------------------------------------------------------------------------- loading
 def load(path: Path):
-    """(MODEL, VAE, CONTROL_NET, the core's WorldModels) from a world folder (docs/world.md's format)."""
+    """(MODEL, VAE, CONTROL_NET, guidance VAE or None, the core's WorldModels) from a world folder (docs/world.md's
+    format); the guidance VAE is the folder's tiny decoder (tiny_decoder/), when it has one."""
     from ..higfa.world.models import load_world
 
     # Weights made here are normal tensors (ComfyUI runs nodes under inference mode): the guider's
@@ -252,4 +271,5 @@ def load(path: Path):
         model = world_model(m.unet, info["comfyui_unet_config"], scheduler, m.noise_schedule.sigmas, fmt)
         vae = WorldVAE(m.vae)
         control = WorldControlNet(WorldControlModel(m.controlnet).eval(), compression_ratio=vae.downscale_ratio)
-    return model, vae, control, m
+        tiny = None if m.tiny_decoder is None else WorldVAE(m.vae, first_stage=WorldTinyAutoencoder(m.tiny_decoder, sf))
+    return model, vae, control, tiny, m

@@ -28,12 +28,12 @@ def world(comfy, world_path):
 
     W = comfy.pack.nodes.world
     with torch.inference_mode():
-        model, vae, cnet, clf, handle, names = W.HiGFAWorldLoader.execute(str(world_path)).args
+        model, vae, cnet, clf, handle, names, tiny = W.HiGFAWorldLoader.execute(str(world_path)).args
     core = load_world(world_path)
     few = core.world.split("fewshot", 2)
     contours = core.contours(few.images[[2, 12]], seeds=[0, 1])  # a finch and a warbler
     return dict(W=W, pack=comfy.pack, model=model, vae=vae, cnet=cnet, clf=clf, world=handle, names=names,
-                core=core, contours=contours, path=world_path)
+                tiny=tiny, core=core, contours=contours, path=world_path)
 
 
 def _control(w, strength=1.0, hint=None, percent=(0.0, 1.0)):
@@ -248,15 +248,23 @@ def test_loader_reruns_when_the_world_is_retrained(world, tmp_path, monkeypatch)
 
 
 # ----------------------------------------------------------------------------- HiGFA with the world
-@pytest.mark.parametrize("preset, tolerance", [("contour", 1e-3), ("higfa", 5e-2)])
-def test_a_comfyui_run_agrees_with_the_core_on_the_diffusers_models(world, preset, tolerance):
+@pytest.mark.parametrize("preset, tolerance, decoder", [("contour", 1e-3, "vae"), ("higfa", 5e-2, "vae"),
+                                                        ("higfa", 5e-2, "tiny")])
+def test_a_comfyui_run_agrees_with_the_core_on_the_diffusers_models(world, preset, tolerance, decoder):
     """End to end: the HiGFA guider on the converted models inside ComfyUI (euler) vs the core reference
     sampler on the diffusers models outside it (DDIM in σ form: the same update): same strengths, gates
-    and confidences per step, and the same final latent (classifier steps amplify float rounding, ~1e-2)."""
+    and confidences per step, and the same final latent (classifier steps amplify float rounding, ~1e-2).
+    decoder "tiny": the loader's guidance_vae output (the world's tiny decoder) on the classifier path, against
+    the core's `guidance_decode("tiny")`; the trace names it."""
     import comfy.samplers as cs
 
     from higfa.guide import Guide
     from higfa.sampler import sample
+
+    tiny = decoder == "tiny"
+    assert (world["tiny"] is not None) == (world["core"].tiny_decoder is not None)
+    if tiny:
+        assert world["tiny"].latent_channels == 8 and world["tiny"].downscale_ratio == 4
 
     pack, W, core = world["pack"], world["W"], world["core"]
     schedule = pack.nodes.schedule.build_schedule(preset)
@@ -266,12 +274,16 @@ def test_a_comfyui_run_agrees_with_the_core_on_the_diffusers_models(world, prese
         pos = W.HiGFAWorldTextEncode.execute(world["world"], "a photo of a finch").args[0]
         neg = W.HiGFAWorldTextEncode.execute(world["world"], "").args[0]
         guider = pack.nodes.guider.build_guider(world["model"], pos, neg, schedule, world["cnet"],
-                                                world["contours"].movedim(1, -1), world["vae"], world["clf"], "1")
+                                                world["contours"].movedim(1, -1), world["vae"], world["clf"], "1",
+                                                world["tiny"] if tiny else None)
         ours = guider.sample(noise, torch.zeros_like(noise), cs.sampler_object("euler"), sigmas, disable_pbar=True,
                              seed=0)
     den = core.denoiser(["a photo of a finch"] * 2, world["contours"])
-    guide = Guide(schedule, classifier=core.guidance, decode=core.decode(), target=[1, 1],
+    guide = Guide(schedule, classifier=core.guidance, decode=core.guidance_decode(decoder)[0], target=[1, 1],
                   class_names=core.world.class_names)
+    if preset == "higfa":
+        assert guider.guide.trace.guidance_decoder == (
+            "guidance_vae (WorldTinyAutoencoder)" if tiny else "vae (WorldAutoencoder)")
     s0 = float(sigmas[0])  # ComfyUI scales the noise by sqrt(1 + σ²) at the model's σ_max, the core by σ
     start = noise * (math.sqrt(1 + s0**2) / s0 if math.isclose(s0, core.noise_schedule.sigma_max, rel_tol=1e-5) else 1)
     ref = sample(den, start, sigmas, guide)
