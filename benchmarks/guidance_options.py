@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality_arms import _overrides  # noqa: E402
+from quality_arms import BENCH_DECODER, _overrides  # noqa: E402
 
 from higfa.classifier import load_classifier  # noqa: E402
 from higfa.contour import ContourTransform  # noqa: E402
@@ -56,7 +56,7 @@ def run(models, sources, masks, overrides: dict, steps: int, batch: int, seed: i
         contour_seeds = [_seed(seed, 1, i, 0) for i in idx]
         contours = models.contours(sources.images[idx], contour_seeds, transform)
         gen = models.generate(schedule, [int(sources.labels[i]) for i in idx], contours,
-                              [_seed(seed, 2, i, 0) for i in idx], steps)
+                              [_seed(seed, 2, i, 0) for i in idx], steps, guidance_decoder=BENCH_DECODER)
         images.append(gen.images)
         for j, (i, trace) in enumerate(zip(idx, gen.result.trace.split(len(idx)))):
             h, w = masks[i].shape

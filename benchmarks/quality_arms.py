@@ -17,6 +17,9 @@ from higfa.world.birds import ASSETS
 
 # the arms every run has (--presets); an --extra arm may start from any schedule preset (higfa.schedule.PRESETS)
 PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa", "higfa-robust")
+# What decodes x̂0 on the classifier path in every bench arm (the quality bench, guidance_options): the world VAE,
+# whatever the world's own default (tiny_decoder.GUIDANCE_DEFAULT), so the quality results measure the method.
+BENCH_DECODER = "vae"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,13 +112,12 @@ def _sweeps(items) -> list[tuple[str, list]]:
 @functools.lru_cache(maxsize=8)
 def models_digest(folder: Path) -> str:
     """sha256 (16 hex) of what generates and guides in a world models folder: the diffusers parts, the
-    shipped guide and the oracle, and the tiny decoder only where it guides by default
-    (`tiny_decoder.GUIDANCE_DEFAULT`; no bench arm picks it otherwise). Training checkpoints are not weights
-    the bench uses. Cached images and downstream runs are keyed by it, so retrained weights
-    (`make train-world`) never reuse images of the old ones."""
-    from higfa.world.tiny_decoder import FOLDER, GUIDANCE_DEFAULT
+    shipped guide and the oracle. Not the tiny decoder (the bench guides with the VAE, `BENCH_DECODER`) nor
+    training checkpoints: weights the bench does not use. Cached images and downstream runs are keyed by it,
+    so retrained weights (`make train-world`) never reuse images of the old ones."""
+    from higfa.world.tiny_decoder import FOLDER
 
-    skip = {"checkpoints"} | ({FOLDER} if GUIDANCE_DEFAULT != "tiny" else set())
+    skip = {"checkpoints", FOLDER}
     h = hashlib.sha256()
     parts = [p for p in sorted(folder.iterdir()) if p.is_dir() and p.name not in skip] + [
         folder / "guidance.safetensors", folder / "oracle.safetensors"]

@@ -229,9 +229,9 @@ def test_cached_images_are_keyed_by_the_models_weights(quality, tmp_path):
     assert quality._gen_settings(args, arm) == before
     from higfa.world import tiny_decoder
     tiny = next((folder / tiny_decoder.FOLDER).glob("*.safetensors"))
-    tiny.write_bytes(tiny.read_bytes()[:-2] + b"\x00\x01")  # the tiny decoder guides no arm while the VAE does
+    tiny.write_bytes(tiny.read_bytes()[:-2] + b"\x00\x01")  # the tiny decoder guides no bench arm
     quality.models_digest.cache_clear()
-    assert (quality._gen_settings(args, arm) == before) == (tiny_decoder.GUIDANCE_DEFAULT != "tiny")
+    assert quality._gen_settings(args, arm) == before and quality.BENCH_DECODER == "vae"
     unet = next((folder / "unet").glob("*.safetensors"))
     unet.write_bytes(unet.read_bytes()[:-2] + b"\x00\x01")  # one weight changed
     quality.models_digest.cache_clear()
