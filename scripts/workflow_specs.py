@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from higfa.schedule import Schedule
+from higfa.world.tiny_decoder import GUIDANCE_DEFAULT
 
 CKPT = {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": "checkpoints",
         "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
@@ -217,6 +218,8 @@ def world_workflow() -> Spec:
                               ("contour", "contour", "contour"), ("world", "VAE", "vae"),
                               ("world", "classifier", "classifier"), ("image", "species", "target")):
             s.link(src, out, f"sampler_{preset}", inp)
+        if GUIDANCE_DEFAULT == "tiny":  # the world's classifier path decodes with its tiny decoder (docs/speed.md)
+            s.link("world", "guidance_vae", f"sampler_{preset}", "guidance_vae")
         s.link(f"sampler_{preset}", "latent", f"decode_{preset}", "samples")
         s.link("world", "VAE", f"decode_{preset}", "vae")
         row.append((f"decode_{preset}", "IMAGE"))
