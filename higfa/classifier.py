@@ -4,7 +4,8 @@ Sidecar keys (docs/classifiers.md has types and defaults): architecture (timm mo
 class_names (list, optional if the weights fix the count), input_size ([C,H,W] or H), mean, std
 (per channel, for images in [0,1]), model_kwargs (optional extra timm.create_model arguments, e.g.
 {"img_size": 64} for a ViT), provenance (optional: how it was made and how good it is, e.g.
-{"val_accuracy": 0.81, ...}; written by `higfa train-classifier` / `import-classifier`).
+{"val_accuracy": 0.81, ...}; written by `higfa train-classifier` / `import-classifier`, built by
+`provenance`).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def save_classifier(clf: Classifier, path: str | Path) -> Path:
     A name like `cub.v2` keeps its dots: only a `.safetensors`/`.json` suffix is replaced."""
     from safetensors.torch import save
 
-    from .jobs.dataset import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     path = Path(path)
     if path.suffix.lower() in (".safetensors", ".json"):
@@ -191,3 +192,36 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Cla
     clf = Classifier(model, names, size, mean, std, arch, kwargs).eval().requires_grad_(False)
     clf.provenance = dict(meta.get("provenance") or {})
     return clf.to(device)
+
+
+def provenance(data: str, classes: Sequence[str], evaluation: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    """The sidecar's `provenance`: data, class count, val accuracy and a per-class summary (mean, min,
+    the five worst classes), date and library versions, plus `extra` (epochs, init, ...)."""
+    import platform
+    import time
+
+    import numpy as np
+    import timm
+
+    out: dict[str, Any] = {"data": str(data), "num_classes": len(classes), **extra}
+    if evaluation is not None:
+        per = [(c, a) for c, a in zip(classes, evaluation["per_class"]) if a == a]  # NaN: class absent from val
+        out["val_accuracy"] = round(float(evaluation["accuracy"]), 4)
+        out["val_images"] = int(evaluation["n"])
+        if per:
+            accs = [a for _, a in per]
+            out["val_per_class"] = {"mean": round(float(np.mean(accs)), 4), "min": round(float(np.min(accs)), 4),
+                                    "worst": [[c, round(a, 4)] for c, a in sorted(per, key=lambda p: p[1])[:5]]}
+    out["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    out["versions"] = {"higfa": _higfa_version(), "torch": torch.__version__, "timm": timm.__version__,
+                       "python": platform.python_version()}
+    return out
+
+
+def _higfa_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("higfa")
+    except Exception:  # noqa: BLE001 - not installed as a distribution (a source checkout)
+        return "source"

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from higfa.jobs import cli, safety
-from higfa.jobs.dataset import atomic_write_bytes, class_name_from_label, read_manifest, safe_label
+from higfa.files import atomic_write_bytes
+from higfa.jobs.dataset import class_name_from_label, read_manifest, safe_label
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: test_augment's helpers
 from test_augment import (CLASSES, args_for, images, make_image, make_world, manifest, run_cli,  # noqa: E402

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, save_classifier
-from .labelled import Labelled, provenance, read_labelled
+from ..classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, provenance, save_classifier
+from .labelled import Labelled, read_labelled
 
 AUGMENT_PRESETS = ("none", "light", "default", "robust")
 

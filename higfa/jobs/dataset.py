@@ -1,7 +1,6 @@
 """Image datasets on disk: ImageFolder trees (one sub-folder per class) and CSV/JSON manifests,
 robust image reading, the label rules shared by the CLI and the node pack (a label as a folder name,
-a label as the class name a prompt says), and atomic writes (temp file + rename, honouring the umask)
-so a crash never leaves half a file.
+a label as the class name a prompt says), and the image/manifest writers (atomic, through higfa.files).
 """
 
 from __future__ import annotations
@@ -9,9 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +16,8 @@ from typing import Callable, Iterable
 
 import cv2
 import numpy as np
+
+from ..files import atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -159,28 +158,6 @@ def load_image(path: str | Path) -> np.ndarray:
         a = rgb[:, :, 3:4].astype(np.float32) / 255.0
         return np.round(rgb[:, :, :3] * a).astype(np.uint8)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + rename: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would honour the umask
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    """The process umask (read by setting it and putting it back; there is no read-only call)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def save_image(path: str | Path, rgb: np.ndarray) -> None:

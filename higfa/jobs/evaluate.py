@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_bytes
 from . import dataset
 
 
@@ -277,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"  real only        : {r['mean']:.3f} ± {r['std']:.3f}")
     say(f"  real + synthetic : {a['mean']:.3f} ± {a['std']:.3f}   ({summary['delta']:+.3f}{ci})")
     if args.report:
-        dataset.atomic_write_bytes(Path(args.report), (json.dumps(report, indent=1) + "\n").encode())
+        atomic_write_bytes(Path(args.report), (json.dumps(report, indent=1) + "\n").encode())
         say(f"  report: {args.report}")
     print(json.dumps({"real": r["mean"], "real+synthetic": a["mean"], "delta": summary["delta"]}))
     return 0

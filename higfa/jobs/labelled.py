@@ -9,16 +9,14 @@ into uint8 [N,H,W,3] at the classifier's input size, with a label per image.
 
 from __future__ import annotations
 
-import platform
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ..classifier import find_name
+from ..classifier import find_name, provenance  # noqa: F401 - provenance re-exported until world imports it from higfa.classifier
 from . import dataset
 
 BUILTIN_PREFIX = "builtin:"
@@ -122,33 +120,3 @@ def _read_builtin(spec: str, size: int) -> Labelled:
         images = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
     labels = [world.class_names[int(k)] for k in s.labels]
     return Labelled(images, labels, [f"{spec}/{i}" for i in range(len(labels))], list(world.class_names), spec)
-
-
-def provenance(data: str, classes: Sequence[str], evaluation: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-    """The sidecar's `provenance`: data, class count, val accuracy and a per-class summary (mean, min,
-    the five worst classes), date and library versions, plus `extra` (epochs, init, ...)."""
-    import timm
-    import torch
-
-    out: dict[str, Any] = {"data": str(data), "num_classes": len(classes), **extra}
-    if evaluation is not None:
-        per = [(c, a) for c, a in zip(classes, evaluation["per_class"]) if a == a]  # NaN: class absent from val
-        out["val_accuracy"] = round(float(evaluation["accuracy"]), 4)
-        out["val_images"] = int(evaluation["n"])
-        if per:
-            accs = [a for _, a in per]
-            out["val_per_class"] = {"mean": round(float(np.mean(accs)), 4), "min": round(float(np.min(accs)), 4),
-                                    "worst": [[c, round(a, 4)] for c, a in sorted(per, key=lambda p: p[1])[:5]]}
-    out["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    out["versions"] = {"higfa": _higfa_version(), "torch": torch.__version__, "timm": timm.__version__,
-                       "python": platform.python_version()}
-    return out
-
-
-def _higfa_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("higfa")
-    except Exception:  # noqa: BLE001 - not installed as a distribution (a source checkout)
-        return "source"

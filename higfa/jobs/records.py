@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .dataset import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 RUN_FILE, PLAN_FILE, MANIFEST, SUMMARY, PARTS = "run.json", "plan.json", "manifest.jsonl", "summary.json", "parts"
 

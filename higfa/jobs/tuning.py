@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     from .check_classifier import resolve_classifier
     from .classifiers import augment_preset, evaluate_on, out_path
     from .distributed import Ranks, pick_device
-    from .labelled import provenance, read_labelled
+    from ..classifier import provenance
+    from .labelled import read_labelled
     from ..schedule import Schedule
 
     for name in ("epochs", "views", "batch_size"):
