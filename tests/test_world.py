@@ -126,7 +126,7 @@ def test_assets_layout_size_and_model_index():
 
 
 def test_shipped_configs_are_the_documented_ones(models):
-    from higfa.world.train import CONTROLNET_EMBEDDING, SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG
+    from higfa.world.architecture import CONTROLNET_EMBEDDING, SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG
 
     for key, value in UNET_CONFIG.items():
         assert models.unet.config[key] == (list(value) if isinstance(value, tuple) else value), key
@@ -247,7 +247,7 @@ def test_diffusion_more_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     import dataclasses
     import shutil
 
-    from higfa.world import train
+    from higfa.world import train, train_diffusion
 
     for run in ("uncut", "cut"):
         shutil.copytree(ASSETS, tmp_path / run, ignore=shutil.ignore_patterns("*tiny_decoder*", "guidance_*"))
@@ -255,19 +255,19 @@ def test_diffusion_more_resumes_from_its_checkpoint(tmp_path, monkeypatch):
                               checkpoint_every=2)
     train.run(cfg, ["diffusion_more"], tmp_path / "uncut")
 
-    real_cosine = train._cosine
+    real_cosine = train_diffusion.cosine_lr
 
     def killed_at_step_3(step, total, warmup, floor=0.1):
         if step == 3:
             raise KeyboardInterrupt  # like Ctrl-C or the machine going away after the step-2 checkpoint
         return real_cosine(step, total, warmup, floor)
 
-    monkeypatch.setattr(train, "_cosine", killed_at_step_3)
+    monkeypatch.setattr(train_diffusion, "cosine_lr", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, ["diffusion_more"], tmp_path / "cut")
     ckpt = tmp_path / "cut" / "checkpoints" / "diffusion_more.pt"
     assert torch.load(ckpt, weights_only=False)["step"] == 2
-    monkeypatch.setattr(train, "_cosine", real_cosine)
+    monkeypatch.setattr(train_diffusion, "cosine_lr", real_cosine)
     info = train.run(cfg, ["diffusion_more"], tmp_path / "cut")["diffusion_more"]
     assert info["resumed_at"] == 2 and not ckpt.exists()  # a finished stage removes its checkpoint
     from safetensors.torch import load_file

@@ -15,6 +15,7 @@ batch-shared cfg/contour strengths, see docs/method.md "Batches").
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..sampler import SampleResult, sample
 from ..schedule import Schedule
 from ..sigmas import NoiseSchedule
 from .birds import ASSETS, TinyBirds
-from .tiny_decoder import load_tiny_decoder
+from .architecture import GUIDANCE_DEFAULT, load_tiny_decoder
 
 COMPONENTS = ("unet", "controlnet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -98,9 +99,7 @@ class WorldModels:
 
     def guidance_decode(self, which: str | None = None) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
         """(decode, name) for the classifier path: "vae", "tiny", or None = the world's default
-        (`tiny_decoder.GUIDANCE_DEFAULT`, used only when the tiny decoder is shipped)."""
-        from .tiny_decoder import GUIDANCE_DEFAULT
-
+        (`architecture.GUIDANCE_DEFAULT`, used only when the tiny decoder is shipped)."""
         which = which or (GUIDANCE_DEFAULT if self.tiny_decoder is not None else "vae")
         if which == "vae":
             return self.decode(), decoder_name(self.vae)
@@ -147,6 +146,20 @@ def missing_parts(path: Path) -> list[str]:
             if not (path / c).exists()]
 
 
+@contextlib.contextmanager
+def _no_transformers_progress_bar():
+    """transformers' tqdm bars off for one load, then as they were (a global switch of transformers)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_world(path: str | Path = ASSETS, device: str | torch.device = "cpu") -> WorldModels:
     """Load the shipped world (or one trained with `higfa train-world --out PATH`) in float32."""
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
@@ -163,11 +176,13 @@ def load_world(path: str | Path = ASSETS, device: str | torch.device = "cpu") ->
     if world.class_names != w["class_names"]:
         raise ValueError(f"{path}/world.json lists species {w['class_names'][:3]}... that differ from this "
                          "version's world: retrain with `higfa train-world`")
-    f32 = dict(torch_dtype=torch.float32)
+    # low_cpu_mem_usage=False said explicitly: diffusers' default (True) warns once per model without `accelerate`.
+    f32 = dict(torch_dtype=torch.float32, low_cpu_mem_usage=False)
     unet = UNet2DConditionModel.from_pretrained(path / "unet", **f32)
     controlnet = ControlNetModel.from_pretrained(path / "controlnet", **f32)
     vae = AutoencoderKL.from_pretrained(path / "vae", **f32)
-    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", **f32)
+    with _no_transformers_progress_bar():  # its "Loading weights" bar for 36 tensors says nothing to a user
+        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=torch.float32)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
     for m in (unet, controlnet, vae, text_encoder):

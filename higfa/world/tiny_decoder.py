@@ -26,22 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FOLDER = "tiny_decoder"
-# What guides the world's classifier path by default (WorldModels.generate, the demo, `higfa augment --model
-# builtin`, the world workflow): "tiny" only if measured within 0.03 oracle accuracy of the full VAE
-# (benchmarks/speed_world_decoder.py). The shipped student is, on `higfa` (0.023), not on `higfa-robust` (0.039),
-# the preset of the world workflow and the demo's trace (docs/speed.md), so the VAE guides.
-GUIDANCE_DEFAULT = "vae"
-# 3 stages: 16x16 latent -> 64 px image (the world VAE's 4x), 8 latent channels like the world VAE. TAESD's decoder
-# has one width for all stages; its depth goes where the teacher's capacity is, at 16x16 (the VAE decoder: 64
-# channels, 9 convolutions there) and 32x32: 8, 3 and 1 blocks. A block at 16x16 costs 1/16 of one at 64x64, so
-# this student's forward + backward (batch 16) is still 0.22 s against the VAE decoder's 0.30 (1 block per stage:
-# 0.20 s). Measured (docs/speed.md): 1/1/1 blocks drop the guided oracle accuracy by 0.086, 4/2/1 by 0.055,
-# 8/3/1 by 0.031, 12/4/1 by 0.055; 8/3/1 with the marking and leg regions weighted x17 (below) by 0.023.
-CONFIG: dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=8, encoder_block_out_channels=(32, 32, 32),
-    decoder_block_out_channels=(32, 32, 32), num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(8, 3, 1),
-    upsampling_scaling_factor=2, act_fn="relu", scaling_factor=1.0, shift_factor=0.0)
+from .architecture import GUIDANCE_DEFAULT, TINY_DECODER_CONFIG, TINY_DECODER_FOLDER  # noqa: F401
+from .train_common import save_fp16
+
+# The architecture and the runtime names (FOLDER, GUIDANCE_DEFAULT, load_tiny_decoder) live on the loader side;
+# jobs/job.py, benchmarks and scripts still read FOLDER and GUIDANCE_DEFAULT here.
+CONFIG = TINY_DECODER_CONFIG
+FOLDER = TINY_DECODER_FOLDER
 SETTINGS: dict[str, Any] = dict(per_class=48, steps=1500, batch=32, lr=2e-3, min_progress=0.5, clean_share=0.25,
                                 encoder_steps=200, grad_weight=1.0, marking_weight=16.0, part_weight=16.0,
                                 check_per_class=8)
@@ -175,7 +166,7 @@ def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
             (g_student,) = torch.autograd.grad(tiny.decode(z).sample, z, grad_outputs=cotangents[-256:])
         vjp_cos = round(1 - float(_cosine_loss(g_student, vjps[-256:])), 4)
     check = _check(models, tiny, s["check_per_class"])
-    tiny.to(torch.float16).save_pretrained(out / FOLDER, safe_serialization=True)
+    save_fp16(tiny, out / FOLDER)  # without the block_out_channels diffusers would warn about on load
     n_dec = sum(p.numel() for p in tiny.decoder.parameters())
     n_vae = sum(p.numel() for p in models.vae.decoder.parameters()) + sum(
         p.numel() for p in models.vae.post_quant_conv.parameters())
@@ -209,12 +200,3 @@ def _check(models, tiny, per_class: int) -> dict[str, Any]:
             "l1_pm1_legs": round(float(err[legs].mean()), 4) if legs.any() else None,
             "oracle_species_teacher": oracle(teacher), "oracle_species_student": oracle(student)}
 
-
-def load_tiny_decoder(path: Path, device: str | torch.device = "cpu"):
-    """The shipped AutoencoderTiny in float32, or None when the world folder has none."""
-    if not (Path(path) / FOLDER / "config.json").is_file():
-        return None
-    from diffusers import AutoencoderTiny
-
-    return AutoencoderTiny.from_pretrained(Path(path) / FOLDER, torch_dtype=torch.float32).to(device).eval(
-    ).requires_grad_(False)

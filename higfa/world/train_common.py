@@ -1,0 +1,105 @@
+"""What every training stage of the world shares: the config, logging, the LR schedule, fp16 saving."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..training import to_tensor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    world_seed: int = 0
+    threads: int = 1  # the CPU is shared; more threads than free cores slows torch down a lot
+    # VAE
+    vae_steps: int = 800
+    vae_batch: int = 64  # crops
+    vae_crop: int = 32
+    vae_lr: float = 2e-3
+    vae_per_class: int = 150
+    vae_marking_weight: float = 4.0  # extra L1 weight on the marking regions: the decoder must draw them
+    vae_kl: float = 1e-5
+    vae_init_logvar: float = -6.0
+    # VAE decoder fine-tuning, encoder frozen (train_vae_decoder)
+    vae_decoder_steps: int = 1000
+    vae_decoder_lr: float = 1e-3
+    vae_decoder_marking_weight: float = 8.0
+    vae_decoder_part_weight: float = 8.0  # the same extra weight on the thin parts (legs): a blurry decoder drops them
+    # diffusion (text encoder + UNet + ControlNet, jointly)
+    diffusion_steps: int = 1400
+    diffusion_batch: int = 32
+    diffusion_lr: float = 6e-4
+    diffusion_per_class: int = 400
+    text_dropout: float = 0.15  # prompt replaced by "" (CFG)
+    contour_dropout: float = 0.3  # ControlNet not run (CFG on the contour, and the `cfg` preset)
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.995
+    # more diffusion training from the diffusion stage's weights (warm restart; see train_diffusion_more)
+    diffusion_more_steps: int = 4000
+    diffusion_more_lr: float = 4e-4
+    checkpoint_every: int = 200  # diffusion stages: steps between resumable checkpoints (out/checkpoints/)
+    # classifiers
+    guidance_shots: int = 10
+    guidance_steps: int = 500
+    guidance_arch: str = "test_resnet"
+    oracle_per_class: int = 200
+    oracle_steps: int = 700
+    oracle_arch: str = "resnet10t"
+    oracle_kwargs: dict = field(default_factory=lambda: {"channels": [24, 48, 96, 192]})
+
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cosine_lr(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def images_pm1(images: np.ndarray) -> torch.Tensor:
+    return to_tensor(images) * 2 - 1
+
+
+def save_fp16(model, folder: Path) -> None:
+    """save_pretrained in float16, without the `_name_or_path` a model loaded from another folder carries
+    (it would write that folder, e.g. a temporary one, into the shipped config), nor keys the class's
+    __init__ does not take (AutoencoderTiny registers `block_out_channels` for pipelines, then warns on load
+    that it is unexpected; __init__ registers it again)."""
+    model.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    cfg = folder / "config.json"
+    data = json.loads(cfg.read_text())
+    from diffusers import ModelMixin
+
+    # transformers' models take one `config` argument: only a diffusers model's keys are its __init__'s.
+    accepted = inspect.signature(type(model).__init__).parameters if isinstance(model, ModelMixin) else data
+    extra = [k for k in data if k == "_name_or_path" or (not k.startswith("_") and k not in accepted)]
+    if extra:
+        cfg.write_text(json.dumps({k: v for k, v in data.items() if k not in extra}, indent=2, sort_keys=True)
+                       + "\n")
+
+
+def load_vae(out: Path):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32).eval().requires_grad_(False)
+
+
+def finish_checkpoint(path: Path) -> None:
+    """A stage that finished no longer needs its checkpoint (the weights are saved)."""
+    path.unlink(missing_ok=True)
+    if path.parent.is_dir() and not any(path.parent.iterdir()):
+        path.parent.rmdir()
+
