@@ -7,7 +7,7 @@ two calls around its own model evaluation:
     x0   = <CFG at plan.cfg, contour at plan.contour>
     x0   = guide.refine(x0, plan)                  # classifier step, confidence, trace row
 
-so the schedule semantics (p_{k-1} drives step k, first-stage-2 measurement, gating, NaN guard)
+so the schedule semantics (p_{k-1} drives step k, first-stage-2 measurement, gating, NaN guard, the judge)
 live here once.
 """
 
@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 import torch
 
 from .guidance import Costs, Decode, Views, measure, normalise, sigma_form_update
+from .judge import confidence as judge_confidence
+from .judge import judge_view_seed
 from .schedule import Schedule, Strengths
 from .trace import Trace, TraceStep, grad_map, preview
 
@@ -53,14 +55,27 @@ class Guide:
     (none), "bf16", "fp16", or "auto" (bf16 on CUDA where supported, else fp16; fp32 on the CPU);
     a non-finite gradient in low precision is recomputed in float32. decoder_name: what `decode` is,
     for the trace (`Trace.guidance_decoder`), e.g. "guidance_vae (TAESD)".
+
+    judge (docs/method.md "The judge"): a second classifier, image [B,3,H,W] in [0,1] -> logits, that did
+    not guide. With one, the confidence that drives the ramp, the gate, `measure_every` and the batch
+    confidence is the judge's p(judge_target) on the decoded x̂0 (one no-grad forward per measurement, on
+    the image the guide decoded, K views of its own draw); the gradient stays the guide's. judge_target:
+    the target in the judge's class indices (default: `target`; `higfa.judge.map_targets` maps by name).
+    judge_name: what the judge is, for the trace (`Trace.judge`). Without a judge nothing changes.
+    interrupt: called once per inner gradient iteration (e.g. ComfyUI's interruption check, which raises);
+    the core never imports a front end.
     """
 
     def __init__(self, schedule: Schedule, classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  decode: Decode | None = None, target: int | Sequence[int] | torch.Tensor | None = None,
                  class_names: Sequence[str] | None = None, *, precision: str = "auto",
-                 decoder_name: str | None = None):
+                 decoder_name: str | None = None, judge: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 judge_target: int | Sequence[int] | torch.Tensor | None = None, judge_name: str | None = None,
+                 interrupt: Callable[[], None] | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {PRECISIONS}")
+        if interrupt is not None and not callable(interrupt):
+            raise ValueError(f"interrupt must be a function of no arguments (or None), got {type(interrupt).__name__}")
         if schedule.uses_classifier:
             missing = [n for n, v in (("classifier", classifier), ("decode", decode), ("target", target)) if v is None]
             if missing:
@@ -72,14 +87,21 @@ class Guide:
         self.class_names = list(class_names) if class_names else None
         self.precision = precision
         self.decoder_name = (decoder_name or "decode") if decode is not None else None
+        # A judge only matters where the classifier runs; without one every output is as before.
+        self.judge = judge if schedule.uses_classifier else None
+        jt = self.target if judge_target is None else judge_target
+        self.judge_target = None if self.judge is None else torch.as_tensor(jt).long().reshape(-1)
+        self.judge_name = (judge_name or "judge") if self.judge is not None else None
+        self.interrupt = interrupt
         self.costs = Costs()
+        self.judge_costs = Costs()  # the judge's forwards (and the decodes only it needed)
         self.reset()
 
     def reset(self) -> None:
         """Start a new run (guider objects are reused across ComfyUI prompts)."""
         tgt = None if self.target is None else self.target.tolist()
         self.trace = Trace(schedule=self.schedule.to_dict(), target=tgt, class_names=self.class_names,
-                           guidance_decoder=self.decoder_name)
+                           guidance_decoder=self.decoder_name, judge=self.judge_name)
         self.p_latest: torch.Tensor | None = None  # p measured at the current/latest step
         self.p_prev: torch.Tensor | None = None  # p of the previous step: drives this step
         self.step = -1
@@ -103,8 +125,11 @@ class Guide:
         stage = self.schedule.stage(progress)
         if (stage == 2 and self.p_prev is None and self.last_x0 is not None
                 and self.schedule.classifier_active(2)):
-            # First stage-2 step: nothing measured yet, so measure once on the latest x̂0.
-            self.p_prev = self._measure(self.last_x0, grad=False, step=index).p
+            # First stage-2 step: nothing measured yet, so measure once on the latest x̂0 (the judge's p if any).
+            if self.judge is None:
+                self.p_prev = self._measure(self.last_x0, grad=False, step=index).p
+            else:
+                self.p_prev = self._judge_first(self.last_x0, index)
             self.p_latest = self.p_prev
         strengths = self.schedule.strengths(progress, self._batch_confidence(self.p_prev), max(self.stage2_steps, 0))
         return Plan(index, float(progress), sigma, max(self.stage2_steps, 0), strengths, started)
@@ -136,10 +161,15 @@ class Guide:
             energy, nan = None, torch.zeros(B, dtype=torch.bool)
             applied = torch.zeros(B, dtype=torch.bool, device=x0.device)
             x_i = None if not through else x.detach()
+            p_judge = None
             for it in range(n):
+                if self.interrupt is not None:
+                    self.interrupt()
                 m = self._measure(x_i if through else out, grad, plan.index, it, denoise if through else None)
                 if it == 0:
                     p, first = m.p, m
+                    if self.judge is not None:  # on the image the guide decoded: no extra decode
+                        p_judge = self._judge(m.image, plan.index)
                 if m.g is None:
                     break
                 g = m.g
@@ -165,9 +195,12 @@ class Guide:
             if energy is not None:
                 row.grad_map = grad_map(energy)
                 self.trace.preview = preview(first.image)
-            if torch.isfinite(p).all():
-                self.p_latest = p.detach().float().cpu()
+            drives = p if p_judge is None else p_judge
+            if torch.isfinite(drives).all():
+                self.p_latest = drives.detach().float().cpu()
             row.confidence = p.float().cpu().tolist()
+            if p_judge is not None:
+                row.judge_confidence = p_judge.tolist()
         self.last_x0 = out.detach()
         row.seconds = time.perf_counter() - plan.started
         self.trace.add(row)
@@ -184,6 +217,21 @@ class Guide:
                     views=views, denoise=denoise, autocast=_autocast_dtype(self.precision, x.device))
         m.p = m.p.float().cpu()
         return m
+
+    def _judge_views(self, step: int) -> Views:
+        sch = self.schedule
+        return Views(sch.views, sch.view_crop, sch.view_noise, seed=judge_view_seed(step))
+
+    def _judge(self, image: torch.Tensor, step: int) -> torch.Tensor:
+        """The judge's p [B] on a decoded image [B,3,H,W] (its own view draw for this step)."""
+        return judge_confidence(image, self.judge, self.judge_target.to(image.device), views=self._judge_views(step),
+                                autocast=_autocast_dtype(self.precision, image.device), costs=self.judge_costs)
+
+    def _judge_first(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """The first stage-2 measurement with a judge: decode x̂0 and judge it (the guide's p is not needed)."""
+        m = measure(x, self.decode, self.judge, self.judge_target.to(x.device), grad=False, costs=self.judge_costs,
+                    views=self._judge_views(step), autocast=_autocast_dtype(self.precision, x.device))
+        return m.p.float().cpu()
 
     def _batch_confidence(self, p: torch.Tensor | None) -> float | None:
         if p is None or len(p) == 0:

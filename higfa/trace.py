@@ -2,6 +2,9 @@
 
 One row per model evaluation (multi-evaluation samplers such as Heun add rows with the same
 `index`). Per-sample values (confidence, w_cls, gradient norm, gate) are lists of length B.
+With a judge (`Guide(..., judge=...)`, `Trace.judge` names it) a row also holds the judge's p
+(`judge_confidence`), which drove the schedule; `confidence` stays the guide's own p. Their gap is
+the guide's fooling. Traces without a judge have neither key (their JSON reads as before).
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ class TraceStep:
     # Where guidance acts (schedule `grad_map`): per sample a MAP_SIZE² map (rows of floats) of the RMS of the
     # normalised gradient over channels and cells, divided by its maximum; None where no gradient was taken.
     grad_map: list[list[list[float]]] | None = None
+    # The judge's p per sample on the same decoded x̂0 (None: no judge, or not measured); it drove the schedule.
+    judge_confidence: list[float] | None = None
 
 
 # TraceStep columns that hold one value per sample of the batch.
-PER_SAMPLE = ("classifier_scale", "confidence", "grad_norm", "gated", "nan_skipped", "grad_map")
+PER_SAMPLE = ("classifier_scale", "confidence", "grad_norm", "gated", "nan_skipped", "grad_map", "judge_confidence")
 MAP_SIZE = 16  # side of a saved gradient map (smaller latents keep their own size)
 PREVIEW_SIZE = 32  # side of the decoded x̂0 thumbnail the maps are drawn on
 
@@ -97,6 +102,8 @@ class Trace:
     preview: list | None = None  # per sample the decoded x̂0 of the latest step with a gradient map (see `preview`)
     # What decoded x̂0 for the classifier, e.g. "vae (AutoencoderKL)" or "guidance_vae (TAESD)"; None: no classifier.
     guidance_decoder: str | None = None
+    # What judged (`Guide(..., judge_name=...)`); set: `judge_confidence` drove the ramp, the gate and measure_every.
+    judge: str | None = None
 
     def add(self, step: TraceStep) -> None:
         self.steps.append(step)
@@ -118,7 +125,7 @@ class Trace:
             # one target for the whole batch is everyone's target
             target = None if self.target is None else [self.target[b if len(self.target) > 1 else 0]]
             out.append(Trace(steps, self.schedule, target, self.class_names,
-                             None if self.preview is None else [self.preview[b]], self.guidance_decoder))
+                             None if self.preview is None else [self.preview[b]], self.guidance_decoder, self.judge))
         return out
 
     # ------------------------------------------------------------------ summaries
@@ -127,19 +134,39 @@ class Trace:
         return self.schedule.get("stage_boundary")
 
     def final_confidence(self) -> list[float] | None:
+        """The guide's p per sample at the last measured step (None: never measured)."""
         for s in reversed(self.steps):
             if s.confidence is not None:
                 return s.confidence
+        return None
+
+    def final_judge_confidence(self) -> list[float] | None:
+        """The judge's p per sample at the last measured step (None: no judge, or never measured)."""
+        for s in reversed(self.steps):
+            if s.judge_confidence is not None:
+                return s.judge_confidence
+        return None
+
+    def fooling_gap(self) -> list[float] | None:
+        """Per sample p_guide − p_judge at the last step both measured: how far the guide believes what it
+        pushed beyond what a classifier that did not guide sees (None without a judge)."""
+        for s in reversed(self.steps):
+            if s.judge_confidence is not None and s.confidence is not None:
+                return [g - j for g, j in zip(s.confidence, s.judge_confidence)]
         return None
 
     def summary(self) -> dict[str, Any]:
         stage2 = [s for s in self.steps if s.stage == 2]
         gated = sum(sum(s.gated) for s in self.steps)
         guided = sum(sum(1 for w in s.classifier_scale if w > 0) for s in self.steps)
-        return {"steps": len({s.index for s in self.steps}), "evaluations": len(self.steps),
-                "stage2_evaluations": len(stage2), "gated_sample_steps": gated, "guided_sample_steps": guided,
-                "nan_skipped": sum(sum(s.nan_skipped) for s in self.steps),
-                "final_confidence": self.final_confidence(), "seconds": sum(s.seconds for s in self.steps)}
+        out = {"steps": len({s.index for s in self.steps}), "evaluations": len(self.steps),
+               "stage2_evaluations": len(stage2), "gated_sample_steps": gated, "guided_sample_steps": guided,
+               "nan_skipped": sum(sum(s.nan_skipped) for s in self.steps),
+               "final_confidence": self.final_confidence(), "seconds": sum(s.seconds for s in self.steps)}
+        if self.judge is not None:  # only judged runs: a trace without a judge keeps its bytes
+            out["final_judge_confidence"] = self.final_judge_confidence()
+            out["fooling_gap"] = self.fooling_gap()
+        return out
 
     def grad_maps(self, sample: int = 0) -> list[tuple[int, float, np.ndarray]]:
         """(step index, π, map [h,w]) of every row with a saved gradient map, for one sample."""
@@ -158,6 +185,8 @@ class Trace:
                 "steps": [_row(s) for s in self.steps]}
         if self.preview is not None:
             data["preview"] = self.preview
+        if self.judge is not None:
+            data["judge"] = self.judge
         return data
 
     def to_json(self, **kw: Any) -> str:
@@ -167,7 +196,7 @@ class Trace:
     def from_dict(cls, data: dict[str, Any]) -> "Trace":
         return cls(steps=[TraceStep(**s) for s in data.get("steps", [])], schedule=data.get("schedule", {}),
                    target=data.get("target"), class_names=data.get("class_names"), preview=data.get("preview"),
-                   guidance_decoder=data.get("guidance_decoder"))
+                   guidance_decoder=data.get("guidance_decoder"), judge=data.get("judge"))
 
     @classmethod
     def from_json(cls, text: str) -> "Trace":
@@ -179,8 +208,9 @@ class Trace:
     # ------------------------------------------------------------------ plot
     def plot(self, path: str | Path | None = None, size: tuple[int, int] = (768, 432), title: str | None = None
              ) -> np.ndarray:
-        """Confidence and the three strengths against π, stage boundary dashed, gated steps marked; below, when
-        the trace has gradient maps, a strip of them (sample 0) upsampled onto the decoded x̂0.
+        """Confidence and the three strengths against π, stage boundary dashed, gated steps marked; a judged run
+        draws p_guide and p_judge with their gap (the fooling) shaded. Below, when the trace has gradient maps, a
+        strip of them (sample 0) upsampled onto the decoded x̂0.
 
         Returns the image as HxWx3 uint8 (and writes a PNG when `path` is given).
         """
@@ -201,18 +231,10 @@ class Trace:
         rows = self.steps
         pi = np.array([s.progress for s in rows])
         if rows:
-            conf = [s.confidence for s in rows]
-            measured = [i for i, c in enumerate(conf) if c is not None]
-            if measured:
-                c = np.array([conf[i] for i in measured])  # [n, B]
-                x = pi[measured]
-                for b in range(c.shape[1]):
-                    ax.plot(x, c[:, b], color="tab:green", alpha=0.25 if c.shape[1] > 1 else 1.0, lw=1)
-                ax.plot(x, c.mean(1), color="tab:green", lw=2, label="confidence p")
-                gated = [i for i in measured if any(rows[i].gated)]
-                if gated:
-                    ax.scatter(pi[gated], [np.mean(conf[i]) for i in gated], marker="x", color="black",
-                               zorder=5, label="gated (no backward)")
+            if any(s.judge_confidence is not None for s in rows):
+                _plot_judged(ax, rows, pi)
+            else:
+                _plot_confidence(ax, rows, pi)
             ax.plot(pi, [s.contour for s in rows], color="tab:orange", lw=2, drawstyle="steps-post", label="contour λ")
             ax2.plot(pi, [s.cfg for s in rows], color="tab:blue", lw=2, drawstyle="steps-post", label="text cfg w_txt")
             ax2.plot(pi, [float(np.mean(s.classifier_scale)) for s in rows], color="tab:red", lw=2,
@@ -263,13 +285,55 @@ class Trace:
             a.set_title(f"|g| step {index}\nπ={pi:.2f}", fontsize=6)
 
 
+def _plot_confidence(ax, rows: list[TraceStep], pi: np.ndarray) -> None:
+    """The guide's p per sample (thin) and its batch mean (thick), gated steps ×."""
+    conf = [s.confidence for s in rows]
+    measured = [i for i, c in enumerate(conf) if c is not None]
+    if measured:
+        c = np.array([conf[i] for i in measured])  # [n, B]
+        x = pi[measured]
+        for b in range(c.shape[1]):
+            ax.plot(x, c[:, b], color="tab:green", alpha=0.25 if c.shape[1] > 1 else 1.0, lw=1)
+        ax.plot(x, c.mean(1), color="tab:green", lw=2, label="confidence p")
+        gated = [i for i in measured if any(rows[i].gated)]
+        if gated:
+            ax.scatter(pi[gated], [np.mean(conf[i]) for i in gated], marker="x", color="black",
+                       zorder=5, label="gated (no backward)")
+
+
+def _plot_judged(ax, rows: list[TraceStep], pi: np.ndarray) -> None:
+    """A judged run: the guide's p and the judge's p (which drove the schedule), batch means thick, the
+    gap between them shaded (the guide's fooling, per step), gated steps × on the judge's curve."""
+    measured = [i for i, s in enumerate(rows) if s.confidence is not None and s.judge_confidence is not None]
+    if not measured:
+        return
+    x = pi[measured]
+    guide = np.array([rows[i].confidence for i in measured])  # [n, B]
+    judge = np.array([rows[i].judge_confidence for i in measured])
+    thin = 0.25 if guide.shape[1] > 1 else None
+    for values, color, label in ((guide, JUDGE_COLORS[0], "p_guide (the guide's own)"),
+                                 (judge, JUDGE_COLORS[1], "p_judge (drives the schedule)")):
+        if thin:
+            for b in range(values.shape[1]):
+                ax.plot(x, values[:, b], color=color, alpha=thin, lw=1)
+        ax.plot(x, values.mean(1), color=color, lw=2, label=label)
+    ax.fill_between(x, judge.mean(1), guide.mean(1), where=guide.mean(1) >= judge.mean(1), color=JUDGE_COLORS[2],
+                    alpha=0.18, lw=0, label="fooling gap", interpolate=True)
+    gated = [i for i in measured if any(rows[i].gated)]
+    if gated:
+        ax.scatter(pi[gated], [np.mean(rows[i].judge_confidence) for i in gated], marker="x", color="black",
+                   zorder=5, label="gated (no backward)")
+
+
+JUDGE_COLORS = ("tab:green", "tab:purple", "tab:red")  # p_guide, p_judge, the gap between them
 STRIP_HEIGHT = 110  # px added below the chart for the gradient-map strip
 MAX_MAPS = 8
 
 
 def _row(step: TraceStep) -> dict[str, Any]:
-    """A trace row as JSON; `grad_map` only where one was saved (traces without maps read as before)."""
+    """A trace row as JSON; `grad_map` and `judge_confidence` only where saved (other traces read as before)."""
     d = dataclasses.asdict(step)
-    if d["grad_map"] is None:
-        del d["grad_map"]
+    for key in ("grad_map", "judge_confidence"):
+        if d[key] is None:
+            del d[key]
     return d
