@@ -183,3 +183,23 @@ def test_other_diffusers_schedulers_run_the_same_schedule(tiny_world, name):
     assert all((r.confidence is not None) == (r.stage == 2) for r in rows) and max(pis) > 0.7
     if name == "heun":  # two evaluations per step, the last (to σ = 0) one
         assert [r.index for r in rows] == [0, 0, 1, 1, 2, 2, 3]  # predictor + corrector
+
+
+@pytest.mark.slow
+def test_ddim_backend_with_a_judge_matches_reference_sampler(tiny_world):
+    """With a judge (issue 25; not the guide) the scheduler loop and the reference sampler give the same trace,
+    the judge's p that set the strengths included, and the same latent."""
+    schedule = Schedule.from_preset("higfa", classifier_scale=3.0)
+    noise = tiny_world.noise(2, seed=5)
+    g_backend, g_ref = (Guide(schedule, SmoothClassifier(), tiny_world.decode, target=[1, 2],
+                              judge=tiny_world.classifier, judge_name="tiny") for _ in range(2))
+    out = run_backend(tiny_world, ddim(set_alpha_to_one=True), g_backend, noise)
+    sigmas = tiny_world.noise_schedule.sample_sigmas(STEPS)
+    s0 = float(sigmas[0])
+    ref = sample(tiny_world.denoiser, noise * (math.sqrt(1 + s0**2) / s0), sigmas, g_ref)
+    assert_same_trace(out.trace, ref.trace)
+    judged = [(a, b) for a, b in zip(out.trace.steps, ref.trace.steps) if a.confidence is not None]
+    assert judged and all(a.judge_confidence == pytest.approx(b.judge_confidence, abs=1e-4) for a, b in judged)
+    assert all(a.judge_confidence != a.confidence for a, _ in judged)  # a judge other than the guide
+    assert rel_err(out.latent, ref.latent) < 1e-5
+    assert out.trace.judge == ref.trace.judge == "tiny"

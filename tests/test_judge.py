@@ -299,3 +299,4 @@ def test_map_targets_matches_class_names():
         map_targets([2], guide, ["red finch"])
     with pytest.raises(ValueError, match="target class index 5 is out of range"):
         map_targets([5], None, judge)
+
