@@ -1,0 +1,163 @@
+"""Tiny random-init stand-ins (Route A) for the model families beyond SD 1.x EPS: an SDXL-class UNet
+(EPS, SDXL latent format, pooled text + size ids through `adm`), an SD 1.x v-prediction UNet and an
+SD3-class MMDiT (flow matching, CONST sampling, 16-channel latents, shift 3), each with the family's own
+ControlNet class and a VAE of its latent width. ComfyUI's own model classes (model_base.SDXL / BaseModel /
+SD3, cldm and mmdit ControlNets) at a size a 2-core CPU samples in well under a second.
+
+Text conditioning is made directly (seeded tensors of the family's shapes), not by a text encoder: the
+tests compare guiders on identical conditioning, and the SDXL / SD3 text encoders have no tiny config.
+Call these under torch.inference_mode(), as loader nodes run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from testpack.tiny import UNET_CONFIG, VAE_DDCONFIG, init_weights
+
+CONTEXT = 32  # width of the text tokens
+POOLED = 32  # width of the pooled text vector (SDXL, SD3)
+TOKENS = 8
+
+SDXL_UNET = {**UNET_CONFIG, "adm_in_channels": POOLED + 6 * 256,  # pooled text + 6 size/crop ids of 256
+             "num_classes": "sequential"}
+SD3_MMDIT = dict(in_channels=16, out_channels=16, patch_size=2, depth=2, input_size=None, adm_in_channels=POOLED,
+                 context_embedder_config={"target": "torch.nn.Linear",
+                                          "params": {"in_features": CONTEXT, "out_features": 128}},
+                 num_patches=64, pos_embed_max_size=8, pos_embed_scaling_factor=None, qk_norm=None,
+                 x_block_self_attn_layers=[])
+
+
+@dataclass
+class Family:
+    name: str
+    sampling: str  # what HiGFA must read from its model_sampling
+    model: object  # ModelPatcher
+    vae: object
+    control_net: object
+    positive: list
+    negative: list
+    channels: int
+
+
+def family(name: str, seed: int = 0) -> Family:
+    build = {"sdxl": _sdxl, "sd1_vpred": _sd1_vpred, "sd3": _sd3}[name]
+    return build(seed)
+
+
+def _patcher(model):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def _conds(seed: int, pooled: bool) -> tuple[list, list]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(2):
+        extra = {"pooled_output": torch.randn(1, POOLED, generator=g)} if pooled else {}
+        out.append([[torch.randn(1, TOKENS, CONTEXT, generator=g), extra]])
+    return out[0], out[1]
+
+
+def _vae(seed: int, channels: int):
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    dd = {**VAE_DDCONFIG, "z_channels": channels}
+    ae = init_weights(AutoencoderKL(ddconfig=dd, embed_dim=channels), seed)
+    vae = comfy.sd.VAE(sd=ae.state_dict(), config={"params": {"ddconfig": dd, "embed_dim": channels}},
+                       dtype=torch.float32)
+    vae.latent_channels = channels  # a config-built VAE assumes 4
+    return vae
+
+
+def _unet_model(config_class, model_class, unet: dict, seed: int, **kw):
+    cfg = config_class({**unet, "dtype": torch.float32})
+    cfg.set_inference_dtype(torch.float32, None)
+    model = model_class(cfg, device=torch.device("cpu"), **kw)
+    init_weights(model.diffusion_model, seed)
+    return model
+
+
+def _cldm(unet: dict, seed: int):
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management as mm
+    import comfy.ops
+
+    keys = ("in_channels", "model_channels", "num_res_blocks", "channel_mult", "transformer_depth",
+            "transformer_depth_middle", "use_spatial_transformer", "context_dim", "legacy", "use_linear_in_transformer",
+            "adm_in_channels", "use_checkpoint", "image_size", "num_classes")
+    config = {k: unet[k] for k in keys if k in unet}
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, num_heads=2, dtype=torch.float32, device=torch.device("cpu"),
+                                     operations=comfy.ops.disable_weight_init, **config)
+    init_weights(net, seed)
+    return comfy.controlnet.ControlNet(net, load_device=mm.get_torch_device())
+
+
+def _sdxl(seed: int) -> Family:
+    import comfy.model_base
+    import comfy.supported_models
+
+    class TinySDXL(comfy.supported_models.SDXL):
+        unet_config = SDXL_UNET
+        unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
+
+    model = _unet_model(TinySDXL, comfy.model_base.SDXL, SDXL_UNET, seed)
+    return Family("sdxl", "eps", _patcher(model), _vae(seed + 2, 4), _cldm(SDXL_UNET, seed + 3),
+                  *_conds(seed + 1, pooled=True), 4)
+
+
+def _sd1_vpred(seed: int) -> Family:
+    import comfy.latent_formats
+    import comfy.model_base
+    import comfy.supported_models_base
+
+    class TinySDv(comfy.supported_models_base.BASE):
+        unet_config = UNET_CONFIG
+        unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
+        latent_format = comfy.latent_formats.SD15
+
+    model = _unet_model(TinySDv, comfy.model_base.BaseModel, UNET_CONFIG, seed,
+                        model_type=comfy.model_base.ModelType.V_PREDICTION)
+    return Family("sd1_vpred", "v_prediction", _patcher(model), _vae(seed + 2, 4), _cldm(UNET_CONFIG, seed + 3),
+                  *_conds(seed + 1, pooled=False), 4)
+
+
+def _sd3(seed: int) -> Family:
+    import comfy.cldm.mmdit
+    import comfy.controlnet
+    import comfy.latent_formats
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.ops
+    import comfy.supported_models
+
+    class TinySD3(comfy.supported_models.SD3):
+        unet_config = SD3_MMDIT
+
+    model = _unet_model(TinySD3, comfy.model_base.SD3, SD3_MMDIT, seed)
+    _fill_buffers(model.diffusion_model, seed)
+    net = comfy.cldm.mmdit.ControlNet(num_blocks=2, control_latent_channels=16, dtype=torch.float32,
+                                      device=torch.device("cpu"), operations=comfy.ops.disable_weight_init,
+                                      **SD3_MMDIT)
+    init_weights(net, seed + 3)
+    _fill_buffers(net, seed + 3)
+    latent_format = comfy.latent_formats.SD3()
+    latent_format.shift_factor = 0  # as comfy.controlnet.load_controlnet_mmdit does for SD3 ControlNets
+    cnet = comfy.controlnet.ControlNet(net, compression_ratio=1, latent_format=latent_format,
+                                       load_device=mm.get_torch_device())
+    return Family("sd3", "const", _patcher(model), _vae(seed + 2, 16), cnet, *_conds(seed + 1, pooled=True), 16)
+
+
+def _fill_buffers(module: torch.nn.Module, seed: int) -> None:
+    """MMDiT's pos_embed is an uninitialised buffer (a real checkpoint stores it): fill it too."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, b in module.named_buffers():
+            if name.endswith("pos_embed"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.02)
