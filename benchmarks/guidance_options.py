@@ -7,7 +7,7 @@ oracle species / family accuracy, the guide's species accuracy on the same image
 (`Render.masks`, moved by the same contour-transform draw as the contour the sample follows), averaged over the
 guided steps (`grad_map` is switched on for this; it only observes).
 
-    python benchmarks/guidance_options.py --shots 2 --config views=4 --config views=4,classifier_scale=4
+    python -m benchmarks.guidance_options --shots 2 --config views=4 --config views=4,classifier_scale=4
 
 Writes --out (and prints a table). benchmarks/results/guidance_options.json collects the runs that chose the
 `higfa-robust` preset (docs/method.md, docs/quality.md). Not run by `make test`.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -25,26 +24,21 @@ import cv2
 import numpy as np
 import torch
 
+from higfa.classifier import load_classifier
+from higfa.contour import ContourTransform
+from higfa.schedule import Schedule
+from higfa.training import predict
+from higfa.world.models import load_world
+
+from .quality.arms import BENCH_DECODER, parse_overrides
+from .seeds import CONTOUR, NOISE, item_seed
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from quality_arms import BENCH_DECODER, _overrides  # noqa: E402
-
-from higfa.classifier import load_classifier  # noqa: E402
-from higfa.contour import ContourTransform  # noqa: E402
-from higfa.schedule import Schedule  # noqa: E402
-from higfa.training import predict  # noqa: E402
-from higfa.world.models import load_world  # noqa: E402
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0])
 
 
 def _config(text: str) -> dict:
     """--config FIELD=V[,FIELD=V] -> typed Schedule overrides (the quality bench's parser)."""
-    return _overrides(filter(None, text.split(",")), "--config")
+    return parse_overrides(filter(None, text.split(",")), "--config")
 
 
 def run(models, sources, masks, overrides: dict, steps: int, batch: int, seed: int) -> dict:
@@ -53,10 +47,10 @@ def run(models, sources, masks, overrides: dict, steps: int, batch: int, seed: i
     images, inside, t0 = [], [], time.perf_counter()
     for b in range(0, len(sources.labels), batch):
         idx = list(range(b, min(b + batch, len(sources.labels))))
-        contour_seeds = [_seed(seed, 1, i, 0) for i in idx]
+        contour_seeds = [item_seed(seed, CONTOUR, i, 0) for i in idx]
         contours = models.contours(sources.images[idx], contour_seeds, transform)
         gen = models.generate(schedule, [int(sources.labels[i]) for i in idx], contours,
-                              [_seed(seed, 2, i, 0) for i in idx], steps, guidance_decoder=BENCH_DECODER)
+                              [item_seed(seed, NOISE, i, 0) for i in idx], steps, guidance_decoder=BENCH_DECODER)
         images.append(gen.images)
         for j, (i, trace) in enumerate(zip(idx, gen.result.trace.split(len(idx)))):
             h, w = masks[i].shape

@@ -5,7 +5,7 @@ per species it was trained on (no extra data) plus their decoded x̂0 at stage-2
 without small-ε PGD, and measures each guide on the 800 real test images and on the decoded x̂0 of
 those test images noised to stage-2 levels (one view each, other seeds than training):
 
-    nice -n 10 python benchmarks/tune_guide.py            # -> benchmarks/results/tune_guide.json
+    nice -n 10 python -m benchmarks.tune_guide            # -> benchmarks/results/tune_guide.json
 
 A tuned guide is written to higfa/world/assets/guidance_tuned.safetensors (+ .json) only when it is
 at least as good as the shipped one on clean test images and better on x̂0 (--write). The shipped
@@ -17,21 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from higfa.classifier import load_classifier, provenance, save_classifier
+from higfa.jobs.tuning import load_tuning_model, tune_classifier, x0_predictions
+from higfa.schedule import Schedule
+from higfa.training import evaluate
+from higfa.world.birds import ASSETS, TinyBirds
 
-from higfa.classifier import load_classifier, save_classifier  # noqa: E402
-from higfa.jobs.labelled import provenance  # noqa: E402
-from higfa.schedule import Schedule  # noqa: E402
-from higfa.training import evaluate  # noqa: E402
-from higfa.jobs.tuning import load_tuning_model, tune_classifier, x0_predictions  # noqa: E402
-from higfa.world.birds import ASSETS, TinyBirds  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

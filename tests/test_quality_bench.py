@@ -1,30 +1,26 @@
-"""benchmarks/quality.py end to end on a tiny budget: the results file's keys, scorers, caches, the report."""
+"""The quality bench (`python -m benchmarks.quality`) end to end on a tiny budget: the results file's keys, scorers,
+caches, the report; and its cache keys, unchanged since the bench was one file."""
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from benchmarks.quality import arms, guides
+from benchmarks.quality import run as quality
+from benchmarks.quality.report import NOTES_MARKER
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("quality_bench", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_results_scorers_and_caches(quality, tmp_path):
+def test_results_scorers_and_caches(tmp_path):
     out, results, doc = tmp_path / "out", tmp_path / "quality.json", tmp_path / "quality.md"
     args = ["--shots", "2", "--fidelity-shots", "1", "--steps", "3", "--presets", "cfg", "higfa",
             "--extra", "oracle-guided=higfa,classifier_scale=3,guide=oracle", "--downstream", "cfg", "higfa",
             "--downstream-shots", "2", "1", "--seeds", "0", "1", "--epochs", "2", "--test-per-class", "2",
             "--threads", "1", "--out", str(out), "--results", str(results), "--doc", str(doc)]
-    doc.write_text("old table\n" + quality.NOTES_MARKER + "\nmy notes\n")
+    doc.write_text("old table\n" + NOTES_MARKER + "\nmy notes\n")
     assert quality.main(args) == 0
     r = json.loads(results.read_text())
     assert set(r["presets"]) == {"cfg", "higfa", "oracle-guided"}
@@ -82,30 +78,30 @@ def test_results_scorers_and_caches(quality, tmp_path):
     assert json.loads(results.read_text())["downstream"] == r["downstream"]
 
 
-def test_bad_arms_name_the_option(quality):
+def test_bad_arms_name_the_option():
     with pytest.raises(ValueError, match="--sweep 'classifier_scale'"):
-        quality._sweeps(["classifier_scale"])
+        arms.parse_sweeps(["classifier_scale"])
     with pytest.raises(ValueError, match="--set 'no_such_field=1'"):
-        quality._overrides(["no_such_field=1"])
+        arms.parse_overrides(["no_such_field=1"])
     with pytest.raises(ValueError, match="--extra 'x=nopreset'.*higfa-tuned"):
-        quality._extra("x=nopreset", {})
-    assert quality._extra("t=higfa-tuned,guide=boot:higfa,tune=0.03", {}).preset == "higfa-tuned"  # any preset
-    arm = quality._extra("v=higfa,classifier_scale=2,guide=oracle", {"stage_boundary": 0.5})
+        arms.parse_extra("x=nopreset", {})
+    assert arms.parse_extra("t=higfa-tuned,guide=boot:higfa,tune=0.03", {}).preset == "higfa-tuned"  # any preset
+    arm = arms.parse_extra("v=higfa,classifier_scale=2,guide=oracle", {"stage_boundary": 0.5})
     assert (arm.preset, arm.guide) == ("higfa", "oracle")
     assert arm.overrides == {"stage_boundary": 0.5, "classifier_scale": 2.0}
-    arm = quality._extra("f=higfa-robust,filter=x.safetensors,filter_threshold=0.7", {})
+    arm = arms.parse_extra("f=higfa-robust,filter=x.safetensors,filter_threshold=0.7", {})
     assert (arm.preset, arm.filter, arm.filter_threshold, arm.overrides) == ("higfa-robust", "x.safetensors", 0.7, {})
     with pytest.raises(ValueError, match="must be a classifier that did not guide"):
-        quality._extra("f=higfa,guide=x.safetensors,filter=x.safetensors", {})
+        arms.parse_extra("f=higfa,guide=x.safetensors,filter=x.safetensors", {})
     shipped = ROOT / "higfa" / "world" / "assets" / "guidance.safetensors"
     with pytest.raises(ValueError, match="must be a classifier that did not guide"):  # the default guide, by path
-        quality._extra(f"f=higfa,filter={shipped}", {})
-    assert quality._extra(f"f=higfa,guide=boot:higfa,filter={shipped}", {}).filter == str(shipped)
+        arms.parse_extra(f"f=higfa,filter={shipped}", {})
+    assert arms.parse_extra(f"f=higfa,guide=boot:higfa,filter={shipped}", {}).filter == str(shipped)
     with pytest.raises(ValueError, match="not the arm itself"):
-        quality._extra("b=higfa,guide=boot:b", {})
+        arms.parse_extra("b=higfa,guide=boot:b", {})
 
 
-def test_a_filtered_arm_keeps_only_what_its_judge_accepts(quality, tmp_path):
+def test_a_filtered_arm_keeps_only_what_its_judge_accepts(tmp_path):
     """filter=PATH: a classifier that did not guide scores the arm's images; downstream uses only those it
     accepts, and the arm's record says how many and how right they are (by the world oracle)."""
     judge = ROOT / "higfa" / "world" / "assets" / "guidance_robust.safetensors"
@@ -131,8 +127,8 @@ def test_a_filtered_arm_keeps_only_what_its_judge_accepts(quality, tmp_path):
     assert r["downstream"]["saspa"]["real+judged"]["synthetic_images"] == round(f["kept"] * 64)  # 2 per source
 
 
-def _one_source_run(quality, extra: str | None, tmp_path: Path) -> tuple[list[str], Path, dict]:
-    """Runs quality.py on `higfa` (+ one extra arm), one source per species, 2 steps, no downstream:
+def _one_source_run(extra: str | None, tmp_path: Path) -> tuple[list[str], Path, dict]:
+    """Runs the bench on `higfa` (+ one extra arm), one source per species, 2 steps, no downstream:
     (its arguments, its cache folder, its presets section)."""
     out, results = tmp_path / "o", tmp_path / "quality.json"
     args = ["--shots", "1", "--steps", "2", "--presets", "higfa", *(["--extra", extra] if extra else []),
@@ -142,13 +138,11 @@ def _one_source_run(quality, extra: str | None, tmp_path: Path) -> tuple[list[st
     return args, out, json.loads(results.read_text())["presets"]
 
 
-def test_a_boot_arm_trains_its_guide_on_the_first_rounds_images(quality, tmp_path, monkeypatch):
+def test_a_boot_arm_trains_its_guide_on_the_first_rounds_images(tmp_path, monkeypatch):
     """guide=boot:ARM: a second-round guide trained (few-shot images + ARM's variants, SaSPA weights) inside the
     run, cached under what ARM's images were; it guides and judges its own arm, and retrains when ARM changes."""
-    import quality_arms
-
-    monkeypatch.setitem(quality_arms.BOOT, "steps", 3)
-    args, out, r = _one_source_run(quality, "second=higfa,guide=boot:higfa", tmp_path)
+    monkeypatch.setitem(guides.BOOT, "steps", 3)
+    args, out, r = _one_source_run("second=higfa,guide=boot:higfa", tmp_path)
     assert r["second"]["guided_by"] == "boot:higfa" and 0 <= r["second"]["guide_species"] <= 1
     guide = out / "guide-boot-higfa.safetensors"  # one per first round: arms with the same boot:ARM share it
     key = json.loads(guide.with_suffix(".key.json").read_text())
@@ -161,18 +155,16 @@ def test_a_boot_arm_trains_its_guide_on_the_first_rounds_images(quality, tmp_pat
         quality.main([a.replace("boot:higfa", "boot:cfg") for a in args])
 
 
-def test_a_tuned_arm_guides_with_its_guide_tuned_by_tune_classifier(quality, tmp_path, monkeypatch):
+def test_a_tuned_arm_guides_with_its_guide_tuned_by_tune_classifier(tmp_path, monkeypatch):
     """tune=EPS: the arm's guide (here a second-round guide) is first tuned by `higfa tune-classifier
     --adversarial EPS` on the few-shot images; the tuned one guides and judges the arm, is cached beside its
     source, and untuned arms keep their cache keys."""
-    import quality_arms
-
     from higfa.classifier import load_classifier
 
-    monkeypatch.setitem(quality_arms.BOOT, "steps", 3)
-    monkeypatch.setitem(quality_arms.TUNE, "views", 1)
-    monkeypatch.setitem(quality_arms.TUNE, "epochs", 1)
-    args, out, r = _one_source_run(quality, "second=higfa,guide=boot:higfa,tune=0.03", tmp_path)
+    monkeypatch.setitem(guides.BOOT, "steps", 3)
+    monkeypatch.setitem(guides.TUNE, "views", 1)
+    monkeypatch.setitem(guides.TUNE, "epochs", 1)
+    args, out, r = _one_source_run("second=higfa,guide=boot:higfa,tune=0.03", tmp_path)
     assert r["second"]["guided_by"] == "boot:higfa+tune=0.03" and 0 <= r["second"]["guide_species"] <= 1
     tuned = out / "guide-boot-higfa-tune0.03.safetensors"
     prov = load_classifier(tuned).provenance
@@ -180,21 +172,21 @@ def test_a_tuned_arm_guides_with_its_guide_tuned_by_tune_classifier(quality, tmp
     assert prov["tuned_from"] == str(out / "guide-boot-higfa.safetensors")
     stamp = tuned.stat().st_mtime_ns
     assert quality.main(args) == 0 and tuned.stat().st_mtime_ns == stamp  # reused
-    settings = quality._gen_settings
+    settings = arms.gen_settings
     ns = argparse.Namespace(shots=10, per_source=1, steps=30, batch=32, seed=0, models=None)
-    assert "tune" not in settings(ns, quality._extra("a=higfa", {}))  # untuned arms: keys unchanged
-    assert settings(ns, quality._extra("a=higfa,tune=0", {}))["tune"]["adversarial"] == 0.0
+    assert "tune" not in settings(ns, arms.parse_extra("a=higfa", {}))  # untuned arms: keys unchanged
+    assert settings(ns, arms.parse_extra("a=higfa,tune=0", {}))["tune"]["adversarial"] == 0.0
     for bad, match in (("t=higfa,tune=-1", "must be a PGD ε >= 0"), ("t=higfa,tune=x", "must be a PGD ε >= 0"),
                        ("t=higfa,guide=oracle,tune=0.03", "diagnosis only")):
         with pytest.raises(ValueError, match=match):
-            quality._extra(bad, {})
+            arms.parse_extra(bad, {})
 
 
-def test_an_arm_another_process_cached_meanwhile_is_not_generated_again(quality, tmp_path, monkeypatch):
+def test_an_arm_another_process_cached_meanwhile_is_not_generated_again(tmp_path, monkeypatch):
     """Two processes may fill one cache (a --no-downstream prefill beside `make bench-quality`): an arm found stale
     at the start but cached by the time the run reaches it is loaded, not generated again."""
-    args, out, _ = _one_source_run(quality, None, tmp_path)
-    seen, cache_ok = set(), quality._cache_ok
+    args, out, _ = _one_source_run(None, tmp_path)
+    seen, cache_ok = set(), arms.cache_ok
 
     def stale_at_start(cache, settings):  # the first look misses it, as if the other process were still writing
         if cache in seen:
@@ -205,12 +197,12 @@ def test_an_arm_another_process_cached_meanwhile_is_not_generated_again(quality,
     def generate(*a, **k):
         raise AssertionError("generated again")
 
-    monkeypatch.setattr(quality, "_cache_ok", stale_at_start)
+    monkeypatch.setattr(quality, "cache_ok", stale_at_start)
     monkeypatch.setattr(quality, "generate", generate)
     assert quality.main(args) == 0 and seen == {out / "higfa.npz"}
 
 
-def test_cached_images_are_keyed_by_the_models_weights(quality, tmp_path):
+def test_cached_images_are_keyed_by_the_models_weights(tmp_path):
     """Retrained weights (`make train-world`) must never reuse the old weights' cached images or runs."""
     import argparse
     import shutil
@@ -220,19 +212,93 @@ def test_cached_images_are_keyed_by_the_models_weights(quality, tmp_path):
     folder = tmp_path / "world"
     shutil.copytree(ASSETS, folder)
     args = argparse.Namespace(shots=10, per_source=1, steps=30, batch=32, seed=0, models=folder)
-    arm = quality._extra("a=higfa", {})
-    before = quality._gen_settings(args, arm)
+    arm = arms.parse_extra("a=higfa", {})
+    before = arms.gen_settings(args, arm)
     (folder / "training.json").write_text("{}")  # metadata only: same key
     (folder / "checkpoints").mkdir()
     (folder / "checkpoints" / "diffusion.pt").write_bytes(b"resumable state")  # training state only: same key
-    quality.models_digest.cache_clear()
-    assert quality._gen_settings(args, arm) == before
+    arms.models_digest.cache_clear()
+    assert arms.gen_settings(args, arm) == before
     from higfa.world import tiny_decoder
     tiny = next((folder / tiny_decoder.FOLDER).glob("*.safetensors"))
     tiny.write_bytes(tiny.read_bytes()[:-2] + b"\x00\x01")  # the tiny decoder guides no bench arm
-    quality.models_digest.cache_clear()
-    assert quality._gen_settings(args, arm) == before and quality.BENCH_DECODER == "vae"
+    arms.models_digest.cache_clear()
+    assert arms.gen_settings(args, arm) == before and arms.BENCH_DECODER == "vae"
     unet = next((folder / "unet").glob("*.safetensors"))
     unet.write_bytes(unet.read_bytes()[:-2] + b"\x00\x01")  # one weight changed
-    quality.models_digest.cache_clear()
-    assert quality._gen_settings(args, arm)["models"] != before["models"]
+    arms.models_digest.cache_clear()
+    assert arms.gen_settings(args, arm)["models"] != before["models"]
+
+
+# `make bench-quality`'s arms (its command line) and the sha256 of every cache key the bench computes for them: each
+# arm's generation settings, the second-round and tuned guides' keys, the 125 downstream runs' keys, as the bench
+# computed them when it was one file (benchmarks/quality.py at e383034). A refactor that changed one would make the
+# next run regenerate, or retrain, what its cache holds. The value changes, rightly, with the shipped world's weights
+# (models_digest) or the bench's recipes (guides.BOOT, guides.TUNE, the downstream protocol).
+MAKE_BENCH_QUALITY_EXTRA = [
+    "higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/guidance_robust.safetensors",
+    "higfa-robust-pgd16=higfa-robust,views=16,guide=higfa/world/assets/guidance_robust.safetensors",
+    "higfa-robust-filtered=higfa-robust,filter=higfa/world/assets/guidance_robust.safetensors",
+    "higfa-oracle=higfa-robust,guide=oracle", "higfa-boot=higfa,guide=boot:higfa",
+    "higfa-boot-pgd=higfa-robust,guide=boot:higfa,tune=0.031",
+    "higfa-tuned-boot-pgd=higfa-tuned,guide=boot:higfa,tune=0.031",
+    "higfa-tuned-boot-pgd-filtered=higfa-tuned,guide=boot:higfa,tune=0.031,"
+    "filter=higfa/world/assets/guidance.safetensors",
+    "higfa-tuned-pgd=higfa-tuned,guide=higfa/world/assets/guidance_robust.safetensors"]
+MAKE_BENCH_QUALITY_DOWNSTREAM = ["cfg", "higfa", "higfa-robust", "higfa-robust-pgd", "higfa-robust-filtered",
+                                 "higfa-oracle", "higfa-boot", "higfa-boot-pgd", "higfa-tuned-boot-pgd",
+                                 "higfa-tuned-boot-pgd-filtered", "higfa-tuned-pgd"]
+MAKE_BENCH_QUALITY_KEYS = "dcf94b8e263cbef01a8e872e9f15ba44c4140f61507831ed8538dcc530f658bb"
+
+
+def test_make_bench_quality_cache_keys_are_those_of_the_one_file_bench(tmp_path, monkeypatch):
+    """Every key `make bench-quality` caches under, captured from a run that generates, trains and tunes nothing
+    (blank images, the shipped guide stands in for the trained ones, no downstream training)."""
+    import hashlib
+
+    import numpy as np
+
+    from benchmarks.quality import downstream
+
+    captured = {"boot": [], "tune": [], "downstream": [], "settings": {}}
+
+    def blank_images(models, arm, guide, sources, which, per_source, steps, batch, seed, bar):
+        src = np.repeat(np.asarray(which), per_source)
+        return {"images": np.zeros((len(src), 64, 64, 3), np.uint8), "contours": np.zeros((len(src), 64, 64), np.uint8),
+                "targets": np.asarray(sources.labels)[src], "source": src, "seconds": 0.0,
+                "guided_sample_steps": 0, "gated_sample_steps": 0}
+
+    def boot(models, real, first_round, alpha, cache, key):
+        captured["boot"].append(key)
+        return models.guidance
+
+    def tuned(model, source, eps, cache, key):
+        captured["tune"].append([model, Path(source).name, eps, Path(cache).name, key])
+
+    def no_training(todo, test, world, args):
+        captured["downstream"] += [task[0] for task in todo]
+        return iter(())
+
+    def settings_spy(args, world, generated, settings, test, bar):
+        captured["settings"] = json.loads(json.dumps(settings))
+        return run_downstream(args, world, generated, settings, test, bar)
+
+    run_downstream = quality.run_downstream
+    monkeypatch.setattr(quality, "generate", blank_images)
+    monkeypatch.setattr(quality, "boot_guide", boot)
+    monkeypatch.setattr(quality, "tuned_guide", tuned)
+    monkeypatch.setattr(quality, "run_downstream", settings_spy)
+    monkeypatch.setattr(downstream, "run_all", no_training)
+    monkeypatch.chdir(ROOT)  # the command line's relative paths, as `make` gives them
+    out = tmp_path / "out"
+    assert quality.main(["--threads", "1", "--extra", *MAKE_BENCH_QUALITY_EXTRA, "--downstream",
+                         *MAKE_BENCH_QUALITY_DOWNSTREAM, "--only-downstream", "--out", str(out),
+                         "--results", str(tmp_path / "q.json"), "--doc", ""]) == 0
+    settings = captured["settings"]
+    assert len(settings) == 14 and len(captured["boot"]) == 1 and len(captured["tune"]) == 1
+    assert len(captured["downstream"]) == 125  # 5 seeds x (10-shot: real, real20, 11 arms; 5-shot: real, 11 arms)
+    assert settings["higfa"]["models"].startswith("shipped#") and settings["higfa"]["sources"] == 160
+    assert settings["higfa-tuned-boot-pgd-filtered"]["guide"]["first_round"] == settings["higfa"]
+    keys = {"settings": settings, "boot": captured["boot"], "tune": captured["tune"],
+            "downstream": sorted(captured["downstream"])}
+    assert hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest() == MAKE_BENCH_QUALITY_KEYS

@@ -3,20 +3,19 @@ the whole-run arithmetic, the memory probe and the report. The SD-1.5-size run i
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.speed import sd15 as speed_sd15
+from benchmarks.speed.report import report
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 @pytest.fixture(scope="module")
 def sd():
-    import speed_sd15
-
     before = speed_sd15.CONFIGS
     speed_sd15.CONFIGS = ROOT / "tests" / "data" / "speed_configs"
     models = speed_sd15.build(speed_sd15.parts_for(speed_sd15.KINDS), "cpu", torch.float32)
@@ -47,12 +46,6 @@ def test_memory_probe_sees_the_backward(sd):
 
 
 def test_report_renders_every_section():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("higfa_bench_speed", ROOT / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
-
     sd15 = {"dtype": "fp32", "threads": 1, "rounds": 3, "steps": 30, "stage_boundary": 0.7, "stage1_steps": 20,
             "stage2_steps": 10, "per_plain_step": dict.fromkeys(("plain", "stage1", "guide_full", "guide_tiny",
                                                                   "gated_full", "gated_tiny"), 1.0),
@@ -61,5 +54,5 @@ def test_report_renders_every_section():
             "peak_memory_mb": {"plain": 300.0}, "ratio_full_vae": 1.8, "ratio_guidance_decoder": 1.05,
             "ratio_full_vae_half_gated": 1.6, "ratio_guidance_decoder_half_gated": 1.04,
             "ratio_full_vae_all_gated": 1.4, "stage1_ratio": 1.0, "stage1_ratio_per_round_median": 1.0}
-    text = speed.report({"machine": {}, "sd15": sd15})
+    text = report({"machine": {}, "sd15": sd15})
     assert "| no stage-2 step gated | **1.800** | **1.050** |" in text and "Not run: no GPU" in text

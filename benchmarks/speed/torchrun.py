@@ -1,6 +1,6 @@
 """Scale-out of `higfa augment` on the built-in world: torchrun with 2 processes vs one process, 1 thread each.
 
-    python benchmarks/speed_torchrun.py [--per-species 2] [--steps 30]
+    python -m benchmarks.speed.torchrun [--per-species 2] [--steps 30]
 
 Writes the world's few-shot images (`--per-species` per species) as an ImageFolder, then runs the same
 `higfa augment --model builtin` job once as one process (`--threads 1`) and once under
@@ -21,11 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from speed import write_part  # noqa: E402
+from .parts import OUTPUTS, ROOT, write_part
 
 
 def write_folder(root: Path, per_species: int) -> int:
@@ -90,7 +86,7 @@ def main(argv=None) -> int:
                    "start-up dominates: 32 images gave 1.53x)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "speed_torchrun.json")
+    p.add_argument("--out", type=Path, default=OUTPUTS / "speed_torchrun.json")
     args = p.parse_args(argv)
     result = measure(args)
     return write_part(args.out, result)

@@ -1,7 +1,7 @@
 """What HiGFA costs at Stable Diffusion 1.5 size: one step of each kind, then the whole-run ratio.
 
-    python benchmarks/speed_sd15.py [--rounds 3] [--threads 1]            # CPU, fp32 (part of `make bench`)
-    python benchmarks/speed_sd15.py --device cuda --dtype fp16 --runs     # `make bench-gpu`: whole runs, its/s
+    python -m benchmarks.speed.sd15 [--rounds 3] [--threads 1]            # CPU, fp32 (part of `make bench`)
+    python -m benchmarks.speed.sd15 --device cuda --dtype fp16            # the step costs on CUDA
 
 Models are random-init at the real sizes, built from the configs in benchmarks/configs/sd15/ (no download):
 UNet 860 M, ControlNet 361 M, VAE (decoder 50 M), TAESD (diffusers AutoencoderTiny), timm resnet50 (200 classes,
@@ -38,18 +38,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from higfa.backends.denoiser import DiffusersDenoiser, vae_decode
+from higfa.classifier import build_classifier
+from higfa.guidance import cfg_combine
+from higfa.guide import Guide
+from higfa.schedule import Schedule
+from higfa.sigmas import NoiseSchedule
 
-from speed import write_part  # noqa: E402
-
-from higfa.backends.denoiser import DiffusersDenoiser, vae_decode  # noqa: E402
-from higfa.classifier import build_classifier  # noqa: E402
-from higfa.guidance import cfg_combine  # noqa: E402
-from higfa.guide import Guide  # noqa: E402
-from higfa.schedule import Schedule  # noqa: E402
-from higfa.sigmas import NoiseSchedule  # noqa: E402
+from .parts import OUTPUTS, ROOT, write_part
 
 CONFIGS = ROOT / "benchmarks" / "configs" / "sd15"
 # Activation checkpointing of the full decoder's backward (`vae_decode(checkpoint=True)`), where this version has it.
@@ -211,9 +207,9 @@ def probes(kinds, args) -> dict:
     """Each kind's memory probe in a fresh process."""
     mem = {}
     for k in kinds:
-        cmd = [sys.executable, __file__, "--probe", k, "--device", args.device, "--dtype", args.dtype,
+        cmd = [sys.executable, "-m", __spec__.name, "--probe", k, "--device", args.device, "--dtype", args.dtype,
                "--threads", str(args.threads), "--configs", str(CONFIGS)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:  # -9: most often the kernel's OOM killer (the full VAE's backward needs ~6 GB)
             mem[k] = {"error": f"exit {out.returncode}" + (" (SIGKILL: out of memory?)" if out.returncode == -9
                                                            else ""), "stderr": out.stderr.strip()[-300:]}
@@ -278,7 +274,7 @@ def main(argv=None) -> int:
                                                           "machine)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"))
-    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "speed_sd15.json")
+    p.add_argument("--out", type=Path, default=OUTPUTS / "speed_sd15.json")
     p.add_argument("--configs", type=Path, default=CONFIGS, help="model configs (tests use smaller ones)")
     p.add_argument("--probe", choices=KINDS, help=argparse.SUPPRESS)
     p.add_argument("--reprobe", nargs="+", choices=KINDS, help="only redo these memory probes in --out")

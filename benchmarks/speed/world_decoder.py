@@ -1,6 +1,6 @@
 """The built-in world's tiny guidance decoder vs its full VAE decoder on the classifier path.
 
-    python benchmarks/speed_world_decoder.py [--per-species 8]
+    python -m benchmarks.speed.world_decoder [--per-species 8]
 
 Same sources, contour seeds and noise seeds for both decoders (paired): `--per-species` few-shot images per
 species, one image each (`--preset`, default `higfa`) (30 DDIM steps), guided by the world's few-shot classifier
@@ -14,26 +14,18 @@ the trace's stage-2 rows (whole step: model call + guidance). Writes outputs/ben
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from higfa.contour import ContourTransform
+from higfa.schedule import Schedule
+from higfa.world.models import load_world
 
-from speed import write_part  # noqa: E402
-
-from higfa.contour import ContourTransform  # noqa: E402
-from higfa.schedule import Schedule  # noqa: E402
-from higfa.world.models import load_world  # noqa: E402
-
-
-def _seed(*parts: int) -> int:  # as benchmarks/quality.py
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0])
+from ..seeds import CONTOUR, NOISE, item_seed
+from .parts import OUTPUTS, write_part
 
 
 def run(models, sources, decoder: str, batch: int, preset: str = "higfa") -> dict:
@@ -43,8 +35,8 @@ def run(models, sources, decoder: str, batch: int, preset: str = "higfa") -> dic
     for b in range(0, len(sources), batch):
         idx = list(range(b, min(b + batch, len(sources))))
         tg = [int(sources.labels[i]) for i in idx]
-        contours = models.contours(sources.images[idx], [_seed(0, 1, i, 0) for i in idx], ContourTransform())
-        gen = models.generate(Schedule.from_preset(preset), tg, contours, [_seed(0, 2, i, 0) for i in idx],
+        contours = models.contours(sources.images[idx], [item_seed(0, CONTOUR, i, 0) for i in idx], ContourTransform())
+        gen = models.generate(Schedule.from_preset(preset), tg, contours, [item_seed(0, NOISE, i, 0) for i in idx],
                               guidance_decoder=decoder)
         images.append(gen.images)
         stage2 += [r.seconds for r in gen.result.trace.steps if r.stage == 2]
@@ -65,7 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--preset", default="higfa", help="schedule preset (default higfa)")
-    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "speed_world_decoder.json")
+    p.add_argument("--out", type=Path, default=OUTPUTS / "speed_world_decoder.json")
     p.add_argument("--models", type=Path, default=None,
                    help="world models folder (default: the shipped ones), e.g. a candidate tiny decoder's")
     args = p.parse_args(argv)

@@ -1,4 +1,5 @@
-"""The arms of the quality bench (benchmarks/quality.py): presets, extra arms, overrides, the generation cache key."""
+"""The arms of the quality bench (`python -m benchmarks.quality`): presets, extra arms, schedule overrides, and what
+each arm's images are cached under (`plan_arms`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from higfa.contour import ContourTransform
 from higfa.schedule import PRESETS as SCHEDULE_PRESETS
 from higfa.schedule import Schedule
 from higfa.world.birds import ASSETS
+
+from .guides import BOOT, TUNE
 
 # the arms every run has (--presets); an --extra arm may start from any schedule preset (higfa.schedule.PRESETS)
 PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa", "higfa-robust")
@@ -52,7 +55,7 @@ def guide_file(guide: str, models_path: Path) -> Path:
     return models_path / "guidance.safetensors" if guide == "guidance" else Path(guide)
 
 
-def _extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
+def parse_extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
     """NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,filter=PATH[,filter_threshold=T]] -> Arm (guides and
     filters named by file are compared with the world in `models_path`)."""
     name, _, rest = item.partition("=")
@@ -71,7 +74,7 @@ def _extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
             tune = float("nan")
         if not tune >= 0:  # NaN (not a number) fails too
             raise ValueError(f"--extra {item!r}: tune={own['tune']} must be a PGD ε >= 0 (0: tuned without PGD)")
-    arm = Arm(name, parts[0], base | _overrides(fields), own.get("guide", "guidance"), own.get("filter"),
+    arm = Arm(name, parts[0], base | parse_overrides(fields), own.get("guide", "guidance"), own.get("filter"),
               float(own.get("filter_threshold", 0.5)), tune)
     if arm.tune is not None and arm.guide == "oracle":
         raise ValueError(f"--extra {item!r}: tune= tunes a guide the product could have; the oracle is diagnosis only")
@@ -85,7 +88,7 @@ def _extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
     return arm
 
 
-def _overrides(items, option: str = "--set") -> dict:
+def parse_overrides(items, option: str = "--set") -> dict:
     """FIELD=VALUE items -> typed Schedule overrides; a bad item is named with the option it came from."""
     out = {}
     for item in items:
@@ -97,12 +100,12 @@ def _overrides(items, option: str = "--set") -> dict:
     return out
 
 
-def _sweeps(items) -> list[tuple[str, list]]:
+def parse_sweeps(items) -> list[tuple[str, list]]:
     """--sweep FIELD=V1,V2,... -> [(field, [typed values])]."""
     out = []
     for item in items:
         name, _, values = item.partition("=")
-        typed = [_overrides([f"{name}={v}"])[name] for v in values.split(",") if v] if values else []
+        typed = [parse_overrides([f"{name}={v}"])[name] for v in values.split(",") if v] if values else []
         if not typed:
             raise ValueError(f"--sweep {item!r}: use FIELD=V1,V2,... with a Schedule field")
         out.append((name, typed))
@@ -129,67 +132,10 @@ def models_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-# The second-round guide's recipe: the shipped guide's (docs/world.md: test_resnet, seed 20, noise/blur augmentation),
-# on the real few-shot images + the first round's variants drawn SaSPA style, twice the steps (3 x the images).
-BOOT = {"steps": 1000, "seed": 20, "noise": 0.03, "blur": 1.0}
-
-
-def boot_guide(models, real, first_round: dict, alpha: float, cache: Path, key: dict):
-    """A guide for a second round, from labels the few-shot set already has: `models.guidance`'s architecture
-    trained from scratch on `real` (a Split) + `first_round`'s images (targets, source index into `real`) with
-    SaSPA's replacement weights (`higfa train-classifier --synthetic` does the same on folders). Cached in
-    `cache` (+ .key.json) under `key`."""
-    import torch
-
-    from higfa.classifier import build_classifier, load_classifier, save_classifier
-    from higfa.jobs.evaluate import replacement_set
-    from higfa.training import Augment, train_classifier
-
-    if _cached_under(cache, key):
-        return load_classifier(cache).float()
-    g = first_round
-    x, y, w = replacement_set(real.images, real.labels, g["images"], g["targets"], g["source"], alpha)
-    shipped = models.guidance
-    torch.manual_seed(BOOT["seed"])
-    clf = build_classifier(shipped.architecture, shipped.class_names, models.world.image_size, mean=(0.5,) * 3,
-                           std=(0.5,) * 3)
-    clf = train_classifier(clf, x, y, steps=BOOT["steps"], seed=BOOT["seed"], weights=w,
-                           augment=Augment(noise=BOOT["noise"], blur=BOOT["blur"])).classifier
-    save_classifier(clf.half(), cache)
-    cache.with_suffix(".key.json").write_text(json.dumps(key, sort_keys=True))
-    return clf.float()
-
-
-def _cached_under(cache: Path, key: dict) -> bool:
-    """Is a guide written to `cache` by `boot_guide`/`tuned_guide` the one `key` describes (cache.key.json)?"""
-    key_file = cache.with_suffix(".key.json")
-    return cache.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key
-
-
-# The tuned guide's recipe: `higfa tune-classifier` as it made the shipped guidance_robust (docs/world.md), on the
-# few-shot images the guide already learnt from (no extra data).
-TUNE = {"data": "builtin:fewshot", "epochs": 4, "views": 8, "lr": 3e-4, "seed": 0}
-
-
-def tuned_guide(model: str, source: Path, eps: float, cache: Path, key: dict):
-    """`source` (a classifier file) tuned by `higfa tune-classifier --adversarial eps` with TUNE's recipe on the
-    world `model` (a folder or 'builtin'), written to `cache` (+ .json, + .key.json) and cached under `key`."""
-    from higfa.classifier import load_classifier
-    from higfa.jobs.cli import main as higfa
-
-    if not _cached_under(cache, key):
-        rc = higfa(["tune-classifier", str(source), "--data", TUNE["data"], "--model", model, "--adversarial",
-                    str(eps), "--epochs", str(TUNE["epochs"]), "--views", str(TUNE["views"]), "--lr", str(TUNE["lr"]),
-                    "--seed", str(TUNE["seed"]), "--no-progress", "--out", str(cache.with_suffix(""))])
-        if rc:
-            raise RuntimeError(f"tune-classifier {source} exited with {rc}")
-        cache.with_suffix(".key.json").write_text(json.dumps(key, sort_keys=True))
-    return load_classifier(cache).float()
-
-
-def _gen_settings(args, arm: Arm) -> dict:
+def gen_settings(args, arm: Arm) -> dict:
+    """What decides an arm's images (its cache key; `plan_arms` adds the sources and a boot guide's key)."""
     guide = arm.guide
-    if arm.boot_of is None and guide not in ("guidance", "oracle"):  # boot:ARM: keyed in quality.main
+    if arm.boot_of is None and guide not in ("guidance", "oracle"):  # boot:ARM: keyed in plan_arms
         guide = f"{guide}#{hashlib.sha256(Path(guide).read_bytes()).hexdigest()[:16]}"
     out = {"shots": args.shots, "per_source": args.per_source, "steps": args.steps, "batch": args.batch,
            "seed": args.seed, "contour_transform": ContourTransform().to_dict(), "preset": arm.preset,
@@ -203,12 +149,13 @@ def _gen_settings(args, arm: Arm) -> dict:
     return out
 
 
-def _images_key(settings: dict) -> dict:
+def images_key(settings: dict) -> dict:
     """What decides an arm's images: its settings but the confidence filter (it acts after generation)."""
     return {k: v for k, v in settings.items() if k != "filter"}
 
 
-def _cache_ok(cache: Path, settings: dict) -> bool:
+def cache_ok(cache: Path, settings: dict) -> bool:
+    """Does the image cache file hold images generated under `settings`?"""
     if not cache.is_file():
         return False
     try:
@@ -216,3 +163,56 @@ def _cache_ok(cache: Path, settings: dict) -> bool:
     except Exception:
         return False
     return meta.get("settings") == settings
+
+
+def build_arms(args, models_path: Path) -> list[Arm]:
+    """The run's arms in order: --presets, --extra, then --sweep (`higfa` with one field at each value), each with
+    the --set overrides; checks that --downstream names arms of the run and that a boot:ARM arm comes after ARM."""
+    base = parse_overrides(args.set)
+    arms = [Arm(pr, pr, base) for pr in args.presets] + [parse_extra(e, base, models_path) for e in args.extra]
+    arms += [Arm(f"{field}={value}", "higfa", base | {field: value}) for field, values in parse_sweeps(args.sweep)
+             for value in values]
+    unknown = sorted(set(args.downstream) - {a.name for a in arms})
+    if unknown:
+        raise ValueError(f"--downstream {unknown}: not an arm of this run; choose from {[a.name for a in arms]}")
+    names = [a.name for a in arms]
+    for i, a in enumerate(arms):
+        if a.boot_of is not None and a.boot_of not in names[:i]:
+            raise ValueError(f"--extra {a.name}: guide={a.guide} needs the arm {a.boot_of!r} earlier in this run "
+                             f"(its images train the guide); arms before it: {names[:i]}")
+    return arms
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a run generates, per arm name: its sources (indices into the few-shot split), its cache file and the
+    settings its images are cached under, the arm whose images it reuses (`twin`: same images, another
+    confidence filter) or None; per guide spec, the classifier file it is (a boot:ARM guide's once trained)."""
+    arms: list[Arm]
+    sources: dict[str, np.ndarray]
+    caches: dict[str, Path]
+    settings: dict[str, dict]
+    twin: dict[str, str | None]
+    guide_files: dict[str, Path]
+
+
+def plan_arms(args, arms: list[Arm], real, num_classes: int, models_path: Path) -> Plan:
+    """The Plan of `arms` on the few-shot split `real` (arms used downstream get all --shots sources per
+    species, the others --fidelity-shots)."""
+    # where each guide's file is (a boot:ARM guide's once it is trained): what a tune= arm tunes
+    guide_files = {a.guide: guide_file(a.guide, models_path) for a in arms if a.boot_of is None and a.guide != "oracle"}
+    few = min(args.fidelity_shots or args.shots, args.shots)
+    sources = {a.name: np.arange(len(real)) if a.name in args.downstream or few == args.shots else
+               np.concatenate([real.of_class(c)[:few] for c in range(num_classes)]) for a in arms}
+    caches = {a.name: args.out / f"{a.name}.npz" for a in arms}
+    settings = {a.name: gen_settings(args, a) | {"sources": len(sources[a.name])} for a in arms}
+    for a in arms:  # a second-round guide is keyed by its recipe and by what its first round's images were
+        if a.boot_of is not None:
+            settings[a.name]["guide"] = {"boot": a.boot_of, "recipe": BOOT, "alpha": args.alpha,
+                                         "first_round": settings[a.boot_of]}
+            guide_files[a.guide] = args.out / f"guide-boot-{a.boot_of}.safetensors"
+    # an arm that differs from an earlier one only in its confidence filter has the same images (the filter acts
+    # after generation): they are that arm's, not generated again
+    twin = {a.name: next((b.name for b in arms[:i] if images_key(settings[b.name]) == images_key(settings[a.name])),
+                         None) for i, a in enumerate(arms)}
+    return Plan(arms, sources, caches, settings, twin, guide_files)

@@ -1,35 +1,30 @@
 """`make bench-gpu`: the SD-1.5-size measurement on CUDA in fp16, as whole sampling runs.
 
-    python benchmarks/speed_gpu.py [--steps 30] [--repeats 3]
+    python -m benchmarks.speed.gpu [--steps 30] [--repeats 3]
 
-The same random-init models as benchmarks/speed_sd15.py (configs in benchmarks/configs/sd15/; UNet, ControlNet,
+The same random-init models as benchmarks/speed/sd15.py (configs in benchmarks/configs/sd15/; UNet, ControlNet,
 VAE and TAESD in fp16, the resnet50 classifier in fp32), 512 px, batch 1. Whole runs of the reference sampler
 (`higfa.sampler.sample`, 30 DDIM-spaced steps, π_c = 0.7) for cfg, contour, higfa with the full VAE on the
 classifier path and higfa with TAESD; interleaved, median of `--repeats`, after one warm-up run each. Reports
 iterations/s (steps per second) and the peak allocated CUDA memory of each run, and writes
-outputs/bench/speed_gpu.json (`benchmarks/speed.py --only gpu` folds it into benchmarks/results/speed.json).
+outputs/bench/speed_gpu.json (`python -m benchmarks.speed --collect` folds it into benchmarks/results/speed.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT))
+from higfa.guide import Guide
+from higfa.sampler import sample
+from higfa.schedule import Schedule
 
-from speed import write_part  # noqa: E402
-from speed_sd15 import KINDS, Bench, build, parts_for  # noqa: E402
-
-from higfa.guide import Guide  # noqa: E402
-from higfa.sampler import sample  # noqa: E402
-from higfa.schedule import Schedule  # noqa: E402
+from .parts import OUTPUTS, write_part
+from .sd15 import KINDS, Bench, build, parts_for
 
 CONFIGS = ("cfg", "contour", "higfa_full_vae", "higfa_taesd")
 
@@ -38,7 +33,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "speed_gpu.json")
+    p.add_argument("--out", type=Path, default=OUTPUTS / "speed_gpu.json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("make bench-gpu needs a CUDA GPU (torch.cuda.is_available() is False); "
