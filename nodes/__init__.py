@@ -5,6 +5,7 @@ from . import routes
 from .classifier import HiGFAClassifierLoader
 from .contour import HiGFAContourRanges, HiGFAContourTransform
 from .dataset import HiGFALoadImageFolder, HiGFASaveImageFolder
+from .filter import HiGFAConfidenceFilter
 from .guider import HiGFAGuider
 from .sampler import HiGFASampler
 from .schedule import HiGFASchedule
@@ -13,7 +14,7 @@ from .world import NODES as WORLD_NODES
 
 NODES: list[type[io.ComfyNode]] = [
     HiGFASchedule, HiGFAContourTransform, HiGFAContourRanges, HiGFAClassifierLoader, HiGFAGuider, HiGFASampler,
-    HiGFATrace, HiGFALoadImageFolder, HiGFASaveImageFolder, *WORLD_NODES,
+    HiGFATrace, HiGFALoadImageFolder, HiGFASaveImageFolder, *WORLD_NODES, HiGFAConfidenceFilter,
 ]
 
 

@@ -21,7 +21,7 @@ from ..higfa.sigmas import NoiseSchedule, percent_of_sigma
 
 class HiGFACFGGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, schedule, positive, negative, control_net=None, contour=None, vae=None,
-                 classifier=None, target=None, guidance_vae=None):
+                 classifier=None, target=None, guidance_vae=None, judge=None, judge_target=None):
         super().__init__(model_patcher)
         self.schedule, self.vae, self.classifier = schedule, vae, classifier
         # The classifier path decodes with the guidance VAE when one is connected (e.g. TAESD), else the VAE.
@@ -31,8 +31,13 @@ class HiGFACFGGuider(comfy.samplers.CFGGuider):
         if use_clf:
             name = (f"{'guidance_vae' if guidance_vae is not None else 'vae'} "
                     f"({type(self.decoder_vae.first_stage_model).__name__})")
+        # A judge (a classifier that did not guide) measures the confidence that drives the schedule.
+        self.judge = judge if use_clf else None
         self.guide = Guide(schedule, self._classify if use_clf else None, self._decode if use_clf else None,
-                           target, classifier.class_names if classifier is not None else None, decoder_name=name)
+                           target, classifier.class_names if classifier is not None else None, decoder_name=name,
+                           judge=self._judge if self.judge is not None else None, judge_target=judge_target,
+                           judge_name=_judge_name(self.judge) if self.judge is not None else None,
+                           interrupt=mm.throw_exception_if_processing_interrupted)
         self.controls: list = []  # ControlNet copies this guider made, so it may change their strength
         if control_net is not None:
             cache: dict = {}
@@ -120,7 +125,8 @@ class HiGFACFGGuider(comfy.samplers.CFGGuider):
             device, dtype = like.device, vae.vae_dtype
             if device.type != "cpu":
                 need = vae.memory_used_decode(like.shape, dtype) * 3 + mm.module_size(vae.first_stage_model)
-                mm.free_memory(need + mm.module_size(self.classifier), device)
+                judge = mm.module_size(self.judge) if self.judge is not None else 0
+                mm.free_memory(need + mm.module_size(self.classifier) + judge, device)
             ae = vae.first_stage_model
             # The encoder is never on this path: map it to None rather than copy it.
             skip = {id(m): None for m in (getattr(ae, n, None) for n in ("encoder", "quant_conv", "taesd_encoder"))
@@ -128,16 +134,31 @@ class HiGFACFGGuider(comfy.samplers.CFGGuider):
             with torch.inference_mode(False):
                 decoder = copy.deepcopy(ae, skip).to(device, dtype).requires_grad_(False).eval()
                 classifier = copy.deepcopy(self.classifier).to(device).requires_grad_(False).eval()
-            self._grad = (decoder, classifier)
+                judge = (None if self.judge is None
+                         else copy.deepcopy(self.judge).to(device).requires_grad_(False).eval())
+            self._grad = (decoder, classifier, judge)
         return self._grad
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        decoder, _ = self._copies(z)
+        decoder = self._copies(z)[0]
         latent = self.inner_model.process_latent_out(z).to(self.decoder_vae.vae_dtype)
         return (decoder.decode(latent).float() + 1.0) / 2.0  # raw decode, no clamp: keeps the gradient
 
     def _classify(self, image: torch.Tensor) -> torch.Tensor:
         return self._copies(image)[1](image)
+
+    def _judge(self, image: torch.Tensor) -> torch.Tensor:
+        return self._copies(image)[2](image)
+
+
+def _judge_name(judge) -> str:
+    """How the trace names a judge: its file when the loader recorded one, else its architecture and classes."""
+    source = getattr(judge, "source", None)
+    if source:
+        return str(source)
+    arch = getattr(judge, "architecture", "") or type(judge).__name__
+    names = getattr(judge, "class_names", None)
+    return f"{arch} ({len(names)} classes)" if names else arch
 
 
 def _progress_fn(model_sampling):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from ..higfa.judge import map_targets
 from ._comfy import CATEGORY, CLASSIFIER, SCHEDULE, io
 from .cfg_guider import HiGFACFGGuider
 
 
 def build_guider(model, positive, negative, schedule, control_net=None, contour=None, vae=None, classifier=None,
-                 target="0", guidance_vae=None) -> HiGFACFGGuider:
-    """Checks that what the schedule needs is connected (naming the missing inputs), resolves the target."""
+                 target="0", guidance_vae=None, judge=None) -> HiGFACFGGuider:
+    """Checks that what the schedule needs is connected (naming the missing inputs), resolves the target (and the
+    judge's index of the same class, by name)."""
     uses_contour = schedule.uses_contour
     missing = [n for n, v in (("control_net", control_net), ("contour", contour)) if v is None]
     if uses_contour and missing:
@@ -29,8 +31,11 @@ def build_guider(model, positive, negative, schedule, control_net=None, contour=
                          "weights cannot be differentiated during sampling): set it to false (the higfa CLI "
                          "supports it)")
     index = classifier.resolve(str(target).strip()) if uses_classifier else None
+    judged = judge is not None and uses_classifier  # a judge only matters where the classifier guides
+    judge_index = map_targets([index], classifier.class_names, judge.class_names)[0] if judged else None
     return HiGFACFGGuider(model, schedule, positive, negative, control_net if uses_contour else None, contour, vae,
-                           classifier if uses_classifier else None, index, guidance_vae if uses_classifier else None)
+                           classifier if uses_classifier else None, index, guidance_vae if uses_classifier else None,
+                           judge if judged else None, judge_index)
 
 
 def guider_inputs() -> list:
@@ -50,6 +55,13 @@ def guider_inputs() -> list:
                      tooltip="Optional cheaper decoder for the classifier path only, e.g. VAE Loader 'taesd' "
                              "(TAESD in models/vae_approx): at SD 1.5 size it cuts HiGFA's extra time several-fold "
                              "(docs/speed.md). The final image still uses the VAE. Unconnected: the VAE guides."),
+        CLASSIFIER.Input("judge", optional=True,
+                         tooltip="Optional second classifier (HiGFA Classifier Loader) that did not guide, e.g. your "
+                                 "first guide when the classifier input is a second-round one: its confidence in the "
+                                 "target drives the confidence ramp, the gate and measure_every instead of the "
+                                 "guide's own, which the guide's gradient can fool; the gradient stays the guide's. "
+                                 "Costs one extra no-grad forward per measured step. The trace shows both "
+                                 "confidences. Unconnected: the guide judges itself."),
     ]
 
 
@@ -61,8 +73,8 @@ class HiGFAGuider(io.ComfyNode):
             display_name="HiGFA Guider",
             category=f"{CATEGORY}/sampling",
             description="GUIDER for SamplerCustomAdvanced (any sampler and scheduler): text CFG + contour at fixed "
-                        "strengths, then confidence-modulated strengths and gated classifier guidance. Read its "
-                        "trace with HiGFA Trace.",
+                        "strengths, then confidence-modulated strengths and gated classifier guidance (the confidence "
+                        "is the judge's when one is connected). Read its trace with HiGFA Trace.",
             inputs=[io.Model.Input("model", tooltip="The diffusion model (SD 1.5 in the shipped workflows)."),
                     io.Conditioning.Input("positive", tooltip="Text prompt, e.g. 'a photo of a <class>'."),
                     io.Conditioning.Input("negative", tooltip="Negative prompt: CFG's unconditional branch."),
@@ -73,6 +85,6 @@ class HiGFAGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, schedule, control_net=None, contour=None, vae=None,
-                classifier=None, target="0", guidance_vae=None) -> io.NodeOutput:
+                classifier=None, target="0", guidance_vae=None, judge=None) -> io.NodeOutput:
         return io.NodeOutput(build_guider(model, positive, negative, schedule, control_net, contour, vae,
-                                          classifier, target, guidance_vae))
+                                          classifier, target, guidance_vae, judge))

@@ -56,9 +56,9 @@ class HiGFASampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, schedule, latent_image, seed, steps, sampler_name, scheduler,
                 denoise, control_net=None, contour=None, vae=None, classifier=None, target="0",
-                guidance_vae=None) -> io.NodeOutput:
+                guidance_vae=None, judge=None) -> io.NodeOutput:
         guider = build_guider(model, positive, negative, schedule, control_net, contour, vae, classifier, target,
-                              guidance_vae)
+                              guidance_vae, judge)
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         sigmas = sigmas_for(model, scheduler, steps, denoise)

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.comfyui
 WF = load_script("comfyui_workflows")
 HIGFA_NODES = {"HiGFA_Schedule", "HiGFA_ContourTransform", "HiGFA_ContourRanges", "HiGFA_ClassifierLoader",
                "HiGFA_Guider", "HiGFA_Sampler", "HiGFA_Trace", "HiGFA_LoadImageFolder", "HiGFA_SaveImageFolder",
-               "HiGFA_WorldLoader", "HiGFA_WorldTextEncode", "HiGFA_WorldImage", "HiGFA_WorldEmptyLatent"}
+               "HiGFA_WorldLoader", "HiGFA_WorldTextEncode", "HiGFA_WorldImage", "HiGFA_WorldEmptyLatent",
+               "HiGFA_ConfidenceFilter"}
 
 
 def to_test_prompt(ui: dict, info: dict, seed: int) -> dict:
@@ -115,7 +116,9 @@ def test_schedule_route_serves_the_core_curves(server):
         want = sched.curves(np.linspace(0, 1, 11), p)
         assert curve["confidence"] == p and all(curve[k] == pytest.approx(want[k].tolist()) for k in want)
     cfg = server.get("/higfa/schedule?preset=cfg&contour_strength=0.9&points=3")
-    assert cfg["curves"][0]["contour"] == [0.0, 0.0, 0.0]  # the preset fixes what defines it
+    # one rule with the CLI and the bench (Schedule.from_preset): an input changed from its default wins
+    assert cfg["schedule"] == Schedule.from_preset("cfg", contour_strength=0.9).to_dict()
+    assert cfg["curves"][0]["contour"] == [0.9, 0.9, 0.9]
     import urllib.error
     import urllib.request
 
