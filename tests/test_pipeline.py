@@ -129,10 +129,14 @@ def test_not_a_model_file(tmp_path):
 
 
 def test_builtin_resolves_to_the_world_folder_and_says_how_to_make_it(model_dir, tmp_path, monkeypatch):
+    """The jobs turn the CLI word 'builtin' into the world's folder once; the loader takes that path."""
     import higfa.world.birds as world
+    from higfa.jobs.model_path import model_path
 
     monkeypatch.setattr(world, "model_path", lambda: tmp_path / "untrained")
     with pytest.raises(FileNotFoundError, match=r"untrained.*python -m higfa.world.train"):
-        load_components("builtin")
+        model_path("builtin")
     monkeypatch.setattr(world, "model_path", lambda: model_dir)
-    assert load_components("builtin").source["model"] == str(model_dir.resolve())
+    assert model_path("builtin") == model_dir
+    assert load_components(model_path("builtin")).source["model"] == str(model_dir.resolve())
+    assert model_path(tmp_path / "x") == tmp_path / "x"

@@ -33,7 +33,6 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-BUILTIN = "builtin"
 
 
 @dataclass
@@ -98,9 +97,8 @@ def _missing(what: str, path: Path, fix: str) -> FileNotFoundError:
     return FileNotFoundError(f"{what} not found: {path}. {fix}")
 
 
-MODEL_FIX = ("Pass --model a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), "
-             "a single-file SD checkpoint (.safetensors/.ckpt) together with --config DIR, or 'builtin' for the "
-             "built-in tiny world")
+MODEL_FIX = ("Pass --model a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) "
+             "or a single-file SD checkpoint (.safetensors/.ckpt) together with --config DIR")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -109,18 +107,14 @@ def load_components(model: str | Path, *, controlnet: str | Path | None = None, 
                     scheduler_options: dict[str, Any] | None = None, need_controlnet: bool = True) -> Components:
     """Load on the CPU in float32 (move with `Components.to`).
 
-    model: diffusers folder, single-file checkpoint, or "builtin". controlnet: overrides the
+    model: diffusers folder or single-file checkpoint (the jobs resolve the CLI's 'builtin' to the
+    built-in world's folder first: `higfa.jobs.model_path`). controlnet: overrides the
     folder's controlnet/. config: the diffusers config folder a single file needs. scheduler: a
     short name of `SCHEDULERS` or a diffusers scheduler class name, built from the model's
     scheduler config (+ `scheduler_options`, e.g. {"set_alpha_to_one": True}).
     need_controlnet: raise when no ControlNet is found (the schedule uses the contour).
     """
     _quiet_loaders()
-    if str(model) == BUILTIN:
-        model = builtin_model_path()
-        if not (model / "model_index.json").is_file():
-            raise FileNotFoundError(f"the built-in world's models are not in {model}: train them with "
-                                    "`python -m higfa.world.train`, or pass --model a diffusers folder")
     model = Path(model).expanduser()
     if not model.exists():
         raise _missing("model", model, MODEL_FIX)
@@ -141,13 +135,6 @@ def load_components(model: str | Path, *, controlnet: str | Path | None = None, 
                                 "The contour needs one (e.g. a Canny ControlNet for SD 1.5): pass --controlnet PATH, "
                                 "or choose --preset cfg, which uses text guidance only")
     return Components(**parts)
-
-
-def builtin_model_path() -> Path:
-    """The built-in tiny world's diffusers folder (`higfa.world.birds.model_path()`)."""
-    from ..world import birds
-
-    return birds.model_path()
 
 
 def _quiet_loaders() -> None:

@@ -24,17 +24,10 @@ import numpy as np
 import torch
 
 from ..classifier import Classifier, load_classifier
+from ..seeds import derive_seed
+from .guides import resolve_classifier
 from .labelled import Labelled, read_labelled
-
-
-def resolve_classifier(name: str) -> Path:
-    """A .safetensors path, with or without the suffix."""
-    p = Path(name).expanduser()
-    if p.suffix.lower() != ".safetensors":
-        p = p.with_name(p.name + ".safetensors")
-    if not p.is_file():
-        raise FileNotFoundError(f"classifier {name} not found (looked for {p}): pass the path of NAME.safetensors")
-    return p
+from .model_path import model_path
 
 
 def accuracy_report(clf: Classifier, data: Labelled, worst: int = 5) -> dict[str, Any]:
@@ -60,12 +53,11 @@ def fooling_gap(clf: Classifier, data: Labelled, model: str, samples: int, steps
                 scorer: Classifier | None, real_accuracy: float) -> dict[str, Any]:
     """Guide `samples` images with `clf` on the world model `model` (one per real image of `data`, taken
     round-robin over classes, target = its own class) and measure the gap (module docstring)."""
-    from ..backends.components import BUILTIN, builtin_model_path
     from ..schedule import Schedule
     from ..training import predict
     from ..world.models import load_world
 
-    folder = builtin_model_path() if model == BUILTIN else Path(model).expanduser()
+    folder = model_path(model)
     if not (folder / "world.json").is_file():
         raise ValueError(f"--model {model}: the fooling gap samples with the built-in world ('builtin') or a folder "
                          "made by `higfa train-world`. For an SD model, run `higfa augment` with this classifier and "
@@ -90,7 +82,7 @@ def fooling_gap(clf: Classifier, data: Labelled, model: str, samples: int, steps
 
         s = world.world.image_size
         images = np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images])
-    seeds = [seed + i for i in range(len(order))]
+    seeds = [derive_seed(seed, data.ids[i], 0) for i in order]  # the item seeds `higfa augment` gives them
     out = world.generate(Schedule.from_preset(preset), species, world.contours(images, seeds), seeds, steps=steps)
     p = predict(clf, out.images)
     t = torch.as_tensor(targets)

@@ -1,5 +1,6 @@
 """Bring your own classifier: `higfa train-classifier`, `import-classifier` (here), `check-classifier`
-(higfa/jobs/check_classifier.py) and `tune-classifier` (higfa/jobs/tuning.py). All write and read the
+(higfa/jobs/check_classifier.py) and `tune-classifier` (higfa/jobs/tuning.py); what they share is in
+higfa/jobs/guides.py. All write and read the
 sidecar format of docs/classifiers.md; all training goes through `higfa.training.train_classifier`.
 
     higfa train-classifier --data CUB/train --architecture resnet50 --init resnet50.a1_in1k \\
@@ -20,22 +21,9 @@ import numpy as np
 import torch
 
 from ..classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, provenance, save_classifier
+from .guides import AUGMENT_PRESETS, augment_preset, evaluate_on, out_path
 from .labelled import Labelled, read_labelled
-
-AUGMENT_PRESETS = ("none", "light", "default", "robust")
-
-
-def augment_preset(name: str):
-    """none | light (flip, ±5 % shift) | default (flip, shift, scale, rotation) | robust (default + a
-    little pixel noise and blur, as the built-in guide: it also sees blurry x̂0 during guidance)."""
-    from ..training import Augment
-
-    presets = {"none": None, "light": Augment(translate=0.05, scale=0.0, rotate=0.0), "default": Augment(),
-               "robust": Augment(noise=0.03, blur=1.0)}
-    if name not in presets:
-        raise ValueError(f"--augment {name!r}: choose one of {list(presets)}")
-    return presets[name]
-
+from .second_round import Round, train_on_round
 
 # ---------------------------------------------------------------------------- models
 def check_architecture(name: str) -> str:
@@ -101,19 +89,6 @@ def pick_norm(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[list[float
     return [float(v) for v in mean], [float(v) for v in std]
 
 
-def out_path(out: str) -> Path:
-    p = Path(out).expanduser()
-    if p.suffix.lower() in (".safetensors", ".json"):
-        p = p.with_suffix("")
-    return p
-
-
-def evaluate_on(clf: Classifier, data: Labelled, what: str) -> dict[str, Any]:
-    from ..training import evaluate
-
-    return evaluate(clf, data.images, data.targets(clf.class_names, what))
-
-
 # ---------------------------------------------------------------------------- train-classifier
 def run_train(args: argparse.Namespace) -> int:
     from ..training import train_classifier
@@ -142,9 +117,7 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         val = None
     classes = train.classes
-    images, y, draw = train.images, train.targets(classes), None
-    if args.synthetic:
-        images, y, draw = with_synthetic(train, classes, val, args)
+    synthetic = with_synthetic(train, classes, val, args) if args.synthetic else None
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     torch.manual_seed(args.seed)
     model, cfg = create_model(arch, len(classes), args.init, kwargs)
@@ -158,20 +131,23 @@ def run_train(args: argparse.Namespace) -> int:
                   "synthetic": str(args.synthetic), "alpha": args.alpha}
     if ckpt.exists() and ranks.is_main:
         print(f"resuming from {ckpt}", flush=True)
-    result = train_classifier(
-        clf, images, y, steps=steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-        weight_decay=args.weight_decay, augment=augment_preset(args.augment), seed=args.seed, weights=draw,
-        eval_images=None if val is None else val.images,
-        eval_labels=None if val is None else val.targets(classes, "--val"), eval_every=per_epoch,
-        checkpoint=ckpt, checkpoint_every=per_epoch, run_config=run_config, progress=not args.no_progress,
-        amp=not args.no_amp)
+    options = dict(steps=steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                   weight_decay=args.weight_decay, augment=augment_preset(args.augment), seed=args.seed,
+                   eval_images=None if val is None else val.images,
+                   eval_labels=None if val is None else val.targets(classes, "--val"), eval_every=per_epoch,
+                   checkpoint=ckpt, checkpoint_every=per_epoch, run_config=run_config, progress=not args.no_progress,
+                   amp=not args.no_amp)
+    if synthetic is None:
+        result = train_classifier(clf, train.images, train.targets(classes), **options)
+    else:  # the second-round recipe's first half (higfa.jobs.second_round)
+        result = train_on_round(clf, train.images, train.targets(classes), synthetic, alpha=args.alpha, **options)
     clf = result.classifier
     ev = None if val is None else evaluate_on(clf, val, "--val")
     clf.provenance = provenance(str(args.data), classes, ev, command="train-classifier",
                                 val_data=str(args.val or f"{args.data} (seeded {args.val_fraction:g} split)"),
                                 train_images=len(train), epochs=args.epochs, steps=steps, init=args.init,
                                 augment=args.augment, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                                **({"synthetic": str(args.synthetic), "synthetic_images": len(y) - len(train),
+                                **({"synthetic": str(args.synthetic), "synthetic_images": len(synthetic.labels),
                                     "alpha": args.alpha} if args.synthetic else {}))
     if ranks.is_main:
         save_classifier(clf.cpu(), out)
@@ -184,12 +160,10 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def with_synthetic(train: Labelled, classes: list[str], val: Labelled | None, args: argparse.Namespace
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Real + `--synthetic` images [N+M,H,W,3], labels [N+M] and SaSPA replacement weights [N+M] (each real image
-    drawn with probability 1 - α, one of its variants with α: `higfa evaluate`'s protocol, the same function).
+def with_synthetic(train: Labelled, classes: list[str], val: Labelled | None, args: argparse.Namespace) -> Round:
+    """The `--synthetic` images of `train`'s images as a `Round` (images, labels, source index into `train`).
     Variants of a validation image are left out, so the validation accuracy stays a held-out one."""
-    from .evaluate import ImageSet, check_alpha, load_synthetic, replacement_set, source_index
+    from .evaluate import ImageSet, check_alpha, load_synthetic, source_index
 
     check_alpha(args.alpha)
     if not Path(args.synthetic).is_dir():
@@ -205,7 +179,7 @@ def with_synthetic(train: Labelled, classes: list[str], val: Labelled | None, ar
         src = src[keep]
     if len(syn.labels) == 0:
         raise ValueError(f"--synthetic {args.synthetic}: no synthetic image of a training source is left")
-    return replacement_set(train.images, y_real, syn.images, syn.labels, src, args.alpha)
+    return Round(syn.images, syn.labels, src)
 
 
 # ---------------------------------------------------------------------------- import-classifier
@@ -366,8 +340,3 @@ def register(sub) -> None:
     _common(q)
     q.set_defaults(func=run_import)
 
-    from . import check_classifier
-    from . import tuning
-
-    check_classifier.register(sub)
-    tuning.register(sub)

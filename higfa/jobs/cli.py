@@ -12,8 +12,8 @@ import importlib
 import sys
 
 # each module's register() adds its sub-commands
-COMMAND_MODULES: list[str] = ["higfa.jobs.augment", "higfa.jobs.classifiers", "higfa.jobs.evaluate", "higfa.world.demo",
-                              "higfa.world.train"]
+COMMAND_MODULES: list[str] = ["higfa.jobs.augment", "higfa.jobs.classifiers", "higfa.jobs.check_classifier",
+                              "higfa.jobs.tuning", "higfa.jobs.evaluate", "higfa.world.demo", "higfa.world.train"]
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 
 

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..backends.components import BUILTIN
+from .model_path import default_builtin_classifier, is_builtin, model_path
 from . import records, safety
 from .distributed import ProcessGroup, Ranks, detect_ranks, pick_device, shard
-from .item_sampler import ItemSampler, PromptText, Sampled, SourceError, encode_png, trace_counts
-from .plan import (DEFAULT_PROMPT, Item, check_prompt, default_builtin_classifier, make_groups, make_items,
-                   make_sources, model_prompts, prompt_names, read_sources, resolve_targets)
+from .dataset import SourceError, encode_png, read_sources
+from .item_sampler import ItemSampler, Sampled, trace_counts
+from .plan import Item, make_groups, make_items, make_sources, resolve_targets
+from .prompts import DEFAULT_PROMPT, PromptText, check_prompt, model_prompts, prompt_names
 from .settings import AugmentSettings
 
 
@@ -105,14 +106,13 @@ def stop_on_sigterm() -> Iterator[None]:
 def load_guidance_decoder(s: AugmentSettings, device, dtype):
     """(module, source) of --guidance-vae; for --model builtin without it, the world's shipped tiny decoder
     when `GUIDANCE_DEFAULT` says so (docs/speed.md); None: the VAE guides."""
-    from ..backends.components import builtin_model_path
     from ..backends.denoiser import load_guidance_vae
     from ..world.tiny_decoder import FOLDER, GUIDANCE_DEFAULT
 
     choice = s.guidance_vae
-    if (choice is None and s.model == BUILTIN and GUIDANCE_DEFAULT == "tiny"
-            and (builtin_model_path() / FOLDER).is_dir()):
-        choice = str(builtin_model_path() / FOLDER)
+    if (choice is None and is_builtin(s.model) and GUIDANCE_DEFAULT == "tiny"
+            and (model_path(s.model) / FOLDER).is_dir()):
+        choice = str(model_path(s.model) / FOLDER)
     if choice is None or choice == "none":
         return None
     return load_guidance_vae(choice, device, dtype), str(Path(choice).resolve())
@@ -128,7 +128,7 @@ def run_augment(s: AugmentSettings) -> int:
 def _run(s: AugmentSettings) -> int:
     import torch
 
-    from ..backends.components import builtin_model_path, load_components, parse_dtype
+    from ..backends.components import load_components, parse_dtype
     from ..classifier import load_classifier
 
     s.validate()
@@ -138,7 +138,7 @@ def _run(s: AugmentSettings) -> int:
     prompt = s.prompt if s.prompt is not None else (world_text[0] if world_text else DEFAULT_PROMPT)
     check_prompt(prompt)
     schedule = s.build_schedule()
-    classifier_path = s.classifier or (default_builtin_classifier() if s.model == BUILTIN else None)
+    classifier_path = s.classifier or (default_builtin_classifier() if is_builtin(s.model) else None)
     if s.min_confidence is not None and not (classifier_path or s.filter_classifier):
         raise ValueError("--min-confidence needs --classifier or --filter-classifier (the confidence is a "
                          "classifier's)")
@@ -155,12 +155,12 @@ def _run(s: AugmentSettings) -> int:
     found, labels, empty = read_sources(data, s.limit)
     safety.check_inputs((i.path for i in found), out)
     names = prompt_names(labels, {i.label for i in found}, s.class_names, world_text[1] if world_text else None)
-    model_path = builtin_model_path() if s.model == BUILTIN else s.model
-    multiple = size_multiple(s.config or model_path)
+    model_dir = model_path(s.model)
+    multiple = size_multiple(s.config or model_dir)
     if s.size and multiple and s.size % multiple:
         raise ValueError(f"--size {s.size}: must be a multiple of {multiple} for this model")
     content, cache = safety.content_fingerprint(safety.model_files(
-        [model_path, s.config, s.controlnet, s.controlnet_config, classifier_path,
+        [model_dir, s.config, s.controlnet, s.controlnet_config, classifier_path,
          None if s.guidance_vae in (None, "none") else s.guidance_vae, s.filter_classifier]), records.file_cache(out))
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -179,7 +179,7 @@ def _run(s: AugmentSettings) -> int:
             by_label = resolve_targets([i.label for i in found], names, judge_clf, "--filter-classifier")
             judge = (judge_clf, {src.id: by_label[i.label] for i, src in zip(found, sources)})
         items = make_items(sources, s.variants, s.seed)
-        components = load_components(s.model, controlnet=s.controlnet, config=s.config,
+        components = load_components(model_dir, controlnet=s.controlnet, config=s.config,
                                      controlnet_config=s.controlnet_config, scheduler=s.scheduler,
                                      scheduler_options=s.scheduler_options, need_controlnet=schedule.uses_contour)
         components.to(device, dtype, vae_dtype)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -120,76 +119,111 @@ def tune_classifier(classifier: Classifier, images: np.ndarray, labels: np.ndarr
                             adversarial_steps=adversarial_steps, seed=seed, **train_kwargs)
 
 
-# ---------------------------------------------------------------------------- CLI
+@dataclass(frozen=True)
+class TuneRecipe:
+    """How `tune_guide` tunes (the options of `higfa tune-classifier`, with its defaults)."""
+
+    preset: str = "higfa"  # the schedule preset whose stage boundary, stage-2 cfg and contour strength the x̂0 use
+    views: int = 8  # noised x̂0 views per image
+    epochs: int = 3  # passes over clean + x̂0 images
+    batch_size: int = 64
+    lr: float = 3e-4
+    augment: str = "robust"  # a `guides.AUGMENT_PRESETS` name
+    adversarial: float = 0.0  # PGD ε on the decoded image in [0,1] units (0: off)
+    seed: int = 0
+    prompt: str | None = None  # template ({class}, {super}, {label}); None: the world's own, else DEFAULT_PROMPT
+    super_name: str = "object"
+    negative: str = ""
+
+    def check(self) -> None:
+        for name in ("epochs", "views", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if self.adversarial < 0 or self.lr <= 0:
+            raise ValueError(f"--adversarial {self.adversarial} must be >= 0 and --lr {self.lr} > 0")
+
+
+@dataclass
+class Tuned:
+    classifier: Classifier  # the tuned classifier (the one passed in, trained in place)
+    steps: int  # optimiser steps it took
+    stage_boundary: float  # the preset's stage boundary the x̂0 views were noised below
+    images: int  # real images it was tuned on
+
+
+def tune_guide(classifier: Classifier, model: str, data: str, recipe: TuneRecipe = TuneRecipe(), *,
+               controlnet: str | None = None, device: torch.device | str = "cpu", progress: bool = True) -> Tuned:
+    """`higfa tune-classifier` as a function: fine-tune `classifier` (in place, float32) on the decoded x̂0
+    of `data`'s images (ImageFolder, manifest or builtin:<split>, read at the model's size) under the diffusion
+    `model` (a folder, single file or 'builtin'), with the prompts `higfa augment` would give them."""
+    from ..schedule import Schedule
+    from .guides import augment_preset
+    from .labelled import read_labelled
+    from .prompts import DEFAULT_PROMPT, check_prompt, fill_prompt, prompt_names
+
+    recipe.check()
+    schedule = Schedule.from_preset(recipe.preset)
+    device = torch.device(device)
+    comps, found, edges = load_tuning_model(model, controlnet, device)
+    labelled = read_labelled(data, comps.default_size)
+    y = labelled.targets(classifier.class_names)
+    template = found[0] if found is not None else (recipe.prompt or DEFAULT_PROMPT)
+    check_prompt(template)
+    names = prompt_names(labelled.labels, set(labelled.labels), None, found[1] if found is not None else None)
+    prompts = [fill_prompt(template, names[lab], recipe.super_name, lab) for lab in labelled.labels]
+    if progress:
+        print(f"x̂0 of {len(y)} images x {recipe.views} views at stage-2 noise (boundary {schedule.stage_boundary})",
+              flush=True)
+    views = x0_predictions(comps, labelled.images, prompts, boundary=schedule.stage_boundary, views=recipe.views,
+                           seed=recipe.seed, cfg=schedule.cfg_lowconf, contour_strength=schedule.contour_lowconf,
+                           negative=recipe.negative, edges=edges)
+    steps = recipe.epochs * math.ceil((len(y) + len(views.source)) / recipe.batch_size)
+    result = tune_classifier(classifier.to(device).float(), labelled.images, y, views.images, y[views.source],
+                             steps=steps, batch_size=recipe.batch_size, lr=recipe.lr,
+                             augment=augment_preset(recipe.augment), adversarial=recipe.adversarial, seed=recipe.seed,
+                             progress=progress)
+    return Tuned(result.classifier, steps, schedule.stage_boundary, len(y))
+
+
 def load_tuning_model(model: str, controlnet: str | None, device: torch.device):
-    """(components, prompt template, {normalised class: prompt name} or None, EdgeDetector)."""
+    """(components, (prompt template, {normalised class: prompt name}) or None, EdgeDetector)."""
     from ..backends.components import load_components
     from ..contour import EdgeDetector
-    from .plan import model_prompts
+    from .model_path import model_path, world_info
+    from .prompts import model_prompts
 
-    comps = load_components(model, controlnet=controlnet, need_controlnet=False).to(device)
+    comps = load_components(model_path(model), controlnet=controlnet, need_controlnet=False).to(device)
     found = model_prompts(model)
     edges = EdgeDetector()
     if found is not None:  # a world folder: its own edge detector settings
-        import json
-
-        from ..backends.components import BUILTIN, builtin_model_path
-
-        folder = builtin_model_path() if model == BUILTIN else Path(model)
-        e = json.loads((folder / "world.json").read_text())["edge_detector"]
+        e = (world_info(model) or {})["edge_detector"]
         edges = EdgeDetector(e["method"], e["low"], e["high"], e["blur"])
     return comps, found, edges
 
 
+# ---------------------------------------------------------------------------- CLI
 def run(args: argparse.Namespace) -> int:
-    from ..classifier import load_classifier, normalise_name, save_classifier
-    from .dataset import class_name_from_label as pretty_label
-    from .plan import DEFAULT_PROMPT
-    from .check_classifier import resolve_classifier
-    from .classifiers import augment_preset, evaluate_on, out_path
+    from ..classifier import load_classifier, provenance, save_classifier
     from .distributed import Ranks, pick_device
-    from ..classifier import provenance
+    from .guides import evaluate_on, out_path, resolve_classifier
     from .labelled import read_labelled
-    from ..schedule import Schedule
 
-    for name in ("epochs", "views", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
-    if args.adversarial < 0 or args.lr <= 0:
-        raise ValueError(f"--adversarial {args.adversarial} must be >= 0 and --lr {args.lr} > 0")
+    recipe = TuneRecipe(args.preset, args.views, args.epochs, args.batch_size, args.lr, args.augment,
+                        args.adversarial, args.seed, args.prompt, args.super, args.negative_prompt)
+    recipe.check()
     out = out_path(args.out)
     src_path = resolve_classifier(args.name)
     if out.with_name(out.name + ".safetensors").resolve() == src_path.resolve():
         raise ValueError(f"--out {args.out} is the classifier being tuned: write the tuned one under a new name")
     device = pick_device(args.device, Ranks())
-    clf = load_classifier(src_path, device).float()
-    schedule = Schedule.from_preset(args.preset)
-    comps, found, edges = load_tuning_model(args.model, args.controlnet, device)
-    size = comps.default_size
-    data = read_labelled(args.data, size)
-    y = data.targets(clf.class_names)
-    if found is not None:
-        template, names = found
-        prompts = [template.format(**{"class": names.get(normalise_name(lab), lab)}) for lab in data.labels]
-    else:
-        template = args.prompt or DEFAULT_PROMPT
-        prompts = [template.format(**{"class": pretty_label(lab), "super": args.super, "label": lab})
-                   for lab in data.labels]
-    print(f"x̂0 of {len(y)} images x {args.views} views at stage-2 noise (boundary {schedule.stage_boundary})",
-          flush=True)
-    views = x0_predictions(comps, data.images, prompts, boundary=schedule.stage_boundary, views=args.views,
-                           seed=args.seed, cfg=schedule.cfg_lowconf, contour_strength=schedule.contour_lowconf,
-                           negative=args.negative_prompt, edges=edges)
-    steps = args.epochs * math.ceil((len(y) + len(views.source)) / args.batch_size)
-    result = tune_classifier(clf, data.images, y, views.images, y[views.source], steps=steps,
-                             batch_size=args.batch_size, lr=args.lr, augment=augment_preset(args.augment),
-                             adversarial=args.adversarial, seed=args.seed, progress=not args.no_progress)
-    tuned = result.classifier
+    done = tune_guide(load_classifier(src_path, device), args.model, args.data, recipe, controlnet=args.controlnet,
+                      device=device, progress=not args.no_progress)
+    tuned = done.classifier
     ev = evaluate_on(tuned, read_labelled(args.val, tuned.input_size[0]), "--val") if args.val else None
     tuned.provenance = provenance(str(args.data), tuned.class_names, ev, command="tune-classifier",
                                   tuned_from=str(src_path), model=str(args.model), views=args.views,
-                                  stage_boundary=schedule.stage_boundary, adversarial=args.adversarial,
-                                  epochs=args.epochs, steps=steps, lr=args.lr, seed=args.seed,
+                                  stage_boundary=done.stage_boundary, adversarial=args.adversarial,
+                                  epochs=args.epochs, steps=done.steps, lr=args.lr, seed=args.seed,
                                   val_data=str(args.val) if args.val else None)
     path = save_classifier(tuned.cpu(), out)
     acc = "" if ev is None else f", val accuracy {ev['accuracy']:.4f}"

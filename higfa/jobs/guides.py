@@ -1,0 +1,50 @@
+"""What the guide-classifier commands (train-, import-, check-, tune-classifier: classifiers.py,
+check_classifier.py, tuning.py) share: classifier files in and out, the augmentation presets, accuracy on
+labelled data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..classifier import Classifier
+from .labelled import Labelled
+
+AUGMENT_PRESETS = ("none", "light", "default", "robust")
+
+
+def augment_preset(name: str):
+    """none | light (flip, ±5 % shift) | default (flip, shift, scale, rotation) | robust (default + a
+    little pixel noise and blur, as the built-in guide: it also sees blurry x̂0 during guidance)."""
+    from ..training import Augment
+
+    presets = {"none": None, "light": Augment(translate=0.05, scale=0.0, rotate=0.0), "default": Augment(),
+               "robust": Augment(noise=0.03, blur=1.0)}
+    if name not in presets:
+        raise ValueError(f"--augment {name!r}: choose one of {list(presets)}")
+    return presets[name]
+
+
+def resolve_classifier(name: str) -> Path:
+    """A .safetensors path, with or without the suffix."""
+    p = Path(name).expanduser()
+    if p.suffix.lower() != ".safetensors":
+        p = p.with_name(p.name + ".safetensors")
+    if not p.is_file():
+        raise FileNotFoundError(f"classifier {name} not found (looked for {p}): pass the path of NAME.safetensors")
+    return p
+
+
+def out_path(out: str) -> Path:
+    """--out NAME, NAME.safetensors or NAME.json -> NAME (the writers add the suffixes)."""
+    p = Path(out).expanduser()
+    if p.suffix.lower() in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p
+
+
+def evaluate_on(clf: Classifier, data: Labelled, what: str) -> dict[str, Any]:
+    """`higfa.training.evaluate` of `clf` on labelled data (`what` names the option in errors)."""
+    from ..training import evaluate
+
+    return evaluate(clf, data.images, data.targets(clf.class_names, what))
