@@ -12,7 +12,8 @@ import folder_paths
 import numpy as np
 import torch
 
-from ..higfa.jobs.dataset import append_manifest, load_image, safe_label, save_image, scan_image_folder
+from ..higfa.jobs.dataset import (append_manifest, class_name_from_label, load_image, safe_label, save_image,
+                                  scan_image_folder)
 from ._comfy import CATEGORY, check_image_size, io
 from ._paths import ALLOWED_ROOTS_ENV, confine, inside
 
@@ -51,9 +52,10 @@ class HiGFALoadImageFolder(io.ComfyNode):
                              tooltip="Which image in single mode (wraps around). 'increment' walks the dataset."),
                 io.Int.Input("limit", default=0, min=0, max=1000000, tooltip="all mode: at most this many images "
                                                                            "from index on (0 = no limit)."),
-                io.String.Input("prompt_template", default="a photo of a {class_name}",
-                                tooltip="Builds the prompt output; {class_name} is replaced by the folder name without "
-                                        "a leading number, underscores as spaces (as `higfa augment` prompts)."),
+                io.String.Input("prompt_template", default="a photo of a {class}",
+                                tooltip="Builds the prompt output, as `higfa augment` prompts: {class} is the folder "
+                                        "name without a leading number, underscores as spaces ({class_name} is the "
+                                        "same), {label} the folder name."),
             ],
             outputs=[
                 io.Image.Output(display_name="image", is_output_list=True),
@@ -76,7 +78,9 @@ class HiGFALoadImageFolder(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder, mode, index, limit, prompt_template) -> io.NodeOutput:
-        from ..higfa.jobs.dataset import class_name_from_label  # the CLI's {class} rule
+        from ..higfa.jobs.prompts import check_prompt, fill_prompt  # the CLI's prompt rule
+
+        check_prompt(prompt_template, "prompt_template")
         items, _classes = _scan(folder)
         if not items:
             raise ValueError(f"folder '{folder}': no images found in its class sub-folders")
@@ -95,7 +99,7 @@ class HiGFALoadImageFolder(io.ComfyNode):
             check_image_size(rgb.shape[0], rgb.shape[1], f"image {item.id}")
             out["image"].append(torch.from_numpy(rgb).float().div(255.0).unsqueeze(0))
             out["class_name"].append(item.label)
-            out["prompt"].append(prompt_template.replace("{class_name}", class_name_from_label(item.label)))
+            out["prompt"].append(fill_prompt(prompt_template, class_name_from_label(item.label), label=item.label))
             out["item_id"].append(item.id)
         return io.NodeOutput(out["image"], out["class_name"], out["prompt"], out["item_id"], picks, len(items))
 

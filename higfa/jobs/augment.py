@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from . import records
-from .plan import DEFAULT_PROMPT
+from .prompts import DEFAULT_PROMPT
 from .settings import EDGE_METHODS, FILTERS, PRESETS, AugmentSettings
 
 

@@ -1,6 +1,8 @@
-"""Image datasets on disk: ImageFolder trees (one sub-folder per class) and CSV/JSON manifests,
-robust image reading, the label rules shared by the CLI and the node pack (a label as a folder name,
-a label as the class name a prompt says), and the image/manifest writers (atomic, through higfa.files).
+"""Image datasets on disk, the floor every job stands on: ImageFolder trees (one sub-folder per class) and
+CSV/JSON manifests, `read_sources` (the images of a folder or manifest, as every job reads them), robust
+image reading (`load_image`, `square_image`) and PNG encoding, the label rules shared by the CLI and the node
+pack (a label as a folder name, a label as the class name a prompt says), and the image/manifest writers
+(atomic, through higfa.files).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class SourceImage:
 def class_name_from_label(label: str) -> str:
     """What a prompt calls a dataset label: a leading class number and underscores go,
     '001.Black_footed_Albatross' -> 'Black footed Albatross', 'class_0' -> 'class 0'. The one rule for
-    `higfa augment` ({class}) and HiGFA Load Image Folder ({class_name})."""
+    `higfa augment`, `higfa tune-classifier` and HiGFA Load Image Folder (`prompts`: {class})."""
     name = re.sub(r"^\d+[._\-\s]+", "", label)
     return " ".join(name.replace("_", " ").split()) or label
 
@@ -191,3 +193,58 @@ def append_manifest(path: str | Path, rows: Iterable[dict]) -> None:
     writer.writeheader()
     writer.writerows(old + rows)
     atomic_write_bytes(path, buf.getvalue().encode())
+
+
+# ---------------------------------------------------------------------------- images in, images out
+class SourceError(Exception):
+    """An input image could not be used (missing, unreadable, corrupt)."""
+
+
+def square_image(path: Path, size: int) -> np.ndarray:
+    """Load, resize the short side to `size` and centre-crop: HxWx3 uint8 with H = W = size. Raises
+    SourceError naming the file when it is missing, unreadable or corrupt."""
+    try:
+        rgb = load_image(path)
+    except ValueError as e:
+        raise SourceError(str(e)) from e
+    h, w = rgb.shape[:2]
+    s = size / min(h, w)
+    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+    y, x = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(rgb[y:y + size, x:x + size])
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """HxWx3 uint8 RGB -> PNG bytes (OpenCV's encoder: `higfa augment`'s outputs are these bytes)."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode a PNG")
+    return buf.tobytes()
+
+
+# ---------------------------------------------------------------------------- a dataset's images
+def read_sources(data: str | Path, limit: int | None = None) -> tuple[list[SourceImage], list[str], list[str]]:
+    """(images sorted by id, labels, empty class folders) of an ImageFolder or a manifest. Every label
+    must be usable as an output folder name (`safe_label`): a clear error names the input otherwise."""
+    data = Path(data).expanduser()
+    if data.is_dir():
+        found, classes = scan_image_folder(data)
+        empty = empty_classes(found, classes)
+    elif data.is_file():
+        found = read_manifest(data)
+        classes, empty = sorted({i.label for i in found}), []
+    else:
+        raise FileNotFoundError(f"--data {data} not found: pass an ImageFolder (one sub-folder per class) or a "
+                                "CSV/JSON manifest with path,label")
+    for it in found:
+        try:
+            safe_label(it.label)
+        except ValueError as e:
+            raise ValueError(f"--data {data}, image {it.id}: {e}. The label becomes a folder of --out") from None
+    found = sorted({i.id: i for i in found}.values(), key=lambda i: i.id)
+    if limit is not None:
+        found = found[:limit]
+    if not found:
+        raise ValueError(f"--data {data} has no images ({', '.join(IMAGE_EXTENSIONS)}): nothing to augment")
+    return found, classes, empty

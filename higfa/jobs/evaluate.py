@@ -73,7 +73,7 @@ def load_synthetic(path: str | Path, size: int, classes: list[str], include_belo
 
 
 def _load(items: list[tuple[Path, int, dict]], size: int, root, what: str) -> ImageSet:
-    from .item_sampler import SourceError, square_image
+    from .dataset import SourceError, square_image
 
     images, labels, failed, kept = [], [], [], []
     for p, y, extra in items:

@@ -4,7 +4,6 @@ with loaded diffusers components, and gives back per item its uint8 image, trace
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,28 +15,9 @@ from ..contour import ContourTransform, EdgeDetector
 from ..guide import Guide
 from ..schedule import Schedule
 from ..trace import Trace
-from . import dataset
+from .dataset import square_image
 from .plan import Item, Source
-
-
-class SourceError(Exception):
-    """An input image could not be used (missing, unreadable, corrupt)."""
-
-
-def square_image(path: Path, size: int) -> np.ndarray:
-    """Load, resize the short side to `size` and centre-crop: HxWx3 uint8 with H = W = size."""
-    import cv2
-
-    try:
-        rgb = dataset.load_image(path)
-    except ValueError as e:
-        raise SourceError(str(e)) from e
-    h, w = rgb.shape[:2]
-    s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
-    rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
-    y, x = (nh - size) // 2, (nw - size) // 2
-    return np.ascontiguousarray(rgb[y:y + size, x:x + size])
+from .prompts import PromptText
 
 
 @dataclass
@@ -48,18 +28,6 @@ class Sampled:
     image: np.ndarray
     trace: Trace
     confidence: float | None
-
-
-@dataclass(frozen=True)
-class PromptText:
-    """The prompt template ({class}, {super}, {label}), the super-category and the negative prompt."""
-
-    template: str
-    super_name: str
-    negative: str = ""
-
-    def for_source(self, source: Source) -> str:
-        return self.template.format(**{"class": source.class_name, "super": self.super_name, "label": source.label})
 
 
 class ItemSampler:
@@ -140,12 +108,3 @@ def trace_counts(trace: Trace) -> tuple[int, int]:
     """(classifier-measured steps, of which the backward pass was gated) for a one-sample trace."""
     measured = [s for s in trace.steps if s.confidence is not None]
     return len(measured), sum(bool(s.gated[0]) for s in measured)
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError("could not encode a PNG")
-    return buf.tobytes()

@@ -82,8 +82,7 @@ def read_labelled(data: str | Path, size: int, limit: int | None = None, workers
     with a one-line error naming it (delete it or move it out of the dataset)."""
     if str(data).startswith(BUILTIN_PREFIX):
         return _read_builtin(str(data), size)
-    from .item_sampler import SourceError, square_image
-    from .plan import read_sources
+    from .dataset import SourceError, read_sources, square_image
 
     found, classes, empty = read_sources(data, limit)
     if empty:

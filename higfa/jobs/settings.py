@@ -30,7 +30,7 @@ class AugmentSettings:
     model: str  # diffusers folder, single-file checkpoint (+ config), or "builtin"
     variants: int = 2
     class_names: str | None = None  # file: label -> prompt name
-    prompt: str | None = None  # None: the model's own (world.json), else plan.DEFAULT_PROMPT
+    prompt: str | None = None  # None: the model's own (world.json), else prompts.DEFAULT_PROMPT
     super_name: str = "object"
     negative_prompt: str = ""
     limit: int | None = None
