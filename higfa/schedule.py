@@ -192,9 +192,65 @@ class Schedule:
     # ----------------------------------------------------------------- presets and JSON
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "Schedule":
+        """The one precedence rule of a preset plus overrides (the CLI's --schedule JSON, the quality bench's
+        FIELD=VALUE, the HiGFA Schedule node and the /higfa/schedule route): the defaults, then the preset's
+        fields over them, then `overrides` over both."""
         if name not in PRESETS:
             raise ValueError(f"unknown schedule preset {name!r}: choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], "preset": name, **overrides})
+
+    @classmethod
+    def from_inputs(cls, name: str, values: Mapping[str, Any]) -> "Schedule":
+        """`from_preset` for a source that always gives every field (the node's widgets, the route's query
+        after the front end filled them from the preset): a value equal to the field's default is no override,
+        any other value is one and wins over the preset. So an input set back to its default where the preset
+        changes it keeps the preset's value (choose preset "custom" to pin every input). Preset "custom":
+        exactly `values`."""
+        unknown = sorted(set(values) - set(FIELD_NAMES))
+        if unknown:
+            raise ValueError(f"unknown schedule inputs {unknown}; known: {list(FIELD_NAMES)}")
+        if name == "custom":
+            return cls(**{**values, "preset": name})
+        default = cls()
+        return cls.from_preset(name, **{k: v for k, v in values.items() if v != getattr(default, k)})
+
+    @staticmethod
+    def parse_field(name: str, text: str) -> Any:
+        """A schedule field's value from text (a CLI's FIELD=VALUE, a URL query): bool from true/false/1/0
+        (any case), int, finite float, or the text for the choice fields. ValueError names the field."""
+        kinds = {f.name: f.type for f in dataclasses.fields(Schedule)}
+        if name not in kinds or name == "preset":
+            raise ValueError(f"schedule field {name!r}: not a field; known: {list(FIELD_NAMES)}")
+        kind, text = kinds[name], str(text).strip()
+        if kind in ("bool", bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"schedule input '{name}' = {text!r}: use true or false")
+            return text.lower() in ("true", "1")
+        try:
+            if kind in ("int", int):
+                return int(text)
+            if kind in ("float", float):
+                value = float(text)
+                if not math.isfinite(value):
+                    raise ValueError
+                return value
+        except ValueError:
+            raise ValueError(f"schedule input '{name}' = {text!r}: must be a finite {kind} number") from None
+        return text
+
+    @classmethod
+    def parse_overrides(cls, items: Any, option: str = "--set") -> dict[str, Any]:
+        """FIELD=VALUE items -> {field: typed value} (`parse_field`); a bad item is named with `option`."""
+        out = {}
+        for item in items:
+            name, _, value = str(item).partition("=")
+            if not value:
+                raise ValueError(f"{option} {item!r}: use FIELD=VALUE with a schedule field")
+            try:
+                out[name] = cls.parse_field(name, value)
+            except ValueError as e:
+                raise ValueError(f"{option} {item!r}: {e}") from None
+        return out
 
     def replace(self, **changes: Any) -> "Schedule":
         return dataclasses.replace(self, **changes)
@@ -211,8 +267,10 @@ class Schedule:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"schedule JSON has unknown keys {unknown}; known keys: {sorted(known)}")
-        base = dict(PRESETS.get(data.get("preset", "higfa"), {}))
-        return cls(**{**base, **data})
+        name = data.get("preset", "higfa")
+        if name in PRESETS:  # the one rule: the keys given override the preset (from_preset)
+            return cls.from_preset(name, **{k: v for k, v in data.items() if k != "preset"})
+        return cls(**data)
 
     @classmethod
     def from_json(cls, text: str) -> "Schedule":
@@ -250,3 +308,4 @@ PRESETS: dict[str, dict[str, Any]] = {
 # paint the marking at half the push, and the gentler push keeps the images closer to real ones (KID in the world
 # oracle's features 25 vs 112 at w_cls 4, marking still right in 0.89 vs 0.91 of the images; docs/quality.md).
 PRESETS["higfa-tuned"] = PRESETS["higfa-robust"] | dict(classifier_scale=2.0)
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Schedule) if f.name != "preset")  # node input order

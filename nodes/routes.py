@@ -13,7 +13,6 @@ dropdown fills its widgets from it (web/higfa_schedule.js), so presets live only
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import math
 
@@ -22,7 +21,6 @@ import numpy as np
 from ..higfa.schedule import Schedule
 from .schedule import FIELDS, build_schedule
 
-_TYPES = {f.name: f.type for f in dataclasses.fields(Schedule)}
 MAX_POINTS = 1001
 MAX_CONFIDENCES = 16
 
@@ -34,22 +32,9 @@ def _finite(name: str, text: str) -> float:
     return value
 
 
-def _value(name: str, text: str):
-    kind = _TYPES[name]
-    if kind in ("bool", bool):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"schedule input '{name}' = {text!r}: use true or false")
-        return text.lower() in ("true", "1")
-    if kind in ("int", int):
-        return int(text)
-    if kind in ("float", float):
-        return _finite(f"schedule input '{name}'", text)
-    return text
-
-
 def schedule_curves(query) -> dict:
     """The answer for one query (a mapping of strings); ValueError naming the bad value otherwise."""
-    values = {k: _value(k, v) for k, v in query.items() if k in FIELDS}
+    values = {k: Schedule.parse_field(k, v) for k, v in query.items() if k in FIELDS}
     schedule = build_schedule(query.get("preset", "higfa"), **values)
     text = str(query.get("points", 101)).strip()
     points = int(text) if text.lstrip("-").isdigit() and len(text) < 8 else None

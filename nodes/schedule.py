@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from ..higfa.schedule import BATCH_CONFIDENCE, CLASSIFIER_STEPS, GRAD_NORMS, PRESETS, Schedule
-from ._comfy import CATEGORY, SCHEDULE, io
+from ._comfy import CATEGORY, SCHEDULE, advanced, io
 
-# "custom": every input as set. A named preset fixes the switches that define its ablation.
+# "custom": every input as set. A named preset sets the switches that define its ablation; inputs changed from
+# their defaults override it (Schedule.from_inputs).
 PRESET_NAMES = [*PRESETS, "custom"]
 _DEFAULT = Schedule()
 
@@ -52,27 +53,31 @@ _INT_MAX = {"measure_every": 100, "views": 64, "inner_iterations": 64}
 FIELDS = [f.name for f in dataclasses.fields(Schedule) if f.name != "preset"]
 
 
+# In front (with the preset); every other input is "advanced": newer front ends fold those away. The order of the
+# inputs (saved workflows' widget order) stays FIELDS's.
+FRONT = ("stage_boundary", "cfg", "contour_strength", "classifier_scale")
+
+
 def _input(name: str):
-    default, tip = getattr(_DEFAULT, name), TOOLTIPS[name]
+    default, tip, more = getattr(_DEFAULT, name), TOOLTIPS[name], advanced(name not in FRONT)
     if name in _COMBOS:
-        return io.Combo.Input(name, options=list(_COMBOS[name]), default=default, tooltip=tip)
+        return io.Combo.Input(name, options=list(_COMBOS[name]), default=default, tooltip=tip, **more)
     if isinstance(default, bool):
-        return io.Boolean.Input(name, default=default, tooltip=tip)
+        return io.Boolean.Input(name, default=default, tooltip=tip, **more)
     if isinstance(default, int):
-        return io.Int.Input(name, default=default, min=1, max=_INT_MAX[name], tooltip=tip)
-    return io.Float.Input(name, default=default, min=0.0, max=_RANGES.get(name, 1.0), step=0.01, tooltip=tip)
+        return io.Int.Input(name, default=default, min=1, max=_INT_MAX[name], tooltip=tip, **more)
+    return io.Float.Input(name, default=default, min=0.0, max=_RANGES.get(name, 1.0), step=0.01, tooltip=tip,
+                          **more)
 
 
 def build_schedule(preset: str, **values) -> Schedule:
-    """The node's semantics (also used by the /higfa/schedule route): a named preset overrides the
-    inputs that define it (e.g. cfg turns the contour and the classifier off); the rest come from
-    the inputs. Raises ValueError naming a bad input."""
+    """The node's schedule (also the /higfa/schedule route's): `Schedule.from_inputs`, the core's one rule
+    for a preset plus overrides (an input left at its default takes the preset's value, any other input wins;
+    the preset dropdown fills the widgets from the preset, web/higfa_schedule.js). Raises ValueError naming a
+    bad input."""
     if preset not in PRESET_NAMES:
         raise ValueError(f"schedule preset {preset!r}: choose one of {PRESET_NAMES}")
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"unknown schedule inputs {unknown}; known: {FIELDS}")
-    return Schedule(**{**values, **PRESETS.get(preset, {}), "preset": preset})
+    return Schedule.from_inputs(preset, values)
 
 
 class HiGFASchedule(io.ComfyNode):

@@ -106,3 +106,45 @@ def test_new_fields_are_neutral_by_default_and_validated():
             Schedule(**{field: value})
     again = Schedule.from_json(Schedule(views=4, inner_iterations=2, grad_map=True).to_json())
     assert again.views == 4 and again.inner_iterations == 2 and again.grad_map
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_one_precedence_rule_for_a_preset_plus_overrides(preset):
+    """The CLI (--schedule JSON), the bench (FIELD=VALUE) and the node/route (every input given, the preset
+    dropdown having filled them) agree: the defaults, the preset over them, the overrides over both."""
+    from higfa.jobs.settings import AugmentSettings
+
+    overrides = {"contour_strength": 0.9, "tau_lo": 0.2, "views": 3}
+    want = Schedule.from_preset(preset, **overrides)
+    assert want.contour_strength == 0.9 and want.tau_lo == 0.2 and want.views == 3
+    for name, value in PRESETS[preset].items():  # the rest of the preset stays
+        if name not in overrides:
+            assert getattr(want, name) == value
+    cli = AugmentSettings(data="d", out="o", model="m", preset=preset,
+                          schedule=json.dumps({"preset": preset, **overrides})).build_schedule()
+    text = Schedule.parse_overrides(["contour_strength=0.9", "tau_lo=0.2", "views=3"])
+    widgets = {**Schedule.from_preset(preset).to_dict(), **overrides}  # the dropdown filled them, then 3 edits
+    node = Schedule.from_inputs(preset, {k: v for k, v in widgets.items() if k != "preset"})
+    route = Schedule.from_inputs(preset, {k: Schedule.parse_field(k, v) for k, v in
+                                          {"contour_strength": "0.9", "tau_lo": "0.2", "views": "3"}.items()})
+    assert cli == Schedule.from_preset(preset, **text) == node == route == want
+    # where every input is given (node, route), one left at its default takes the preset's value
+    untouched = {k: v for k, v in Schedule().replace(views=3).to_dict().items() if k != "preset"}
+    assert Schedule.from_inputs(preset, untouched) == Schedule.from_preset(preset, views=3)
+
+
+def test_schedule_fields_parse_from_text_one_way():
+    """`--set modulate=1` (bench) and `?modulate=1` (route) are the same True; bad text names the field."""
+    assert Schedule.parse_field("modulate", "1") is True and Schedule.parse_field("modulate", "False") is False
+    assert Schedule.parse_field("views", "4") == 4 and Schedule.parse_field("cfg", " 2.5") == 2.5
+    assert Schedule.parse_field("grad_norm", "identity") == "identity"
+    assert Schedule.parse_overrides(["modulate=1", "tau_lo=0.2"]) == {"modulate": True, "tau_lo": 0.2}
+    for name, text, match in (("modulate", "yes", "use true or false"), ("cfg", "nan", "finite"),
+                              ("views", "2.5", "'views' = '2.5'"), ("nope", "1", "not a field")):
+        with pytest.raises(ValueError, match=match):
+            Schedule.parse_field(name, text)
+    with pytest.raises(ValueError, match=r"--set 'cfg'"):
+        Schedule.parse_overrides(["cfg"])
+    assert Schedule.from_inputs("custom", {"cfg": 2.0}).cfg == 2.0
+    with pytest.raises(ValueError, match="unknown schedule inputs"):
+        Schedule.from_inputs("higfa", {"bogus": 1})
