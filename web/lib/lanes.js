@@ -6,6 +6,8 @@ export const COLORS = {
   contour: "#f0a040",
   classifier: "#e0605a",
   confidence: "#6cc070",
+  judge: "#b58cf0",  // the judge's p (a classifier that did not guide)
+  gap: "#e0605a",  // between the guide's and the judge's p: the guide's fooling
   text: "#c8c8c8",
   muted: "#8a8a8a",
   grid: "rgba(255,255,255,0.10)",
@@ -45,7 +47,7 @@ export function drawMessage(canvas, text, color = COLORS.muted) {
 }
 
 /**
- * spec: {boundary, xLabel, note, lanes: [{label, color, max, band: {x, lo, hi}, hlines: [{y, label}],
+ * spec: {boundary, xLabel, note, lanes: [{label, color, max, band: {x, lo, hi, color}, hlines: [{y, label}],
  *        lines: [{x, y, dash, width, alpha, step}], markers: {x, y, label}, empty}]}
  */
 export function drawLanes(canvas, spec) {
@@ -68,7 +70,7 @@ export function drawLanes(canvas, spec) {
     ctx.textBaseline = "bottom";
     ctx.fillText("0", PAD.left - 4, top + laneH);
     for (const h of lane.hlines || []) drawHLine(ctx, PAD.left, plotW, Y(h.y), h.label);
-    if (lane.band) drawBand(ctx, lane.band, X, Y, lane.color);
+    if (lane.band) drawBand(ctx, lane.band, X, Y, lane.band.color || lane.color);
     for (const line of lane.lines || []) drawLine(ctx, line, X, Y, line.color || lane.color);
     if (lane.markers) drawMarkers(ctx, lane.markers, X, Y);
     ctx.textAlign = "left";
