@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .families import check_sampling, gradient_factor, guidance_sigma
 from .guidance import Costs, Decode, Views, measure, normalise, sigma_form_update
 from .judge import confidence as judge_confidence
 from .judge import judge_view_seed
@@ -64,6 +65,8 @@ class Guide:
     judge_name: what the judge is, for the trace (`Trace.judge`). Without a judge nothing changes.
     interrupt: called once per inner gradient iteration (e.g. ComfyUI's interruption check, which raises);
     the core never imports a front end.
+    sampling: how the model noises x (higfa.families): "eps" (default: SD 1.x, the core backends), "v_prediction" or
+    "const" (flow models); it sets the classifier step's σ_g and, through the denoiser, the gradient's factor.
     """
 
     def __init__(self, schedule: Schedule, classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -71,7 +74,7 @@ class Guide:
                  class_names: Sequence[str] | None = None, *, precision: str = "auto",
                  decoder_name: str | None = None, judge: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  judge_target: int | Sequence[int] | torch.Tensor | None = None, judge_name: str | None = None,
-                 interrupt: Callable[[], None] | None = None):
+                 interrupt: Callable[[], None] | None = None, sampling: str = "eps"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {PRECISIONS}")
         if interrupt is not None and not callable(interrupt):
@@ -86,6 +89,7 @@ class Guide:
         self.target = None if target is None else torch.as_tensor(target).long().reshape(-1)
         self.class_names = list(class_names) if class_names else None
         self.precision = precision
+        self.sampling = check_sampling(sampling)  # the model family's noising (higfa.families); backends may reset it
         self.decoder_name = (decoder_name or "decode") if decode is not None else None
         # A judge only matters where the classifier runs; without one every output is as before.
         self.judge = judge if schedule.uses_classifier else None
@@ -180,11 +184,15 @@ class Guide:
                 applied = ok if it == 0 else applied & ok
                 if it == 0:
                     row.grad_norm = g.flatten(1).norm(dim=1).tolist()
+                if through:  # ∇ on the family's own x -> ∇ on its VE form x̃ (higfa.families)
+                    g = g * gradient_factor(plan.sigma, self.sampling)
                 unit = normalise(g.to(x0.dtype), sch.grad_norm)
-                delta = sigma_form_update(torch.zeros_like(x0), unit, (w * ok / n).to(x0.dtype), plan.sigma)
+                delta = sigma_form_update(torch.zeros_like(x0), unit, (w * ok / n).to(x0.dtype),
+                                          guidance_sigma(plan.sigma, self.sampling, plan.progress))
                 out = out + delta
                 if through:
-                    x_i = x_i + delta  # the next iteration looks at the noisy latent moved as x̂0 was
+                    # the next iteration looks at the noisy latent moved as x̂0 was (at fixed noise)
+                    x_i = x_i + delta * gradient_factor(plan.sigma, self.sampling)
                 if sch.grad_map:
                     # only where the update was applied: a gated sample in a guided batch gets an empty map
                     e = unit.float().pow(2).sum(1) * (w * ok > 0).reshape(-1, 1, 1).float()

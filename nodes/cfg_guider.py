@@ -67,7 +67,9 @@ class HiGFACFGGuider(comfy.samplers.CFGGuider):
                              "contour, or one per latent (HiGFA Contour Transform's images × variants = the "
                              "latent batch_size)")
         self.guide.reset()  # guider objects are cached node outputs: one run's state must not leak
-        self._progress = _progress_fn(self.model_patcher.get_model_object("model_sampling"))
+        model_sampling = self.model_patcher.get_model_object("model_sampling")  # read per run: nodes may patch it
+        self._progress = _progress_fn(model_sampling)
+        self.guide.sampling = _sampling(model_sampling, self.guide.classifier is not None)
         self._grid = None
         try:
             return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
@@ -159,6 +161,24 @@ def _judge_name(judge) -> str:
     arch = getattr(judge, "architecture", "") or type(judge).__name__
     names = getattr(judge, "class_names", None)
     return f"{arch} ({len(names)} classes)" if names else arch
+
+
+def _sampling(model_sampling, needed: bool) -> str:
+    """How the model noises x, in higfa.families' names: CONST (SD3, Flux and other flow models) is "const";
+    V_PREDICTION and EDM "v_prediction"; EPS, X0, IMG_TO_IMG and COSMOS_RFLOW (all x = x0 + σ·ε) "eps"."""
+    ms = comfy.model_sampling
+    if isinstance(model_sampling, ms.CONST):
+        return "const"
+    if isinstance(model_sampling, ms.V_PREDICTION):
+        return "v_prediction"
+    if isinstance(model_sampling, tuple(getattr(ms, n) for n in ("EPS", "COSMOS_RFLOW") if hasattr(ms, n))):
+        return "eps"
+    if needed:
+        kinds = " + ".join(c.__name__ for c in type(model_sampling).__mro__[1:3])
+        raise ValueError(f"model: its sampling ({kinds}) is none HiGFA's classifier step knows (EPS, "
+                         "V_PREDICTION, EDM, X0, IMG_TO_IMG, COSMOS_RFLOW, CONST): use the 'cfg' or 'contour' preset"
+                         " with this model, or report the model type")
+    return "eps"  # no classifier step: the family does not matter
 
 
 def _progress_fn(model_sampling):
