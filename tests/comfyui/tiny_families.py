@@ -54,12 +54,13 @@ def _patcher(model):
                                             offload_device=mm.unet_offload_device())
 
 
-def _conds(seed: int, pooled: bool) -> tuple[list, list]:
+def conditioning(seed: int, pooled: bool, width: int = CONTEXT) -> tuple[list, list]:
+    """(positive, negative) CONDITIONING of the family's shapes: tokens [1, 8, width], a pooled vector if any."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(2):
         extra = {"pooled_output": torch.randn(1, POOLED, generator=g)} if pooled else {}
-        out.append([[torch.randn(1, TOKENS, CONTEXT, generator=g), extra]])
+        out.append([[torch.randn(1, TOKENS, width, generator=g), extra]])
     return out[0], out[1]
 
 
@@ -109,7 +110,7 @@ def _sdxl(seed: int) -> Family:
 
     model = _unet_model(TinySDXL, comfy.model_base.SDXL, SDXL_UNET, seed)
     return Family("sdxl", "eps", _patcher(model), _vae(seed + 2, 4), _cldm(SDXL_UNET, seed + 3),
-                  *_conds(seed + 1, pooled=True), 4)
+                  *conditioning(seed + 1, pooled=True), 4)
 
 
 def _sd1_vpred(seed: int) -> Family:
@@ -125,7 +126,7 @@ def _sd1_vpred(seed: int) -> Family:
     model = _unet_model(TinySDv, comfy.model_base.BaseModel, UNET_CONFIG, seed,
                         model_type=comfy.model_base.ModelType.V_PREDICTION)
     return Family("sd1_vpred", "v_prediction", _patcher(model), _vae(seed + 2, 4), _cldm(UNET_CONFIG, seed + 3),
-                  *_conds(seed + 1, pooled=False), 4)
+                  *conditioning(seed + 1, pooled=False), 4)
 
 
 def _sd3(seed: int) -> Family:
@@ -151,7 +152,7 @@ def _sd3(seed: int) -> Family:
     latent_format.shift_factor = 0  # as comfy.controlnet.load_controlnet_mmdit does for SD3 ControlNets
     cnet = comfy.controlnet.ControlNet(net, compression_ratio=1, latent_format=latent_format,
                                        load_device=mm.get_torch_device())
-    return Family("sd3", "const", _patcher(model), _vae(seed + 2, 16), cnet, *_conds(seed + 1, pooled=True), 16)
+    return Family("sd3", "const", _patcher(model), _vae(seed + 2, 16), cnet, *conditioning(seed + 1, pooled=True), 16)
 
 
 def _fill_buffers(module: torch.nn.Module, seed: int) -> None:
@@ -161,3 +162,70 @@ def _fill_buffers(module: torch.nn.Module, seed: int) -> None:
         for name, b in module.named_buffers():
             if name.endswith("pos_embed"):
                 b.copy_(torch.randn(b.shape, generator=g) * 0.02)
+
+
+TAESD = {"sdxl": ("taesdxl", 4), "sd1_vpred": ("taesd", 4), "sd3": ("taesd3", 16)}  # the family's TAESD, latent width
+
+
+def write_taesd(folder, name: str, channels: int, seed: int = 5) -> None:
+    """TAESD's own two files (`<name>_encoder.safetensors`, `<name>_decoder.safetensors`: the state dicts of its
+    Sequential encoder / decoder), random init, as the stock VAE Loader reads them from models/vae_approx."""
+    from comfy.taesd.taesd import Decoder, Encoder
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, net in (("encoder", Encoder(latent_channels=channels)), ("decoder", Decoder(latent_channels=channels))):
+        init_weights(net, seed)
+        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()},
+                  str(folder / f"{name}_{part}.safetensors"))
+
+
+# ----------------------------------------------------------------------------- real-format files (stock loaders)
+def sd3_checkpoint_state(seed: int = 20) -> dict[str, torch.Tensor]:
+    """A single-file SD3-class checkpoint CheckpointLoaderSimple detects as SD3 (an MMDiT with 16 latent channels;
+    depth 2, i.e. width 128) with a TAESD3-format VAE (its scale/shift as the taesd3 loader sets them) and no text
+    encoder (a real one is T5-XXL + two CLIPs; the tests give conditioning of the checkpoint's widths)."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+    from comfy.taesd.taesd import TAESD
+
+    net = OpenAISignatureMMDITWrapper(dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init,
+                                      **SD3_MMDIT)
+    init_weights(net, seed)
+    _fill_buffers(net, seed)
+    vae = init_weights(TAESD(latent_channels=16), seed + 1)
+    with torch.no_grad():
+        vae.vae_scale.fill_(1.5305)
+        vae.vae_shift.fill_(0.0609)
+    state = {f"model.diffusion_model.{k}": v for k, v in net.state_dict().items()}
+    state.update({f"first_stage_model.{k}": v for k, v in vae.state_dict().items()})
+    return {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}
+
+
+def sd3_controlnet_state(seed: int = 22) -> dict[str, torch.Tensor]:
+    """An SD3 ControlNet in diffusers' layout (transformer_blocks.*, pos_embed_input.*, controlnet_blocks.*), the
+    format ControlNetLoader reads with load_controlnet_mmdit: ComfyUI's own key map, inverted."""
+    import comfy.cldm.mmdit
+    import comfy.ops
+    import comfy.utils
+
+    net = comfy.cldm.mmdit.ControlNet(num_blocks=2, control_latent_channels=16, dtype=torch.float32, device="cpu",
+                                      operations=comfy.ops.disable_weight_init, **SD3_MMDIT)
+    init_weights(net, seed)
+    _fill_buffers(net, seed)
+    ours = {k: v.detach() for k, v in net.state_dict().items()}
+    out, used = {}, set()
+    for theirs, target in comfy.utils.mmdit_to_diffusers({"depth": 2, "num_blocks": 2}).items():
+        name = target if isinstance(target, str) else target[0]
+        if name not in ours:
+            continue
+        used.add(name)
+        if isinstance(target, str):
+            out[theirs] = ours[name]
+        elif target[1] is not None:  # one of q, k, v sliced out of the fused qkv
+            dim, start, length = target[1]
+            out[theirs] = ours[name].narrow(dim, start, length)
+        else:  # stored with its scale/shift halves swapped; swapping is its own inverse
+            out[theirs] = target[2](ours[name])
+    out.update({k: v for k, v in ours.items() if k not in used})  # same name in both layouts (loader keeps them)
+    return {k: v.to(torch.float16).contiguous() for k, v in out.items()}

@@ -1,0 +1,173 @@
+"""The HiGFA guider on the model families beyond SD 1.x EPS (in-process, tiny random-init stand-ins of
+tests/comfyui/tiny_families.py): SDXL (EPS), SD 1.x v-prediction and SD3 (flow matching, CONST). For each:
+the `cfg` and `contour` presets equal stock sampling bit for bit, `higfa` runs with a classifier and the
+family's ControlNet, the trace's π and stage boundary are where ComfyUI's own percent_to_sigma puts them, and
+the classifier step is w·σ_g²·normalise(g) with σ_g of the family (higfa.families)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfy_helpers import IMAGE, make_classifier, make_image
+
+pytestmark = pytest.mark.comfyui
+STEPS = 8
+FAMILIES = ("sdxl", "sd1_vpred", "sd3")
+
+
+@pytest.fixture(scope="module")
+def shared(comfy):
+    """A loaded tiny classifier and a contour image (shared by every family)."""
+    import folder_paths
+
+    pack = comfy.pack
+    make_classifier(comfy.tmp / "classifiers-families" / "tiny.safetensors")
+    folder_paths.add_model_folder_path("classifiers", str(comfy.tmp / "classifiers-families"))
+    with torch.inference_mode():
+        image = torch.from_numpy(make_image(0)).float().div(255).unsqueeze(0)
+        contour = pack.nodes.contour.HiGFAContourTransform.execute(image, "canny", 120.0, 200.0, 0.0, False, 0.5, 0,
+                                                                   1).args[0]
+        clf = pack.nodes.classifier.HiGFAClassifierLoader.execute("tiny.safetensors").args[0]
+    return dict(pack=pack, clf=clf, contour=contour)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fam(request, shared):
+    import comfy.samplers as cs
+    import tiny_families
+
+    with torch.inference_mode():
+        f = tiny_families.family(request.param)
+    ms = f.model.get_model_object("model_sampling")
+    noise = torch.randn(2, f.channels, IMAGE // 8, IMAGE // 8, generator=torch.Generator().manual_seed(0))
+    sigmas = cs.calculate_sigmas(ms, "simple", STEPS).cpu()
+    return dict(shared, f=f, ms=ms, noise=noise, sigmas=sigmas, name=request.param)
+
+
+def run(w, guider, batch=2):
+    import comfy.samplers as cs
+
+    with torch.inference_mode():
+        return guider.sample(w["noise"][:batch], torch.zeros_like(w["noise"][:batch]), cs.sampler_object("euler"),
+                             w["sigmas"], disable_pbar=True, seed=0)
+
+
+def guider(w, preset, target="1", guidance_vae=None, **kw):
+    f = w["f"]
+    sched = w["pack"].nodes.schedule.build_schedule(preset, **kw)
+    control = sched.uses_contour
+    return w["pack"].nodes.guider.build_guider(f.model, f.positive, f.negative, sched,
+                                               f.control_net if control else None,
+                                               w["contour"] if control else None, f.vae, w["clf"], target,
+                                               guidance_vae)
+
+
+def stock(w, contour=None, cfg=7.5):
+    import comfy.samplers as cs
+    import nodes
+
+    f = w["f"]
+    pos, neg = f.positive, f.negative
+    if contour is not None:
+        with torch.inference_mode():
+            pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, f.control_net, w["contour"], contour,
+                                                                        0.0, 1.0, vae=f.vae)
+    g = cs.CFGGuider(f.model)
+    g.set_conds(pos, neg)
+    g.set_cfg(cfg)
+    return g
+
+
+def test_cfg_and_contour_presets_are_bit_identical_to_stock_sampling(fam):
+    ours = guider(fam, "cfg")
+    plain = run(fam, stock(fam))
+    assert torch.equal(run(fam, ours), plain)
+    assert ours.guide.sampling == fam["f"].sampling
+    with_contour = run(fam, guider(fam, "contour"))
+    assert torch.equal(with_contour, run(fam, stock(fam, contour=0.75)))
+    assert not torch.equal(with_contour, plain)  # the family's ControlNet does act
+
+
+def test_higfa_runs_with_a_classifier(fam):
+    g = guider(fam, "higfa", target="1")  # the tiny classifier is unsure of class 1: full guidance
+    out = run(fam, g)
+    assert torch.isfinite(out).all()
+    assert g.guide.sampling == fam["f"].sampling
+    summary = g.guide.trace.summary()
+    assert summary["stage2_evaluations"] > 0 and summary["guided_sample_steps"] > 0
+    assert not torch.equal(out, run(fam, guider(fam, "contour")))  # the classifier changed the result
+    rows = [r for r in g.guide.trace.steps if r.stage == 2]
+    assert all(r.confidence is not None and all(0 <= p <= 1 for p in r.confidence) for r in rows)
+
+
+def test_trace_progress_and_stage_boundary_follow_comfyuis_percent(fam):
+    """π of every row is the noise-level percent of its σ by the model's own percent_to_sigma (a flow model's
+    σ→π differs from SD's), and stage 2 starts at the first σ at or below percent_to_sigma(π_c)."""
+    pi_c = 0.6
+    g = guider(fam, "higfa", stage_boundary=pi_c)
+    run(fam, g, batch=1)
+    rows, ms = g.guide.trace.steps, fam["ms"]
+    assert [r.sigma for r in rows] == pytest.approx(fam["sigmas"][:-1].tolist(), rel=1e-6)
+    for r in rows:
+        if r.progress <= 0.0:  # the top of the schedule: ComfyUI's percent_to_sigma(0) is a sentinel there
+            assert r.sigma >= float(ms.sigma_max) * (1 - 1e-6)
+        else:
+            assert ms.percent_to_sigma(r.progress) == pytest.approx(r.sigma, rel=1e-4)
+        assert r.stage == (2 if r.progress >= pi_c else 1)
+    boundary = ms.percent_to_sigma(pi_c)
+    first = next(i for i, r in enumerate(rows) if r.stage == 2)
+    assert 0 < first and rows[first].sigma <= boundary < rows[first - 1].sigma
+
+
+def test_classifier_step_is_the_family_formula(fam):
+    """On every guided step x̂0' − x̂0 = w·σ_g²·g/rms(g), g = ∇_x̂0 log p recomputed through the guider's own
+    decoder and classifier, σ_g = guidance_sigma(σ, family, π): σ itself for SDXL and SD 1.x v-prediction (the
+    SD table), the SD table's σ at the same π for the flow model."""
+    from higfa_pack.higfa.families import guidance_sigma, reference_sigma
+    from higfa_pack.higfa.guidance import measure, normalise
+
+    g = guider(fam, "classifier-all-steps", target="1")
+    target, seen = torch.tensor([1]), []
+    refine = g.guide.refine
+
+    def spy(x0, plan, *a, **k):  # the gradient by the guider's own decoder and classifier, at this x̂0
+        grad = measure(x0, g._decode, g._classify, target, grad=True).g
+        out = refine(x0, plan, *a, **k)
+        seen.append((x0.clone(), out.clone(), plan, grad))
+        return out
+
+    g.guide.refine = spy
+    run(fam, g, batch=1)
+    assert len(seen) == STEPS
+    for (x0, out, plan, grad), row in zip(seen, g.guide.trace.steps):
+        sg = guidance_sigma(plan.sigma, fam["f"].sampling, plan.progress)
+        if fam["f"].sampling == "const":
+            assert sg == pytest.approx(reference_sigma(plan.progress)) and sg > plan.sigma
+        else:
+            assert sg == plan.sigma
+        want = row.classifier_scale[0] * sg**2 * normalise(grad)
+        ulp = float(x0.abs().max()) * 2.0**-23  # out − x0 cancels: float32 rounding of x̂0 itself
+        torch.testing.assert_close(out - x0, want, rtol=1e-4, atol=2 * ulp + 1e-6 * sg**2)
+
+
+def test_the_familys_taesd_from_the_stock_vae_loader_guides(fam, comfy):
+    """taesdxl / taesd / taesd3 in their own file format (models/vae_approx), loaded by the stock VAE Loader,
+    as the classifier path's guidance_vae: the run guides and its trace names the decoder."""
+    import folder_paths
+    import nodes
+    import tiny_families
+
+    name, channels = tiny_families.TAESD[fam["name"]]
+    folder = comfy.tmp / "vae_approx_families"
+    tiny_families.write_taesd(folder, name, channels)
+    folder_paths.add_model_folder_path("vae_approx", str(folder))
+    with torch.inference_mode():
+        assert name in nodes.VAELoader.vae_list(nodes.VAELoader)
+        taesd = nodes.VAELoader().load_vae(name)[0]
+    g = guider(fam, "higfa", guidance_vae=taesd)
+    out = run(fam, g)
+    assert torch.isfinite(out).all()
+    assert g.guide.trace.guidance_decoder == "guidance_vae (TAESD)"
+    assert g.guide.trace.summary()["guided_sample_steps"] > 0
+    assert not torch.equal(out, run(fam, guider(fam, "higfa")))  # a different decoder guided
