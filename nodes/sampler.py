@@ -28,7 +28,8 @@ class HiGFASampler(io.ComfyNode):
             display_name="HiGFA Sampler",
             category=f"{CATEGORY}/sampling",
             description="KSampler with HiGFA guidance (cfg comes from the schedule). Returns the latent and the "
-                        "per-step trace as a plot and as JSON.",
+                        "per-step trace as a plot and as JSON. An optional judge (a classifier that did not guide) "
+                        "sets the confidence the schedule follows.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (SD 1.5 in the shipped workflows)."),
                 io.Conditioning.Input("positive", tooltip="Text prompt, e.g. 'a photo of a <class>'."),

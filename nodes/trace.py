@@ -27,7 +27,8 @@ class HiGFATrace(io.ComfyNode):
             display_name="HiGFA Trace",
             category=f"{CATEGORY}/sampling",
             description="Confidence, text CFG, contour strength and classifier scale per step of a HiGFA Guider's "
-                        "last run (stage boundary dashed, gated steps ×).",
+                        "last run (stage boundary dashed, gated steps ×). With a judge: the guide's and the judge's "
+                        "confidence, the gap between them (the guide's fooling) shaded.",
             inputs=[io.Guider.Input("guider", tooltip="The GUIDER of a HiGFA Guider node."),
                     io.Latent.Input("latent", tooltip="The sampler's output: makes this node run after sampling.")],
             outputs=[io.Image.Output(display_name="trace_plot"), io.String.Output(display_name="trace_json")],

@@ -76,6 +76,42 @@ def test_judge_is_the_last_input_of_guider_and_sampler(w):
         assert judge.optional and judge.io_type == "HIGFA_CLASSIFIER" and "did not guide" in judge.tooltip
 
 
+def _trace_bytes(trace) -> bytes:
+    for s in trace.steps:
+        s.seconds = 0.0  # wall-clock: the one field two identical runs may differ in
+    return trace.to_json().encode()
+
+
+@pytest.mark.parametrize("preset", ["higfa", "higfa-robust"])
+def test_without_a_judge_the_guider_is_bit_identical_to_before(w, preset, monkeypatch):
+    """The ComfyUI guider without a judge, with today's Guide and with the Guide before the judge (the frozen
+    copies tests/test_judge.py compares the core with): same latents, same trace JSON bytes."""
+    import importlib.util
+
+    from comfy_helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("higfa_test_judge_core", ROOT / "tests" / "test_judge.py")
+    core_tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(core_tests)
+    before = core_tests._before_judge()
+
+    class Before(before):  # the guider passes the new keywords; the old Guide never had them
+        def __init__(self, *args, judge=None, judge_target=None, judge_name=None, interrupt=None, **kw):
+            assert judge is None
+            super().__init__(*args, **kw)
+
+    sched = schedule(w, preset, stage_boundary=0.3)
+    monkeypatch.setattr(w["pack"].nodes.cfg_guider, "Guide", Before)
+    old = guider(w, sched, target="class_2")
+    a = run(w, old)
+    monkeypatch.undo()
+    new = guider(w, sched, target="class_2")
+    b = run(w, new)
+    assert type(old.guide) is Before and type(new.guide) is not Before
+    assert torch.equal(a, b) and _trace_bytes(old.guide.trace) == _trace_bytes(new.guide.trace)
+    assert new.guide.trace.summary()["guided_sample_steps"] > 0
+
+
 def test_a_sure_judge_gates_where_the_guide_would_guide(w):
     sched = schedule(w)
     alone, judged = guider(w, sched), guider(w, sched, w["judge"])
