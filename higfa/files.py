@@ -3,14 +3,17 @@ records, classifier weights and sidecars, training checkpoints) goes through `at
 
     atomic_write_bytes(path, data)                       # bytes
     atomic_write(path, lambda f: torch.save(state, f))   # anything that writes to a binary file object
+
+and `files_digest`, the one digest of a set of model files (the quality bench keys its caches by it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -39,3 +42,18 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def files_digest(root: str | Path, paths: Iterable[str | Path]) -> str:
+    """sha256 (16 hex) of a set of files under `root`: for each given path in order (a folder: every file
+    below it, sorted), its path relative to `root` and its bytes. Whatever changes a weight, a config or a
+    file name changes the digest. (`higfa augment`'s run records keep per-file digests instead:
+    jobs/safety.py `content_fingerprint`, which can resume from cached ones.)"""
+    root = Path(root)
+    h = hashlib.sha256()
+    for part in map(Path, paths):
+        for f in sorted([part] if part.is_file() else part.rglob("*")):
+            if f.is_file():
+                h.update(str(f.relative_to(root)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
