@@ -21,7 +21,8 @@ def noise_schedule_from_scheduler(scheduler) -> NoiseSchedule:
 
 
 class DiffusersDenoiser:
-    """D(x, σ) for a diffusers UNet, with text branches and a ControlNet contour.
+    """D(x, σ) for a diffusers UNet, with text branches and a ControlNet contour: the σ-form wrapper around
+    `unet_output`, the one model call that `sample_with_scheduler` makes too.
 
     embeddings: {"cond": [1 or B, L, D], "uncond": [1 or B, L, D]} text-encoder states.
     contour: [1 or B, 3, H, W] in [0,1] (the ControlNet hint at image resolution), or None.
@@ -57,14 +58,10 @@ class DiffusersDenoiser:
         z = (x * c_in.to(x.dtype)).repeat(n, 1, 1, 1)
         t = self.timestep(sig).to(x.device).repeat(n)
         emb = torch.cat([self._expand(self.embeddings[b], B) for b in branches]).to(x.device, self.unet.dtype)
-        z = z.to(self.unet.dtype)
-        extra = {}
+        hint = None
         if self.controlnet is not None and contour_strength > 0:
-            hint = self._expand(self.contour, B).repeat(n, 1, 1, 1).to(x.device, self.controlnet.dtype)
-            down, mid = self.controlnet(z, t, encoder_hidden_states=emb, controlnet_cond=hint,
-                                        conditioning_scale=float(contour_strength), return_dict=False)
-            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        out = self.unet(z, t, encoder_hidden_states=emb, **extra).sample.to(x.dtype)
+            hint = self._expand(self.contour, B).repeat(n, 1, 1, 1).to(x.device)
+        out = unet_output(self.unet, z, t, emb, self.controlnet, hint, contour_strength).to(x.dtype)
         xs = x.repeat(n, 1, 1, 1)
         s = sig.repeat(n).reshape(-1, 1, 1, 1).to(x.dtype)
         if self.prediction_type == "epsilon":

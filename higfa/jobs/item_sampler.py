@@ -13,6 +13,7 @@ from ..backends.components import Components
 from ..backends.denoiser import decode_uint8, decoder_name, sample_with_scheduler, vae_decode
 from ..contour import ContourTransform, EdgeDetector
 from ..guide import Guide
+from ..judge import scores
 from ..schedule import Schedule
 from ..trace import Trace
 from .dataset import square_image
@@ -95,11 +96,9 @@ class ItemSampler:
         scorer, scored = self.classifier, targets
         if self.judge is not None:
             scorer, scored = self.judge[0], [self.judge[1][it.source.id] for it in group]
-        if scorer is not None:
-            with torch.no_grad():
-                x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(self.device)
-                p = torch.softmax(scorer(x).float(), -1)
-            conf = [float(p[b, t]) for b, t in enumerate(scored)]
+        if scorer is not None:  # the judge's scores (`higfa.judge.scores`), as the confidence filter node's
+            x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(self.device)
+            conf = [float(p) for p in scores(x, scorer, scored)]
         traces = result.trace.split(len(group))
         return [Sampled(images[b], traces[b], conf[b]) for b in range(len(group))]
 
