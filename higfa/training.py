@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -327,3 +327,20 @@ def features(classifier: Classifier, images: torch.Tensor | np.ndarray, batch_si
             out.append(m.forward_head(m.forward_features(xb), pre_logits=True).float().cpu())
     classifier.train(was_training)
     return torch.cat(out)
+
+
+def fooling_gap(guide_pred: Sequence[int] | np.ndarray, independent_pred: Sequence[int] | np.ndarray,
+                targets: Sequence[int] | np.ndarray, independent_targets: Sequence[int] | np.ndarray | None = None
+                ) -> dict[str, float]:
+    """The fooling gap of guided samples (docs/classifiers.md): the share the guide calls its target minus the
+    share an independent classifier (one that did not guide them) calls it, on the same samples.
+
+    guide_pred / independent_pred: [N] predicted class indices; targets: [N] the guide's target classes;
+    independent_targets: [N] the same classes in the independent classifier's indexing (default `targets`).
+    Returns {"guided_accuracy", "independent_accuracy", "fooling_gap"} (floats). `higfa check-classifier`
+    and the quality bench's `fooling_gap` are this number."""
+    targets = np.asarray(targets, dtype=np.int64)
+    other = targets if independent_targets is None else np.asarray(independent_targets, dtype=np.int64)
+    guided = float((np.asarray(guide_pred) == targets).mean())
+    independent = float((np.asarray(independent_pred) == other).mean())
+    return {"guided_accuracy": guided, "independent_accuracy": independent, "fooling_gap": guided - independent}

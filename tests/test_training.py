@@ -114,3 +114,12 @@ def test_pgd_attack_stays_within_epsilon_and_raises_the_loss():
         assert float(ce(clf(adv), y)) > float(ce(clf(x), y))
     res = train_classifier(_clf(), x, y, steps=3, batch_size=8, seed=0, adversarial=0.02)
     assert res.steps == 3 and not res.classifier.training
+
+
+def test_fooling_gap_is_the_guides_accuracy_minus_an_independent_ones_on_the_same_samples():
+    from higfa.training import fooling_gap
+
+    gap = fooling_gap([1, 2, 0, 3], [1, 0, 0, 0], [1, 2, 0, 3])  # the guide calls all 4 right, the other 2
+    assert gap == {"guided_accuracy": 1.0, "independent_accuracy": 0.5, "fooling_gap": 0.5}
+    # an independent classifier with its own class order: its targets are given in its indexing
+    assert fooling_gap([0, 1], [5, 7], [0, 1], independent_targets=[5, 6])["fooling_gap"] == 0.5

@@ -54,7 +54,7 @@ def fooling_gap(clf: Classifier, data: Labelled, model: str, samples: int, steps
     """Guide `samples` images with `clf` on the world model `model` (one per real image of `data`, taken
     round-robin over classes, target = its own class) and measure the gap (module docstring)."""
     from ..schedule import Schedule
-    from ..training import predict
+    from ..training import fooling_gap, predict
     from ..world.models import load_world
 
     folder = model_path(model)
@@ -91,10 +91,10 @@ def fooling_gap(clf: Classifier, data: Labelled, model: str, samples: int, steps
                            "guided_accuracy": round(guided_acc, 4),
                            "guided_confidence": round(float(p[torch.arange(len(t)), t].mean()), 4)}
     if scorer is not None:
-        s_pred = predict(scorer, out.images).argmax(1)
-        s_targets = torch.as_tensor([scorer.resolve(clf.class_names[k]) for k in targets])
-        res["scorer_accuracy"] = round(float((s_pred == s_targets).float().mean()), 4)
-        res["fooling_gap"] = round(guided_acc - res["scorer_accuracy"], 4)
+        gap = fooling_gap(p.argmax(1).numpy(), predict(scorer, out.images).argmax(1).numpy(), targets,
+                          [scorer.resolve(clf.class_names[k]) for k in targets])
+        res["scorer_accuracy"] = round(gap["independent_accuracy"], 4)
+        res["fooling_gap"] = round(gap["fooling_gap"], 4)
         res["gap_definition"] = "guided_accuracy - scorer_accuracy (same guided samples)"
     else:
         res["real_accuracy"] = round(real_accuracy, 4)
