@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision are pinned for this project's own machines only (constraints.txt); users keep theirs.
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: help setup test test-core demo bench bench-gpu bench-quality train-world clean comfyui comfyui-setup \
+.PHONY: help setup test test-core test-fast demo bench bench-gpu bench-quality train-world clean comfyui comfyui-setup \
 	browser-setup workflows test-requirements lint
 
 # This list: every target with the first line of the comment above it.
@@ -32,6 +32,14 @@ lint: setup
 test-core: setup
 	$(PY) -m pytest -m "not comfyui and not browser"
 
+FAST_TESTS := tests/test_layers.py tests/test_core_boundaries.py tests/test_schedule.py tests/test_sigmas.py \
+	tests/test_guidance.py tests/test_contour.py tests/test_sampler.py tests/test_trace.py tests/test_classifier.py \
+	tests/test_files.py
+# The method's own tests (schedule, sigmas, guidance, contour, sampler, trace, classifier, files) and the layer
+# and boundary tests: under a minute, nothing loaded from disk.
+test-fast: setup
+	$(PY) -m pytest -q $(FAST_TESTS)
+
 # HiGFA on the built-in tiny world (shipped models): contact sheet, trace plot, metrics in outputs/demo/.
 demo: setup
 	$(PY) -m higfa.world.demo
@@ -57,10 +65,12 @@ bench-quality: setup
 		--downstream cfg higfa higfa-robust higfa-robust-pgd higfa-robust-filtered higfa-oracle higfa-boot \
 		higfa-boot-pgd higfa-tuned-boot-pgd higfa-tuned-boot-pgd-filtered higfa-tuned-pgd
 
-# Retrain the built-in world's models into higfa/world/assets/ (CPU, about 2 h of CPU time; the diffusion stages
-# checkpoint every 200 steps into higfa/world/assets/checkpoints/ and a cut run resumes there).
+# Train a world's models into its folder (WORLD=tinybirds: higfa/world/assets/, WORLD=finebirds: assets_finebirds/;
+# CPU, 2-3 h on one thread). Resumable: stages its training.json records are skipped, a cut stage continues from its
+# checkpoint (<folder>/checkpoints/, every few minutes). From scratch: python -m higfa.world.train --world W.
+WORLD ?= tinybirds
 train-world: setup
-	$(PY) -m higfa.world.train
+	$(PY) -m higfa.world.train --world $(WORLD) --resume
 
 # Time and memory -> benchmarks/results/speed.json + docs/speed.md: tiny stand-ins, SD-1.5-size models on the CPU
 # (random init, 1 thread), torchrun scale-out, the world's tiny guidance decoder (about 15 min on 2 idle cores).
