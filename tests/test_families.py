@@ -148,7 +148,8 @@ def test_classifier_step_equals_the_derivation_by_finite_differences(sampling, t
     through the denoiser:  x̂0' − x̂0 = w·σ_g²·∂x/∂x̃·∇_x log p(y | decode(D(x, σ)))   (∂x/∂x̃ = 1 − σ for const)
     with ∇ taken by central finite differences, independently of autograd."""
     toy = _Toy()
-    sigma, progress = (0.45, 0.8) if sampling == "const" else (0.57, 0.8)
+    progress = 0.8
+    sigma = _flow_sigma(progress) if sampling == "const" else NoiseSchedule.scaled_linear().percent_to_sigma(progress)
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x0, out, w = _one_step(toy, sampling, sigma, progress, x, grad_norm="identity", classifier_scale=2.0,
                            grad_through_denoiser=through)
