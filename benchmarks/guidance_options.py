@@ -30,15 +30,15 @@ from higfa.schedule import Schedule
 from higfa.training import predict
 from higfa.world.models import load_world
 
-from .quality.arms import BENCH_DECODER, parse_overrides
-from .seeds import CONTOUR, NOISE, item_seed
+from .quality.arms import BENCH_DECODER
+from .seeds import CONTOUR, NOISE, bench_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(text: str) -> dict:
-    """--config FIELD=V[,FIELD=V] -> typed Schedule overrides (the quality bench's parser)."""
-    return parse_overrides(filter(None, text.split(",")), "--config")
+    """--config FIELD=V[,FIELD=V] -> typed Schedule overrides (`Schedule.parse_overrides`)."""
+    return Schedule.parse_overrides(filter(None, text.split(",")), "--config")
 
 
 def run(models, sources, masks, overrides: dict, steps: int, batch: int, seed: int) -> dict:
@@ -47,10 +47,10 @@ def run(models, sources, masks, overrides: dict, steps: int, batch: int, seed: i
     images, inside, t0 = [], [], time.perf_counter()
     for b in range(0, len(sources.labels), batch):
         idx = list(range(b, min(b + batch, len(sources.labels))))
-        contour_seeds = [item_seed(seed, CONTOUR, i, 0) for i in idx]
+        contour_seeds = [bench_seed(seed, CONTOUR, i, 0) for i in idx]
         contours = models.contours(sources.images[idx], contour_seeds, transform)
         gen = models.generate(schedule, [int(sources.labels[i]) for i in idx], contours,
-                              [item_seed(seed, NOISE, i, 0) for i in idx], steps, guidance_decoder=BENCH_DECODER)
+                              [bench_seed(seed, NOISE, i, 0) for i in idx], steps, guidance_decoder=BENCH_DECODER)
         images.append(gen.images)
         for j, (i, trace) in enumerate(zip(idx, gen.result.trace.split(len(idx)))):
             h, w = masks[i].shape

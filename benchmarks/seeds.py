@@ -3,8 +3,10 @@
 starting noise from (generation seed, stream, source index, variant) alone, so arms are paired: the same item gets
 the same contour and noise in every arm and every bench.
 
-These are not `higfa augment`'s seeds (that job derives one seed per item from the source image's id); the
-bench's cached images and results (benchmarks/results/*.json) were generated with these.
+These are not `higfa augment`'s seeds (`higfa.jobs` derive_seed: one seed per item from the source image's id):
+the bench's committed results (benchmarks/results/quality.json, guidance_options.json, speed.json's world-decoder
+section) and its cached images were generated with these, and switching would change every generated bench image.
+The bench moves to derive_seed when those results are regenerated wholesale (issue 24's harder world).
 """
 
 from __future__ import annotations
@@ -14,6 +16,6 @@ import numpy as np
 CONTOUR, NOISE = 1, 2  # the streams: the contour transform's draw, the starting noise
 
 
-def item_seed(seed: int, stream: int, source: int, variant: int) -> int:
+def bench_seed(seed: int, stream: int, source: int, variant: int) -> int:
     """A 32-bit seed from (seed, stream, source index, variant) only: numpy's SeedSequence of the four."""
     return int(np.random.SeedSequence([seed, stream, source, variant]).generate_state(1, np.uint32)[0])

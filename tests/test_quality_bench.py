@@ -81,8 +81,12 @@ def test_results_scorers_and_caches(tmp_path):
 def test_bad_arms_name_the_option():
     with pytest.raises(ValueError, match="--sweep 'classifier_scale'"):
         arms.parse_sweeps(["classifier_scale"])
-    with pytest.raises(ValueError, match="--set 'no_such_field=1'"):
-        arms.parse_overrides(["no_such_field=1"])
+    with pytest.raises(ValueError, match="--sweep 'no_such_field=1'"):
+        arms.parse_sweeps(["no_such_field=1,2"])
+    with pytest.raises(ValueError, match="--extra 'no_such_field=1'"):
+        arms.parse_extra("x=higfa,no_such_field=1", {})
+    # Schedule's one text parser: a bool field from 1/0 as the route reads it (the bench read "1" as False)
+    assert arms.parse_extra("x=higfa,modulate=0,gating=1", {}).overrides == {"modulate": False, "gating": True}
     with pytest.raises(ValueError, match="--extra 'x=nopreset'.*higfa-tuned"):
         arms.parse_extra("x=nopreset", {})
     assert arms.parse_extra("t=higfa-tuned,guide=boot:higfa,tune=0.03", {}).preset == "higfa-tuned"  # any preset
@@ -219,8 +223,8 @@ def test_cached_images_are_keyed_by_the_models_weights(tmp_path):
     (folder / "checkpoints" / "diffusion.pt").write_bytes(b"resumable state")  # training state only: same key
     arms.models_digest.cache_clear()
     assert arms.gen_settings(args, arm) == before
-    from higfa.world import tiny_decoder
-    tiny = next((folder / tiny_decoder.FOLDER).glob("*.safetensors"))
+    from higfa.world.architecture import TINY_DECODER_FOLDER
+    tiny = next((folder / TINY_DECODER_FOLDER).glob("*.safetensors"))
     tiny.write_bytes(tiny.read_bytes()[:-2] + b"\x00\x01")  # the tiny decoder guides no bench arm
     arms.models_digest.cache_clear()
     assert arms.gen_settings(args, arm) == before and arms.BENCH_DECODER == "vae"

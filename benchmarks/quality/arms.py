@@ -14,6 +14,7 @@ import numpy as np
 from higfa.contour import ContourTransform
 from higfa.schedule import PRESETS as SCHEDULE_PRESETS
 from higfa.schedule import Schedule
+from higfa.world.architecture import TINY_DECODER_FOLDER
 from higfa.world.birds import ASSETS
 
 from .guides import BOOT, TUNE
@@ -74,8 +75,8 @@ def parse_extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
             tune = float("nan")
         if not tune >= 0:  # NaN (not a number) fails too
             raise ValueError(f"--extra {item!r}: tune={own['tune']} must be a PGD ε >= 0 (0: tuned without PGD)")
-    arm = Arm(name, parts[0], base | parse_overrides(fields), own.get("guide", "guidance"), own.get("filter"),
-              float(own.get("filter_threshold", 0.5)), tune)
+    arm = Arm(name, parts[0], base | Schedule.parse_overrides(fields, "--extra"), own.get("guide", "guidance"),
+              own.get("filter"), float(own.get("filter_threshold", 0.5)), tune)
     if arm.tune is not None and arm.guide == "oracle":
         raise ValueError(f"--extra {item!r}: tune= tunes a guide the product could have; the oracle is diagnosis only")
     if arm.boot_of == name:
@@ -88,24 +89,13 @@ def parse_extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
     return arm
 
 
-def parse_overrides(items, option: str = "--set") -> dict:
-    """FIELD=VALUE items -> typed Schedule overrides; a bad item is named with the option it came from."""
-    out = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        default = getattr(Schedule(), name, None)
-        if default is None or not value:
-            raise ValueError(f"{option} {item!r}: use FIELD=VALUE with a Schedule field")
-        out[name] = (value.lower() == "true") if isinstance(default, bool) else type(default)(value)
-    return out
-
-
 def parse_sweeps(items) -> list[tuple[str, list]]:
     """--sweep FIELD=V1,V2,... -> [(field, [typed values])]."""
     out = []
     for item in items:
         name, _, values = item.partition("=")
-        typed = [parse_overrides([f"{name}={v}"])[name] for v in values.split(",") if v] if values else []
+        typed = [Schedule.parse_overrides([f"{name}={v}"], "--sweep")[name] for v in values.split(",") if v
+                 ] if values else []
         if not typed:
             raise ValueError(f"--sweep {item!r}: use FIELD=V1,V2,... with a Schedule field")
         out.append((name, typed))
@@ -118,9 +108,7 @@ def models_digest(folder: Path) -> str:
     shipped guide and the oracle. Not the tiny decoder (the bench guides with the VAE, `BENCH_DECODER`) nor
     training checkpoints: weights the bench does not use. Cached images and downstream runs are keyed by it,
     so retrained weights (`make train-world`) never reuse images of the old ones."""
-    from higfa.world.tiny_decoder import FOLDER
-
-    skip = {"checkpoints", FOLDER}
+    skip = {"checkpoints", TINY_DECODER_FOLDER}
     h = hashlib.sha256()
     parts = [p for p in sorted(folder.iterdir()) if p.is_dir() and p.name not in skip] + [
         folder / "guidance.safetensors", folder / "oracle.safetensors"]
@@ -168,7 +156,7 @@ def cache_ok(cache: Path, settings: dict) -> bool:
 def build_arms(args, models_path: Path) -> list[Arm]:
     """The run's arms in order: --presets, --extra, then --sweep (`higfa` with one field at each value), each with
     the --set overrides; checks that --downstream names arms of the run and that a boot:ARM arm comes after ARM."""
-    base = parse_overrides(args.set)
+    base = Schedule.parse_overrides(args.set)
     arms = [Arm(pr, pr, base) for pr in args.presets] + [parse_extra(e, base, models_path) for e in args.extra]
     arms += [Arm(f"{field}={value}", "higfa", base | {field: value}) for field, values in parse_sweeps(args.sweep)
              for value in values]

@@ -43,8 +43,8 @@ from higfa.training import features
 from higfa.world.models import load_world
 from higfa.world.scorer import SCORER, load_scorer
 
-from ..seeds import CONTOUR, NOISE, item_seed
-from .arms import BENCH_DECODER, PRESETS, Arm, Plan, build_arms, cache_ok, parse_overrides, plan_arms
+from ..seeds import CONTOUR, NOISE, bench_seed
+from .arms import BENCH_DECODER, PRESETS, Arm, Plan, build_arms, cache_ok, plan_arms
 from .downstream import run_downstream
 from .guides import boot_guide, load_guide, tune_key, tuned_guide
 from .report import finite, report, write_doc
@@ -67,11 +67,11 @@ def generate(models, arm: Arm, guide, sources, which, per_source: int, steps: in
         chunk = items[b:b + batch]
         idx = [i for i, _ in chunk]
         tg = [int(sources.labels[i]) for i in idx]
-        contours = models.contours(sources.images[idx], [item_seed(seed, CONTOUR, i, k) for i, k in chunk],
+        contours = models.contours(sources.images[idx], [bench_seed(seed, CONTOUR, i, k) for i, k in chunk],
                                    ContourTransform())
         # The world VAE guides every arm, whatever the world's default guidance decoder: the bench measures the
         # method; what the tiny decoder costs in fidelity is benchmarks/speed/world_decoder.py's question.
-        gen = models.generate(schedule, tg, contours, [item_seed(seed, NOISE, i, k) for i, k in chunk], steps,
+        gen = models.generate(schedule, tg, contours, [bench_seed(seed, NOISE, i, k) for i, k in chunk], steps,
                               callback=lambda *_: bar.update(len(chunk)),  # noqa: B023 (called in this iteration)
                               guidance_decoder=BENCH_DECODER)
         out["images"].append(gen.images)
@@ -163,7 +163,8 @@ def evaluate(args, models, plan: Plan, generated: dict, guides: dict, scorer_pat
         results["downstream"] = run_downstream(args, models.world, generated, plan.settings, test, bar)
         bar.close()
     results["settings"] = {"shots": args.shots, "per_source": args.per_source, "steps": args.steps,
-                           "batch": args.batch, "seed": args.seed, "schedule_overrides": parse_overrides(args.set),
+                           "batch": args.batch, "seed": args.seed,
+                           "schedule_overrides": Schedule.parse_overrides(args.set),
                            "arms": {a.name: dataclasses.asdict(a) for a in plan.arms},
                            "sweep": [a.name for a in plan.arms if "=" in a.name],
                            "test_images": len(test), "downstream_arch": args.downstream_arch, "epochs": args.epochs,

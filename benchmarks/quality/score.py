@@ -10,17 +10,22 @@ from pathlib import Path
 import numpy as np
 
 from higfa.classifier import load_classifier
-from higfa.training import features, predict
+from higfa.judge import confidence_filter
+from higfa.training import features, to_tensor
 from higfa.world import metrics
 
 from .arms import Arm
 
 
 def filter_keep(arm: Arm, g: dict) -> np.ndarray:
-    """[N] bool: the images of `g` (images [N,H,W,3] uint8, targets [N]) whose p(target) under the arm's
-    confidence-filter classifier (one that did not guide them) reaches its threshold."""
-    p = predict(load_classifier(arm.filter).float(), g["images"]).numpy()[np.arange(len(g["targets"])), g["targets"]]
-    return p >= arm.filter_threshold
+    """[N] bool: the images of `g` (images [N,H,W,3] uint8, targets [N]) that the confidence filter keeps
+    (`higfa.judge.confidence_filter`: p(target) >= the arm's threshold) by the arm's filter classifier, one that
+    did not guide them; in eval mode, 256 images per forward."""
+    judge = load_classifier(arm.filter).float().eval()
+    kept = confidence_filter(to_tensor(g["images"]), judge, g["targets"], arm.filter_threshold, batch_size=256).kept
+    keep = np.zeros(len(g["targets"]), dtype=bool)
+    keep[kept] = True
+    return keep
 
 
 def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats, test_oracle_feats) -> dict:

@@ -24,7 +24,7 @@ from higfa.contour import ContourTransform
 from higfa.schedule import Schedule
 from higfa.world.models import load_world
 
-from ..seeds import CONTOUR, NOISE, item_seed
+from ..seeds import CONTOUR, NOISE, bench_seed
 from .parts import OUTPUTS, write_part
 
 
@@ -35,8 +35,8 @@ def run(models, sources, decoder: str, batch: int, preset: str = "higfa") -> dic
     for b in range(0, len(sources), batch):
         idx = list(range(b, min(b + batch, len(sources))))
         tg = [int(sources.labels[i]) for i in idx]
-        contours = models.contours(sources.images[idx], [item_seed(0, CONTOUR, i, 0) for i in idx], ContourTransform())
-        gen = models.generate(Schedule.from_preset(preset), tg, contours, [item_seed(0, NOISE, i, 0) for i in idx],
+        contours = models.contours(sources.images[idx], [bench_seed(0, CONTOUR, i, 0) for i in idx], ContourTransform())
+        gen = models.generate(Schedule.from_preset(preset), tg, contours, [bench_seed(0, NOISE, i, 0) for i in idx],
                               guidance_decoder=decoder)
         images.append(gen.images)
         stage2 += [r.seconds for r in gen.result.trace.steps if r.stage == 2]
