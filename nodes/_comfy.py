@@ -1,10 +1,23 @@
 """The one place the pack imports ComfyUI's node API (switch to a pinned `comfy_api.v0_0_x` here).
 
 Only what ComfyUI 0.3.75 offers is used: newer keyword arguments (advanced=, search_aliases=) raise
-TypeError there, and 0.3.75 never calls ComfyExtension.on_load.
+TypeError there, and 0.3.75 never calls ComfyExtension.on_load. The one exception is `advanced(...)`, passed
+only where the running ComfyUI's inputs take it.
 """
 
+import inspect
+
 from comfy_api.latest import ComfyExtension, io, ui
+
+# Newer ComfyUI (the V3 `Input(..., advanced=True)`, Jan 2026; 0.33.0 has it) sends the flag in /object_info and
+# its front end folds such inputs under "advanced inputs". 0.3.75's inputs have no such argument.
+ADVANCED_INPUTS = "advanced" in inspect.signature(io.Float.Input.__init__).parameters
+
+
+def advanced(flag: bool = True) -> dict:
+    """Keyword arguments that mark an input advanced where ComfyUI supports it, none where it does not."""
+    return {"advanced": True} if flag and ADVANCED_INPUTS else {}
+
 
 CATEGORY = "HiGFA"
 
@@ -28,5 +41,5 @@ def check_image_size(height: int, width: int, what: str, count: int = 1) -> None
                          f"pixels per run. Scale it down first (e.g. ImageScaleToTotalPixels) or use fewer variants")
 
 
-__all__ = ["CATEGORY", "CLASSIFIER", "CONTOUR_RANGES", "ComfyExtension", "MAX_IMAGE_SIDE", "SCHEDULE", "WORLD",
-           "check_image_size", "io", "ui"]
+__all__ = ["ADVANCED_INPUTS", "CATEGORY", "CLASSIFIER", "CONTOUR_RANGES", "ComfyExtension", "MAX_IMAGE_SIDE",
+           "SCHEDULE", "WORLD", "advanced", "check_image_size", "io", "ui"]
