@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from higfa.schedule import Schedule
-from higfa.world.tiny_decoder import GUIDANCE_DEFAULT
+from higfa.world.architecture import GUIDANCE_DEFAULT
 
 CKPT = {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": "checkpoints",
         "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"

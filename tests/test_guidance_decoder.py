@@ -97,12 +97,13 @@ def test_the_world_tiny_decoder_stage_trains_saves_and_guides(tmp_path, monkeypa
 
     from higfa.schedule import Schedule
     from higfa.world import tiny_decoder
+    from higfa.world.architecture import GUIDANCE_DEFAULT, TINY_DECODER_FOLDER
     from higfa.world.birds import ASSETS, TinyBirds
     from higfa.world.models import load_world
     from higfa.world.train import STAGES, TrainConfig
 
     assert "tiny_decoder" in STAGES
-    shutil.copytree(ASSETS, tmp_path / "world", ignore=shutil.ignore_patterns(tiny_decoder.FOLDER))
+    shutil.copytree(ASSETS, tmp_path / "world", ignore=shutil.ignore_patterns(TINY_DECODER_FOLDER))
     assert load_world(tmp_path / "world").tiny_decoder is None
     monkeypatch.setitem(tiny_decoder.SETTINGS, "per_class", 2)
     monkeypatch.setitem(tiny_decoder.SETTINGS, "steps", 20)
@@ -115,7 +116,7 @@ def test_the_world_tiny_decoder_stage_trains_saves_and_guides(tmp_path, monkeypa
     check = info["test_check"]  # held-out test images: the teacher's decodes are the oracle's reference
     assert check["images"] == 16 and check["l1_pm1_markings"] > 0 and check["oracle_species_teacher"] >= 0.9
     assert 0.0 <= check["oracle_species_student"] <= 1.0
-    files = list((tmp_path / "world" / tiny_decoder.FOLDER).glob("*.safetensors"))
+    files = list((tmp_path / "world" / TINY_DECODER_FOLDER).glob("*.safetensors"))
     assert files and sum(f.stat().st_size for f in files) < 1_000_000  # small, fp16
     models = load_world(tmp_path / "world")
     tiny = models.tiny_decoder
@@ -126,5 +127,5 @@ def test_the_world_tiny_decoder_stage_trains_saves_and_guides(tmp_path, monkeypa
     contours = models.contours(models.world.split("fewshot", 1).images[:1], [0])
     gen = models.generate(Schedule.from_preset("higfa"), [3], contours, [0], steps=4, guidance_decoder="tiny")
     assert gen.result.trace.guidance_decoder == "guidance_vae (AutoencoderTiny)"
-    assert models.guidance_decode()[1] == ("guidance_vae (AutoencoderTiny)" if tiny_decoder.GUIDANCE_DEFAULT == "tiny"
+    assert models.guidance_decode()[1] == ("guidance_vae (AutoencoderTiny)" if GUIDANCE_DEFAULT == "tiny"
                                            else "vae (AutoencoderKL)")

@@ -107,7 +107,7 @@ def load_guidance_decoder(s: AugmentSettings, device, dtype):
     """(module, source) of --guidance-vae; for --model builtin without it, the world's shipped tiny decoder
     when `GUIDANCE_DEFAULT` says so (docs/speed.md); None: the VAE guides."""
     from ..backends.denoiser import load_guidance_vae
-    from ..world.tiny_decoder import FOLDER, GUIDANCE_DEFAULT
+    from ..world.architecture import GUIDANCE_DEFAULT, TINY_DECODER_FOLDER as FOLDER
 
     choice = s.guidance_vae
     if (choice is None and is_builtin(s.model) and GUIDANCE_DEFAULT == "tiny"
