@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..classifier import find_name, provenance  # noqa: F401 - provenance re-exported until world imports it from higfa.classifier
+from ..classifier import find_name
 from . import dataset
 
 BUILTIN_PREFIX = "builtin:"
