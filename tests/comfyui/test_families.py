@@ -171,3 +171,48 @@ def test_the_familys_taesd_from_the_stock_vae_loader_guides(fam, comfy):
     assert g.guide.trace.guidance_decoder == "guidance_vae (TAESD)"
     assert g.guide.trace.summary()["guided_sample_steps"] > 0
     assert not torch.equal(out, run(fam, guider(fam, "higfa")))  # a different decoder guided
+
+
+def test_guidance_distilled_flux_at_cfg_1(shared, comfy):
+    """Flux.1-dev-class (CONST, ModelSamplingFlux, FluxGuidance's value in the conditioning), as docs/method.md
+    says to run it: every text scale of the schedule at 1 (no unconditional pass; the distilled guidance stays
+    FluxGuidance's). The cfg preset is then stock sampling bit for bit, and classifier guidance (decoded by taef1
+    from the stock VAE Loader) steps by the SD table's σ at each π, with π by ModelSamplingFlux's percent."""
+    import comfy.samplers as cs
+    import folder_paths
+    import nodes
+    import tiny_families
+    from higfa_pack.higfa.families import reference_sigma
+
+    with torch.inference_mode():
+        f = tiny_families.family("flux")
+    ms = f.model.get_model_object("model_sampling")
+    w = dict(shared, f=f, noise=torch.randn(1, 16, IMAGE // 8, IMAGE // 8, generator=torch.Generator().manual_seed(0)),
+             sigmas=cs.calculate_sigmas(ms, "simple", STEPS).cpu())
+    assert torch.equal(run(w, guider(w, "cfg", cfg=1.0)), run(w, stock(w, cfg=1.0)))
+
+    folder = comfy.tmp / "vae_approx_families"
+    tiny_families.write_taesd(folder, "taef1", 16)
+    folder_paths.add_model_folder_path("vae_approx", str(folder))
+    with torch.inference_mode():
+        taef1 = nodes.VAELoader().load_vae("taef1")[0]
+    g = guider(w, "custom", guidance_vae=taef1, cfg=1.0, cfg_lowconf=1.0, cfg_highconf=1.0, contour_strength=0.0,
+               contour_lowconf=0.0, contour_highconf=0.0, stage_boundary=0.5)
+    steps, refine = [], g.guide.refine
+
+    def spy(x0, plan, *a, **k):
+        out = refine(x0, plan, *a, **k)
+        steps.append((x0.clone(), out.clone(), plan))
+        return out
+
+    g.guide.refine = spy
+    assert torch.isfinite(run(w, g)).all() and g.guide.sampling == "const"
+    rows = g.guide.trace.steps
+    assert {r.cfg for r in rows} == {1.0} and g.guide.trace.summary()["guided_sample_steps"] > 0
+    for (x0, out, plan), row in zip(steps, rows):
+        if plan.progress > 0:
+            assert ms.percent_to_sigma(plan.progress) == pytest.approx(plan.sigma, rel=1e-4)
+        assert row.stage == (2 if plan.progress >= 0.5 else 1)
+        if row.classifier_scale[0] > 0:
+            rms = float((out - x0).pow(2).mean().sqrt())
+            assert rms == pytest.approx(row.classifier_scale[0] * reference_sigma(plan.progress) ** 2, rel=1e-3)

@@ -42,7 +42,7 @@ class Family:
 
 
 def family(name: str, seed: int = 0) -> Family:
-    build = {"sdxl": _sdxl, "sd1_vpred": _sd1_vpred, "sd3": _sd3}[name]
+    build = {"sdxl": _sdxl, "sd1_vpred": _sd1_vpred, "sd3": _sd3, "flux": _flux}[name]
     return build(seed)
 
 
@@ -155,6 +155,27 @@ def _sd3(seed: int) -> Family:
     return Family("sd3", "const", _patcher(model), _vae(seed + 2, 16), cnet, *conditioning(seed + 1, pooled=True), 16)
 
 
+FLUX_DIT = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=POOLED, context_in_dim=CONTEXT,
+                hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12],
+                theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
+
+
+def _flux(seed: int) -> Family:
+    """A guidance-distilled Flux-class model (Flux.1-dev's layout: double + single stream blocks, a guidance
+    embedding, ModelSamplingFlux). Its conditioning carries FluxGuidance's value (3.5); no ControlNet (ComfyUI's
+    Flux ControlNets are third-party formats), so its tests use presets without the contour."""
+    import comfy.model_base
+    import comfy.supported_models
+
+    class TinyFlux(comfy.supported_models.Flux):
+        unet_config = FLUX_DIT
+
+    model = _unet_model(TinyFlux, comfy.model_base.Flux, FLUX_DIT, seed)
+    pos, neg = conditioning(seed + 1, pooled=True)
+    pos, neg = ([[t, {**d, "guidance": 3.5}] for t, d in c] for c in (pos, neg))
+    return Family("flux", "const", _patcher(model), _vae(seed + 2, 16), None, pos, neg, 16)
+
+
 def _fill_buffers(module: torch.nn.Module, seed: int) -> None:
     """MMDiT's pos_embed is an uninitialised buffer (a real checkpoint stores it): fill it too."""
     g = torch.Generator().manual_seed(seed)
@@ -164,7 +185,8 @@ def _fill_buffers(module: torch.nn.Module, seed: int) -> None:
                 b.copy_(torch.randn(b.shape, generator=g) * 0.02)
 
 
-TAESD = {"sdxl": ("taesdxl", 4), "sd1_vpred": ("taesd", 4), "sd3": ("taesd3", 16)}  # the family's TAESD, latent width
+# the family's TAESD and its latent width
+TAESD = {"sdxl": ("taesdxl", 4), "sd1_vpred": ("taesd", 4), "sd3": ("taesd3", 16), "flux": ("taef1", 16)}
 
 
 def write_taesd(folder, name: str, channels: int, seed: int = 5) -> None:
