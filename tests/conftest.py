@@ -1,4 +1,5 @@
-"""Shared fixtures: the core tests' tiny world (no ComfyUI needed), and the real ComfyUI that
+"""Shared fixtures: the core tests' tiny world (no ComfyUI needed), the `higfa augment` tests' tiny models and
+reference run (helpers in augment_support.py), and the real ComfyUI that
 tests/comfyui and tests/browser share (one install, one server per session, started on first use).
 
 Nothing here imports ComfyUI at collection time, so `pytest -m "not comfyui and not browser"` never
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "comfyui"))  # comfy_helpers, testpack
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # augment_support (--import-mode=importlib)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -41,6 +43,26 @@ class CountingClassifier(torch.nn.Module):
 @pytest.fixture
 def counting():
     return CountingClassifier
+
+
+# ----------------------------------------------------------------------------- `higfa augment` on tiny models
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny SD + ControlNet folder, a 2-class classifier and a 2x2-image dataset (`augment_support`)."""
+    from augment_support import make_world
+
+    return make_world(tmp_path_factory.mktemp("augment"))
+
+
+@pytest.fixture(scope="module")
+def reference(world):
+    """One uninterrupted single-process `higfa augment` run: what every other way of running must reproduce."""
+    from augment_support import args_for, run_cli
+
+    out = world["base"] / "reference"
+    rc, err = run_cli(args_for(world, out))
+    assert rc == 0, err
+    return out, err
 
 
 # ----------------------------------------------------------------------------- a real ComfyUI

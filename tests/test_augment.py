@@ -5,9 +5,7 @@ All runs use one CPU thread per process (`--threads 1`, torchrun's OMP_NUM_THREA
 the float reductions, hence the PNG bytes, depend on the thread count, not on the process count.
 """
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -24,53 +22,15 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from higfa.jobs import cli  # noqa: E402
 from higfa.jobs.dataset import SourceImage, class_name_from_label  # noqa: E402
 from higfa.jobs.plan import Item, Source, make_groups, make_items, make_sources  # noqa: E402
 from higfa.seeds import derive_seed  # noqa: E402
 from higfa.jobs.prompts import check_prompt, read_class_names  # noqa: E402
 from higfa.jobs.distributed import Ranks, detect_ranks, shard  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-CLASSES = ("001.Red_Cardinal", "002.House_Sparrow")
-N_ITEMS = 8  # 2 classes x 2 images x 2 variants
-
-
-# ---------------------------------------------------------------------------- fixtures
-def make_image(rng, h=80, w=96):
-    img = np.full((h, w, 3), int(rng.integers(0, 60)), np.uint8)
-    color = tuple(int(x) for x in rng.integers(80, 255, 3))
-    cv2.circle(img, (int(rng.integers(30, 60)), int(rng.integers(30, 50))), int(rng.integers(10, 25)), color, -1)
-    cv2.rectangle(img, (5, 5), (int(rng.integers(20, 40)), int(rng.integers(20, 40))), (255, 255, 255), 2)
-    return img
-
-
-def write_dataset(root: Path, seed=0) -> Path:
-    rng = np.random.default_rng(seed)
-    for c in CLASSES:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(2):
-            cv2.imwrite(str(root / c / f"img{i}.{'png' if i else 'jpg'}"), make_image(rng))
-    return root
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("augment"))
-
-
-def make_world(base: Path) -> dict:
-    """A tiny SD + ControlNet folder, a 2-class classifier and a 2x2-image dataset under `base`."""
-    from higfa.classifier import build_classifier, save_classifier
-    from higfa.testing.pipeline_folder import save_tiny_pipeline
-
-    model = save_tiny_pipeline(base / "model")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        clf = build_classifier("test_resnet", ["Red Cardinal", "House Sparrow"], 64, mean=(0.5,) * 3, std=(0.5,) * 3)
-    weights = save_classifier(clf, base / "birds.safetensors")
-    data = write_dataset(base / "data")
-    return {"base": base, "model": model, "classifier": weights, "data": data}
+from augment_support import (CLASSES, N_ITEMS, args_for, assert_same_outputs, images, make_image,  # noqa: E402
+                             manifest, run_cli, snapshot, start_augment, subprocess_env, wait_for_records,
+                             write_dataset)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,68 +38,6 @@ def _restore_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
-
-
-def args_for(world, out, *extra, data=None):
-    return ["augment", "--data", str(data or world["data"]), "--out", str(out), "--model", str(world["model"]),
-            "--classifier", str(world["classifier"]), "--steps", "3", "--variants", "2", "--super", "bird",
-            "--traces", "--threads", "1", "--no-progress", *extra]
-
-
-def run_cli(argv):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = cli.main([str(a) for a in argv])
-    return rc, err.getvalue()
-
-
-def subprocess_env(**extra):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return env
-
-
-def snapshot(out: Path) -> dict[str, str]:
-    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*")) if p.is_file()}
-
-
-def images(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "images").rglob("*.png"))}
-
-
-def manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-
-
-def without_timing(obj):
-    """Records and traces minus wall-clock fields (the only thing that differs between runs)."""
-    if isinstance(obj, dict):
-        return {k: without_timing(v) for k, v in obj.items() if k != "seconds"}
-    if isinstance(obj, list):
-        return [without_timing(v) for v in obj]
-    return obj
-
-
-def assert_same_outputs(a: Path, b: Path, traces=True):
-    """Same file set, byte-identical images, records and traces equal up to timing."""
-    fa, fb = snapshot(a), snapshot(b)
-    assert sorted(k for k in fa if not k.startswith("parts/")) == sorted(k for k in fb if not k.startswith("parts/"))
-    assert images(a) == images(b)
-    assert without_timing(manifest(a)) == without_timing(manifest(b))
-    if traces:
-        for t in sorted((a / "traces").rglob("*.json")):
-            rel = t.relative_to(a)
-            assert without_timing(json.loads(t.read_text())) == without_timing(json.loads((b / rel).read_text()))
-
-
-@pytest.fixture(scope="module")
-def reference(world):
-    """One uninterrupted single-process run: what every other way of running must reproduce."""
-    out = world["base"] / "reference"
-    rc, err = run_cli(args_for(world, out))
-    assert rc == 0, err
-    return out, err
 
 
 # ---------------------------------------------------------------------------- units
@@ -275,42 +173,6 @@ def test_other_settings_refuse_the_folder_unless_overwrite(world, reference, tmp
     assert len(recs) == 8 and len({r["run"] for r in recs}) == 1 and recs[0]["run"] != manifest(reference[0])[0]["run"]
     assert images(out) != images(reference[0])
     assert all(len(json.loads((out / r["trace"]).read_text())["steps"]) == 4 for r in recs)
-
-
-def default_signals():
-    """In the child before exec: SIGINT/SIGTERM back to their defaults, so Python installs its Ctrl-C
-    handler even when this test process was started with SIGINT ignored (`bash -c '...' &`, nohup)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def start_augment(world, out, *extra):
-    """`higfa augment` in a child process with the default signal handlers (SIGINT ignored here meanwhile,
-    to prove the child does not depend on how this process was started)."""
-    cmd = [sys.executable, "-m", "higfa.jobs.cli", *args_for(world, out, *extra)]
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=default_signals)
-    finally:
-        signal.signal(signal.SIGINT, before)
-
-
-def record_count(out: Path) -> int:
-    return sum(line.endswith("\n") for p in (out / "parts").glob("*.jsonl") for line in
-               p.read_text().splitlines(keepends=True))
-
-
-def wait_for_records(proc, out: Path, n: int, timeout: float = 900.0) -> None:
-    """Poll until the child has appended n records (it must still be running)."""
-    deadline = time.monotonic() + timeout
-    while record_count(out) < n:
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before {n} records: {proc.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no {n} records after {timeout} s")
-        time.sleep(0.01)
 
 
 def interrupt(proc, out: Path, n: int, sig: int) -> tuple[int, str, float]:

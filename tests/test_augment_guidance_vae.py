@@ -4,16 +4,13 @@ the flag a run is what it was (same fingerprint, same bytes)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: share test_augment's fixtures
-from test_augment import args_for, assert_same_outputs, reference, run_cli, world  # noqa: F401  (fixtures)
+from augment_support import args_for, assert_same_outputs, run_cli  # the fixtures world, reference: conftest.py
 
 
-def test_guidance_vae_flag(world, reference, tmp_path):  # noqa: F811
+def test_guidance_vae_flag(world, reference, tmp_path):
     from diffusers import AutoencoderTiny
 
     with torch.random.fork_rng(devices=[]):
@@ -40,6 +37,6 @@ def test_guidance_vae_flag(world, reference, tmp_path):  # noqa: F811
     assert "guidance_vae" not in json.loads((again / "run.json").read_text())["fingerprint"]
 
 
-def test_bad_guidance_vae_is_named(world, tmp_path):  # noqa: F811
+def test_bad_guidance_vae_is_named(world, tmp_path):
     rc, err = run_cli(args_for(world, tmp_path / "out", "--guidance-vae", str(tmp_path / "missing")))
     assert rc != 0 and "--guidance-vae" in err and "no such file or folder" in err

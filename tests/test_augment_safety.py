@@ -1,7 +1,7 @@
 """`higfa augment` as a careless or hostile user runs it (CLI side): each test reproduces one
 probe and asserts the clear error or the safe result, and that nothing outside --out was written.
 
-Shares test_augment's tiny model, classifier and dataset (imported fixtures)."""
+Shares test_augment's tiny model, classifier and dataset (tests/augment_support.py, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,8 @@ from higfa.jobs import cli, safety
 from higfa.files import atomic_write_bytes
 from higfa.jobs.dataset import class_name_from_label, read_manifest, safe_label
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: test_augment's helpers
-from test_augment import (CLASSES, args_for, images, make_image, make_world, manifest, run_cli,  # noqa: E402
-                          snapshot, start_augment, subprocess_env, wait_for_records, write_dataset)
+from augment_support import (CLASSES, args_for, images, make_image, make_world, manifest, run_cli,  # noqa: E402
+                             snapshot, start_augment, subprocess_env, wait_for_records, write_dataset)
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,22 @@ def make_trace():
 
 
 def test_json_round_trip_and_summary():
+    """Every field survives JSON, and the summary counts what the steps say: 12 evaluations of which the 4 at
+    π >= 0.7 are stage 2 and guided (w_cls > 0), the last one gated; the final confidence is the last step's."""
     t = make_trace()
     again = Trace.from_json(t.to_json())
-    assert again.to_dict() == t.to_dict()
+    assert again.to_dict() == t.to_dict() and again.steps[-1] == t.steps[-1]
     data = json.loads(t.to_json())
-    assert data["summary"]["gated_sample_steps"] == 1 and data["summary"]["steps"] == 12
-    assert data["steps"][-1]["confidence"] == [0.5 + 11 / 40]
+    summary = data["summary"]
+    assert {k: summary[k] for k in ("steps", "evaluations", "stage2_evaluations", "guided_sample_steps",
+                                    "gated_sample_steps", "nan_skipped")} == {
+        "steps": 12, "evaluations": 12, "stage2_evaluations": 4, "guided_sample_steps": 4, "gated_sample_steps": 1,
+        "nan_skipped": 0}
+    assert summary["seconds"] == pytest.approx(0.12) and summary["final_confidence"] == [0.5 + 11 / 40]
+    assert data["target"] == [3] and data["class_names"] == ["a", "b", "c", "d"]
+    assert data["schedule"] == Schedule().to_dict()
+    assert [s["stage"] for s in data["steps"]] == [1] * 8 + [2] * 4
+    assert data["steps"][-1]["confidence"] == [0.5 + 11 / 40] and data["steps"][0]["confidence"] is None
     assert t.final_confidence() == [0.5 + 11 / 40]
 
 
@@ -33,8 +43,8 @@ def test_plot_is_an_image_and_a_png(tmp_path):
     img = make_trace().plot(tmp_path / "trace.png", size=(640, 360))
     assert img.shape == (360, 640, 3) and img.dtype == np.uint8 and img.std() > 10
     assert (tmp_path / "trace.png").read_bytes()[:4] == b"\x89PNG"
-    empty = Trace().plot()
-    assert empty.ndim == 3
+    empty = Trace().plot()  # no steps: still an image (a node's preview must never fail), just axes
+    assert empty.ndim == 3 and empty.shape[2] == 3 and empty.dtype == np.uint8 and empty.std() > 0
 
 
 def test_energy_inside_a_synthetic_mask():
