@@ -133,6 +133,8 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
     progress: a tqdm bar. amp: autocast on CUDA (bfloat16 where supported, else float16 with loss
     scaling); no effect on the CPU. adversarial: ε (image in [0,1]) of an L∞ PGD attack with
     `adversarial_steps` steps applied to every training batch (robust training; 0: off).
+    It stays one long function because resuming must rebuild exactly the state the loop keeps (optimiser,
+    schedule, batch generator, the epoch's order), which is easiest to check for completeness in one place.
     Under torchrun (an initialised torch.distributed process group) the model is wrapped in
     DistributedDataParallel and each rank trains on its slice of every global batch; rank 0
     writes the checkpoint.
