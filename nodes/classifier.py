@@ -45,6 +45,7 @@ class HiGFAClassifierLoader(io.ComfyNode):
         with torch.inference_mode(False):
             clf = load_classifier(path, device="cpu")
             _probe(clf, classifier_name)
+        clf.source = classifier_name  # how a trace names it when it judges (nodes/cfg_guider._judge_name)
         return io.NodeOutput(clf, "\n".join(clf.class_names), clf.summary())
 
 

@@ -106,6 +106,7 @@ def test_classifier_loader_lists_loads_and_explains_a_wrong_input_size(comfy, tm
     with torch.inference_mode():
         clf, class_names, info = loader.execute("good.safetensors").args
     assert class_names.splitlines() == CLASSES and not any(p.is_inference() for p in clf.parameters())
+    assert clf.source == "good.safetensors"  # a trace names a judge by its file
     assert info == f"{clf.architecture}, {len(CLASSES)} classes, val accuracy unknown (no provenance in the sidecar)"
     side = tmp_path / "good.json"
     side.write_text(json.dumps({**json.loads(side.read_text()), "provenance": {"val_accuracy": 0.75}}))
