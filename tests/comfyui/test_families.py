@@ -216,3 +216,31 @@ def test_guidance_distilled_flux_at_cfg_1(shared, comfy):
         if row.classifier_scale[0] > 0:
             rms = float((out - x0).pow(2).mean().sqrt())
             assert rms == pytest.approx(row.classifier_scale[0] * reference_sigma(plan.progress) ** 2, rel=1e-3)
+
+
+def test_sdxl_decoder_overflowing_in_fp16_is_caught_by_the_float32_fallback(shared):
+    """SDXL's VAE overflows in fp16. Stand-in: a tiny SDXL-family VAE whose decoder activations exceed fp16's
+    range (conv_in ×1e5), on the classifier path in fp16 autocast (what precision "auto" picks on a GPU without
+    bf16; forced here, the CPU's "auto" is fp32). Every non-finite pass is redone in float32, so the run is the
+    float32 run bit for bit and no step loses its guidance to the NaN guard."""
+    import tiny_families
+
+    with torch.inference_mode():
+        f = tiny_families.family("sdxl")
+        hot = tiny_families._vae(9, 4)
+        hot.first_stage_model.decoder.conv_in.weight.mul_(1e5)
+    ms = f.model.get_model_object("model_sampling")
+    import comfy.samplers as cs
+
+    w = dict(shared, f=f, noise=torch.randn(1, 4, IMAGE // 8, IMAGE // 8, generator=torch.Generator().manual_seed(0)),
+             sigmas=cs.calculate_sigmas(ms, "simple", STEPS).cpu())
+    outs = {}
+    for precision in ("fp16", "fp32"):
+        g = guider(w, "classifier-all-steps", guidance_vae=hot)
+        g.guide.precision = precision
+        outs[precision] = run(w, g)
+        rows = g.guide.trace.steps
+        assert not any(any(r.nan_skipped) for r in rows) and all(r.classifier_scale[0] > 0 for r in rows)
+        fallbacks = g.guide.costs.autocast_fallbacks
+        assert fallbacks == (len(rows) if precision == "fp16" else 0)
+    assert torch.equal(outs["fp16"], outs["fp32"])
