@@ -27,7 +27,7 @@ import torch
 from higfa.classifier import load_classifier
 from higfa.contour import ContourTransform
 from higfa.schedule import Schedule
-from higfa.training import predict
+from higfa.training import fooling_gap, predict
 from higfa.world.models import load_world
 
 from .quality.arms import BENCH_DECODER
@@ -63,10 +63,10 @@ def run(models, sources, masks, overrides: dict, steps: int, batch: int, seed: i
     fam = models.world.family_labels()
     pred = predict(models.oracle, images).argmax(1).numpy()
     guide = predict(models.guidance, images).argmax(1).numpy()
-    oracle_acc, guide_acc = float((pred == t).mean()), float((guide == t).mean())
-    return {"overrides": overrides, "n": int(len(t)), "oracle_species": oracle_acc,
-            "oracle_family": float((fam[pred] == fam[t]).mean()), "guide_species": guide_acc,
-            "fooling_gap": guide_acc - oracle_acc,
+    gap = fooling_gap(guide, pred, t)
+    return {"overrides": overrides, "n": int(len(t)), "oracle_species": gap["independent_accuracy"],
+            "oracle_family": float((fam[pred] == fam[t]).mean()), "guide_species": gap["guided_accuracy"],
+            "fooling_gap": gap["fooling_gap"],
             "grad_energy_in_markings": float(np.mean(inside)) if inside else None,
             "marking_area": float(np.mean([m.mean() for m in masks])),
             "seconds_per_image": (time.perf_counter() - t0) / len(t)}

@@ -3,7 +3,7 @@
 starting noise from (generation seed, stream, source index, variant) alone, so arms are paired: the same item gets
 the same contour and noise in every arm and every bench.
 
-These are not `higfa augment`'s seeds (`higfa.jobs` derive_seed: one seed per item from the source image's id):
+These are not `higfa augment`'s seeds (`higfa.seeds.derive_seed`: one seed per item from the source image's id):
 the bench's committed results (benchmarks/results/quality.json, guidance_options.json, speed.json's world-decoder
 section) and its cached images were generated with these, and switching would change every generated bench image.
 The bench moves to derive_seed when those results are regenerated wholesale (issue 24's harder world).

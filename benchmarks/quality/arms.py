@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from higfa.contour import ContourTransform
+from higfa.files import files_digest
 from higfa.schedule import PRESETS as SCHEDULE_PRESETS
 from higfa.schedule import Schedule
 from higfa.world.architecture import TINY_DECODER_FOLDER
@@ -104,20 +105,14 @@ def parse_sweeps(items) -> list[tuple[str, list]]:
 
 @functools.lru_cache(maxsize=8)
 def models_digest(folder: Path) -> str:
-    """sha256 (16 hex) of what generates and guides in a world models folder: the diffusers parts, the
-    shipped guide and the oracle. Not the tiny decoder (the bench guides with the VAE, `BENCH_DECODER`) nor
-    training checkpoints: weights the bench does not use. Cached images and downstream runs are keyed by it,
-    so retrained weights (`make train-world`) never reuse images of the old ones."""
+    """`higfa.files.files_digest` (sha256, 16 hex) of what generates and guides in a world models folder: the
+    diffusers parts, the shipped guide and the oracle. Not the tiny decoder (the bench guides with the VAE,
+    `BENCH_DECODER`) nor training checkpoints: weights the bench does not use. Cached images and downstream runs
+    are keyed by it, so retrained weights (`make train-world`) never reuse images of the old ones."""
     skip = {"checkpoints", TINY_DECODER_FOLDER}
-    h = hashlib.sha256()
     parts = [p for p in sorted(folder.iterdir()) if p.is_dir() and p.name not in skip] + [
         folder / "guidance.safetensors", folder / "oracle.safetensors"]
-    for part in parts:
-        for f in sorted([part] if part.is_file() else part.rglob("*")):
-            if f.is_file():
-                h.update(str(f.relative_to(folder)).encode())
-                h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return files_digest(folder, parts)
 
 
 def gen_settings(args, arm: Arm) -> dict:

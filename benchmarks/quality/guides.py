@@ -29,25 +29,25 @@ def load_guide(models, spec: str):
 
 def boot_guide(models, real, first_round: dict, alpha: float, cache: Path, key: dict):
     """A guide for a second round, from labels the few-shot set already has: `models.guidance`'s architecture
-    trained from scratch on `real` (a Split) + `first_round`'s images (targets, source index into `real`) with
-    SaSPA's replacement weights (`higfa train-classifier --synthetic` does the same on folders). Cached in
-    `cache` (+ .key.json) under `key`."""
+    trained from scratch with BOOT's recipe on `real` (a Split) + `first_round`'s images (targets, source index
+    into `real`) with SaSPA's replacement weights, by `higfa.jobs.second_round.train_on_round` (what `higfa
+    train-classifier --synthetic` runs on folders). Cached in `cache` (+ .key.json) under `key`."""
     import torch
 
     from higfa.classifier import build_classifier, load_classifier, save_classifier
-    from higfa.jobs.evaluate import replacement_set
-    from higfa.training import Augment, train_classifier
+    from higfa.jobs.second_round import Round, train_on_round
+    from higfa.training import Augment
 
     if cached_under(cache, key):
         return load_classifier(cache).float()
     g = first_round
-    x, y, w = replacement_set(real.images, real.labels, g["images"], g["targets"], g["source"], alpha)
     shipped = models.guidance
     torch.manual_seed(BOOT["seed"])
     clf = build_classifier(shipped.architecture, shipped.class_names, models.world.image_size, mean=(0.5,) * 3,
                            std=(0.5,) * 3)
-    clf = train_classifier(clf, x, y, steps=BOOT["steps"], seed=BOOT["seed"], weights=w,
-                           augment=Augment(noise=BOOT["noise"], blur=BOOT["blur"])).classifier
+    clf = train_on_round(clf, real.images, real.labels, Round(g["images"], g["targets"], g["source"]), alpha=alpha,
+                         steps=BOOT["steps"], seed=BOOT["seed"],
+                         augment=Augment(noise=BOOT["noise"], blur=BOOT["blur"])).classifier
     save_classifier(clf.half(), cache)
     cache.with_suffix(".key.json").write_text(json.dumps(key, sort_keys=True))
     return clf.float()
@@ -60,17 +60,25 @@ def cached_under(cache: Path, key: dict) -> bool:
 
 
 def tuned_guide(model: str, source: Path, eps: float, cache: Path, key: dict):
-    """`source` (a classifier file) tuned by `higfa tune-classifier --adversarial eps` with TUNE's recipe on the
-    world `model` (a folder or 'builtin'), written to `cache` (+ .json, + .key.json) and cached under `key`."""
-    from higfa.classifier import load_classifier
-    from higfa.jobs.cli import main as higfa
+    """`source` (a classifier file) tuned with TUNE's recipe and PGD ε `eps` on the world `model` (a folder or
+    'builtin') by `higfa.jobs.tuning.tune_guide` (what `higfa tune-classifier --adversarial eps` runs, on the
+    device it would pick), written to `cache` (+ .json with the provenance that command records, + .key.json) and
+    cached under `key`."""
+    from higfa.classifier import load_classifier, provenance, save_classifier
+    from higfa.jobs.distributed import Ranks, pick_device
+    from higfa.jobs.tuning import TuneRecipe, tune_guide
 
     if not cached_under(cache, key):
-        rc = higfa(["tune-classifier", str(source), "--data", TUNE["data"], "--model", model, "--adversarial",
-                    str(eps), "--epochs", str(TUNE["epochs"]), "--views", str(TUNE["views"]), "--lr", str(TUNE["lr"]),
-                    "--seed", str(TUNE["seed"]), "--no-progress", "--out", str(cache.with_suffix(""))])
-        if rc:
-            raise RuntimeError(f"tune-classifier {source} exited with {rc}")
+        recipe = TuneRecipe(views=TUNE["views"], epochs=TUNE["epochs"], lr=TUNE["lr"], seed=TUNE["seed"],
+                            adversarial=eps)
+        device = pick_device("auto", Ranks())
+        done = tune_guide(load_classifier(source, device), model, TUNE["data"], recipe, device=device, progress=False)
+        tuned = done.classifier
+        tuned.provenance = provenance(TUNE["data"], tuned.class_names, None, command="tune-classifier",
+                                      tuned_from=str(source), model=model, views=recipe.views,
+                                      stage_boundary=done.stage_boundary, adversarial=eps, epochs=recipe.epochs,
+                                      steps=done.steps, lr=recipe.lr, seed=recipe.seed, val_data=None)
+        save_classifier(tuned.cpu(), cache)
         cache.with_suffix(".key.json").write_text(json.dumps(key, sort_keys=True))
     return load_classifier(cache).float()
 

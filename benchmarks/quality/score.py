@@ -11,7 +11,7 @@ import numpy as np
 
 from higfa.classifier import load_classifier
 from higfa.judge import confidence_filter
-from higfa.training import features, to_tensor
+from higfa.training import features, fooling_gap, to_tensor
 from higfa.world import metrics
 
 from .arms import Arm
@@ -54,7 +54,8 @@ def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats, t
         out |= {"world_oracle_species": o["species"], "world_oracle_family": o["family"],
                 "oracle_species": o["species"], "oracle_family": o["family"], "oracle_p_target": o["p_target"],
                 "scored_by": "world oracle"}
-    out["fooling_gap"] = out["guide_species"] - out["oracle_species"]
+    # the guide's species accuracy minus the judge's behind oracle_species, on these images
+    out["fooling_gap"] = fooling_gap(f["guide_pred"], judged["pred"], t)["fooling_gap"]
     if "keep" in g:
         out["filter"] = filter_record(g, arm, np.asarray(judged["pred"]), np.asarray(f["guide_pred"]), fam, feats,
                                       real, real_feats)
@@ -73,11 +74,10 @@ def filter_record(g: dict, arm: Arm, pred: np.ndarray, guide_pred: np.ndarray, f
         k = np.flatnonzero(kept)
         dk = metrics.diversity(g["images"][k], t[k], feats[k], real.images[g["source"][k]],
                                real_feats[g["source"][k]])
-        guide_kept = float((guide_pred[k] == t[k]).mean())
-        species_kept = float(right[k].mean())
-        out |= {"oracle_species_kept": species_kept,
-                "oracle_family_kept": float(family_right[k].mean()), "guide_species_kept": guide_kept,
-                "fooling_gap_kept": guide_kept - species_kept,
+        gap = fooling_gap(guide_pred[k], pred[k], t[k])
+        out |= {"oracle_species_kept": gap["independent_accuracy"],
+                "oracle_family_kept": float(family_right[k].mean()), "guide_species_kept": gap["guided_accuracy"],
+                "fooling_gap_kept": gap["fooling_gap"],
                 "pixel_diversity_kept": dk["within_class_pixel"]}
     return out
 

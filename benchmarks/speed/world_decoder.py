@@ -29,7 +29,7 @@ from .parts import OUTPUTS, write_part
 
 
 def run(models, sources, decoder: str, batch: int, preset: str = "higfa") -> dict:
-    from higfa.training import predict
+    from higfa.training import fooling_gap, predict
 
     images, stage2, t0 = [], [], time.perf_counter()
     for b in range(0, len(sources), batch):
@@ -44,9 +44,10 @@ def run(models, sources, decoder: str, batch: int, preset: str = "higfa") -> dic
     labels = np.asarray(sources.labels)
     oracle = predict(models.oracle, images).argmax(1).numpy()
     guidance = predict(models.guidance, images).argmax(1).numpy()
-    o, g = float((oracle == labels).mean()), float((guidance == labels).mean())
-    return {"oracle_species_accuracy": round(o, 4), "guidance_classifier_accuracy": round(g, 4),
-            "fooling_gap": round(g - o, 4), "stage2_step_seconds": round(float(np.mean(stage2)), 4),
+    gap = fooling_gap(guidance, oracle, labels)
+    return {"oracle_species_accuracy": round(gap["independent_accuracy"], 4),
+            "guidance_classifier_accuracy": round(gap["guided_accuracy"], 4),
+            "fooling_gap": round(gap["fooling_gap"], 4), "stage2_step_seconds": round(float(np.mean(stage2)), 4),
             "seconds": round(time.perf_counter() - t0, 1), "images": len(images)}
 
 
