@@ -151,6 +151,54 @@ def test_classifier_step_is_the_family_formula(fam):
         torch.testing.assert_close(out - x0, want, rtol=1e-4, atol=2 * ulp + 1e-6 * sg**2)
 
 
+def test_classifier_step_by_finite_differences(fam):
+    """One guided step (mid-run) against central finite differences of log p(y | decode(x̂0)), in float64 copies
+    of the guider's own decoder and classifier, independent of autograd: the step's RMS is w·σ_g², and its
+    direction ĝ = (x̂0' − x̂0)/(w·σ_g²) predicts the derivative of log p along random directions v:
+    D_v = rms(g)·⟨ĝ, v⟩, with rms(g) read off the derivative along ĝ itself."""
+    import copy
+
+    from higfa_pack.higfa.families import guidance_sigma
+
+    g = guider(fam, "classifier-all-steps", target="1")
+    found, refine = {}, g.guide.refine
+
+    def spy(x0, plan, *a, **k):
+        out = refine(x0, plan, *a, **k)
+        if plan.index == STEPS // 2:
+            decoder, classifier = g._copies(x0)[:2]
+            with torch.inference_mode(False):
+                decoder, classifier = copy.deepcopy(decoder).double(), copy.deepcopy(classifier).double()
+            latent_out = g.inner_model.process_latent_out
+
+            def log_p(z):
+                return torch.log_softmax(classifier((decoder.decode(latent_out(z)) + 1) / 2), -1)[0, 1]
+
+            found.update(x0=x0.clone().double(), delta=(out - x0).double(), plan=plan, log_p=log_p)
+        return out
+
+    g.guide.refine = spy
+    run(fam, g, batch=1)
+    plan, x0, delta = found["plan"], found["x0"], found["delta"]
+    w = g.guide.trace.steps[plan.index].classifier_scale[0]
+    sg2 = guidance_sigma(plan.sigma, fam["f"].sampling, plan.progress) ** 2
+    assert float(delta.pow(2).mean().sqrt()) == pytest.approx(w * sg2, rel=1e-3)
+    unit = delta / (w * sg2)
+
+    def derivative(v):
+        h = 1e-4 * max(1.0, float(x0.abs().max()))
+        with torch.inference_mode(False), torch.no_grad():
+            return float(found["log_p"](x0 + h * v) - found["log_p"](x0 - h * v)) / (2 * h)
+
+    rms_g = derivative(unit / unit.norm()) / float(unit.norm())
+    assert rms_g > 0  # the step climbs log p
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        v = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        v = v / v.norm()
+        assert derivative(v) == pytest.approx(rms_g * float((unit * v).sum()), abs=2e-3 * rms_g * float(unit.norm()))
+
+
 def test_the_familys_taesd_from_the_stock_vae_loader_guides(fam, comfy):
     """taesdxl / taesd / taesd3 in their own file format (models/vae_approx), loaded by the stock VAE Loader,
     as the classifier path's guidance_vae: the run guides and its trace names the decoder."""
