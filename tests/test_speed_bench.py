@@ -56,3 +56,23 @@ def test_report_renders_every_section():
             "ratio_full_vae_all_gated": 1.4, "stage1_ratio": 1.0, "stage1_ratio_per_round_median": 1.0}
     text = report({"machine": {}, "sd15": sd15})
     assert "| no stage-2 step gated | **1.800** | **1.050** |" in text and "Not run: no GPU" in text
+
+
+def test_benchmarks_are_one_package():
+    """Every bench module imports as `benchmarks.…` (what `python -m benchmarks.quality` / `.speed` run), none
+    edits sys.path, and none imports another file's private (underscore) names."""
+    import ast
+    import importlib
+
+    files = sorted((ROOT / "benchmarks").rglob("*.py"))
+    assert {"benchmarks/quality/run.py", "benchmarks/speed/run.py", "benchmarks/seeds.py"} <= {
+        str(f.relative_to(ROOT)) for f in files}
+    for f in files:
+        tree = ast.parse(f.read_text(), str(f))
+        assert "sys.path" not in f.read_text(), f
+        private = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   and (node.level or (node.module or "").startswith("benchmarks")) for a in node.names
+                   if a.name.startswith("_") and a.name != "__doc__"]
+        assert not private, (f, private)
+        module = ".".join(f.relative_to(ROOT).with_suffix("").parts)
+        importlib.import_module(module.removesuffix(".__init__"))
