@@ -36,7 +36,7 @@ FAST_TESTS := tests/test_layers.py tests/test_core_boundaries.py tests/test_sche
 	tests/test_guidance.py tests/test_contour.py tests/test_sampler.py tests/test_trace.py tests/test_classifier.py \
 	tests/test_files.py
 # The method's own tests (schedule, sigmas, guidance, contour, sampler, trace, classifier, files) and the layer
-# and boundary tests: under a minute, nothing loaded from disk.
+# and boundary tests: about 40 s of CPU time, nothing loaded from disk.
 test-fast: setup
 	$(PY) -m pytest -q $(FAST_TESTS)
 
