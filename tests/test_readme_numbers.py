@@ -1,0 +1,101 @@
+"""README's headline numbers are benchmarks/results/quality.json's (issue 27, item 12): each claim is found in
+README by its wording and compared with the number the results file gives, rounded as README writes it. A bench
+rerun that moves a number fails here until README says the new one."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+QUALITY = ROOT / "benchmarks" / "results" / "quality.json"
+
+
+def _text() -> str:
+    """README as one line of plain text: Unicode minus as '-', no line breaks or emphasis."""
+    text = README.read_text().replace("\u2212", "-").replace("**", "")
+    return re.sub(r"\s+", " ", text)
+
+
+def _data() -> dict:
+    return json.loads(QUALITY.read_text())
+
+
+def pct(x: float) -> str:
+    return f"{round(100 * x)}"
+
+
+def signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def ci(pair: dict) -> str:
+    lo, hi = pair["ci95"]
+    return f"[{signed(lo)}, {signed(hi)}]"
+
+
+def claims(d: dict) -> list[tuple[str, list[str]]]:
+    """(regex over README with one group per number, the numbers quality.json gives, as README writes them)."""
+    p, ten = d["presets"], d["downstream"]["saspa"]
+    paired, five = ten["paired"], ten["5-shot"]["paired"]
+    tuned_kept = p["higfa-tuned-boot-pgd-filtered"]["filter"]
+    return [
+        (r"`cfg` shows the intended species in (\d+) % of its images, `higfa` in (\d+) %",
+         [pct(p["cfg"]["oracle_species"]), pct(p["higfa"]["oracle_species"])]),
+        (r"through stage 2: a fooled confidence no longer switches guidance off; \[docs/method.md\]\(docs/method.md\)\)"
+         r" in (\d+) % with the family always right, (\d+) % with a guide tuned",
+         [pct(p["higfa-robust"]["oracle_species"]), pct(p["higfa-robust-pgd"]["oracle_species"])]),
+        (r"fooling gap falls from ([+-]\d+\.\d+) \(`higfa`\) to ([+-]\d+\.\d+) / ([+-]\d+\.\d+)",
+         [f"{x:+.2f}" for x in (p["higfa"]["fooling_gap"], p["higfa-robust"]["fooling_gap"],
+                                p["higfa-robust-pgd"]["fooling_gap"])]),
+        (r"real \+ `higfa` beats real alone by ([+-]\d+\.\d+) \(95 % CI (\[[^\]]+\]); `higfa-robust` ([+-]\d+\.\d+)",
+         [signed(five["real+higfa - real"]["mean"]), ci(five["real+higfa - real"]),
+          signed(five["real+higfa-robust - real"]["mean"])]),
+        (r"real \+ `higfa` beats real \+ cfg by ([+-]\d+\.\d+) \(CI (\[[^\]]+\])\) and real alone by "
+         r"([+-]\d+\.\d+), inside the seed spread \(CI (\[[^\]]+\])\)",
+         [signed(paired["real+higfa - real+cfg"]["mean"]), ci(paired["real+higfa - real+cfg"]),
+          signed(paired["real+higfa - real"]["mean"]), ci(paired["real+higfa - real"])]),
+        (r"lifts 10-shot to ([+-]\d+\.\d+) over real alone \(CI (\[[^\]]+\]), every seed positive\), though its images "
+         r"fool its guide more \(gap ([+-]\d+\.\d+)\)",
+         [signed(paired["real+higfa-boot - real"]["mean"]), ci(paired["real+higfa-boot - real"]),
+          f"{p['higfa-boot']['fooling_gap']:+.2f}"]),
+        (r"species (\d+) % with the family always right on the ([\d.]+) % of images kept, fooling gap "
+         r"([+-]\d+\.\d+), and ([+-]\d+\.\d+) at 10-shot over real alone \(CI (\[[^\]]+\]), every seed positive; "
+         r"([+-]\d+\.\d+) over real \+ cfg\)",
+         [pct(tuned_kept["oracle_species_kept"]), f"{100 * tuned_kept['kept']:g}",
+          f"{tuned_kept['fooling_gap_kept']:+.2f}",
+          signed(paired["real+higfa-tuned-boot-pgd-filtered - real"]["mean"]),
+          ci(paired["real+higfa-tuned-boot-pgd-filtered - real"]),
+          signed(paired["real+higfa-tuned-boot-pgd-filtered - real+cfg"]["mean"])]),
+        (r"the guide calls (\d+) % of `higfa`'s images right, an independent oracle (\d+) %",
+         [pct(p["higfa"]["guide_species"]), pct(p["higfa"]["oracle_species"])]),
+    ]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_readme_headline_number_matches_quality_json(index):
+    d, text = _data(), _text()
+    pattern, expected = claims(d)[index]
+    match = re.search(pattern, text)
+    assert match, f"README no longer says: {pattern!r} (reword the test with the README)"
+    assert list(match.groups()) == expected, f"README says {list(match.groups())}, quality.json gives {expected}"
+
+
+def test_every_seed_positive_claims_hold():
+    paired = _data()["downstream"]["saspa"]["paired"]
+    for arm in ("real+higfa-boot - real", "real+higfa-tuned-boot-pgd-filtered - real"):
+        assert min(paired[arm]["per_seed"]) > 0, arm
+
+
+def test_family_always_right_claims_hold():
+    p = _data()["presets"]
+    assert p["higfa-robust"]["oracle_family"] == 1.0
+    assert p["higfa-tuned-boot-pgd-filtered"]["filter"]["oracle_family_kept"] == 1.0
+
+
+def test_every_claim_is_checked():
+    assert len(claims(_data())) == 8
