@@ -174,7 +174,7 @@ def _sampling(model_sampling, needed: bool) -> str:
     if isinstance(model_sampling, tuple(getattr(ms, n) for n in ("EPS", "COSMOS_RFLOW") if hasattr(ms, n))):
         return "eps"
     if needed:
-        kinds = " + ".join(c.__name__ for c in type(model_sampling).__mro__[1:3])
+        kinds = " + ".join(c.__name__ for c in type(model_sampling).__mro__ if c not in (torch.nn.Module, object))
         raise ValueError(f"model: its sampling ({kinds}) is none HiGFA's classifier step knows (EPS, "
                          "V_PREDICTION, EDM, X0, IMG_TO_IMG, COSMOS_RFLOW, CONST): use the 'cfg' or 'contour' preset"
                          " with this model, or report the model type")

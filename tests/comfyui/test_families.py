@@ -292,3 +292,27 @@ def test_sdxl_decoder_overflowing_in_fp16_is_caught_by_the_float32_fallback(shar
         fallbacks = g.guide.costs.autocast_fallbacks
         assert fallbacks == (len(rows) if precision == "fp16" else 0)
     assert torch.equal(outs["fp16"], outs["fp32"])
+
+
+def test_a_model_sampling_of_no_known_family_is_refused_by_name(shared):
+    """A model whose model_sampling is none of EPS / V_PREDICTION / EDM / X0 / IMG_TO_IMG / COSMOS_RFLOW / CONST
+    (here a bare sigma table) cannot take the classifier step: a clear error naming the model; without the
+    classifier it samples as usual."""
+    import comfy.model_sampling
+    import tiny_families
+
+    with torch.inference_mode():
+        f = tiny_families.family("sd1_vpred")
+    ms = comfy.model_sampling
+
+    class OddSampling(ms.ModelSamplingDiscrete):  # noises like EPS, but is none of ComfyUI's sampling classes
+        calculate_input, calculate_denoised = ms.EPS.calculate_input, ms.EPS.calculate_denoised
+        noise_scaling, inverse_noise_scaling = ms.EPS.noise_scaling, ms.EPS.inverse_noise_scaling
+
+    f.model = f.model.clone()
+    f.model.add_object_patch("model_sampling", OddSampling())
+    w = dict(shared, f=f, noise=torch.randn(1, 4, IMAGE // 8, IMAGE // 8, generator=torch.Generator().manual_seed(0)),
+             sigmas=torch.tensor([14.6, 2.0, 0.5, 0.0]))
+    assert torch.isfinite(run(w, guider(w, "cfg"))).all()
+    with pytest.raises(ValueError, match=r"model: its sampling \(OddSampling \+ ModelSamplingDiscrete\) is none"):
+        run(w, guider(w, "classifier-all-steps"))
