@@ -34,6 +34,7 @@ from ..sampler import SampleResult, sample
 from ..schedule import Schedule
 from ..sigmas import NoiseSchedule
 from .birds import ASSETS, TinyBirds
+from .catalog import make_world
 from .architecture import GUIDANCE_DEFAULT, load_tiny_decoder
 
 COMPONENTS = ("unet", "controlnet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -172,10 +173,10 @@ def load_world(path: str | Path = ASSETS, device: str | torch.device = "cpu") ->
                                 "package, or retrain them with `higfa train-world --out <folder>`")
     info = json.loads((path / "world.json").read_text())
     w = info["world"]
-    world = TinyBirds(seed=int(w["seed"]), image_size=int(w["image_size"]))
+    world = make_world(w.get("name", "tinybirds"), seed=int(w["seed"]), image_size=int(w["image_size"]))
     if world.class_names != w["class_names"]:
         raise ValueError(f"{path}/world.json lists species {w['class_names'][:3]}... that differ from this "
-                         "version's world: retrain with `higfa train-world`")
+                         f"version's {world.name} world: retrain with `higfa train-world --world {world.name}`")
     # low_cpu_mem_usage=False said explicitly: diffusers' default (True) warns once per model without `accelerate`.
     f32 = dict(torch_dtype=torch.float32, low_cpu_mem_usage=False)
     unet = UNet2DConditionModel.from_pretrained(path / "unet", **f32)

@@ -39,13 +39,20 @@ from ..classifier import build_classifier, provenance, save_classifier
 from ..contour import EdgeDetector
 from ..training import Augment, evaluate, train_classifier
 from .architecture import COMFYUI_UNET_CONFIG, VAE_CONFIG, VAE_DOWNSAMPLE
-from .birds import ASSETS, TinyBirds
+from .birds import TinyBirds
+from .catalog import assets, make_world
 from .tiny_decoder import train_tiny_decoder
-from .train_common import TrainConfig, log
+from .train_common import WORLD_DEFAULTS, StageCheckpoint, TrainConfig, for_world, log
 from .train_diffusion import train_diffusion, train_diffusion_more
 from .train_vae import train_vae, train_vae_decoder
 
 STAGES = ("vae", "vae_decoder", "diffusion", "diffusion_more", "guidance", "oracle", "tiny_decoder")
+# The order a world's stages run in (every stage after those it loads: vae_decoder, diffusion and tiny_decoder
+# load the VAE, diffusion_more the diffusion stage's models, tiny_decoder all of them). finebirds trains its
+# classifiers first, so the oracle can measure the VAE's ceiling, and ships no tiny decoder (its guidance decodes
+# with the VAE: architecture.GUIDANCE_DEFAULT).
+WORLD_STAGES = {"tinybirds": STAGES,
+                "finebirds": ("oracle", "guidance", "vae", "vae_decoder", "diffusion", "diffusion_more")}
 
 
 # Stages that start from the weights already in the folder (-> the stage that made those weights): running one
@@ -93,17 +100,21 @@ def _classifier_stage(cfg: TrainConfig, world: TinyBirds, out: Path, name: str) 
         augment = Augment()
     data = world.split(split, per_class)
     test = world.split("test", 50)
+    source = "builtin" if world.name == "tinybirds" else world.name
     torch.manual_seed(seed)
     clf = build_classifier(arch, world.class_names, world.image_size, mean=(0.5,) * 3, std=(0.5,) * 3, **kwargs)
+    ckpt = StageCheckpoint(out, name, cfg.checkpoint_every)
     result = train_classifier(clf, data.images, data.labels, steps=steps, seed=seed, augment=augment,
                               callback=lambda s, loss: log(f"{name} step {s}/{steps} loss {loss:.3f}")
-                              if s % 100 == 0 else None)
+                              if s % 100 == 0 else None, checkpoint=ckpt.path, checkpoint_every=ckpt.every)
+    ckpt.finish()
     ev = evaluate(result.classifier, test.images, test.labels)
     fam = world.family_labels()
     pred = predict(result.classifier, test.images).argmax(1).numpy()
     result.classifier.provenance = provenance(
-        f"builtin:{split}:{per_class}", world.class_names, ev, command=f"higfa train-world --stages {name}",
-        val_data="builtin:test", train_images=len(data), steps=steps, seed=seed)
+        f"{source}:{split}:{per_class}", world.class_names, ev,
+        command=f"higfa train-world --world {world.name} --stages {name}", val_data=f"{source}:test",
+        train_images=len(data), steps=steps, seed=seed)
     save_classifier(result.classifier.half(), out / name)
     info = {"seconds": round(result.seconds, 1), "steps": steps, "architecture": arch, "model_kwargs": kwargs,
             "train_images": len(data), "test_accuracy": round(ev["accuracy"], 4),
@@ -112,19 +123,30 @@ def _classifier_stage(cfg: TrainConfig, world: TinyBirds, out: Path, name: str) 
     return info
 
 
-def run(cfg: TrainConfig, stages: list[str], out: Path = ASSETS) -> dict[str, Any]:
-    unknown = sorted(set(stages) - set(STAGES))
+def run(cfg: TrainConfig, stages: list[str], out: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run `stages` of world `cfg.world` in that world's order (WORLD_STAGES) into `out` (default: the world's
+    shipped folder, catalog.assets). resume: skip the stages `out/training.json` records as done (a stage that was
+    cut short left a checkpoint instead, and continues from it)."""
+    known = WORLD_STAGES[cfg.world]
+    unknown = sorted(set(stages) - set(known))
     if unknown:
-        raise ValueError(f"unknown training stages {unknown}: choose from {list(STAGES)}")
+        raise ValueError(f"unknown training stages {unknown} for world {cfg.world!r}: choose from {list(known)}")
+    out = assets(cfg.world) if out is None else out
     torch.set_num_threads(max(1, cfg.threads))
     out.mkdir(parents=True, exist_ok=True)
-    world = TinyBirds(seed=cfg.world_seed)
+    world = make_world(cfg.world, seed=cfg.world_seed)
     fns = {"vae": train_vae, "vae_decoder": train_vae_decoder, "diffusion": train_diffusion,
            "diffusion_more": train_diffusion_more,
            "guidance": lambda c, w, o: _classifier_stage(c, w, o, "guidance"),
            "oracle": lambda c, w, o: _classifier_stage(c, w, o, "oracle"), "tiny_decoder": train_tiny_decoder}
+    done = set(json.loads((out / "training.json").read_text()).get("stages", {})) if (
+        resume and (out / "training.json").is_file()) else set()
     results = {}
-    for stage in [s for s in STAGES if s in stages]:
+    _write_world_json(cfg, world, out)  # first: a cut run's folder already says which world it holds
+    for stage in [s for s in known if s in stages]:
+        if stage in done:
+            log(f"stage {stage}: done already (training.json), skipped")
+            continue
         log(f"stage {stage}")
         wall, cpu = time.perf_counter(), time.process_time()
         info = fns[stage](cfg, world, out)
@@ -135,13 +157,12 @@ def run(cfg: TrainConfig, stages: list[str], out: Path = ASSETS) -> dict[str, An
         info["config"] = {k: v for k, v in asdict(cfg).items() if k.startswith(stage) or k in ("seed", "world_seed")}
         _record(out, stage, info)
         results[stage] = info
-    _write_world_json(cfg, world, out)
     return results
 
 
 def _write_world_json(cfg: TrainConfig, world: TinyBirds, out: Path) -> None:
     det = EdgeDetector()
-    info = {"format": 1, "world": {"seed": cfg.world_seed, "image_size": world.image_size,
+    info = {"format": 1, "world": {"name": world.name, "seed": cfg.world_seed, "image_size": world.image_size,
                                    "class_names": world.class_names, "families": world.family_names,
                                    "species_family": [s.family for s in world.species],
                                    "prompt_template": "a photo of a {family}"},
@@ -155,46 +176,54 @@ def _write_world_json(cfg: TrainConfig, world: TinyBirds, out: Path) -> None:
 
 # ---------------------------------------------------------------------------- CLI
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to run, in order")
-    p.add_argument("--out", type=Path, default=ASSETS, help="output folder (default: the shipped assets)")
+    p.add_argument("--world", default="tinybirds", choices=sorted(WORLD_DEFAULTS),
+                   help="which world to train (default: tinybirds, the demo's)")
+    p.add_argument("--stages", nargs="+", default=None, choices=STAGES,
+                   help="stages to run (default: all of the world's, in its order)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the world's shipped folder)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the stages training.json records as done; a cut stage continues from its checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch CPU threads")
     for f in ("vae_steps", "diffusion_steps", "guidance_steps", "oracle_steps"):
-        p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(TrainConfig, f))
+        p.add_argument("--" + f.replace("_", "-"), type=int, default=None, help="default: the world's")
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="override any TrainConfig field, e.g. --set diffusion_per_class=50 vae_lr=1e-3")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    changes: dict[str, Any] = dict(seed=args.seed, threads=args.threads, vae_steps=args.vae_steps,
-                                   diffusion_steps=args.diffusion_steps, guidance_steps=args.guidance_steps,
-                                   oracle_steps=args.oracle_steps)
+    changes: dict[str, Any] = dict(seed=args.seed, threads=args.threads)
+    for f in ("vae_steps", "diffusion_steps", "guidance_steps", "oracle_steps"):
+        if getattr(args, f) is not None:
+            changes[f] = getattr(args, f)
     for item in args.set:
         name, _, value = item.partition("=")
-        if name not in fields or not value:
-            raise ValueError(f"--set {item!r}: use FIELD=VALUE with FIELD one of {sorted(fields)}")
+        if name not in fields or name == "world" or not value:
+            raise ValueError(f"--set {item!r}: use FIELD=VALUE with FIELD one of {sorted(set(fields) - {'world'})}")
         default = getattr(TrainConfig(), name)
         changes[name] = json.loads(value) if isinstance(default, (dict, list)) else type(default)(value)
-    return TrainConfig(**changes)
+    return for_world(args.world, **changes)
+
+
+def _run_args(args: argparse.Namespace) -> int:
+    run(_config(args), args.stages or list(WORLD_STAGES[args.world]), args.out, resume=args.resume)
+    return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train-world", help="train the built-in tiny world's models (CPU, about 2 h; resumable)",
+    p = sub.add_parser("train-world", help="train a built-in world's models (CPU, 2-3 h; resumable)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
-    p.set_defaults(func=lambda a: (run(_config(a), a.stages, a.out), 0)[1])
+    p.set_defaults(func=_run_args)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m higfa.world.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
-    args = p.parse_args(argv)
-    run(_config(args), args.stages, args.out)
-    return 0
+    return _run_args(p.parse_args(argv))
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -8,15 +8,18 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
+from ..files import atomic_write
 from ..training import to_tensor
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    world: str = "tinybirds"  # catalog.WORLDS; `for_world` applies that world's defaults (WORLD_DEFAULTS)
     seed: int = 0
     world_seed: int = 0
     threads: int = 1  # the CPU is shared; more threads than free cores slows torch down a lot
@@ -46,7 +49,7 @@ class TrainConfig:
     # more diffusion training from the diffusion stage's weights (warm restart; see train_diffusion_more)
     diffusion_more_steps: int = 4000
     diffusion_more_lr: float = 4e-4
-    checkpoint_every: int = 200  # diffusion stages: steps between resumable checkpoints (out/checkpoints/)
+    checkpoint_every: int = 200  # VAE, diffusion, classifier stages: steps between resumable checkpoints
     # classifiers
     guidance_shots: int = 10
     guidance_steps: int = 500
@@ -56,6 +59,26 @@ class TrainConfig:
     oracle_arch: str = "resnet10t"
     oracle_kwargs: dict = field(default_factory=lambda: {"channels": [24, 48, 96, 192]})
 
+
+
+
+# Each world's own settings over TrainConfig's (which are tinybirds'). finebirds has 3x the species, thinner
+# markings and more nuisance: more VAE steps, per-class counts that keep the image pools near tinybirds' sizes, and
+# an oracle trained on more images for longer (it must reach 0.99 on real test images). Its stages run the
+# classifiers first: the oracle measures the VAE's ceiling right after `vae_decoder` (`ceiling` in training.json),
+# before the diffusion stages spend most of the budget.
+WORLD_DEFAULTS: dict[str, dict] = {
+    "tinybirds": {},
+    "finebirds": dict(vae_steps=1000, vae_per_class=60, vae_decoder_steps=1200, diffusion_per_class=150,
+                      diffusion_more_steps=3000, oracle_per_class=400, oracle_steps=2500, checkpoint_every=150),
+}
+
+
+def for_world(world: str, **changes) -> TrainConfig:
+    """TrainConfig for `world`: its WORLD_DEFAULTS, then `changes`."""
+    if world not in WORLD_DEFAULTS:
+        raise ValueError(f"unknown world {world!r}: choose one of {sorted(WORLD_DEFAULTS)}")
+    return TrainConfig(world=world, **{**WORLD_DEFAULTS[world], **changes})
 
 
 def log(msg: str) -> None:
@@ -103,3 +126,27 @@ def finish_checkpoint(path: Path) -> None:
     if path.parent.is_dir() and not any(path.parent.iterdir()):
         path.parent.rmdir()
 
+
+
+class StageCheckpoint:
+    """A stage's resumable state, `<out>/checkpoints/<stage>.pt`, written atomically every `every` steps (0: never)
+    and removed when the stage finishes. A run cut short resumes from the last one with the same batches (the
+    state holds the batch generator and the rest of its epoch order)."""
+
+    def __init__(self, out: Path, stage: str, every: int):
+        self.path, self.every = out / "checkpoints" / f"{stage}.pt", int(every)
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, weights_only=False)
+        log(f"resumed from {self.path} at step {state['step']}")
+        return state
+
+    def save(self, done: int, total: int, state: Callable[[], dict]) -> None:
+        """After `done` of `total` steps: save state() when a checkpoint is due (never after the last step)."""
+        if self.every > 0 and done % self.every == 0 and done < total:
+            atomic_write(self.path, lambda f: torch.save({**state(), "step": done}, f))
+
+    def finish(self) -> None:
+        finish_checkpoint(self.path)

@@ -11,7 +11,7 @@ import torch
 
 from .architecture import VAE_CONFIG
 from .birds import TinyBirds
-from .train_common import TrainConfig, cosine_lr, images_pm1, load_vae, log, save_fp16
+from .train_common import StageCheckpoint, TrainConfig, cosine_lr, images_pm1, load_vae, log, save_fp16
 
 
 def _crops(x: torch.Tensor, w: torch.Tensor, masks: torch.Tensor, size: int, gen: torch.Generator,
@@ -64,8 +64,14 @@ def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
         vae.quant_conv.bias[VAE_CONFIG["latent_channels"]:] = cfg.vae_init_logvar
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 11)
-    started, order, losses = time.perf_counter(), torch.empty(0, dtype=torch.long), []
-    for step in range(cfg.vae_steps):
+    started, order, losses, first = time.perf_counter(), torch.empty(0, dtype=torch.long), [], 0
+    ckpt = StageCheckpoint(out, "vae", cfg.checkpoint_every)
+    if (state := ckpt.load()) is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        order, losses, first = state["order"], state["losses"], state["step"]
+    for step in range(first, cfg.vae_steps):
         x, w, order = _vae_batch(cfg, x_all, w_all, masks, order, gen)
         for g in opt.param_groups:
             g["lr"] = cfg.vae_lr * cosine_lr(step, cfg.vae_steps, 30)
@@ -80,6 +86,8 @@ def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
         losses.append(float(l1.detach()))
         if (step + 1) % 50 == 0 or step == 0:
             log(f"vae step {step + 1}/{cfg.vae_steps} weighted L1 {np.mean(losses[-50:]):.4f}")
+        ckpt.save(step + 1, cfg.vae_steps, lambda o=order: {"model": vae.state_dict(), "opt": opt.state_dict(),
+                                                            "gen": gen.get_state(), "order": o, "losses": losses})
     seconds = time.perf_counter() - started
     vae.eval()
     # SD's convention: latents are multiplied by scaling_factor = 1 / std so the UNet sees unit variance.
@@ -89,7 +97,9 @@ def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
     scale = float(1.0 / mean.std())
     vae.register_to_config(scaling_factor=round(scale, 5))
     save_fp16(vae, out / "vae")
-    info = {"seconds": round(seconds, 1), "steps": cfg.vae_steps, "batch": cfg.vae_batch, "images": len(x_all),
+    ckpt.finish()
+    info = {"seconds": round(seconds, 1), "steps": cfg.vae_steps, "resumed_at": first, "batch": cfg.vae_batch,
+            "images": len(x_all),
             "final_weighted_l1": round(float(np.mean(losses[-50:])), 4), "recon_l1_pm1": round(recon_err, 4),
             "scaling_factor": round(scale, 5)}
     log(f"vae done in {seconds:.0f} s: {info}")
@@ -115,8 +125,14 @@ def train_vae_decoder(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str
     vae.decoder.train()
     opt = torch.optim.AdamW(params, lr=cfg.vae_decoder_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 12)
-    started, order, losses = time.perf_counter(), torch.empty(0, dtype=torch.long), []
-    for step in range(cfg.vae_decoder_steps):
+    started, order, losses, first = time.perf_counter(), torch.empty(0, dtype=torch.long), [], 0
+    ckpt = StageCheckpoint(out, "vae_decoder", cfg.checkpoint_every)
+    if (state := ckpt.load()) is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        order, losses, first = state["order"], state["losses"], state["step"]
+    for step in range(first, cfg.vae_decoder_steps):
         x, w, order = _vae_batch(cfg, x_all, w_all, masks, order, gen)
         for g in opt.param_groups:
             g["lr"] = cfg.vae_decoder_lr * cosine_lr(step, cfg.vae_decoder_steps, 20)
@@ -130,15 +146,35 @@ def train_vae_decoder(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str
         losses.append(float(l1.detach()))
         if (step + 1) % 50 == 0 or step == 0:
             log(f"vae_decoder step {step + 1}/{cfg.vae_decoder_steps} weighted L1 {np.mean(losses[-50:]):.4f}")
+        ckpt.save(step + 1, cfg.vae_decoder_steps, lambda o=order: {
+            "model": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "order": o, "losses": losses})
     seconds = time.perf_counter() - started
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         after = float((vae.decode(vae.encode(probe).latent_dist.mean).sample - probe).abs().mean())
-    save_fp16(vae, out / "vae")
-    info = {"seconds": round(seconds, 1), "steps": cfg.vae_decoder_steps, "batch": cfg.vae_batch,
+    info = {"ceiling": ceiling(vae, world, out)} if (out / "oracle.safetensors").is_file() else {}
+    save_fp16(vae, out / "vae")  # (in float16 from here on)
+    ckpt.finish()
+    info |= {"seconds": round(seconds, 1), "steps": cfg.vae_decoder_steps, "resumed_at": first, "batch": cfg.vae_batch,
             "images": len(x_all), "final_weighted_l1": round(float(np.mean(losses[-50:])), 4),
             "recon_l1_pm1_before": round(before, 4), "recon_l1_pm1": round(after, 4)}
     log(f"vae_decoder done in {seconds:.0f} s: {info}")
     return info
 
 
+
+
+@torch.no_grad()
+def ceiling(vae, world: TinyBirds, out: Path, per_class: int = 20) -> dict[str, Any]:
+    """The world oracle's accuracy on `per_class` test images per species and on their VAE round trips (posterior
+    mean): what guidance through this decoder can show at best (docs/world.md)."""
+    from ..classifier import load_classifier
+    from ..training import evaluate
+
+    oracle = load_classifier(out / "oracle.safetensors").float()
+    test = world.split("test", per_class)
+    x = images_pm1(test.images)
+    rec = torch.cat([vae.decode(vae.encode(x[i:i + 256]).latent_dist.mean).sample for i in range(0, len(x), 256)])
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return {"images": len(x), "oracle_real": round(evaluate(oracle, test.images, test.labels)["accuracy"], 4),
+            "oracle_reconstructed": round(evaluate(oracle, rec, test.labels)["accuracy"], 4)}
