@@ -116,11 +116,16 @@ def test_classifier_loader_lists_loads_and_explains_a_wrong_input_size(comfy, tm
         loader.execute("vit_wrong_size.safetensors")
 
 
-def test_schedule_node_presets_fix_what_defines_them(comfy):
+def test_schedule_node_follows_the_one_preset_rule(comfy):
+    """Schedule.from_preset's rule (the CLI's and the bench's): the preset sets what defines it, an input changed
+    from its default overrides it; inputs left at their defaults take the preset's values."""
+    from higfa.schedule import Schedule
+
     node = comfy.pack.nodes.schedule
     values = {f: getattr(node._DEFAULT, f) for f in node.FIELDS} | {"contour_strength": 0.9, "tau_skip": 0.5}
     sched, text = node.HiGFASchedule.execute("cfg", **values).args
-    assert sched.contour_strength == 0 and sched.classifier_steps == "off" and sched.tau_skip == 0.5
+    assert sched.to_dict() == Schedule.from_preset("cfg", contour_strength=0.9, tau_skip=0.5).to_dict()
+    assert sched.contour_strength == 0.9 and sched.contour_lowconf == 0 and sched.classifier_steps == "off"
     assert json.loads(text)["preset"] == "cfg"
     assert node.HiGFASchedule.execute("custom", **values).args[0].contour_strength == 0.9
     with pytest.raises(ValueError, match="tau_lo must be smaller than tau_hi"):
