@@ -72,3 +72,8 @@ def test_pictures_exist_and_the_server_serves_them(server):
             assert r.status == 200 and r.read() == (DOCS / src).read_bytes(), src
     with pytest.raises(urllib.error.HTTPError):  # the front end falls back from the locale page to ours
         urllib.request.urlopen(f"{server.url}/extensions/{PACK}/docs/HiGFA_Schedule/en.md", timeout=30)
+
+
+def test_schedule_page_names_every_preset():
+    text = (DOCS / "HiGFA_Schedule.md").read_text()
+    assert [name for name in [*PRESETS, "custom"] if f"`{name}`" not in text] == []
