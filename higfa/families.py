@@ -73,14 +73,17 @@ def guidance_sigma(sigma: float, sampling: str, progress: float) -> float:
 
     σ_g is the reference schedule's σ at π (`reference_sigma`), so the same w moves x̂0 by the same RMS at the
     same π in every family. A VE model on the reference table (SD 1.x, SD 2.x, SDXL, eps or v) gets its own σ,
-    exactly: for it σ_g = σ is Tweedie's classifier guidance, what HiGFA always did. For other families this is
-    Tweedie's classifier guidance at the VE level s = `ve_sigma` with the weight w·(σ_g / s)².
+    exactly: for it σ_g = σ is Tweedie's classifier guidance, what HiGFA always did; so is a VE σ beyond the ends of
+    its model's table (π 0 or 1: custom sigmas). For other families this is Tweedie's classifier guidance at the VE
+    level s = `ve_sigma` with the weight w·(σ_g / s)².
     """
     check_sampling(sampling)
     sigma = float(sigma)
     if sigma <= 0.0:
         return 0.0
-    ref = reference_sigma(progress)
-    if sampling in VE_SAMPLINGS and abs(ref - sigma) <= _SAME_TABLE * sigma:
-        return sigma
-    return ref
+    if sampling in VE_SAMPLINGS:
+        if not 0.0 < float(progress) < 1.0:  # at or past its own table's ends (custom sigmas): π adds nothing to σ
+            return sigma
+        ref = reference_sigma(progress)
+        return sigma if abs(ref - sigma) <= _SAME_TABLE * sigma else ref
+    return reference_sigma(progress)

@@ -134,6 +134,8 @@ def test_sd_schedule_keeps_its_own_sigma_bit_for_bit(spacing):
             for sampling in ("eps", "v_prediction"):
                 assert guidance_sigma(s, sampling, ns.sigma_to_percent(s)) == s
     assert guidance_sigma(0.0, "eps", 1.0) == 0.0
+    for s in (0.01, 20.0):  # custom sigmas beyond the table's ends (π 1 or 0): σ itself, as before
+        assert guidance_sigma(s, "eps", ref.sigma_to_percent(s)) == s
     # a flow model's σ is never taken as a VE σ, even where the numbers happen to agree
     s = 0.5
     assert guidance_sigma(s, "const", ref.sigma_to_percent(s)) == pytest.approx(s, rel=1e-6)
