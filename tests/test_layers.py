@@ -139,3 +139,19 @@ def test_the_checker_sees_imports_inside_functions_and_cycles(tmp_path):
     assert layer("higfa.jobs.plan") in FORBIDDEN[layer("higfa.world.a")]
     assert cycles({"x": {"y"}, "y": {"z"}, "z": {"x"}, "w": {"x"}}) == [["x", "y", "z"]]
     assert cycles({"x": {"y"}, "y": set()}) == []
+
+
+def test_nothing_below_imports_the_benchmarks_or_the_node_pack():
+    """benchmarks/ sits above everything (it imports higfa, never the reverse), and the core never imports the
+    ComfyUI pack (nodes/): read from every module of higfa/, nodes/ and scripts/, in functions too."""
+    wrong = []
+    for folder in ("higfa", "nodes", "scripts"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                for name in names:
+                    top = name.split(".")[0]
+                    if top == "benchmarks" or (folder == "higfa" and top == "nodes"):
+                        wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert wrong == []
