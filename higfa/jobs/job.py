@@ -126,9 +126,6 @@ def run_augment(s: AugmentSettings) -> int:
 
 
 def _run(s: AugmentSettings) -> int:
-    """The job in the order its guarantees need (one function so that order stays visible): every input and
-    setting checked before a model loads, the shard lock before any output, the run's fingerprint checked
-    against the folder before the first item is sampled."""
     import torch
 
     from ..backends.components import load_components, parse_dtype
@@ -145,6 +142,9 @@ def _run(s: AugmentSettings) -> int:
     if s.min_confidence is not None and not (classifier_path or s.filter_classifier):
         raise ValueError("--min-confidence needs --classifier or --filter-classifier (the confidence is a "
                          "classifier's)")
+    if s.judge and not schedule.uses_classifier:
+        raise ValueError(f"--judge {s.judge}: preset/schedule '{schedule.preset}' takes no classifier step, so "
+                         "there is nothing to judge: choose a preset with classifier guidance (e.g. higfa-judged)")
     if schedule.uses_classifier and not classifier_path:
         raise ValueError(f"preset/schedule '{schedule.preset}' uses classifier guidance: pass --classifier "
                          "PATH.safetensors (timm weights + .json sidecar), or choose --preset cfg or contour")
@@ -164,7 +164,8 @@ def _run(s: AugmentSettings) -> int:
         raise ValueError(f"--size {s.size}: must be a multiple of {multiple} for this model")
     content, cache = safety.content_fingerprint(safety.model_files(
         [model_dir, s.config, s.controlnet, s.controlnet_config, classifier_path,
-         None if s.guidance_vae in (None, "none") else s.guidance_vae, s.filter_classifier]), records.file_cache(out))
+         None if s.guidance_vae in (None, "none") else s.guidance_vae, s.filter_classifier, s.judge]),
+        records.file_cache(out))
     if s.threads:
         torch.set_num_threads(s.threads)
     if s.deterministic:
@@ -181,6 +182,13 @@ def _run(s: AugmentSettings) -> int:
             judge_clf = load_classifier(s.filter_classifier, device)
             by_label = resolve_targets([i.label for i in found], names, judge_clf, "--filter-classifier")
             judge = (judge_clf, {src.id: by_label[i.label] for i, src in zip(found, sources)})
+        sampling_judge = None
+        if s.judge:  # --judge: its p drives the ramp and the gate; without --filter-classifier it scores too
+            sj = load_classifier(s.judge, device)
+            by_label = resolve_targets([i.label for i in found], names, sj, "--judge")
+            sampling_judge = (sj, {src.id: by_label[i.label] for i, src in zip(found, sources)}, Path(s.judge).name)
+            if judge is None:
+                judge = sampling_judge[:2]
         items = make_items(sources, s.variants, s.seed)
         components = load_components(model_dir, controlnet=s.controlnet, config=s.config,
                                      controlnet_config=s.controlnet_config, scheduler=s.scheduler,
@@ -195,15 +203,18 @@ def _run(s: AugmentSettings) -> int:
         guidance_vae = load_guidance_decoder(s, device, vae_dtype) if schedule.uses_classifier else None
         if guidance_vae is not None:  # runs without one keep their fingerprint (and their outputs) unchanged
             fp["guidance_vae"] = guidance_vae[1]
-        if judge is not None:  # likewise: only runs that use one record it
+        if s.filter_classifier:  # likewise: only runs that use one record it
             fp["filter_classifier"] = str(Path(s.filter_classifier).resolve())
+        if s.judge:
+            fp["judge"] = str(Path(s.judge).resolve())
         run_hash = records.check_run(out, fp, s.overwrite, file_cache=cache)
         records.write_json(out / records.PLAN_FILE, {"run": run_hash, "items": [it.key for it in items],
                                                      "empty_classes": empty, "exact": s.overwrite})
         sampler = ItemSampler(components, schedule, classifier, size=size, steps=s.steps, eta=s.eta,
                               prompt=PromptText(prompt, s.super_name, s.negative_prompt),
                               edges=s.edge_detector(), transform=s.contour_transform(), device=device,
-                              guidance_vae=None if guidance_vae is None else guidance_vae[0], judge=judge)
+                              guidance_vae=None if guidance_vae is None else guidance_vae[0], judge=judge,
+                              sampling_judge=sampling_judge)
         job = _Job(s, info, out, run_hash, sampler)
         if info.is_main:
             job.say(f"higfa augment: {len(items)} items ({len(sources)} images x {s.variants} variants, "
@@ -307,7 +318,16 @@ class _Job:
                "schedule": res.trace.schedule.get("preset"), "confidence": conf,
                "trace_confidence": (res.trace.final_confidence() or [None])[0], "measured_steps": measured,
                "gated_steps": gated, "seconds": round(seconds, 4), "run": self.run_hash}
-        if below and s.filter == "drop":
+        if res.trace.judge is not None:  # only judged runs: the others keep their manifest bytes
+            rec["trace_judge_confidence"] = (res.trace.final_judge_confidence() or [None])[0]
+        if below and s.filter == "aside":  # kept for inspection, outside the ImageFolder that goes downstream
+            data = encode_png(res.image)
+            (out / it.output).unlink(missing_ok=True)
+            aside = "dropped/" + it.output.removeprefix("images/")
+            records.write_output(out, aside, data)
+            rec.update(status="dropped", output=aside, sha256=records.sha256(data), below_threshold=True)
+            stats.dropped += 1
+        elif below and s.filter == "drop":
             (out / it.output).unlink(missing_ok=True)  # a stale file of an --overwrite'n run
             rec.update(status="dropped", output=None, below_threshold=True)
             stats.dropped += 1

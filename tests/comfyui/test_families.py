@@ -101,6 +101,23 @@ def test_higfa_runs_with_a_classifier(fam):
     assert all(r.confidence is not None and all(0 <= p <= 1 for p in r.confidence) for r in rows)
 
 
+def test_the_all_in_one_sampler_node_runs_the_family(fam):
+    """HiGFA Sampler (KSampler-like) on an empty latent of the family's width: its trace has one row per step."""
+    import json
+
+    f, pack = fam["f"], fam["pack"]
+    with torch.inference_mode():
+        out = pack.nodes.sampler.HiGFASampler.execute(
+            f.model, f.positive, f.negative, pack.nodes.schedule.build_schedule("higfa"),
+            {"samples": torch.zeros(1, f.channels, IMAGE // 8, IMAGE // 8)}, 5, STEPS, "euler", "simple", 1.0,
+            f.control_net, fam["contour"], f.vae, fam["clf"], "class_1")
+    latent, _, text = out.args
+    trace = json.loads(text)
+    assert latent["samples"].shape == (1, f.channels, IMAGE // 8, IMAGE // 8)
+    assert torch.isfinite(latent["samples"]).all()
+    assert trace["summary"]["steps"] == STEPS and trace["summary"]["guided_sample_steps"] > 0
+
+
 def test_trace_progress_and_stage_boundary_follow_comfyuis_percent(fam):
     """π of every row is the noise-level percent of its σ by the model's own percent_to_sigma (a flow model's
     σ→π differs from SD's), and stage 2 starts at the first σ at or below percent_to_sigma(π_c)."""
