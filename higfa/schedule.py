@@ -308,4 +308,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 # paint the marking at half the push, and the gentler push keeps the images closer to real ones (KID in the world
 # oracle's features 25 vs 112 at w_cls 4, marking still right in 0.89 vs 0.91 of the images; docs/quality.md).
 PRESETS["higfa-tuned"] = PRESETS["higfa-robust"] | dict(classifier_scale=2.0)
+# The paper's mechanism with a judge (docs/method.md "The judge"): higfa-robust's views and push, with the
+# confidence modulating and gating again, because a classifier that did not guide (Guide(judge=...)) gives the
+# confidence. Without a judge the guide's own (fooled) confidence drives it. Ramp values: docs/quality.md
+# ("Judge probe").
+PRESETS["higfa-judged"] = PRESETS["higfa-robust"] | dict(modulate=True, gating=True)
+
+# What each preset does, in one line a user reads (the node's preset tooltip, the CLI's --preset help): whether
+# the classifier confidence modulates the strengths and gates the backward pass is said for every preset.
+PRESET_DESCRIPTIONS: dict[str, str] = {
+    "cfg": "text CFG only, every step; no classifier (no confidence)",
+    "contour": "text + contour at fixed strengths, every step; no classifier (no confidence)",
+    "classifier-all-steps": "text + contour + classifier on every step at fixed strengths; the confidence is "
+                            "traced but neither modulates nor gates",
+    "higfa": "the paper's method: stage 2 classifier guidance; the confidence modulates cfg, contour and w_cls and "
+             "gates the backward pass (the guide's own confidence unless a judge is connected)",
+    "higfa-robust": "higfa with 8 random views and a fixed w_cls 4 through stage 2; the confidence is traced but "
+                    "neither modulates nor gates (for a guide that can be fooled, without a judge)",
+    "higfa-tuned": "higfa-robust at w_cls 2, for a guide tuned by `higfa tune-classifier --adversarial`; the "
+                   "confidence neither modulates nor gates",
+    "higfa-judged": "higfa-robust's views and push with the confidence modulating and gating again: give it a "
+                    "judge (a classifier that did not guide), whose confidence drives the ramp and the gate",
+}
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Schedule) if f.name != "preset")  # node input order
