@@ -155,3 +155,26 @@ def test_nothing_below_imports_the_benchmarks_or_the_node_pack():
                     if top == "benchmarks" or (folder == "higfa" and top == "nodes"):
                         wrong.append(f"{path.relative_to(ROOT)} imports {name}")
     assert wrong == []
+
+
+JOBS_WINGS = {  # higfa/jobs/: two wings over a shared floor (docs/architecture.md), joined only at the top
+    "floor": {"dataset", "prompts", "model_path", "distributed", "evaluate", "__init__"},
+    "augment": {"settings", "plan", "item_sampler", "job", "records", "safety"},
+    "guides": {"classifiers", "check_classifier", "tuning", "second_round", "guides", "labelled"},
+    # the command list; `higfa augment`'s options and dispatch; `augment --rounds 2` (augment rounds + a trained guide)
+    "top": {"cli", "augment", "recipe"},
+}
+
+
+def test_the_jobs_wings_meet_only_on_their_floor():
+    """The augment job and the guide-classifier commands each import the floor (dataset IO, prompts, model
+    paths, ranks, SaSPA's protocol), never the other wing; the floor imports neither wing; only the top (the
+    command list, the multi-round recipe) joins them."""
+    wing = {f"higfa.jobs.{m}": name for name, mods in JOBS_WINGS.items() for m in mods}
+    wing["higfa.jobs"] = "floor"
+    jobs = {m for m in all_modules() if m.startswith("higfa.jobs")}
+    assert jobs <= set(wing), f"new jobs modules {sorted(jobs - set(wing))}: put each in a wing (JOBS_WINGS)"
+    graph = import_graph()
+    wrong = sorted(f"{m} ({wing[m]}) imports {t} ({wing[t]})" for m in jobs for t in graph[m]
+                   if t in wing and wing[m] != "top" and wing[t] not in ("floor", wing[m]))
+    assert wrong == []
