@@ -41,16 +41,48 @@ def settings_from_args(args: argparse.Namespace) -> AugmentSettings:
         size=args.size, seed=args.seed, batch_size=args.batch_size, edges=args.edges, canny_low=args.canny_low,
         canny_high=args.canny_high, auto_canny=args.auto_canny, edge_blur=args.edge_blur,
         contour_amount=args.contour_amount, min_confidence=args.min_confidence, filter=args.filter,
-        filter_classifier=args.filter_classifier,
+        filter_classifier=args.filter_classifier, judge=args.judge,
         overwrite=args.overwrite, device=args.device, dtype=args.dtype, vae_dtype=args.vae_dtype, shard=args.shard,
         threads=args.threads, deterministic=args.deterministic, progress=not args.no_progress, quiet=args.quiet,
     ).validate()
 
 
+# `--rounds 2`'s options: (option, RecipeSettings field, type); None (left out) = the recipe's default
+ROUND2_OPTIONS = (("--round2-preset", "preset", str), ("--round2-filter", "filter", float), ("--alpha", "alpha", float),
+                  ("--guide-steps", "guide_steps", int), ("--guide-seed", "guide_seed", int),
+                  ("--tune-epochs", "tune_epochs", int), ("--tune-views", "tune_views", int),
+                  ("--adversarial", "adversarial", float))
+
+
+def recipe_from_args(args: argparse.Namespace):
+    """`higfa.jobs.recipe.RecipeSettings` of the --rounds 2 options (checked), or None for one round; a
+    round-2 option without --rounds 2 is an error naming it."""
+    from .recipe import RecipeSettings
+
+    given = {field: getattr(args, field_attr(option)) for option, field, _ in ROUND2_OPTIONS
+             if getattr(args, field_attr(option)) is not None}
+    if args.rounds == 1:
+        if given:
+            option = next(o for o, f, _ in ROUND2_OPTIONS if f in given)
+            raise ValueError(f"{option} is an option of the second round: add --rounds 2")
+        return None
+    return RecipeSettings(**given).validate()
+
+
+def field_attr(option: str) -> str:
+    return option[2:].replace("-", "_")
+
+
 def run(args: argparse.Namespace) -> int:
     from .job import run_augment
 
-    return run_augment(settings_from_args(args))
+    settings = settings_from_args(args)
+    recipe = recipe_from_args(args)
+    if recipe is None:
+        return run_augment(settings)
+    from .recipe import run_recipe
+
+    return run_recipe(settings, recipe)
 
 
 def run_merge(args: argparse.Namespace) -> int:
@@ -107,13 +139,33 @@ def register(subparsers) -> None:
     c.add_argument("--contour-amount", type=float, default=0.5, help="transform strength in [0,1] (0 = none)")
     f = p.add_argument_group("filter")
     f.add_argument("--min-confidence", type=float, help="final classifier confidence threshold in [0,1]")
-    f.add_argument("--filter", default="drop", choices=list(FILTERS), help="below the threshold: drop the image "
-                   "or keep it marked in the manifest")
+    f.add_argument("--filter", default="drop", choices=list(FILTERS), help="below the threshold: drop the image, "
+                   "keep it marked in the manifest (mark), or set it aside in OUT/dropped/<label>/ (aside: kept for "
+                   "inspection, marked dropped, not in the ImageFolder that goes downstream)")
     f.add_argument("--filter-classifier", metavar="PATH.safetensors", help="score the final images with this "
                    "classifier (timm + .json sidecar) instead of the guide, for the manifest's confidence and "
                    "--min-confidence: guidance raises the guide's own confidence whether or not the detail is there, "
                    "so a classifier that did not guide is the fairer judge (e.g. one of another architecture "
                    "trained on the same real images)"),
+    j = p.add_argument_group("judge and second round (docs/classifiers.md: the recipe in one command)")
+    j.add_argument("--judge", metavar="PATH.safetensors", help="a classifier that did not guide (timm + .json "
+                   "sidecar, e.g. your first guide for a second-round guide): its p(target) on the decoded x̂0 drives "
+                   "the confidence ramp, the gate and measure_every (the gradient stays the guide's; one no-grad "
+                   "forward per measured step) and, without --filter-classifier, scores the final images. Use a "
+                   "preset whose confidence modulates and gates, e.g. --preset higfa-judged")
+    j.add_argument("--rounds", type=int, default=1, choices=(1, 2), help="2: the second-round recipe: round 1 in "
+                   "OUT/round1, a guide trained on the real images + round 1 (SaSPA weights) and PGD-tuned in "
+                   "OUT/guides/, round 2 in OUT/round2 guided by it and judged by --classifier; each stage cached "
+                   "and resumable (default 1)")
+    j.add_argument("--round2-preset", help="round 2's schedule preset (default higfa-judged)")
+    j.add_argument("--round2-filter", type=float, metavar="T", help="set round 2's images aside (OUT/round2/dropped/) "
+                   "when the first guide's p(target) < T (default: no filter)")
+    j.add_argument("--alpha", type=float, help="SaSPA replacement probability for the second-round guide (default 0.4)")
+    j.add_argument("--guide-steps", type=int, help="training steps of the second-round guide (default 1000)")
+    j.add_argument("--guide-seed", type=int, help="its seed (default 20)")
+    j.add_argument("--tune-epochs", type=int, help="epochs of its tuning on x̂0 (default 4)")
+    j.add_argument("--tune-views", type=int, help="noised x̂0 views per real image for the tuning (default 8)")
+    j.add_argument("--adversarial", type=float, help="PGD ε of the tuning, image in [0,1] (default 0.031; 0: off)")
     r = p.add_argument_group("run")
     r.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier `higfa augment` run "
                    "in --out (other settings or changed model files): every item is regenerated and, once merged, "

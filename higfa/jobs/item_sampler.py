@@ -36,10 +36,14 @@ class ItemSampler:
 
     def __init__(self, components: Components, schedule: Schedule, classifier, *, size: int, steps: int, eta: float,
                  prompt: PromptText, edges: EdgeDetector, transform: ContourTransform, device: torch.device,
-                 guidance_vae: torch.nn.Module | None = None, judge: tuple[Any, dict[str, int]] | None = None):
+                 guidance_vae: torch.nn.Module | None = None, judge: tuple[Any, dict[str, int]] | None = None,
+                 sampling_judge: tuple[Any, dict[str, int], str] | None = None):
         self.c, self.schedule, self.classifier = components, schedule, classifier
         # what scores the final images: (classifier, source id -> its class index), or None = the guide
         self.judge = judge
+        # `--judge`: (classifier, source id -> its class index, name) whose p drives the ramp and the gate inside
+        # sampling (`Guide(judge=...)`); None: the guide's own p (every output as before)
+        self.sampling_judge = sampling_judge
         self.size, self.steps, self.eta, self.prompt = size, steps, eta, prompt
         self.edges, self.transform, self.device = edges, transform, device
         self.decode = vae_decode(components.vae)
@@ -84,9 +88,13 @@ class ItemSampler:
         cond = torch.cat([self._embed(self.prompt.for_source(it.source)) for it in group])
         targets = [it.source.target for it in group]
         use_cls = self.uses_classifier
+        judged = {}
+        if use_cls and self.sampling_judge is not None:
+            clf, by_source, name = self.sampling_judge
+            judged = dict(judge=clf, judge_target=[by_source[it.source.id] for it in group], judge_name=name)
         guide = Guide(self.schedule, self.classifier if use_cls else None, self.guidance_decode if use_cls else None,
                       targets if use_cls else None, self.classifier.class_names if use_cls else None,
-                      decoder_name=self.guidance_name)
+                      decoder_name=self.guidance_name, **judged)
         result = sample_with_scheduler(self.c.unet, self.c.scheduler, noise, guide,
                                        {"cond": cond, "uncond": self.uncond}, steps=self.steps,
                                        controlnet=self.c.controlnet if self.uses_contour else None, contour=hint,

@@ -126,6 +126,9 @@ def run_augment(s: AugmentSettings) -> int:
 
 
 def _run(s: AugmentSettings) -> int:
+    """The job in the order its guarantees need (one function so that order stays visible): every input and
+    setting checked before a model loads, the shard lock before any output, the run's fingerprint checked
+    against the folder before the first item is sampled."""
     import torch
 
     from ..backends.components import load_components, parse_dtype

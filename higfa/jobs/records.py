@@ -209,7 +209,7 @@ def _remove_stale_files(out: Path, run_hash: str, done: list[dict[str, Any]], pl
                 old.append(rec)
     root = out.resolve()
     for rel in {r.get(k) for r in old for k in ("output", "trace")} - keep:
-        if isinstance(rel, str) and rel.startswith(("images/", "traces/")):
+        if isinstance(rel, str) and rel.startswith(("images/", "traces/", "dropped/")):
             path = out / rel
             if path.resolve().is_relative_to(root) and path.is_file():
                 path.unlink()

@@ -16,7 +16,7 @@ from ..contour import ContourTransform, EdgeDetector
 from ..schedule import PRESETS as SCHEDULE_PRESETS
 
 PRESETS = tuple(SCHEDULE_PRESETS)  # the schedule presets, one home: higfa/schedule.py
-FILTERS = ("drop", "mark")
+FILTERS = ("drop", "mark", "aside")  # aside: written under OUT/dropped/ instead of images/, marked dropped
 EDGE_METHODS = ("canny", "soft")
 
 
@@ -61,7 +61,8 @@ class AugmentSettings:
     # filter
     min_confidence: float | None = None
     filter: str = "drop"
-    filter_classifier: str | None = None  # scores the final images instead of the guide (None: the guide)
+    filter_classifier: str | None = None  # scores the final images instead of the guide (None: the judge, or the guide)
+    judge: str | None = None  # a classifier that did not guide: its p drives the ramp and the gate (Guide(judge=))
     # run
     overwrite: bool = False
     device: str = "auto"
