@@ -20,6 +20,19 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 2048  # a classifier's square input in pixels (timm's largest are ~1024)
+
+
+def check_input_size(size: Any, what: str) -> tuple[int, int]:
+    """(H, W) of an input size given as H or [C,H,W]/[H,W]; raises a one-line error naming `what` when it is not
+    whole numbers within [MIN_INPUT_SIZE, MAX_INPUT_SIZE] (a huge size would exhaust memory, not fail)."""
+    dims = [size] if not isinstance(size, (list, tuple)) else list(size)[-2:]
+    ok = 1 <= len(dims) <= 2 and all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
+    if not ok or not all(MIN_INPUT_SIZE <= d <= MAX_INPUT_SIZE for d in dims):
+        shown = repr(size) if isinstance(size, str) else json.dumps(size)
+        raise ValueError(f"{what} {shown}: an input size must be "
+                         f"whole pixels in [{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}], e.g. 224 or [3, 224, 224]")
+    return (dims[0], dims[-1])
 
 
 class Classifier(torch.nn.Module):
@@ -148,12 +161,17 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Cla
         meta = json.loads(side.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"classifier sidecar {side} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"classifier sidecar {side} is not a JSON object: write {{\"architecture\": ..., "
+                         "\"class_names\": [...], \"input_size\": 224}")
     arch = meta.get("architecture")
     if not arch:
         raise ValueError(f"classifier sidecar {side} has no 'architecture' (a timm model name such as 'resnet50')")
     if arch not in timm.list_models():
         raise ValueError(f"classifier sidecar {side}: architecture {arch!r} is not a timm model. Close names: "
                          f"{difflib.get_close_matches(arch, timm.list_models(), n=3)}")
+    if meta.get("input_size") is not None:  # before any model is built: a huge size is refused, not allocated
+        check_input_size(meta["input_size"], f"classifier sidecar {side}: input_size")
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises SafetensorError (header) or OSError/ValueError
@@ -194,6 +212,19 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Cla
     return clf.to(device)
 
 
+def is_project_sidecar(path: str | Path) -> bool:
+    """`path` is a classifier sidecar this project wrote: a JSON object with an 'architecture' and the
+    'provenance' `provenance` writes (its versions name higfa). Anything else (a user's own NAME.json, a
+    hand-written sidecar) is never replaced by the classifier commands."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    prov = meta.get("provenance") if isinstance(meta, dict) else None
+    versions = prov.get("versions") if isinstance(prov, dict) else None
+    return isinstance(meta.get("architecture"), str) and isinstance(versions, dict) and "higfa" in versions
+
+
 def provenance(data: str, classes: Sequence[str], evaluation: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
     """The sidecar's `provenance`: data, class count, val accuracy and a per-class summary (mean, min,
     the five worst classes), date and library versions, plus `extra` (epochs, init, ...)."""
@@ -204,7 +235,7 @@ def provenance(data: str, classes: Sequence[str], evaluation: dict[str, Any] | N
     import timm
 
     out: dict[str, Any] = {"data": str(data), "num_classes": len(classes), **extra}
-    if evaluation is not None:
+    if evaluation is not None and evaluation.get("n"):  # an empty val set has no accuracy (NaN is no JSON)
         per = [(c, a) for c, a in zip(classes, evaluation["per_class"]) if a == a]  # NaN: class absent from val
         out["val_accuracy"] = round(float(evaluation["accuracy"]), 4)
         out["val_images"] = int(evaluation["n"])

@@ -87,6 +87,9 @@ def _gauss_kernel(sigma: float) -> torch.Tensor:
 NO_AUGMENT = Augment(flip=False, translate=0.0, scale=0.0, rotate=0.0)
 
 
+CHECKPOINT_FORMAT = "higfa.training.checkpoint/1"  # the marker of a resume file train_classifier wrote
+
+
 @dataclass
 class TrainResult:
     classifier: Classifier  # trained, in eval mode, weights frozen
@@ -115,7 +118,8 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
                      eval_labels: torch.Tensor | np.ndarray | None = None, eval_every: int = 0,
                      callback: Callable[[int, float], None] | None = None,
                      checkpoint: str | Path | None = None, checkpoint_every: int = 0,
-                     run_config: dict[str, Any] | None = None, progress: bool = False, amp: bool = True,
+                     checkpoint_seconds: float = 0.0, run_config: dict[str, Any] | None = None,
+                     progress: bool = False, amp: bool = True,
                      adversarial: float = 0.0, adversarial_steps: int = 3) -> TrainResult:
     """Train `classifier` in place with AdamW, a linear warm-up and cosine decay. The one training loop
     of the project: `higfa train-classifier`, `higfa tune-classifier`, the built-in world's guide and
@@ -128,8 +132,10 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
     `eval_every` steps (0: only at the end) into `history`. callback(step, loss) after each step.
     checkpoint: a file that holds everything needed to continue (weights, optimiser, scheduler, the
     batch generator and the rest of the epoch's order), written atomically every `checkpoint_every`
-    steps; when it exists at the start and its `run_config` equals this one, training continues from
-    its step with the same batches it would have drawn (a resumed run ends with the same weights).
+    steps and/or once `checkpoint_seconds` of wall time have passed since the last one (0: that rule off);
+    when it exists at the start, carries `CHECKPOINT_FORMAT` and its `run_config` equals this one, training
+    continues from its step with the same batches it would have drawn (a resumed run ends with the same
+    weights). It is read with `torch.load(weights_only=True)`: tensors and plain containers, no code.
     progress: a tqdm bar. amp: autocast on CUDA (bfloat16 where supported, else float16 with loss
     scaling); no effect on the CPU. adversarial: ε (image in [0,1]) of an L∞ PGD attack with
     `adversarial_steps` steps applied to every training batch (robust training; 0: off).
@@ -187,7 +193,7 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
         scaler.load_state_dict(state["scaler"])
         gen.set_state(state["generator"])
         order, history, first = state["order"], state["history"], int(state["step"])
-    started = time.perf_counter()
+    started = saved_at = time.perf_counter()
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -225,10 +231,13 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "step"}, refresh=False)
-        epoch_end = checkpoint_every and (step + 1) % checkpoint_every == 0
-        if checkpoint is not None and epoch_end and not last and rank == 0:
+        due = (checkpoint_every and (step + 1) % checkpoint_every == 0) or (
+            checkpoint_seconds > 0 and time.perf_counter() - saved_at >= checkpoint_seconds)
+        if checkpoint is not None and due and not last and rank == 0:
+            saved_at = time.perf_counter()
             _save_checkpoint(Path(checkpoint), {
-                "config": config, "step": step + 1, "model": classifier.state_dict(), "optimizer": opt.state_dict(),
+                "format": CHECKPOINT_FORMAT, "config": config, "step": step + 1, "model": classifier.state_dict(),
+                "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "generator": gen.get_state(),
                 "order": order, "history": history})
         if callback is not None:
@@ -271,12 +280,25 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def _load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The state of a checkpoint `train_classifier` wrote, or None when `path` is no such file (absent,
+    unreadable, or without `CHECKPOINT_FORMAT`, e.g. a user's own .ckpt). Loaded with weights_only=True:
+    a file that needs unpickling of code is refused by torch, never run."""
+    path = Path(path)
+    if not path.is_file():
+        return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ValueError(f"training checkpoint {path} is unreadable ({type(e).__name__}): delete it to start "
-                         "over") from e
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable or not weights-only: not ours either way
+        return None
+    return state if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT else None
+
+
+def _load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    state = read_checkpoint(path)
+    if state is None:
+        raise ValueError(f"training checkpoint {path} is not one this training loop wrote (unreadable, damaged, or "
+                         "another program's file): it is left as it is; move it away to start over")
     old = state.get("config", {})
     diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
     if diff:

@@ -66,7 +66,7 @@ def test_train_classifier_writes_weights_and_sidecar_with_provenance(trained, fo
     clf = load_classifier(trained)
     assert clf.num_classes == 3 and clf.provenance["val_accuracy"] == prov["val_accuracy"]
     assert clf.summary().startswith("test_resnet, 3 classes, val accuracy")
-    assert not trained.with_name("tiny.ckpt").exists()  # removed once training finished
+    assert not trained.with_name("tiny.resume.pt").exists()  # removed once training finished
     # a finished classifier is not silently retrained
     assert main(["train-classifier", "--data", str(folder), "--out", str(trained.with_suffix("")), *TINY]) == 2
 
@@ -122,13 +122,15 @@ def test_higfa_augment_guides_with_a_trained_classifier(trained, folder, tmp_pat
     assert json.loads((tmp_path / "round2.json").read_text())["provenance"]["synthetic_images"] == 1
 
 
-def test_resume_after_kill_continues_from_the_last_epoch(folder, tmp_path):
+def test_resume_after_kill_continues_from_the_last_checkpoint(folder, tmp_path):
+    from higfa.training import CHECKPOINT_FORMAT
+
     out = tmp_path / "resume"
     args = ["train-classifier", "--data", str(folder), "--epochs", "30", "--val-fraction", "0", "--out", str(out),
-            *TINY]
+            "--checkpoint-every", "3", *TINY]
     proc = subprocess.Popen([sys.executable, "-m", "higfa", *args], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    ckpt = out.with_name("resume.ckpt")
+    ckpt = out.with_name("resume.resume.pt")
     deadline = time.time() + 240
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -136,15 +138,15 @@ def test_resume_after_kill_continues_from_the_last_epoch(folder, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "no checkpoint was written before the kill"
-    done = int(torch.load(ckpt, weights_only=False)["step"])
-    assert done % 3 == 0 and 0 < done < 90  # 3 steps per epoch: saved at an epoch's end
+    done = int(torch.load(ckpt, weights_only=True)["step"])
+    assert done % 3 == 0 and 0 < done < 90  # --checkpoint-every 3
     r = _cli(*args, timeout=1200)
     assert r.returncode == 0, r.stderr
     assert f"resuming from {ckpt}" in r.stdout
     prov = json.loads(out.with_suffix(".json").read_text())["provenance"]
     assert prov["steps"] == 90 and not ckpt.exists()
     # a checkpoint of other settings is refused, not mixed in
-    torch.save({"config": {"epochs": 1}}, ckpt)
+    torch.save({"format": CHECKPOINT_FORMAT, "config": {"command": "train-classifier", "epochs": 1}}, ckpt)
     r = _cli(*args[:-len(TINY)], *TINY)
     assert r.returncode == 2 and "belongs to another run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

@@ -93,7 +93,7 @@ def test_resume_from_checkpoint_gives_the_same_weights(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_classifier(_clf(), x, y, steps=8, batch_size=8, seed=1, checkpoint=ckpt, checkpoint_every=2,
                          callback=kill)
-    assert int(torch.load(ckpt, weights_only=False)["step"]) == 4
+    assert int(torch.load(ckpt, weights_only=True)["step"]) == 4
     res = train_classifier(_clf(seed=7), x, y, steps=8, batch_size=8, seed=1, checkpoint=ckpt, checkpoint_every=2)
     assert [h["step"] for h in res.history] == list(range(1, 9))
     got = res.classifier.state_dict()

@@ -266,7 +266,7 @@ def test_diffusion_more_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, ["diffusion_more"], tmp_path / "cut")
     ckpt = tmp_path / "cut" / "checkpoints" / "diffusion_more.pt"
-    assert torch.load(ckpt, weights_only=False)["step"] == 2
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
     monkeypatch.setattr(train_diffusion, "cosine_lr", real_cosine)
     info = train.run(cfg, ["diffusion_more"], tmp_path / "cut")["diffusion_more"]
     assert info["resumed_at"] == 2 and not ckpt.exists()  # a finished stage removes its checkpoint

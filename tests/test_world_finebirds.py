@@ -166,7 +166,7 @@ def test_resume_skips_recorded_stages_and_a_cut_vae_stage_continues(tmp_path, mo
     monkeypatch.setattr(train_vae, "cosine_lr", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, ["vae"], tmp_path / "cut", resume=True)
-    assert torch.load(tmp_path / "cut" / "checkpoints" / "vae.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "vae.pt", weights_only=True)["step"] == 2
     assert json.loads((tmp_path / "cut" / "world.json").read_text())["world"]["name"] == "tinybirds"
     monkeypatch.setattr(train_vae, "cosine_lr", real)
     info = train.run(cfg, ["vae"], tmp_path / "cut", resume=True)["vae"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,74 +91,159 @@ def pick_norm(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[list[float
 
 
 # ---------------------------------------------------------------------------- train-classifier
+RESUME_SUFFIX = ".resume.pt"  # NAME.resume.pt: train-classifier's own resume file (never NAME.ckpt, a user's name)
+RESUME_COMMAND = "train-classifier"  # the marker in its run_config: only such a file is resumed or removed
+DEFAULT_EPOCHS = 30
+
+
+def parse_model_kwargs(text: str | None) -> dict[str, Any]:
+    """--model-kwargs: a JSON object of extra timm.create_model arguments ({} when absent)."""
+    if not text:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--model-kwargs {text!r}: not valid JSON ({e.msg}); give an object, e.g. "
+                         "'{\"img_size\": 224}'") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--model-kwargs {text!r}: must be a JSON object of timm.create_model arguments, e.g. "
+                         "'{\"img_size\": 224}'")
+    return kwargs
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads: torch CPU threads (as `higfa augment`; default: torch's own choice)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads {threads}: must be >= 1 (or left out: torch's default)")
+    torch.set_num_threads(threads)
+
+
+def own_resume_file(path: Path) -> bool:
+    """`path` is a resume file train-classifier wrote (the training loop's format and this command's marker)."""
+    from ..training import read_checkpoint
+
+    state = read_checkpoint(path)
+    return state is not None and (state.get("config") or {}).get("command") == RESUME_COMMAND
+
+
+def check_train_args(args: argparse.Namespace) -> None:
+    """Every option that needs no file, before anything is read or written."""
+    from ..classifier import check_input_size
+
+    for name in ("epochs", "batch_size", "steps", "checkpoint_every"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    check_input_size(args.input_size, "--input-size")
+    if not args.lr > 0:
+        raise ValueError(f"--lr {args.lr}: must be > 0")
+    if not args.checkpoint_minutes >= 0:
+        raise ValueError(f"--checkpoint-minutes {args.checkpoint_minutes}: must be >= 0 (0: only --checkpoint-every)")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction {args.val_fraction}: must lie in [0, 1), e.g. 0.1 (0: no validation)")
+
+
+def split_val(train: Labelled, args: argparse.Namespace) -> tuple[Labelled, Labelled | None]:
+    """(train, val): --val, else a seeded --val-fraction of each class (said on stdout), else none."""
+    if args.val:
+        return train, read_labelled(args.val, args.input_size)
+    if args.val_fraction <= 0:
+        return train, None
+    kept, val = train.split(args.val_fraction, args.seed)
+    if len(val) == 0:  # every class has a single image: nothing can be held out
+        print(f"--val-fraction {args.val_fraction:g}: no class has a second image to hold out, so nothing is held "
+              "out and the sidecar records no validation accuracy (pass --val DATA to measure one)", flush=True)
+        return train, None
+    print(f"holding out {len(val)} of {len(train)} images (--val-fraction {args.val_fraction:g} per class, seed "
+          f"{args.seed}) to measure validation accuracy; they are not trained on (--val-fraction 0: train on all)",
+          flush=True)
+    return kept, val
+
+
 def run_train(args: argparse.Namespace) -> int:
     from ..training import train_classifier
     from .distributed import ProcessGroup, detect_ranks, pick_device
+    from .guides import check_out
+    from .job import Terminated, stop_on_sigterm
 
-    for name in ("epochs", "batch_size", "input_size", "steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
-    if not args.lr > 0:
-        raise ValueError(f"--lr {args.lr}: must be > 0")
+    check_train_args(args)
     arch = check_architecture(args.architecture)
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    set_threads(args.threads)
     out = out_path(args.out)
-    weights, ckpt = out.with_name(out.name + ".safetensors"), out.with_name(out.name + ".ckpt")
+    weights, resume = out.with_name(out.name + ".safetensors"), out.with_name(out.name + RESUME_SUFFIX)
+    if resume.exists() and not own_resume_file(resume):
+        raise ValueError(f"--out {out}: {resume} exists and is not a resume file of `higfa train-classifier`; it is "
+                         "never read or removed: move it away, or choose another --out name")
     if args.overwrite:
-        ckpt.unlink(missing_ok=True)
-    elif weights.exists() and not ckpt.exists():
-        raise ValueError(f"--out {out}: {weights.name} exists already; pass --overwrite to train it again")
+        resume.unlink(missing_ok=True)  # checked above: our own
+    check_out(out, args.overwrite or resume.exists())  # an unfinished run resumes; a foreign NAME.json: never
     ranks = detect_ranks()
     group = ProcessGroup(ranks) if ranks.launcher == "torchrun" else None
     device = pick_device(args.device, ranks)
-    train = read_labelled(args.data, args.input_size)
-    if args.val:
-        val = read_labelled(args.val, args.input_size)
-    elif args.val_fraction > 0:
-        train, val = train.split(args.val_fraction, args.seed)
-    else:
-        val = None
+    train, val = split_val(read_labelled(args.data, args.input_size), args)
     classes = train.classes
     synthetic = with_synthetic(train, classes, val, args) if args.synthetic else None
-    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     torch.manual_seed(args.seed)
     model, cfg = create_model(arch, len(classes), args.init, kwargs)
     mean, std = pick_norm(args, cfg)
     clf = Classifier(model, classes, args.input_size, mean, std, arch, kwargs).to(device)
     per_epoch = math.ceil(len(train) / args.batch_size)  # epochs count the real images (SaSPA: replacement)
-    steps = args.steps or per_epoch * args.epochs
-    run_config = {"data": str(args.data), "val": str(args.val or args.val_fraction), "architecture": arch,
-                  "init": args.init, "classes": classes, "input_size": args.input_size, "epochs": args.epochs,
-                  "augment": args.augment, "world_size": ranks.world_size, "steps_option": args.steps,
-                  "synthetic": str(args.synthetic), "alpha": args.alpha}
-    if ckpt.exists() and ranks.is_main:
-        print(f"resuming from {ckpt}", flush=True)
+    epochs = None if args.steps else (args.epochs or DEFAULT_EPOCHS)  # what ran: steps, or epochs of steps
+    steps = args.steps or per_epoch * epochs
+    run_config = {"command": RESUME_COMMAND, "data": str(args.data), "val": str(args.val or args.val_fraction),
+                  "architecture": arch, "init": args.init, "classes": classes, "input_size": args.input_size,
+                  "epochs": epochs, "augment": args.augment, "world_size": ranks.world_size,
+                  "steps_option": args.steps, "synthetic": str(args.synthetic), "alpha": args.alpha}
+    if resume.exists() and ranks.is_main:
+        print(f"resuming from {resume}", flush=True)
     options = dict(steps=steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                    weight_decay=args.weight_decay, augment=augment_preset(args.augment), seed=args.seed,
                    eval_images=None if val is None else val.images,
                    eval_labels=None if val is None else val.targets(classes, "--val"), eval_every=per_epoch,
-                   checkpoint=ckpt, checkpoint_every=per_epoch, run_config=run_config, progress=not args.no_progress,
-                   amp=not args.no_amp)
-    if synthetic is None:
-        result = train_classifier(clf, train.images, train.targets(classes), **options)
-    else:  # the second-round recipe's first half (higfa.jobs.second_round)
-        result = train_on_round(clf, train.images, train.targets(classes), synthetic, alpha=args.alpha, **options)
+                   checkpoint=resume, checkpoint_every=args.checkpoint_every or 0,
+                   checkpoint_seconds=60.0 * args.checkpoint_minutes, run_config=run_config,
+                   progress=not args.no_progress, amp=not args.no_amp)
+    try:
+        with stop_on_sigterm():
+            if synthetic is None:
+                result = train_classifier(clf, train.images, train.targets(classes), **options)
+            else:  # the second-round recipe's first half (higfa.jobs.second_round)
+                result = train_on_round(clf, train.images, train.targets(classes), synthetic, alpha=args.alpha,
+                                        **options)
+    except Terminated:
+        print(f"\nhigfa train-classifier: terminated (SIGTERM). {_resume_note(resume)}", file=sys.stderr, flush=True)
+        return 143
     clf = result.classifier
     ev = None if val is None else evaluate_on(clf, val, "--val")
-    clf.provenance = provenance(str(args.data), classes, ev, command="train-classifier",
-                                val_data=str(args.val or f"{args.data} (seeded {args.val_fraction:g} split)"),
-                                train_images=len(train), epochs=args.epochs, steps=steps, init=args.init,
+    run = {"epochs": epochs} if epochs is not None else {}
+    val_data = None if val is None else str(args.val or f"{args.data} (seeded {args.val_fraction:g} split)")
+    clf.provenance = provenance(str(args.data), classes, ev, command="train-classifier", val_data=val_data,
+                                train_images=len(train), **run, steps=steps, init=args.init,
                                 augment=args.augment, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                                 **({"synthetic": str(args.synthetic), "synthetic_images": len(synthetic.labels),
                                     "alpha": args.alpha} if args.synthetic else {}))
     if ranks.is_main:
         save_classifier(clf.cpu(), out)
-        ckpt.unlink(missing_ok=True)
+        resume.unlink(missing_ok=True)
         acc = "no val set" if ev is None else f"val accuracy {ev['accuracy']:.4f} on {ev['n']} images"
         print(f"wrote {weights} (+ {weights.with_suffix('.json').name}): {len(classes)} classes, {acc}")
     if group is not None:
         group.barrier()
         group.close()
     return 0
+
+
+def _resume_note(resume: Path) -> str:
+    from ..training import read_checkpoint
+
+    state = read_checkpoint(resume)
+    if state is None:
+        return ("No checkpoint had been written yet (one is written every --checkpoint-every steps or "
+                "--checkpoint-minutes): rerun the same command to start again")
+    return (f"The checkpoint {resume} (step {int(state['step'])}) is intact: rerun the same command to resume "
+            "from it")
 
 
 def with_synthetic(train: Labelled, classes: list[str], val: Labelled | None, args: argparse.Namespace) -> Round:
@@ -207,9 +293,10 @@ def read_class_list(spec: str) -> list[str]:
     return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
 
 
-def load_state(checkpoint: str, whole_model: bool) -> tuple[dict[str, torch.Tensor], str | None]:
+def load_state(checkpoint: str) -> tuple[dict[str, torch.Tensor], str | None]:
     """(state dict, architecture recorded in the checkpoint or None) of a .safetensors / .pth / .bin file.
-    A whole pickled model is unpickled only with `whole_model` (it can run code)."""
+    Read with weights_only=True: nothing in the file is unpickled as code (a whole pickled model is refused
+    with the one line that converts it, to run where the user trusts the file)."""
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"--checkpoint {checkpoint} not found")
@@ -221,10 +308,12 @@ def load_state(checkpoint: str, whole_model: bool) -> tuple[dict[str, torch.Tens
         except Exception as e:  # noqa: BLE001 - SafetensorError and friends
             raise ValueError(f"--checkpoint {path} is not a readable .safetensors file ({e})") from e
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not whole_model)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle refuses a module under weights_only
-        hint = "" if whole_model else " (if it is a whole model saved with torch.save, pass --whole-model)"
-        raise ValueError(f"--checkpoint {path} could not be read as a state dict: {type(e).__name__}{hint}") from e
+        raise ValueError(f"--checkpoint {path} could not be read as a state dict ({type(e).__name__}); if it is a "
+                         "whole model saved with torch.save and you trust the file, save its state dict once: python "
+                         f"-c \"import torch; torch.save(torch.load('{path}', weights_only=False).state_dict(), "
+                         f"'{path.with_suffix('.state.pth')}')\"") from e
     arch = None
     if isinstance(obj, torch.nn.Module):
         arch = (getattr(obj, "pretrained_cfg", None) or {}).get("architecture")
@@ -243,13 +332,19 @@ def load_state(checkpoint: str, whole_model: bool) -> tuple[dict[str, torch.Tens
 def run_import(args: argparse.Namespace) -> int:
     import timm
 
-    state, recorded = load_state(args.checkpoint, args.whole_model)
-    arch = check_architecture(args.architecture or recorded or "")
+    from ..classifier import check_input_size
+    from .guides import check_out
+
+    if args.input_size is not None:
+        check_input_size(args.input_size, "--input-size")
+    kwargs = parse_model_kwargs(args.model_kwargs)
     if not args.class_names:
         raise ValueError("import-classifier needs --class-names: a dataset folder (its class folders, sorted), a "
                          ".json list or a text file with one name per line, in the order of the model's outputs")
+    check_out(out_path(args.out), args.overwrite)
+    state, recorded = load_state(args.checkpoint)
+    arch = check_architecture(args.architecture or recorded or "")
     names = read_class_list(args.class_names)
-    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     model = timm.create_model(arch, pretrained=False, num_classes=len(names), **kwargs)
     head = model.pretrained_cfg.get("classifier", "fc")
     head = head[0] if isinstance(head, (list, tuple)) else head
@@ -263,7 +358,7 @@ def run_import(args: argparse.Namespace) -> int:
         raise ValueError(f"--checkpoint {args.checkpoint} does not match --architecture {arch}: "
                          f"{str(e).strip().splitlines()[-1][:300]}") from e
     cfg = model.pretrained_cfg
-    size = args.input_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    size = args.input_size or check_input_size(list(cfg.get("input_size", (3, 224, 224))), "the model's input_size")[1]
     mean, std = pick_norm(argparse.Namespace(mean=args.mean, std=args.std, init=True), cfg)
     clf = Classifier(model, names, size, mean, std, arch, kwargs).eval().requires_grad_(False)
     with torch.no_grad():
@@ -297,14 +392,16 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="ImageFolder (one sub-folder per class) or CSV/JSON(L) manifest "
                    "(path,label), as `higfa augment` reads; or builtin:<split>[:n]")
     p.add_argument("--val", help="validation data in the same forms (default: a seeded split of --data)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share per class without --val "
-                   "(default 0.1; 0: no validation)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="without --val: this share of each class's "
+                   "images is held out (not trained on) to measure validation accuracy; the command says how many "
+                   "(default 0.1; 0: train on every image, no validation)")
     p.add_argument("--architecture", required=True, help="any timm model name, e.g. resnet50, convnext_tiny")
     p.add_argument("--init", help="pretrained start: a local .pth/.bin/.safetensors file, or a timm name whose "
                    "weights are in the local Hugging Face cache (nothing is downloaded); default: from scratch")
     p.add_argument("--input-size", type=int, default=224, help="square input size in pixels (default 224)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--steps", type=int, help="total optimiser steps instead of --epochs (checkpoints stay per epoch)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help=f"passes over the training images (default {DEFAULT_EPOCHS})")
+    length.add_argument("--steps", type=int, help="total optimiser steps instead of --epochs")
     p.add_argument("--batch-size", type=int, default=64, help="global batch (split over torchrun ranks)")
     p.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate (default 3e-3; ~1e-3 when "
                    "fine-tuning pretrained weights)")
@@ -318,8 +415,14 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=float, default=0.4, help="with --synthetic: replacement probability (default 0.4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="models/classifiers/NAME: writes NAME.safetensors + NAME.json; "
-                   "NAME.ckpt beside it while training (a rerun resumes from the last finished epoch)")
-    p.add_argument("--overwrite", action="store_true", help="start over even if NAME exists or NAME.ckpt is there")
+                   f"NAME{RESUME_SUFFIX} beside it while training (a rerun of the same command resumes from it)")
+    p.add_argument("--overwrite", action="store_true", help=f"start over even if NAME or NAME{RESUME_SUFFIX} exists "
+                   "(a NAME.json that higfa did not write is never replaced)")
+    p.add_argument("--checkpoint-every", type=int, help="also write the resume file every N optimiser steps "
+                   "(default: by time only, see --checkpoint-minutes)")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="write the resume file when this many "
+                   "minutes have passed since the last one (default 10; 0: only --checkpoint-every)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (as `higfa augment`; default: torch's)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available), cpu, cuda, cuda:1")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--no-progress", action="store_true")
@@ -330,13 +433,13 @@ def register(sub) -> None:
                        "format", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--checkpoint", required=True, help="a timm state dict (.safetensors, .pth, .pth.tar, .bin; timm's "
                    "train.py checkpoints included)")
-    q.add_argument("--whole-model", action="store_true", help="the file is a whole model saved with torch.save "
-                   "(unpickling can run code: only for files you trust)")
     q.add_argument("--architecture", help="timm model name (default: the 'arch' the checkpoint records)")
     q.add_argument("--class-names", help="dataset folder (its class folders), .json list or text file, in output order")
     q.add_argument("--input-size", type=int, help="square input size (default: the architecture's)")
     q.add_argument("--val", help="optional labelled data: its accuracy goes into the sidecar")
     q.add_argument("--out", required=True, help="models/classifiers/NAME")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing NAME.safetensors (a NAME.json that "
+                   "higfa did not write is never replaced)")
     _common(q)
     q.set_defaults(func=run_import)
 

@@ -43,6 +43,21 @@ def out_path(out: str) -> Path:
     return p
 
 
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse to write classifier NAME (`out_path`) over what is there: an existing NAME.safetensors unless
+    `overwrite`, and a NAME.json that is not a sidecar this project wrote, ever (it may be the user's own
+    file that merely shares the name)."""
+    from ..classifier import is_project_sidecar
+
+    weights, side = out.with_name(out.name + ".safetensors"), out.with_name(out.name + ".json")
+    if side.exists() and not is_project_sidecar(side):
+        raise ValueError(f"--out {out}: {side} exists and is not a classifier sidecar written by higfa; it is never "
+                         "replaced: choose another --out name (or move that file away)")
+    if weights.exists() and not overwrite:
+        raise ValueError(f"--out {out}: {weights.name} exists already; pass --overwrite to replace it, or choose "
+                         "another --out name")
+
+
 def evaluate_on(clf: Classifier, data: Labelled, what: str) -> dict[str, Any]:
     """`higfa.training.evaluate` of `clf` on labelled data (`what` names the option in errors)."""
     from ..training import evaluate

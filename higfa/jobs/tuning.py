@@ -205,7 +205,8 @@ def load_tuning_model(model: str, controlnet: str | None, device: torch.device):
 def run(args: argparse.Namespace) -> int:
     from ..classifier import load_classifier, provenance, save_classifier
     from .distributed import Ranks, pick_device
-    from .guides import evaluate_on, out_path, resolve_classifier
+    from .classifiers import set_threads
+    from .guides import check_out, evaluate_on, out_path, resolve_classifier
     from .labelled import read_labelled
 
     recipe = TuneRecipe(args.preset, args.views, args.epochs, args.batch_size, args.lr, args.augment,
@@ -215,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
     src_path = resolve_classifier(args.name)
     if out.with_name(out.name + ".safetensors").resolve() == src_path.resolve():
         raise ValueError(f"--out {args.out} is the classifier being tuned: write the tuned one under a new name")
+    check_out(out, args.overwrite)
+    set_threads(args.threads)
     device = pick_device(args.device, Ranks())
     done = tune_guide(load_classifier(src_path, device), args.model, args.data, recipe, controlnet=args.controlnet,
                       device=device, progress=not args.no_progress)
@@ -256,6 +259,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="models/classifiers/NEW_NAME (never the classifier being tuned)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing NEW_NAME.safetensors (a NEW_NAME.json "
+                   "that higfa did not write is never replaced)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (as `higfa augment`; default: torch's)")
     p.set_defaults(func=run)
 
 

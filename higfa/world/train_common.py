@@ -139,7 +139,7 @@ class StageCheckpoint:
     def load(self) -> dict | None:
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, weights_only=False)
+        state = torch.load(self.path, weights_only=True)  # tensors and plain containers only: no code runs
         log(f"resumed from {self.path} at step {state['step']}")
         return state
 

@@ -74,7 +74,7 @@ def _diffusion_loop(cfg: TrainConfig, d: dict[str, Any], modules: list, steps: i
     labels, edges, sf = d["labels"], d["edges"], d["sf"]
     text_encoder, unet, controlnet = modules
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=True)  # tensors and plain containers only: no code runs
         with torch.no_grad():
             for p, v in zip(params, state["params"]):
                 p.copy_(v)
