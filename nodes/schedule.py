@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..higfa.schedule import BATCH_CONFIDENCE, CLASSIFIER_STEPS, GRAD_NORMS, PRESETS, Schedule
+from ..higfa.schedule import BATCH_CONFIDENCE, CLASSIFIER_STEPS, GRAD_NORMS, PRESET_DESCRIPTIONS, PRESETS, Schedule
 from ._comfy import CATEGORY, SCHEDULE, advanced, io
 
 # "custom": every input as set. A named preset sets the switches that define its ablation; inputs changed from
 # their defaults override it (Schedule.from_inputs).
 PRESET_NAMES = [*PRESETS, "custom"]
+# Each preset says what it does, whether the confidence modulates and gates included (higfa.schedule's one list).
+PRESET_TOOLTIP = " ".join(f"{name}: {text}." for name, text in PRESET_DESCRIPTIONS.items()) + (
+    " custom: every input as set. A named preset fixes the switches that define it; the other inputs tune it.")
 _DEFAULT = Schedule()
 
 TOOLTIPS = {
@@ -90,14 +93,7 @@ class HiGFASchedule(io.ComfyNode):
             description="Stage 1: fixed text CFG + contour. Stage 2 (from noise level π_c): classifier guidance, "
                         "and all strengths follow the classifier's confidence.",
             inputs=[io.Combo.Input("preset", options=PRESET_NAMES, default="higfa",
-                                   tooltip="cfg: text only. contour: text + contour. classifier-all-steps: "
-                                           "+ classifier on every step, fixed strengths. higfa: the full method. "
-                                           "higfa-robust: higfa with 8 random views and a fixed classifier "
-                                           "scale through stage 2 (no fade, no gate), for guides that can be "
-                                           "fooled. higfa-tuned: higfa-robust at half the classifier scale, "
-                                           "for a guide tuned by `higfa tune-classifier --adversarial`. "
-                                           "custom: every input as set. A named preset fixes the switches "
-                                           "that define it; the other inputs tune it."),
+                                   tooltip=PRESET_TOOLTIP),
                     *[_input(name) for name in FIELDS]],
             outputs=[SCHEDULE.Output(display_name="schedule"),
                      io.String.Output(display_name="json", tooltip="The effective schedule as JSON.")],

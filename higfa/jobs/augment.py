@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import records
 from .prompts import DEFAULT_PROMPT
+from ..schedule import PRESET_DESCRIPTIONS
 from .settings import EDGE_METHODS, FILTERS, PRESETS, AugmentSettings
 
 
@@ -119,7 +120,8 @@ def register(subparsers) -> None:
                                           "size (docs/speed.md). 'none': the model's VAE (default; the built-in "
                                           "world uses its shipped tiny decoder)")
     g = p.add_argument_group("sampling")
-    g.add_argument("--preset", default="higfa", choices=list(PRESETS))
+    g.add_argument("--preset", default="higfa", choices=list(PRESETS), help="schedule preset (default higfa): "
+                   + "; ".join(f"{k}: {v}" for k, v in PRESET_DESCRIPTIONS.items()))
     g.add_argument("--schedule", help="schedule JSON file or inline JSON (overrides --preset)")
     g.add_argument("--scheduler", default="ddim", help="ddim (default), euler, euler_a, dpmpp_2m, unipc, pndm, heun, "
                    "lms, ddpm, or a diffusers scheduler class name")
