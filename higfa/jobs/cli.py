@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .job import Terminated
+    from .distributed import Terminated
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -8,15 +8,19 @@ Launchers only set environment variables, so any of them works:
 - an explicit `--shard i/n` (shell loops).
 
 Sharding is static and round-robin over a deterministic list: `items[rank::world]` — no
-duplicates, no gaps, and no item's content depends on who computes it.
+duplicates, no gaps, and no item's content depends on who computes it. SIGTERM (a scheduler's
+preemption) raises `Terminated` inside `stop_on_sigterm()`, for every long job of the CLI.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -133,3 +137,25 @@ class ProcessGroup:
             if dist.is_initialized():
                 dist.destroy_process_group()
             self.active = False
+
+
+# ---------------------------------------------------------------------------- SIGTERM
+class Terminated(BaseException):
+    """SIGTERM arrived (e.g. SLURM preemption): stop like Ctrl-C. `cli` exits 143."""
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the main thread (where the loop runs) while the block runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

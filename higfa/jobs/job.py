@@ -14,27 +14,20 @@ image, merge them (one process) and end the run: `cli` exits 130 or 143; a rerun
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .model_path import default_builtin_classifier, is_builtin, model_path
 from . import records, safety
-from .distributed import ProcessGroup, Ranks, detect_ranks, pick_device, shard
+from .distributed import ProcessGroup, Ranks, Terminated, detect_ranks, pick_device, shard, stop_on_sigterm
 from .dataset import SourceError, encode_png, read_sources
 from .item_sampler import ItemSampler, Sampled, trace_counts
 from .plan import Item, make_groups, make_items, make_sources, resolve_targets
 from .prompts import DEFAULT_PROMPT, PromptText, check_prompt, model_prompts, prompt_names
 from .settings import AugmentSettings
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived (e.g. SLURM preemption): stop like Ctrl-C. `cli` exits 143."""
 
 
 @dataclass
@@ -83,23 +76,6 @@ def size_multiple(folder: str | Path | None) -> int | None:
         return 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet["block_out_channels"]) - 1)
     except (OSError, TypeError, KeyError, ValueError):
         return None
-
-
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM raises `Terminated` in the main thread (where the loop runs) while the block runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum, frame):
-        raise Terminated()
-
-    before = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 # ---------------------------------------------------------------------------- the run
