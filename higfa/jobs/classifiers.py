@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, provenance, save_classifier
-from .guides import AUGMENT_PRESETS, augment_preset, evaluate_on, out_path
+from .guides import AUGMENT_PRESETS, augment_preset, evaluate_on, out_path, parse_model_kwargs, set_threads
 from .labelled import Labelled, read_labelled
 from .second_round import Round, train_on_round
 
@@ -96,30 +96,6 @@ RESUME_COMMAND = "train-classifier"  # the marker in its run_config: only such a
 DEFAULT_EPOCHS = 30
 
 
-def parse_model_kwargs(text: str | None) -> dict[str, Any]:
-    """--model-kwargs: a JSON object of extra timm.create_model arguments ({} when absent)."""
-    if not text:
-        return {}
-    try:
-        kwargs = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--model-kwargs {text!r}: not valid JSON ({e.msg}); give an object, e.g. "
-                         "'{\"img_size\": 224}'") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"--model-kwargs {text!r}: must be a JSON object of timm.create_model arguments, e.g. "
-                         "'{\"img_size\": 224}'")
-    return kwargs
-
-
-def set_threads(threads: int | None) -> None:
-    """--threads: torch CPU threads (as `higfa augment`; default: torch's own choice)."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise ValueError(f"--threads {threads}: must be >= 1 (or left out: torch's default)")
-    torch.set_num_threads(threads)
-
-
 def own_resume_file(path: Path) -> bool:
     """`path` is a resume file train-classifier wrote (the training loop's format and this command's marker)."""
     from ..training import read_checkpoint
@@ -163,9 +139,8 @@ def split_val(train: Labelled, args: argparse.Namespace) -> tuple[Labelled, Labe
 
 def run_train(args: argparse.Namespace) -> int:
     from ..training import train_classifier
-    from .distributed import ProcessGroup, detect_ranks, pick_device
+    from .distributed import ProcessGroup, Terminated, detect_ranks, pick_device, stop_on_sigterm
     from .guides import check_out
-    from .job import Terminated, stop_on_sigterm
 
     check_train_args(args)
     arch = check_architecture(args.architecture)

@@ -4,6 +4,7 @@ labelled data."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,32 @@ def out_path(out: str) -> Path:
     if p.suffix.lower() in (".safetensors", ".json"):
         p = p.with_suffix("")
     return p
+
+
+def parse_model_kwargs(text: str | None) -> dict[str, Any]:
+    """--model-kwargs: a JSON object of extra timm.create_model arguments ({} when absent)."""
+    if not text:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--model-kwargs {text!r}: not valid JSON ({e.msg}); give an object, e.g. "
+                         "'{\"img_size\": 224}'") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--model-kwargs {text!r}: must be a JSON object of timm.create_model arguments, e.g. "
+                         "'{\"img_size\": 224}'")
+    return kwargs
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads: torch CPU threads (as `higfa augment`; default: torch's own choice)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads {threads}: must be >= 1 (or left out: torch's default)")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def check_out(out: Path, overwrite: bool) -> None:

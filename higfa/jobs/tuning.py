@@ -205,8 +205,7 @@ def load_tuning_model(model: str, controlnet: str | None, device: torch.device):
 def run(args: argparse.Namespace) -> int:
     from ..classifier import load_classifier, provenance, save_classifier
     from .distributed import Ranks, pick_device
-    from .classifiers import set_threads
-    from .guides import check_out, evaluate_on, out_path, resolve_classifier
+    from .guides import check_out, evaluate_on, out_path, resolve_classifier, set_threads
     from .labelled import read_labelled
 
     recipe = TuneRecipe(args.preset, args.views, args.epochs, args.batch_size, args.lr, args.augment,
