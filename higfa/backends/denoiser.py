@@ -267,11 +267,18 @@ def load_guidance_vae(path: str | Path, device: str | torch.device = "cpu", dtyp
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"--guidance-vae {path}: no config.json there nor in {path / 'vae'}; pass a "
                                     "diffusers AutoencoderTiny/AutoencoderKL folder or a taesd_decoder.safetensors")
-        kind = json.loads((folder / "config.json").read_text()).get("_class_name", "AutoencoderKL")
+        try:
+            kind = json.loads((folder / "config.json").read_text()).get("_class_name", "AutoencoderKL")
+        except (ValueError, AttributeError):
+            raise ValueError(f"--guidance-vae {folder}: its config.json is not a diffusers config") from None
         classes = {"AutoencoderTiny": AutoencoderTiny, "AutoencoderKL": AutoencoderKL}
         if kind not in classes:
             raise ValueError(f"--guidance-vae {folder}: a {kind}; supported are {sorted(classes)}")
-        vae = classes[kind].from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+        try:
+            vae = classes[kind].from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:  # diffusers' kinds of 'not a VAE'
+            raise ValueError(f"--guidance-vae {folder}: not a loadable {kind} folder "
+                             f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
     elif path.is_file():
         vae = _taesd_from_file(path, AutoencoderTiny)
     else:
@@ -287,10 +294,17 @@ def _taesd_from_file(path: Path, AutoencoderTiny):
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd = load_file(str(path))
+        try:
+            sd = load_file(str(path))
+        except Exception:  # noqa: BLE001 - SafetensorError and friends: not a decoder file either way
+            sd = None
     else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    if not sd or not all(k.split(".")[0].isdigit() for k in sd):
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - any other file (pickle opcodes read as KeyError, UnpicklingError, ...)
+            sd = None
+    if (not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and k.split(".")[0].isdigit() for k in sd)
+            or "1.weight" not in sd):
         raise ValueError(f"--guidance-vae {path}: not a TAESD decoder file (keys like '1.weight'); pass a TAESD "
                          "decoder (taesd_decoder.safetensors) or a diffusers AutoencoderTiny/AutoencoderKL folder")
     latent = int(sd["1.weight"].shape[1])
