@@ -47,3 +47,24 @@ def test_method_defaults_are_the_schedules():
 def test_method_preset_table_names_every_preset():
     listed = [re.match(r"`([\w-]+)`", r[0]).group(1) for r in _rows("| preset | stage 1 | stage 2 |")]
     assert sorted(listed) == sorted(PRESETS)
+
+
+def _world_workflow_presets() -> list[str]:
+    import json
+
+    flow = json.loads((METHOD.parents[1] / "workflows" / "higfa-world-compare.json").read_text())
+    nodes = sorted((n for n in flow["nodes"] if n["type"] == "HiGFA_Schedule"), key=lambda n: n["pos"][1])
+    return [n["widgets_values"][0] for n in nodes]
+
+
+def test_readme_and_help_page_name_the_world_workflows_presets():
+    """README and HiGFA World Loader's help page say which presets `higfa-world-compare` samples (issue 27 item
+    12: README said `higfa` where the workflow used `higfa-robust`)."""
+    root = METHOD.parents[1]
+    presets = _world_workflow_presets()
+    spelled = ", ".join(f"`{p}`" for p in presets[:-1]) + f" and `{presets[-1]}`"
+    for doc in (root / "README.md", root / "web" / "docs" / "HiGFA_WorldLoader.md"):
+        text = re.sub(r"\s+", " ", doc.read_text())
+        assert f"with {spelled}" in text, f"{doc.name} must say the world workflow samples with {spelled}"
+        row = re.search(r"the row real \| contour \| ([^(]*?)\s*\(", text)
+        assert row and [c.strip() for c in row.group(1).split("|")] == presets, (doc.name, row and row.group(1))
