@@ -1,7 +1,8 @@
 """Load the generation components from local paths only, and encode prompts.
 
 A `StableDiffusionControlNetPipeline`-compatible set (UNet, ControlNet, VAE, CLIP text encoder +
-tokenizer, scheduler) from
+tokenizer, scheduler), or SDXL's (`StableDiffusionXLControlNetPipeline`: a second text encoder + tokenizer,
+the UNet's added size/crop conditioning) from
 
 - a diffusers folder: model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, and
   controlnet/ unless a separate ControlNet path is given; or
@@ -32,6 +33,7 @@ SCHEDULERS = {  # short names -> diffusers classes; any other diffusers schedule
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_PARTS = ("text_encoder_2", "tokenizer_2")  # loaded when model_index.json names them (SDXL)
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -46,6 +48,19 @@ class Components:
     scheduler: Any
     controlnet: Any = None
     source: dict[str, str] = field(default_factory=dict)  # where each part came from (run records)
+    text_encoder_2: Any = None  # SDXL: CLIPTextModelWithProjection (second half of the tokens + pooled vector)
+    tokenizer_2: Any = None
+
+    def __post_init__(self):
+        if self.is_sdxl and self.text_encoder_2 is None:
+            raise ValueError("the UNet takes SDXL's added conditioning (addition_embed_type 'text_time') but the model "
+                             "has no text_encoder_2/tokenizer_2: pass an SDXL base model (a refiner alone is not "
+                             "supported)")
+
+    @property
+    def is_sdxl(self) -> bool:
+        """An SDXL-class UNet: pooled text + size/crop ids through `added_cond_kwargs`."""
+        return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
 
     @property
     def device(self) -> torch.device:
@@ -70,7 +85,7 @@ class Components:
            vae_dtype: torch.dtype = torch.float32) -> "Components":
         """Move to a device. The VAE keeps its own dtype (float32 by default): the classifier gradient
         runs through its decoder, and SD's VAE overflows in float16."""
-        for name in ("unet", "controlnet", "text_encoder"):
+        for name in ("unet", "controlnet", "text_encoder", "text_encoder_2"):
             m = getattr(self, name)
             if m is not None:
                 setattr(self, name, m.to(device=device, dtype=dtype).eval().requires_grad_(False))
@@ -81,6 +96,14 @@ class Components:
         """`encode_prompts` with this set's tokenizer and text encoder."""
         return encode_prompts(self.tokenizer, self.text_encoder, prompts)
 
+    def text_conditioning(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens [N, L, D], pooled [N, P] or None): SD 1.x/2.x `encode_prompts` and no pooled vector; SDXL
+        `encode_prompts_sdxl` (both encoders)."""
+        if self.text_encoder_2 is None:
+            return self.encode_prompts(prompts), None
+        return encode_prompts_sdxl((self.tokenizer, self.tokenizer_2), (self.text_encoder, self.text_encoder_2),
+                                   prompts)
+
 
 @torch.no_grad()
 def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Tensor:
@@ -90,6 +113,27 @@ def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Ten
     tok = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt")
     return text_encoder(tok.input_ids.to(text_encoder.device))[0].float()
+
+
+@torch.no_grad()
+def encode_prompts_sdxl(tokenizers, text_encoders, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's text conditioning, as diffusers' `StableDiffusionXLPipeline.encode_prompt` (no clip skip): tokens
+    [N, 77, D1 + D2] = both encoders' penultimate hidden states side by side, pooled [N, P] = the second
+    (projection) encoder's text embedding. float32."""
+    states, pooled = [], None
+    for tokenizer, encoder in zip(tokenizers, text_encoders):
+        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        pooled = out[0]
+        states.append(out.hidden_states[-2])
+    return torch.cat(states, dim=-1).float(), pooled.float()
+
+
+def sdxl_time_ids(size: int) -> torch.Tensor:
+    """SDXL's size/crop conditioning [1, 6] for a square `size` image: original size, crop (0, 0), target size
+    (what diffusers' SDXL pipelines pass by default)."""
+    return torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
 
 
 # ---------------------------------------------------------------------------- errors
@@ -177,7 +221,14 @@ def _load_folder(folder: Path) -> dict[str, Any]:
                 "text_encoder": ("transformers", "CLIPTextModel"), "tokenizer": ("transformers", "CLIPTokenizer"),
                 "scheduler": ("diffusers", "DDIMScheduler"), "controlnet": ("diffusers", "ControlNetModel")}
     parts: dict[str, Any] = {"source": {"model": str(folder.resolve())}}
-    for part in FOLDER_PARTS:
+    sdxl = [p for p in SDXL_PARTS if (index.get(p) or [None])[0]]
+    for part in sdxl:
+        if not (folder / part).is_dir():
+            raise _missing(f"'{part}' of the SDXL folder", folder / part,
+                           "model_index.json names it: the folder needs it (as written by save_pretrained)")
+    defaults.update({"text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
+                     "tokenizer_2": ("transformers", "CLIPTokenizer")})
+    for part in (*FOLDER_PARTS, *sdxl):
         cls = _component_class(index, part, defaults[part])
         parts[part] = _from_pretrained(cls, folder / part)
     cn = folder / "controlnet"
@@ -198,7 +249,7 @@ def _from_pretrained(cls, path: Path):
 
 
 def _load_single_file(path: Path, config: str | Path | None) -> dict[str, Any]:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if config is None:
         raise ValueError(f"single-file checkpoint {path}: pass --config DIR, a local diffusers folder of the same "
@@ -208,20 +259,29 @@ def _load_single_file(path: Path, config: str | Path | None) -> dict[str, Any]:
     if not config.is_dir():
         raise _missing("config folder for the single-file checkpoint", config,
                        "Pass --config a local diffusers folder of the same architecture (configs + tokenizer)")
-    _read_model_index(config)
-    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    index = _read_model_index(config)
+    sdxl = "XL" in str(index.get("_class_name", ""))  # StableDiffusionXL(ControlNet)Pipeline
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", *(SDXL_PARTS if sdxl else ())):
         if not (config / part).is_dir():
             raise _missing(f"'{part}' config", config / part, f"--config {config} must have the diffusers layout")
     try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
-                                                        safety_checker=None, feature_extractor=None,
-                                                        requires_safety_checker=False)
+        if sdxl:
+            pipe = StableDiffusionXLPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
+                                                              add_watermarker=False)
+        else:
+            pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
+                                                            safety_checker=None, feature_extractor=None,
+                                                            requires_safety_checker=False)
     except Exception as e:  # diffusers raises many types for a wrong layout
         raise ValueError(f"could not convert single-file checkpoint {path} with config {config}: {e}. It must be an "
-                         "SD 1.x/2.x checkpoint in the original layout, matching the config folder") from e
-    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
-            "scheduler": pipe.scheduler, "controlnet": None,
-            "source": {"model": str(path.resolve()), "config": str(config.resolve())}}
+                         f"{'SDXL' if sdxl else 'SD 1.x/2.x'} checkpoint in the original layout, matching the config "
+                         "folder") from e
+    parts = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+             "scheduler": pipe.scheduler, "controlnet": None,
+             "source": {"model": str(path.resolve()), "config": str(config.resolve())}}
+    if sdxl:
+        parts.update(text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2)
+    return parts
 
 
 def load_controlnet(path: str | Path, unet=None, config: str | Path | None = None):
@@ -268,13 +328,24 @@ def _hint_channels(checkpoint: dict[str, torch.Tensor]) -> tuple[int, ...]:
 
 def make_scheduler(config: dict[str, Any], name: str = "ddim", options: dict[str, Any] | None = None):
     """A diffusers scheduler of class `name` (short name or class name) from a model's scheduler config."""
+    import copy
+
     import diffusers
 
     cls_name = SCHEDULERS.get(name.lower(), name)
     cls = getattr(diffusers, cls_name, None)
     if cls is None or not hasattr(cls, "from_config"):
         raise ValueError(f"scheduler {name!r}: choose one of {sorted(SCHEDULERS)} or a diffusers scheduler class name")
-    return cls.from_config(dict(config), **(options or {}))
+    if not options:
+        return cls.from_config(dict(config))
+    try:  # a bad value surfaces in the constructor or only when timesteps are set: try both here, once
+        scheduler = cls.from_config(dict(config), **options)
+        copy.deepcopy(scheduler).set_timesteps(2)
+    except (ValueError, TypeError, RuntimeError, IndexError, KeyError) as e:
+        raise ValueError(f"--scheduler-options {json.dumps(options)}: the {cls_name} rejects them "
+                         f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else e!r})"
+                         ) from None
+    return scheduler
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -6,6 +6,7 @@ reference sampler and the guide see D(x, σ) = x̂0 with x = z/√ᾱ.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -109,17 +110,21 @@ def decode_uint8(decode, latent: torch.Tensor) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- scheduler-driven loop
 def unet_output(unet, z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, controlnet=None,
-                hint: torch.Tensor | None = None, contour_strength: float = 0.0) -> torch.Tensor:
+                hint: torch.Tensor | None = None, contour_strength: float = 0.0,
+                added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Raw UNet prediction (ε, v or x̂0, per its training) for VP input z [N,C,h,w] at timesteps t [N];
-    the ControlNet adds its residuals at `contour_strength` (not run at 0)."""
+    the ControlNet adds its residuals at `contour_strength` (not run at 0). added: SDXL's added conditioning
+    {"text_embeds": [N, P], "time_ids": [N, 6]} for the UNet and its ControlNet (None for SD 1.x/2.x)."""
     z = z.to(unet.dtype)
-    extra = {}
+    extra, cond = {}, {}
+    if added is not None:
+        cond = {"added_cond_kwargs": {k: v.to(z.device, unet.dtype) for k, v in added.items()}}
     if controlnet is not None and hint is not None and contour_strength > 0:
         down, mid = controlnet(z.to(controlnet.dtype), t, encoder_hidden_states=emb.to(controlnet.dtype),
                                controlnet_cond=hint.to(z.device, controlnet.dtype),
-                               conditioning_scale=float(contour_strength), return_dict=False)
+                               conditioning_scale=float(contour_strength), return_dict=False, **cond)
         extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-    return unet(z, t, encoder_hidden_states=emb.to(unet.dtype), **extra).sample
+    return unet(z, t, encoder_hidden_states=emb.to(unet.dtype), **extra, **cond).sample
 
 
 def output_to_x0(out: torch.Tensor, z: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
@@ -158,12 +163,15 @@ def evaluation_sigma(scheduler, index: int, t) -> float:
     if isinstance(sigmas, torch.Tensor) and len(sigmas) == len(scheduler.timesteps) + 1:
         return float(sigmas[index])
     ac = float(scheduler.alphas_cumprod[int(round(float(t)))])
+    if ac <= 0.0:  # zero terminal SNR (rescale_betas_zero_snr): pure noise, x̂0 comes from v alone
+        return math.inf
     return ((1 - ac) / ac) ** 0.5
 
 
 def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embeddings: dict[str, torch.Tensor], *,
                           steps: int, controlnet=None, contour: torch.Tensor | None = None, eta: float = 0.0,
-                          generator: torch.Generator | list[torch.Generator] | None = None, callback=None):
+                          generator: torch.Generator | list[torch.Generator] | None = None, callback=None,
+                          added: dict[str, dict[str, torch.Tensor]] | None = None):
     """HiGFA with any diffusers scheduler (DDIM by default in the CLI): the same `Guide` as the
     reference sampler, per evaluation
 
@@ -173,6 +181,9 @@ def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embedding
     noise [B,4,h,w] (unscaled; multiplied by `init_noise_sigma`), embeddings {"cond", "uncond"}:
     [1 or B, L, D], contour: the ControlNet hint [1 or B, 3, H, W] in [0,1]. `generator` feeds
     stochastic schedulers (DDIM with eta > 0, ancestral), one per sample for batch independence.
+    added: SDXL's added conditioning per branch, {"cond": {"text_embeds": [1 or B, P], "time_ids": [1 or B, 6]},
+    "uncond": {...}}; None for SD 1.x/2.x. The guide's `sampling` follows the scheduler's prediction_type
+    (v_prediction or eps: x = x0 + σ·ε either way; `higfa.families`).
     Returns a `higfa.sampler.SampleResult` (final latent, trace, costs).
     """
     import inspect
@@ -190,6 +201,7 @@ def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embedding
     device = noise.device
     B = noise.shape[0]
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    guide.sampling = "v_prediction" if prediction_type == "v_prediction" else "eps"
     ns = noise_schedule_from_scheduler(scheduler)
     scheduler.set_timesteps(steps, device=device)
     accepts = inspect.signature(scheduler.step).parameters
@@ -216,8 +228,10 @@ def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embedding
         tt = torch.full((n * B,), float(t), device=device)
         t0 = time.perf_counter()
         hint_n = None if hint is None else hint.repeat(n, 1, 1, 1)
+        add = None if added is None else {k: torch.cat([DiffusersDenoiser._expand(added[b][k], B) for b in branches])
+                                          for k in added[COND]}
         with torch.no_grad():
-            out = unet_output(unet, z.repeat(n, 1, 1, 1), tt, emb, controlnet, hint_n, plan.contour).to(z.dtype)
+            out = unet_output(unet, z.repeat(n, 1, 1, 1), tt, emb, controlnet, hint_n, plan.contour, add).to(z.dtype)
         t_model += time.perf_counter() - t0
         calls += n
         alpha_bar = 1.0 / (1.0 + sigma**2)
@@ -226,9 +240,10 @@ def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embedding
         if guide.schedule.grad_through_denoiser:
             root = alpha_bar**0.5  # the UNet sees z = √ᾱ·x, x the σ-form latent the guide differentiates in
 
-            def denoise(x, tt=tt, emb=emb, hint_n=hint_n, plan=plan, alpha_bar=alpha_bar, root=root, n=n):
+            def denoise(x, tt=tt, emb=emb, hint_n=hint_n, plan=plan, alpha_bar=alpha_bar, root=root, n=n, add=add):
                 zz = x * root
-                o = unet_output(unet, zz.repeat(n, 1, 1, 1), tt, emb, controlnet, hint_n, plan.contour).to(zz.dtype)
+                o = unet_output(unet, zz.repeat(n, 1, 1, 1), tt, emb, controlnet, hint_n, plan.contour,
+                                add).to(zz.dtype)
                 xs = [output_to_x0(c, zz, alpha_bar, prediction_type) for c in o.chunk(n)]
                 return cfg_combine(xs[0], xs[1], plan.cfg) if n == 2 else xs[0]
 

@@ -8,7 +8,10 @@ from SD 1.5's fixed 4 levels x 2 layers to any UNet2DConditionModel / Autoencode
 tiny test models and real ones both round-trip through `from_single_file`.
 
 Prefixes: UNet `model.diffusion_model.`, VAE `first_stage_model.`, CLIP text encoder
-`cond_stage_model.transformer.`, ControlNet `control_model.`.
+`cond_stage_model.transformer.`, ControlNet `control_model.`. SDXL (`save_single_file_sdxl`): the text encoders
+are `conditioner.embedders.0.transformer.` (CLIP-L, transformers layout) and `conditioner.embedders.1.model.`
+(OpenCLIP layout, the inverse of diffusers' `convert_open_clip_checkpoint`), the added-conditioning MLP
+`label_emb.0.{0,2}`.
 """
 
 from __future__ import annotations
@@ -83,9 +86,13 @@ def _convert_unet_like(state: Mapping[str, torch.Tensor], config: Mapping[str, A
     return out
 
 
+_ADDED_EMBEDDING = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+
+
 def unet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """UNet2DConditionModel state dict -> LDM `model.diffusion_model.*` keys (prefix not added)."""
-    return _convert_unet_like(state, config, {}, up=True)
+    """UNet2DConditionModel state dict -> LDM `model.diffusion_model.*` keys (prefix not added). SDXL's
+    added-conditioning MLP (`add_embedding`) becomes `label_emb.0`."""
+    return _convert_unet_like(state, config, _ADDED_EMBEDDING, up=True)
 
 
 def controlnet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -135,6 +142,50 @@ def clip_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     added). transformers >= 5.6 dropped the `text_model.` level; LDM keeps it."""
     return {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()
             if not k.endswith("position_ids")}
+
+
+_OPEN_CLIP_LAYER = (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"),
+                    ("mlp.fc2", "mlp.c_proj"), ("self_attn.out_proj", "attn.out_proj"))
+
+
+def open_clip_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers CLIPTextModelWithProjection state dict -> OpenCLIP keys (SDXL's `conditioner.embedders.1.model.`,
+    prefix not added): q/k/v stacked into `attn.in_proj_*`, the projection stored transposed (OpenCLIP
+    multiplies x @ text_projection)."""
+    state = {k.removeprefix("text_model."): v for k, v in state.items() if not k.endswith("position_ids")}
+    out = {"positional_embedding": state.pop("embeddings.position_embedding.weight"),
+           "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+           "text_projection": state.pop("text_projection.weight").T.contiguous()}
+    for part in ("weight", "bias"):
+        out[f"ln_final.{part}"] = state.pop(f"final_layer_norm.{part}")
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
+    for i in layers:
+        hf, ldm = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for part in ("weight", "bias"):
+            out[ldm + f"attn.in_proj_{part}"] = torch.cat([state.pop(hf + f"self_attn.{q}_proj.{part}")
+                                                           for q in "qkv"])
+            for a, b in _OPEN_CLIP_LAYER:
+                out[ldm + f"{b}.{part}"] = state.pop(hf + f"{a}.{part}")
+    if state:
+        raise ValueError(f"no OpenCLIP name for {sorted(state)[:3]}: this exporter covers CLIP text encoders")
+    return out
+
+
+def save_single_file_sdxl(path: str | Path, unet, vae, text_encoder, text_encoder_2) -> Path:
+    """One SDXL `.safetensors` in the original (SGM) layout, what ComfyUI, A1111 and diffusers'
+    `StableDiffusionXLPipeline.from_single_file` read. SDXL ControlNets ship as diffusers folders."""
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd: dict[str, torch.Tensor] = {}
+    for prefix, part in (("model.diffusion_model.", unet_to_ldm(unet.state_dict(), unet.config)),
+                         ("first_stage_model.", vae_to_ldm(vae.state_dict(), vae.config)),
+                         ("conditioner.embedders.0.transformer.", clip_to_ldm(text_encoder.state_dict())),
+                         ("conditioner.embedders.1.model.", open_clip_to_ldm(text_encoder_2.state_dict()))):
+        sd.update({prefix + k: v.detach().cpu().contiguous() for k, v in part.items()})
+    save_file(sd, str(path))
+    return path
 
 
 def save_single_file(path: str | Path, unet, vae, text_encoder, controlnet=None) -> Path:

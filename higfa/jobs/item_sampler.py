@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..backends.components import Components
+from ..backends.components import Components, sdxl_time_ids
 from ..backends.denoiser import decode_uint8, decoder_name, sample_with_scheduler, vae_decode
 from ..contour import ContourTransform, EdgeDetector
 from ..guide import Guide
@@ -53,15 +53,24 @@ class ItemSampler:
                               else decoder_name(components.vae))
         self.uses_contour = components.controlnet is not None and schedule.uses_contour
         self.uses_classifier = classifier is not None and schedule.uses_classifier
-        self._prompts: dict[str, torch.Tensor] = {}
+        # prompt -> (tokens [1, L, D], pooled [1, P] or None: SDXL's pooled text vector)
+        self._prompts: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.uncond = self._embed(prompt.negative)
         self._image_cache: tuple[str, np.ndarray] | None = None
         self.latent_size = size // components.vae_scale
 
-    def _embed(self, text: str) -> torch.Tensor:
+    def _embed(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         if text not in self._prompts:
-            self._prompts[text] = self.c.encode_prompts([text])
+            self._prompts[text] = self.c.text_conditioning([text])
         return self._prompts[text]
+
+    def _added(self, pooled: list[torch.Tensor | None]) -> dict[str, dict[str, torch.Tensor]] | None:
+        """SDXL's added conditioning per branch (pooled text + the image size's time ids), None for SD 1.x/2.x."""
+        if self.uncond[1] is None:
+            return None
+        ids = sdxl_time_ids(self.size)
+        return {"cond": {"text_embeds": torch.cat(pooled), "time_ids": ids},
+                "uncond": {"text_embeds": self.uncond[1], "time_ids": ids}}
 
     def load(self, source: Source) -> np.ndarray:
         """The square source image (cached: consecutive items often share it). Raises SourceError."""
@@ -85,7 +94,8 @@ class ItemSampler:
         hint = None
         if self.uses_contour:
             hint = torch.from_numpy(np.stack([self.contour(it) for it in group])).permute(0, 3, 1, 2).to(self.device)
-        cond = torch.cat([self._embed(self.prompt.for_source(it.source)) for it in group])
+        embedded = [self._embed(self.prompt.for_source(it.source)) for it in group]
+        cond = torch.cat([e[0] for e in embedded])
         targets = [it.source.target for it in group]
         use_cls = self.uses_classifier
         judged = {}
@@ -96,9 +106,10 @@ class ItemSampler:
                       targets if use_cls else None, self.classifier.class_names if use_cls else None,
                       decoder_name=self.guidance_name, **judged)
         result = sample_with_scheduler(self.c.unet, self.c.scheduler, noise, guide,
-                                       {"cond": cond, "uncond": self.uncond}, steps=self.steps,
+                                       {"cond": cond, "uncond": self.uncond[0]}, steps=self.steps,
                                        controlnet=self.c.controlnet if self.uses_contour else None, contour=hint,
-                                       eta=self.eta, generator=gens if len(gens) > 1 else gens[0])
+                                       eta=self.eta, generator=gens if len(gens) > 1 else gens[0],
+                                       added=self._added([e[1] for e in embedded]))
         images = decode_uint8(self.decode, result.latent)
         conf: list[float | None] = [None] * len(group)
         scorer, scored = self.classifier, targets

@@ -42,29 +42,33 @@ def tiny_text_encoder(tokenizer, seed: int = 5, hidden: int = CONTEXT_DIM):
         return CLIPTextModel(cfg).eval()
 
 
-def tiny_scheduler():
-    """SD 1.x's training noise schedule and timestep convention, as a DDIM scheduler."""
+def tiny_scheduler(**options):
+    """SD 1.x's training noise schedule and timestep convention, as a DDIM scheduler. options: other config
+    entries, e.g. a v-prediction zero-SNR model's {"prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                         beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+                         beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1, **options)
 
 
-def tiny_components(seed: int = 0, latent_size: int = 8) -> dict:
+def tiny_components(seed: int = 0, latent_size: int = 8, scheduler_options: dict | None = None) -> dict:
     """unet, controlnet, vae, text_encoder, tokenizer, scheduler (a `StableDiffusionControlNetPipeline` set)."""
     unet = tiny_unet(seed, latent_size)
     tokenizer = tiny_tokenizer()
     return {"unet": unet, "controlnet": tiny_controlnet(unet, seed + 1), "vae": tiny_vae(seed + 2),
             "text_encoder": tiny_text_encoder(tokenizer, seed + 5), "tokenizer": tokenizer,
-            "scheduler": tiny_scheduler()}
+            "scheduler": tiny_scheduler(**(scheduler_options or {}))}
 
 
-def save_tiny_pipeline(folder: str | Path, seed: int = 0, latent_size: int = 8, controlnet: bool = True) -> Path:
+def save_tiny_pipeline(folder: str | Path, seed: int = 0, latent_size: int = 8, controlnet: bool = True,
+                       scheduler_options: dict | None = None) -> Path:
     """Write the tiny pipeline as a diffusers folder (model_index.json, unet/, controlnet/, vae/,
-    text_encoder/, tokenizer/, scheduler/). Returns the folder."""
+    text_encoder/, tokenizer/, scheduler/). scheduler_options: see `tiny_scheduler` (v-prediction).
+    Returns the folder."""
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
-    parts = tiny_components(seed, latent_size)
+    parts = tiny_components(seed, latent_size, scheduler_options)
     common = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if controlnet:
         pipe = StableDiffusionControlNetPipeline(**parts, **common)

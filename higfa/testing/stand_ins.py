@@ -43,14 +43,16 @@ def tiny_controlnet(unet, seed: int = 1):
     return cn
 
 
-def tiny_vae(seed: int = 2):
+def tiny_vae(seed: int = 2, scaling_factor: float = 0.18215):
+    """scaling_factor: SD 1.x's 0.18215 (diffusers' default), SDXL's 0.13025."""
     from diffusers import AutoencoderKL
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 32, 32),
                              layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
-                             up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8).eval()
+                             up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
+                             scaling_factor=scaling_factor).eval()
 
 
 def tiny_classifier(num_classes: int = 4, input_size: int = 32, seed: int = 3,
