@@ -113,15 +113,28 @@ def test_model_or_classifier_edited_in_place_is_refused_naming_the_file(world, t
     assert rc == 0 and "2 images written" in err, err
 
 
-def test_content_digest_is_cached_by_size_and_mtime_and_samples_big_files(tmp_path, monkeypatch):
+def test_content_digest_is_cached_by_size_mtime_ctime_and_inode_and_samples_big_files(tmp_path, monkeypatch):
+    import time
+
     f = tmp_path / "w.bin"
     f.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
     digests, cache = safety.content_fingerprint([f])
+    calls = []
+    monkeypatch.setattr(safety, "file_digest", lambda p, real=safety.file_digest: calls.append(p) or real(p))
+    assert safety.content_fingerprint([f], cache)[0] == digests and calls == []  # unchanged: the cache answers
     st = f.stat()
-    f.write_bytes(bytes(255 - b for b in range(256)) * 4096)  # same size, other content ...
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and the old mtime: the cache answers
-    assert safety.content_fingerprint([f], cache)[0] == digests
-    assert safety.content_fingerprint([f])[0] != digests  # without the cache: the change is seen
+    time.sleep(0.01)  # the change time moves on every write (coarse clocks: give it a tick)
+    f.write_bytes(bytes(255 - b for b in range(256)) * 4096)  # edited in place: same size, other content ...
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and the old mtime put back (issue 27 item 5)
+    assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
+    assert safety.content_fingerprint([f], cache)[0] != digests  # the change time gives it away
+    replacement = tmp_path / "w2.bin"
+    replacement.write_bytes(f.read_bytes())
+    digests, cache = safety.content_fingerprint([f])
+    replacement.replace(f)  # another file under the same name: a new inode
+    assert cache[str(f)][3] != f.stat().st_ino
+    calls.clear()
+    assert safety.content_fingerprint([f], cache)[0] == digests and calls == [f]  # rehashed (same bytes here)
     monkeypatch.setattr(safety, "FULL_HASH_BYTES", 1000)  # pretend the file is huge: sampled blocks
     monkeypatch.setattr(safety, "BLOCK", 4096)
     sampled = safety.file_digest(f)

@@ -342,9 +342,9 @@ def make_scheduler(config: dict[str, Any], name: str = "ddim", options: dict[str
         scheduler = cls.from_config(dict(config), **options)
         copy.deepcopy(scheduler).set_timesteps(2)
     except (ValueError, TypeError, RuntimeError, IndexError, KeyError) as e:
+        why = (str(e).strip().splitlines() or [repr(e)])[0][:160]
         raise ValueError(f"--scheduler-options {json.dumps(options)}: the {cls_name} rejects them "
-                         f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else e!r})"
-                         ) from None
+                         f"({type(e).__name__}: {why})") from None
     return scheduler
 
 

@@ -90,7 +90,15 @@ def pick_device(requested: str, info: Ranks) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", info.local_rank % torch.cuda.device_count())
         return torch.device("cpu")
-    dev = torch.device(requested)
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {requested}: not a device torch knows; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        backend = getattr(torch, dev.type, None) if dev.type != "mps" else getattr(torch.backends, "mps", None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise ValueError(f"--device {requested}: no {dev.type} device in this torch build/machine; use auto, cpu, "
+                             "cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {requested}: CUDA is not available in this torch build/machine; use --device cpu")
     if dev.type == "cuda" and dev.index is None:

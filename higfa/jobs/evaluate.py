@@ -63,13 +63,40 @@ def load_synthetic(path: str | Path, size: int, classes: list[str], include_belo
     if not manifest.is_file():
         s = load_folder(path, size, classes, "synthetic images")[0]
         return ImageSet(s.images, s.labels, s.failed)
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    rows = read_synthetic_rows(manifest)
     rows = [r for r in rows if r.get("status") == "ok" and (include_below or not r.get("below_threshold"))]
     unknown = sorted({r["label"] for r in rows} - set(classes))
     if unknown:
         raise ValueError(f"synthetic images in {path} have labels {unknown[:8]} that the real training set does not")
     return _load([(path / r["output"], classes.index(r["label"]), {"source": r.get("source"),
                    "confidence": r.get("confidence")}) for r in rows], size, path, "synthetic images")
+
+
+def read_synthetic_rows(manifest: Path) -> list[dict]:
+    """The rows of a `higfa augment` manifest.jsonl. An 'ok' row must name its image ('output', a path relative to
+    the folder that stays inside it after resolving) and its 'label': else a one-line error naming the line."""
+    root = manifest.parent.resolve()
+    rows = []
+    for n, line in enumerate(manifest.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"--synthetic {manifest} line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg}); rerun `higfa merge` on the folder") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: a row must be a JSON object (as `higfa augment` writes)")
+        if row.get("status") == "ok":
+            out, label = row.get("output"), row.get("label")
+            if not isinstance(out, str) or not out or not isinstance(label, str):
+                raise ValueError(f"{where}: an 'ok' row needs 'output' (the image's path in the folder) and "
+                                 "'label'; fix or remove the row")
+            if not (root / out).resolve().is_relative_to(root):
+                raise ValueError(f"{where}: output {out!r} leaves the --synthetic folder; only images inside it are "
+                                 "read: fix or remove the row")
+        rows.append(row)
+    return rows
 
 
 def _load(items: list[tuple[Path, int, dict]], size: int, root, what: str) -> ImageSet:
@@ -234,14 +261,34 @@ def compare(real: ImageSet, synthetic: ImageSet, test: ImageSet, classes: list[s
     return summary
 
 
+MAX_SIZE = 1024  # pixels: a classifier trained from scratch per seed and arm; larger sizes only exhaust memory
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every number of `higfa evaluate`, before any image is read: a one-line error naming the option."""
+    for name in ("seeds", "epochs", "steps", "batch_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: must be >= 1")
+    if not 8 <= args.size <= MAX_SIZE:
+        raise ValueError(f"--size {args.size}: must lie in [8, {MAX_SIZE}] pixels (default 64)")
+    if not args.lr > 0:
+        raise ValueError(f"--lr {args.lr}: must be > 0")
+    check_alpha(args.alpha)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from .distributed import Ranks, pick_device
 
-    if args.threads:
+    check_args(args)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device, Ranks())
+    if Path(args.test).expanduser().resolve() == Path(args.real).expanduser().resolve():
+        print(f"higfa evaluate: warning: --test {args.test} is the --real training folder: the accuracy is measured "
+              "on the training images, not held out; pass a separate test folder", file=sys.stderr, flush=True)
     real, classes = load_folder(args.real, args.size, what="real training images")
     synthetic = load_synthetic(args.synthetic, args.size, classes, args.include_below_threshold)
     test, _ = load_folder(args.test, args.size, classes, "test images")

@@ -186,14 +186,15 @@ def _run(s: AugmentSettings) -> int:
             fp["filter_classifier"] = str(Path(s.filter_classifier).resolve())
         if s.judge:
             fp["judge"] = str(Path(s.judge).resolve())
-        run_hash = records.check_run(out, fp, s.overwrite, file_cache=cache)
-        records.write_json(out / records.PLAN_FILE, {"run": run_hash, "items": [it.key for it in items],
-                                                     "empty_classes": empty, "exact": s.overwrite})
         sampler = ItemSampler(components, schedule, classifier, size=size, steps=s.steps, eta=s.eta,
                               prompt=PromptText(prompt, s.super_name, s.negative_prompt),
                               edges=s.edge_detector(), transform=s.contour_transform(), device=device,
                               guidance_vae=None if guidance_vae is None else guidance_vae[0], judge=judge,
                               sampling_judge=sampling_judge)
+        # Everything is checked and built: only now is the folder claimed (run.json), then planned.
+        run_hash = records.check_run(out, fp, s.overwrite, file_cache=cache)
+        records.write_json(out / records.PLAN_FILE, {"run": run_hash, "items": [it.key for it in items],
+                                                     "empty_classes": empty, "exact": s.overwrite})
         job = _Job(s, info, out, run_hash, sampler)
         if info.is_main:
             job.say(f"higfa augment: {len(items)} items ({len(sources)} images x {s.variants} variants, "

@@ -68,7 +68,7 @@ def check_run(out: Path, fingerprint: dict[str, Any], overwrite: bool, file_cach
     run_hash = fingerprint_hash(fingerprint)
     check_not_foreign(out)
     old = read_run(out)
-    if old and old.get("hash") != run_hash and not overwrite:
+    if old and old.get("hash") != run_hash and not overwrite and has_outputs(out):
         before = old.get("fingerprint", {})
         diff = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
         changed = changed_files(before.get("content") or {}, fingerprint.get("content") or {})
@@ -87,6 +87,17 @@ def check_run(out: Path, fingerprint: dict[str, Any], overwrite: bool, file_cach
                          "regenerate every item with the new settings")
     write_json(out / RUN_FILE, {"hash": run_hash, "fingerprint": fingerprint, "file_cache": file_cache or {}})
     return run_hash
+
+
+def has_outputs(out: Path) -> bool:
+    """`out` holds something a run produced: a record line, a manifest row, or a file under OUT/images,
+    OUT/traces or OUT/dropped. A run stopped before its first item (killed while loading, out of memory on
+    the first step) produced nothing, so a corrected rerun may take the folder over without --overwrite."""
+    if any(p.stat().st_size > 0 for p in (out / PARTS).glob("*.jsonl")):
+        return True
+    if (out / MANIFEST).is_file() and (out / MANIFEST).stat().st_size > 0:
+        return True
+    return any(p.is_file() for d in OUTPUT_FOLDERS for p in (out / d).rglob("*"))
 
 
 def write_output(out: Path, rel: str, data: bytes) -> None:
@@ -207,12 +218,22 @@ def _remove_stale_files(out: Path, run_hash: str, done: list[dict[str, Any]], pl
                 continue
             if isinstance(rec, dict) and rec.get("run") != run_hash:
                 old.append(rec)
-    root = out.resolve()
     for rel in {r.get(k) for r in old for k in ("output", "trace")} - keep:
-        if isinstance(rel, str) and rel.startswith(("images/", "traces/", "dropped/")):
-            path = out / rel
-            if path.resolve().is_relative_to(root) and path.is_file():
-                path.unlink()
+        if isinstance(rel, str) and _is_output_file(out, rel):
+            (out / rel).unlink()
+
+
+OUTPUT_FOLDERS = ("images", "traces", "dropped")  # where a record's files live; nothing else is ever removed
+
+
+def _is_output_file(out: Path, rel: str) -> bool:
+    """`out/rel` is a file strictly inside OUT/images, OUT/traces or OUT/dropped after resolving (so a record
+    naming 'images/../keepme.txt' or a link out of the folder is not one) and not a link itself."""
+    path = out / rel
+    if path.is_symlink() or not path.is_file():
+        return False
+    real = path.resolve()
+    return any(real.is_relative_to((out / d).resolve()) and real != (out / d).resolve() for d in OUTPUT_FOLDERS)
 
 
 def aggregate(records: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -3,7 +3,7 @@ writer per shard (a lock), and the folder checks made before anything is loaded 
 
 - `content_fingerprint`: a digest per model/classifier file (safetensors header + content), so a file
   edited in place is noticed on the next run. Files up to `FULL_HASH_BYTES` (8 GiB) are hashed whole, once:
-  digests are cached by (size, mtime) in the run's run.json, so a rerun rehashes only changed files (the
+  digests are cached by (size, mtime, ctime, inode) in the run's run.json, so a rerun rehashes only changed files (the
   first hash reads the file once more, as loading it does). Larger files: their header, size and
   `SAMPLES` evenly spaced 1 MiB blocks (an edit between blocks that keeps size and header escapes).
 - `ShardLock`: an exclusive `flock` on OUT/.lock-rank-R-of-W holding {pid, host, started}; the kernel drops
@@ -74,16 +74,19 @@ def model_files(paths: Iterable[str | Path | None]) -> list[Path]:
 
 def content_fingerprint(files: Iterable[Path], cache: dict[str, list] | None = None
                         ) -> tuple[dict[str, str], dict[str, list]]:
-    """({path: digest}, the new cache {path: [size, mtime_ns, digest]}). A cached digest is reused while
-    the file's size and mtime are unchanged."""
+    """({path: digest}, the new cache {path: [size, mtime_ns, ctime_ns, inode, digest]}). A cached digest is
+    reused while the file's size, mtime, change time and inode are all unchanged: an edit in place that keeps
+    the size and puts the mtime back still moves the change time (which no user call can set), and a file
+    replaced by another gets a new inode. A cache of an older layout is simply recomputed."""
     cache = cache or {}
     digests, new_cache = {}, {}
     for f in files:
         st = f.stat()
+        key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         old = cache.get(str(f))
-        digest = old[2] if old and old[:2] == [st.st_size, st.st_mtime_ns] else file_digest(f)
+        digest = old[4] if isinstance(old, list) and len(old) == 5 and old[:4] == key else file_digest(f)
         digests[str(f)] = digest
-        new_cache[str(f)] = [st.st_size, st.st_mtime_ns, digest]
+        new_cache[str(f)] = [*key, digest]
     return digests, new_cache
 
 

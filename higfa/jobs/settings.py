@@ -18,6 +18,8 @@ from ..schedule import PRESETS as SCHEDULE_PRESETS
 PRESETS = tuple(SCHEDULE_PRESETS)  # the schedule presets, one home: higfa/schedule.py
 FILTERS = ("drop", "mark", "aside")  # aside: written under OUT/dropped/ instead of images/, marked dropped
 EDGE_METHODS = ("canny", "soft")
+MAX_SIZE = 4096  # pixels: twice Flux's largest native size; beyond it a run only exhausts memory after claiming --out
+MAX_TRAIN_TIMESTEPS = 100_000  # a scheduler's table is allocated at this length
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,9 @@ class AugmentSettings:
         need(self.steps >= 1, "--steps", self.steps, "must be >= 1 (30 is typical for DDIM)")
         need(finite(self.eta) and self.eta >= 0, "--eta", self.eta, "must be a finite number >= 0 (0 = deterministic "
              "DDIM)")
-        need(self.size is None or self.size >= 8, "--size", self.size, "must be a positive multiple of the model's "
-             "latent grid (e.g. 512 for SD 1.5); leave it out for the model's own size")
+        need(self.size is None or 8 <= self.size <= MAX_SIZE, "--size", self.size, f"must be a multiple of the "
+             f"model's latent grid between 8 and {MAX_SIZE} (e.g. 512 for SD 1.5, 1024 for SDXL); leave it out for "
+             "the model's own size")
         need(self.batch_size >= 1, "--batch-size", self.batch_size, "must be >= 1")
         need(self.threads is None or self.threads >= 1, "--threads", self.threads, "must be >= 1")
         need(self.edges in EDGE_METHODS, "--edges", self.edges, f"choose one of {list(EDGE_METHODS)}")
@@ -107,6 +110,10 @@ class AugmentSettings:
         need(self.preset in PRESETS, "--preset", self.preset, f"choose one of {list(PRESETS)}")
         need(self.scheduler_options is None or isinstance(self.scheduler_options, dict), "--scheduler-options",
              json.dumps(self.scheduler_options), 'must be a JSON object, e.g. \'{"set_alpha_to_one": true}\'')
+        n = (self.scheduler_options or {}).get("num_train_timesteps")
+        need(n is None or (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_TRAIN_TIMESTEPS),
+             "--scheduler-options", json.dumps(self.scheduler_options), f"num_train_timesteps must be a whole number "
+             f"in [1, {MAX_TRAIN_TIMESTEPS}] (SD: 1000), or left out: the model's own")
         return self
 
     def build_schedule(self):
