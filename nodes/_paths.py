@@ -26,6 +26,9 @@ def inside(path: Path, roots: list[Path]) -> bool:
 def confine(text: str, base: Path, what: str, extra: tuple[Path, ...] = ()) -> tuple[Path, list[Path]]:
     """(resolved path, the roots it may use) for a widget value: relative to `base`, or absolute inside
     `base`, `extra` or HIGFA_ALLOWED_ROOTS. Raises ValueError naming the input and the fix otherwise."""
+    if "\x00" in text:  # no path holds one; the OS call would say only "embedded null byte"
+        raise ValueError(f"{what} {text!r} contains a NUL character (\\x00), which no file or folder name can hold: "
+                         "retype the name")
     base = Path(base).resolve()
     roots = [base, *(Path(e).resolve() for e in extra), *allowed_roots()]
     path = Path(text.strip())

@@ -77,6 +77,17 @@ def test_world_loader_path_stays_in_the_models_folder(server, tmp_path):
         assert "outside" in error["exception_message"] and "models" in error["exception_message"]
 
 
+def test_a_folder_with_a_nul_character_is_a_clear_error(comfy):
+    """Issue 27: 'data\\x00set' gave the OS's raw "embedded null byte"; now the input is named (nodes/_paths.confine,
+    which every widget path of the pack goes through)."""
+    nodes = comfy.pack.nodes
+    for call in (lambda: nodes.dataset.HiGFALoadImageFolder.execute("data\x00set", "all", 0, 0, "{class}"),
+                 lambda: nodes.dataset.HiGFALoadImageFolder.fingerprint_inputs("data\x00set")):
+        with pytest.raises(ValueError, match=r"folder 'data\\x00set' contains a NUL character") as e:
+            call()
+        assert "embedded null byte" not in str(e.value)
+
+
 def test_allowed_roots_is_a_server_side_opt_in(comfy, tmp_path, monkeypatch):
     """HIGFA_ALLOWED_ROOTS (the server's environment) lets an absolute folder in; links out of it still
     don't, and a /interrupt stops the scan."""
