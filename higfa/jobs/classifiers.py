@@ -16,79 +16,15 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, provenance, save_classifier
-from .guides import AUGMENT_PRESETS, augment_preset, evaluate_on, out_path, parse_model_kwargs, set_threads
+from ..classifier import Classifier, provenance, save_classifier
+from .guides import (AUGMENT_PRESETS, augment_preset, check_architecture, create_model, evaluate_on, out_path,
+                     parse_model_kwargs, pick_norm, set_threads)
 from .labelled import Labelled, read_labelled
 from .second_round import Round, train_on_round
-
-# ---------------------------------------------------------------------------- models
-def check_architecture(name: str) -> str:
-    import difflib
-
-    import timm
-
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        raise ValueError(f"--architecture {name!r} is not a timm model" + (f"; did you mean {close}?" if close else
-                         "; list them with `python -c \"import timm; print(timm.list_models('*resnet*'))\"`"))
-    return name
-
-
-def cached_timm_weights(name: str) -> str:
-    """Local file of a timm pretrained tag (e.g. 'resnet50.a1_in1k') in the Hugging Face cache; nothing is
-    downloaded. Raises a one-line error saying how to fetch it when it is absent."""
-    import timm
-    from huggingface_hub import hf_hub_download
-
-    cfg = timm.models.get_pretrained_cfg(name)
-    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if not hub:
-        raise ValueError(f"--init {name!r} is neither a file nor a timm pretrained name with Hugging Face weights: "
-                         "pass a local .pth/.bin/.safetensors checkpoint")
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        try:
-            return hf_hub_download(hub, filename, local_files_only=True)
-        except Exception:  # noqa: BLE001 - huggingface_hub raises several kinds of 'not cached'
-            continue
-    raise ValueError(f"--init {name}: its weights ({hub}) are not in the local Hugging Face cache and nothing is "
-                     f"downloaded here. Fetch them once where there is internet (python -c \"import timm; "
-                     f"timm.create_model('{name}', pretrained=True)\") and copy the cache, or pass a checkpoint file")
-
-
-def create_model(architecture: str, num_classes: int, init: str | None = None,
-                 model_kwargs: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A timm model with `num_classes` outputs, initialised from `init` (a local checkpoint file, or a
-    cached timm pretrained name; its head is dropped when its class count differs). Returns the model
-    and its pretrained config (input_size, mean, std)."""
-    import timm
-
-    kwargs = dict(model_kwargs or {})
-    if not init:
-        m = timm.create_model(architecture, pretrained=False, num_classes=num_classes, **kwargs)
-        return m, dict(m.pretrained_cfg)
-    path = Path(init).expanduser()
-    file = str(path) if path.is_file() else cached_timm_weights(init)
-    try:
-        m = timm.create_model(architecture, pretrained=True, num_classes=num_classes,
-                              pretrained_cfg_overlay=dict(file=file, source="", hf_hub_id=None, url=None), **kwargs)
-    except (RuntimeError, KeyError) as e:
-        raise ValueError(f"--init {init} does not fit --architecture {architecture}: "
-                         f"{str(e).strip().splitlines()[-1][:300]}") from e
-    return m, dict(m.pretrained_cfg)
-
-
-def pick_norm(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[list[float], list[float]]:
-    mean = args.mean or (cfg.get("mean") if args.init else None) or IMAGENET_MEAN
-    std = args.std or (cfg.get("std") if args.init else None) or IMAGENET_STD
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"--mean {mean} / --std {std}: give three values each, std > 0")
-    return [float(v) for v in mean], [float(v) for v in std]
-
 
 # ---------------------------------------------------------------------------- train-classifier
 RESUME_SUFFIX = ".resume.pt"  # NAME.resume.pt: train-classifier's own resume file (never NAME.ckpt, a user's name)
