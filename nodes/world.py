@@ -94,8 +94,9 @@ class HiGFAWorldLoader(io.ComfyNode):
                      io.Vae.Output(display_name="guidance_vae",
                                    tooltip="The world's distilled tiny decoder (tiny_decoder/, a TAESD-architecture "
                                            "AutoencoderTiny) for HiGFA Guider / Sampler's guidance_vae input: the "
-                                           "classifier path decodes with it (docs/speed.md). None when the world "
-                                           "folder has none.")],
+                                           "classifier path decodes with it (docs/speed.md). A world folder "
+                                           "without one gives its own VAE here (the same as leaving the input "
+                                           "empty), so the output always decodes.")],
         )
 
     @classmethod
@@ -108,6 +109,7 @@ class HiGFAWorldLoader(io.ComfyNode):
     @classmethod
     def execute(cls, path: str = "") -> io.NodeOutput:
         model, vae, control, tiny, m = load(resolve_path(path))
+        tiny = vae if tiny is None else tiny  # never None: a stock VAE Decode fed by this output must work
         world = LoadedWorld(m.world, m.text_encoder, m.tokenizer, m.guidance, m.path)
         return io.NodeOutput(model, vae, control, m.guidance, world, "\n".join(world.class_names), tiny)
 

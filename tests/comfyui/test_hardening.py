@@ -88,6 +88,27 @@ def test_a_folder_with_a_nul_character_is_a_clear_error(comfy):
         assert "embedded null byte" not in str(e.value)
 
 
+def test_world_loader_guidance_vae_decodes_for_a_world_without_a_tiny_decoder(comfy, world_path, tmp_path,
+                                                                             monkeypatch):
+    """Issue 27: the guidance_vae output was None for such a world, and a stock VAE Decode then failed with an
+    AttributeError. Now it is the world's VAE (what the guider uses when the input is left empty)."""
+    import shutil
+
+    import torch
+
+    W = comfy.pack.nodes.world
+    bare = tmp_path / "bare"
+    shutil.copytree(world_path, bare, ignore=shutil.ignore_patterns("tiny_decoder", "checkpoints"))
+    monkeypatch.setenv("HIGFA_ALLOWED_ROOTS", str(tmp_path))
+    with torch.inference_mode():
+        out = W.HiGFAWorldLoader.execute(str(bare)).args
+        vae, guidance_vae = out[1], out[6]
+        assert guidance_vae is vae
+        latent = torch.zeros(1, vae.latent_channels, 8, 8)
+        image = guidance_vae.decode(latent)  # what the stock VAE Decode node calls
+    assert image.shape[-1] == 3 and torch.isfinite(image).all()
+
+
 def test_allowed_roots_is_a_server_side_opt_in(comfy, tmp_path, monkeypatch):
     """HIGFA_ALLOWED_ROOTS (the server's environment) lets an absolute folder in; links out of it still
     don't, and a /interrupt stops the scan."""
