@@ -292,3 +292,29 @@ def test_sigterm_says_the_checkpoint_is_intact_and_how_to_resume(folder, tmp_pat
     assert proc.returncode == 143, err
     step = int(torch.load(resume, weights_only=True)["step"])
     assert f"The checkpoint {resume} (step {step}) is intact: rerun the same command to resume" in err, err
+
+
+def test_the_docs_commands_for_the_built_in_world_are_the_benchs():
+    """docs/classifiers.md's commands for the bench's guides use exactly benchmarks/quality/guides.py's recipe, and
+    every option they name exists (argparse accepts them)."""
+    import re
+    import shlex
+
+    from benchmarks.quality.guides import BOOT, TUNE
+    from higfa.jobs.cli import build_parser
+
+    text = (ROOT / "docs" / "classifiers.md").read_text()
+    section = text[text.index("### The built-in world's guides, as the bench makes them"):]
+    commands = [shlex.split(c.replace("\\\n", " ")) for c in re.findall(r"^higfa (?:[^\n]*\\\n)*[^\n]*", section, re.M)]
+    train, tune = (next(c for c in commands if c[1] == name) for name in ("train-classifier", "tune-classifier"))
+    parser = build_parser()
+    t, u = parser.parse_args(train[1:]), parser.parse_args(tune[1:])
+    assert (t.steps, t.seed, t.augment, t.val_fraction, t.alpha, t.architecture, t.input_size) == (
+        BOOT["steps"], BOOT["seed"], "robust", 0.0, 0.4, "test_resnet", 64)
+    from higfa.jobs.guides import augment_preset
+
+    robust = augment_preset("robust")
+    assert (robust.noise, robust.blur) == (BOOT["noise"], BOOT["blur"])
+    assert (u.data, u.epochs, u.views, u.lr, u.seed, u.model) == (TUNE["data"], TUNE["epochs"], TUNE["views"],
+                                                                  TUNE["lr"], TUNE["seed"], "builtin")
+    assert u.adversarial == 0.031 and "tune=0.031" in (ROOT / "Makefile").read_text()
