@@ -86,7 +86,7 @@ def test_splits_are_deterministic_disjoint_and_prefix_stable():
 
 def test_species_of_a_family_differ_only_inside_their_marking_masks():
     checked = 0
-    for seed in (3, 12):  # 12 draws an occluding leaf cluster (see the contact sheet)
+    for seed in (3, 12):
         for fam in FINE.family_names:
             members = [i for i, s in enumerate(SPECIES) if s.family == fam]
             renders = {i: FINE.render(i, seed) for i in members}

@@ -70,7 +70,7 @@ class TrainConfig:
 WORLD_DEFAULTS: dict[str, dict] = {
     "tinybirds": {},
     "finebirds": dict(vae_steps=1000, vae_per_class=60, vae_decoder_steps=1200, diffusion_per_class=150,
-                      diffusion_more_steps=3000, oracle_per_class=400, oracle_steps=2500, checkpoint_every=150),
+                      diffusion_more_steps=3000, oracle_per_class=500, oracle_steps=3000, checkpoint_every=150),
 }
 
 
