@@ -7,7 +7,7 @@ Query: preset, any schedule input (e.g. stage_boundary=0.6), points (default 101
 Bounded (at most MAX_POINTS points and MAX_CONFIDENCES confidences, every number finite) and computed
 off the event loop, one answer at a time, so no query can stall the server or answer JSON a browser cannot
 parse, and a flood of requests cannot slow its other routes: identical requests in flight share one
-computation and recent answers are cached (`answer_shared`).
+computation, recent answers are cached (`answer_shared`), and clients that accept gzip get it packed once.
 With only a preset, "schedule" is that preset's full parameter set: the schedule node's preset
 dropdown fills its widgets from it (web/higfa_schedule.js), so presets live only in higfa.schedule.
 """
@@ -15,6 +15,7 @@ dropdown fills its widgets from it (web/higfa_schedule.js), so presets live only
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import math
 from collections import OrderedDict
@@ -33,7 +34,7 @@ MAX_CONFIDENCES = 16
 _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="higfa-schedule")
 CACHE_SIZE = 64
 CACHE_BODY_LIMIT = 512 * 1024  # a 1001-point, 16-confidence answer is ~375 KB: at most ~32 MB cached
-_cache: OrderedDict[tuple, tuple[int, bytes]] = OrderedDict()
+_cache: OrderedDict[tuple, tuple[int, bytes, bytes]] = OrderedDict()
 _in_flight: dict[tuple, asyncio.Future] = {}
 
 
@@ -70,13 +71,16 @@ def answer(query) -> tuple[int, str]:
         return 400, json.dumps({"error": str(e) or type(e).__name__})
 
 
-def _answer_bytes(query: dict) -> tuple[int, bytes]:
+def _answer_bytes(query: dict) -> tuple[int, bytes, bytes]:
+    """(status, UTF-8 body, the body gzipped): encoded and packed once on the worker, not once per response on
+    the event loop. The curves are piecewise constant: the largest answer packs from 375 KB to 4 KB."""
     status, body = answer(query)
-    return status, body.encode()  # encoded once on the worker, not once per response on the event loop
+    raw = body.encode()
+    return status, raw, gzip.compress(raw, 5)
 
 
-async def answer_shared(query: dict) -> tuple[int, bytes]:
-    """`answer` (as UTF-8) computed on the route's one worker thread; a request identical to one in flight awaits
+async def answer_shared(query: dict) -> tuple[int, bytes, bytes]:
+    """`_answer_bytes` computed on the route's one worker thread; a request identical to one in flight awaits
     that one's result, and the last CACHE_SIZE answers (up to CACHE_BODY_LIMIT each) are served from memory."""
     key = tuple(sorted(query.items()))
     if key in _cache:
@@ -112,7 +116,14 @@ def register() -> None:
     if server is None:
         return
 
+    class Packed(web.Response):
+        def enable_compression(self, *args, **kwargs) -> None:
+            """Already gzip: ComfyUI's --enable-compress-response-body must not compress it a second time."""
+
     @server.routes.get("/higfa/schedule")
     async def get_schedule(request):
-        status, body = await answer_shared(dict(request.rel_url.query))
-        return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
+        status, body, packed = await answer_shared(dict(request.rel_url.query))
+        kind = dict(status=status, content_type="application/json", charset="utf-8")
+        if "gzip" in request.headers.get("Accept-Encoding", "").lower():  # browsers: a flood stays small on the wire
+            return Packed(body=packed, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}, **kind)
+        return web.Response(body=body, headers={"Vary": "Accept-Encoding"}, **kind)
