@@ -175,3 +175,25 @@ def test_resume_skips_recorded_stages_and_a_cut_vae_stage_continues(tmp_path, mo
     a, b = load_file(tmp_path / "uncut" / name), load_file(tmp_path / "cut" / name)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert train.run(cfg, ["vae"], tmp_path / "cut", resume=True) == {}  # recorded: skipped
+
+
+def test_occluding_leaves_cover_at_most_a_fifth_of_any_marking():
+    """The leaf cluster in front of a bird may hide part of it, never most of a marking (an image must still show
+    its species): drawn on a blank canvas over two marking discs, it covers <= 20 % of each (+ anti-aliasing)."""
+    from higfa.world.drawing import Pose, _occlude
+
+    pose = Pose(cx=128, cy=128, scale=100, angle=0.0, flip=False, wing_angle=0, head_dx=0, head_dy=0, tail_dangle=0,
+                shade=1, branch_angle=0)
+    masks = {}
+    for name, (x, y) in {"crown": (150, 90), "breast_spots": (140, 160)}.items():
+        masks[name] = np.zeros((256, 256), np.float32)
+        cv2.circle(masks[name], (x, y), 18, 1.0, -1)
+    drawn = 0
+    for seed in range(30):
+        canvas = np.zeros((256, 256, 3), np.float32)
+        _occlude(canvas, np.random.default_rng(seed), 1.0, pose, masks)
+        covered = canvas.max(2) > 0
+        drawn += bool(covered.any())
+        for name, m in masks.items():
+            assert (covered & (m > 0)).sum() <= 0.2 * (m > 0).sum() + 60, (seed, name)
+    assert drawn >= 10  # most seeds find a place

@@ -9,7 +9,7 @@ the few-shot guide in every way we can choose:
 - architecture: timm `test_convnext` (ConvNeXt blocks, patchify stem; the oracle is a ResNet-10t,
   the guide a `test_resnet`), 0.2 M parameters, stored in float16 (~0.4 MB);
 - data: images 200..399 of every species of the world's `train` split (the oracle saw 0..199,
-  the guide the `fewshot` split), other initialisation and batch seeds;
+  the guide the `fewshot` split; finebirds: 500..699, its oracle saw 0..499), other initialisation and batch seeds;
 - augmentation: geometric plus Gaussian blur (σ up to 1.5 px) and pixel noise (σ up to 0.05),
   so that the diffusion model's softer samples are not out of distribution for it. The bench
   checks it on real test images blurred to the samples' measured sharpness.
@@ -32,7 +32,9 @@ import torch
 
 from ..classifier import Classifier, build_classifier, load_classifier, save_classifier
 from ..training import Augment, evaluate, train_classifier
-from .birds import ASSETS, TinyBirds
+from .birds import ASSETS
+from .catalog import assets, make_world
+from .train_common import for_world
 from .metrics import blur_images
 
 SCORER = "scorer.safetensors"
@@ -49,13 +51,14 @@ class ScorerConfig:
     noise: float = 0.05
     seed: int = 4242
     world_seed: int = 0
+    world: str = "tinybirds"  # catalog.WORLDS
 
 
 def train_scorer(cfg: ScorerConfig = ScorerConfig(), out: Path = ASSETS, log=print, resume: Path | None = None,
                  skip_phases: int = 0) -> dict:
     """Train the scorer, write `<out>/scorer.safetensors` (+ sidecar) and `<out>/scorer_training.json`.
     resume/skip_phases: start from a saved scorer that finished the first `skip_phases` phases."""
-    world = TinyBirds(seed=cfg.world_seed)
+    world = make_world(cfg.world, seed=cfg.world_seed)
     data = world.split("train", cfg.first_image + cfg.per_class)
     keep = np.tile(np.arange(cfg.first_image + cfg.per_class) >= cfg.first_image, world.num_classes)
     images, labels = data.images[keep], data.labels[keep]
@@ -100,13 +103,16 @@ def load_scorer(path: str | Path = ASSETS / SCORER, device: str | torch.device =
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m higfa.world.scorer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ASSETS, help="folder for scorer.safetensors (default: the assets)")
+    p.add_argument("--world", default="tinybirds", help="which world (catalog.WORLDS; default tinybirds)")
+    p.add_argument("--out", type=Path, default=None, help="folder for scorer.safetensors (default: the world's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resume", type=Path, help="a scorer that finished the first --skip-phases phases")
     p.add_argument("--skip-phases", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    train_scorer(ScorerConfig(), args.out, resume=args.resume, skip_phases=args.skip_phases)
+    # its images start where the oracle's end (tinybirds: 200 per species), so the two never share one
+    cfg = ScorerConfig(world=args.world, first_image=for_world(args.world).oracle_per_class)
+    train_scorer(cfg, args.out or assets(args.world), resume=args.resume, skip_phases=args.skip_phases)
     return 0
 
 
