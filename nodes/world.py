@@ -49,6 +49,31 @@ class LoadedWorld:
         return WorldModels.encode_prompts(self, [text])
 
 
+# The world's judge (issue 25; docs/method.md "The judge"): the shipped guide's copy PGD-tuned by `higfa tune-classifier
+# --adversarial` (docs/world.md). It never guides when the loader's `classifier` does, and it is the harder one to
+# fool of the two (docs/quality.md "Judge probe").
+JUDGE_FILE = "guidance_robust.safetensors"
+
+
+@lru_cache(maxsize=2)
+def _world_judge(path: str, stamp: tuple) -> Classifier | None:
+    """The world folder's judge (JUDGE_FILE), None when the folder has none; `stamp` (size, mtime) reloads a
+    retrained one. Made outside inference mode: the guider runs it inside its own gradient-free forward."""
+    file = Path(path) / JUDGE_FILE
+    if not file.is_file():
+        return None
+    with torch.inference_mode(False):
+        clf = load_classifier(file).float()
+    clf.source = JUDGE_FILE  # how a trace names it (nodes/cfg_guider._judge_name)
+    return clf
+
+
+def world_judge(root: Path) -> Classifier | None:
+    file = root / JUDGE_FILE
+    stamp = (file.stat().st_size, file.stat().st_mtime_ns) if file.is_file() else None
+    return _world_judge(str(root), stamp)
+
+
 @lru_cache(maxsize=1)
 def _builtin_classifier() -> Classifier:
     """The built-in world's guidance classifier: names species for HiGFA World Image without a world."""
@@ -96,7 +121,13 @@ class HiGFAWorldLoader(io.ComfyNode):
                                            "AutoencoderTiny) for HiGFA Guider / Sampler's guidance_vae input: the "
                                            "classifier path decodes with it (docs/speed.md). A world folder "
                                            "without one gives its own VAE here (the same as leaving the input "
-                                           "empty), so the output always decodes.")],
+                                           "empty), so the output always decodes."),
+                     CLASSIFIER.Output(display_name="judge",
+                                       tooltip="A classifier that did not guide, for HiGFA Guider / Sampler's judge "
+                                               "input beside this loader's classifier: the world's few-shot guide "
+                                               "tuned by `higfa tune-classifier --adversarial` (guidance_robust), "
+                                               "harder to fool. Its confidence drives the ramp and the gate "
+                                               "(preset higfa-judged). None when the world folder has none.")],
         )
 
     @classmethod
@@ -108,10 +139,12 @@ class HiGFAWorldLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, path: str = "") -> io.NodeOutput:
-        model, vae, control, tiny, m = load(resolve_path(path))
+        root = resolve_path(path)
+        model, vae, control, tiny, m = load(root)
         tiny = vae if tiny is None else tiny  # never None: a stock VAE Decode fed by this output must work
         world = LoadedWorld(m.world, m.text_encoder, m.tokenizer, m.guidance, m.path)
-        return io.NodeOutput(model, vae, control, m.guidance, world, "\n".join(world.class_names), tiny)
+        return io.NodeOutput(model, vae, control, m.guidance, world, "\n".join(world.class_names), tiny,
+                             world_judge(root))
 
 
 class HiGFAWorldTextEncode(io.ComfyNode):

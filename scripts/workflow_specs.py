@@ -177,22 +177,27 @@ def compare_workflow() -> Spec:
     return s
 
 
-WORLD_GUIDED = "higfa-robust"  # the guided column of the world workflow (docs/method.md: why this preset)
+WORLD_GUIDED = "higfa-robust"  # a guided column of the world workflow (docs/method.md: why this preset)
+WORLD_JUDGED = "higfa-judged"  # ... and the paper's mechanism with a judge: the column whose trace the workflow shows
+WORLD_PRESETS = ("cfg", "contour", WORLD_GUIDED, WORLD_JUDGED)
 WORLD_NOTE = (
     "Built-in tiny world: runs out of the box, no model files (HiGFA World Loader reads the models shipped "
-    "with the pack). A real image of a species -> its transformed contour -> the same seed sampled three ways: "
+    "with the pack). A real image of a species -> its transformed contour -> the same seed sampled four ways: "
     "cfg (family prompt only), contour (+ the contour ControlNet), higfa-robust (+ classifier guidance toward "
-    "the species on 8 random views, the preset that suits a foolable few-shot guide; pick 'higfa' in its "
-    "Schedule for the confidence-gated original). Saved row: real | contour | cfg | contour | higfa-robust.\n"
+    "the species on 8 random views at a fixed push: the confidence neither modulates nor gates), higfa-judged "
+    "(the same guide, and the loader's judge, a classifier that did not guide, whose confidence drives the "
+    "ramp and the gate: its trace shows p_judge rising, w_cls fading and gated steps). Saved row: real | contour "
+    "| cfg | contour | higfa-robust | higfa-judged.\n"
     "The text model knows the family ('a photo of a finch'), never the species: only the classifier knows the "
     "markings (crown patch, wing bar, eye ring, beak colour). Try another species (16: see the loader's "
     "class_names) or image index.")
 
 
 def world_workflow() -> Spec:
-    """The built-in world (docs/world.md), cfg vs contour vs higfa-robust on one seed: no files needed."""
+    """The built-in world (docs/world.md), cfg vs contour vs higfa-robust vs higfa-judged (with the loader's
+    judge) on one seed: no files needed."""
     s = Spec("higfa-world-compare")
-    s.add("note", "Note", -1, text=WORLD_NOTE, _size=(720, 130))
+    s.add("note", "Note", -1, text=WORLD_NOTE, _size=(720, 150))
     s.add("world", "HiGFA_WorldLoader", 0, path="")
     s.add("image", "HiGFA_WorldImage", 0, species="red-crowned finch", index=0, split="fewshot",
           _title="Real image of the species")
@@ -207,11 +212,12 @@ def world_workflow() -> Spec:
     s.link("image", "image", "contour", "image")
     s.link("world", "VAE", "latent", "vae")
     row = [("image", "image"), ("contour", "contour")]
-    for i, preset in enumerate(("cfg", "contour", WORLD_GUIDED)):
+    last = 2 + len(WORLD_PRESETS)  # the column after the samplers
+    for i, preset in enumerate(WORLD_PRESETS):
         s.add(f"schedule_{preset}", "HiGFA_Schedule", 2 + i, **preset_inputs(preset), _title=f"Schedule: {preset}")
         s.add(f"sampler_{preset}", "HiGFA_Sampler", 2 + i, seed=42, steps=30, sampler_name="ddim",
               scheduler="ddim_uniform", denoise=1.0, target="red-crowned finch", _title=f"Sampler: {preset}")
-        s.add(f"decode_{preset}", "VAEDecode", 5)
+        s.add(f"decode_{preset}", "VAEDecode", last)
         for src, out, inp in (("world", "MODEL", "model"), ("pos", "CONDITIONING", "positive"),
                               ("neg", "CONDITIONING", "negative"), (f"schedule_{preset}", "schedule", "schedule"),
                               ("latent", "LATENT", "latent_image"), ("world", "CONTROL_NET", "control_net"),
@@ -220,20 +226,97 @@ def world_workflow() -> Spec:
             s.link(src, out, f"sampler_{preset}", inp)
         if GUIDANCE_DEFAULT == "tiny":  # the world's classifier path decodes with its tiny decoder (docs/speed.md)
             s.link("world", "guidance_vae", f"sampler_{preset}", "guidance_vae")
+        if preset == WORLD_JUDGED:  # the loader's judge: a classifier that did not guide drives ramp and gate
+            s.link("world", "judge", f"sampler_{preset}", "judge")
         s.link(f"sampler_{preset}", "latent", f"decode_{preset}", "samples")
         s.link("world", "VAE", f"decode_{preset}", "vae")
         row.append((f"decode_{preset}", "IMAGE"))
     left = row[0]
     for k, right in enumerate(row[1:]):  # one row: each stitch appends the next image on the right
-        s.add(f"stitch_{k}", "ImageStitch", 6, direction="right", match_image_size=False, spacing_width=4)
+        s.add(f"stitch_{k}", "ImageStitch", last + 1, direction="right", match_image_size=False, spacing_width=4)
         s.link(*left, f"stitch_{k}", "image1")
         s.link(*right, f"stitch_{k}", "image2")
         left = (f"stitch_{k}", "IMAGE")
-    s.add("save", "SaveImage", 6, filename_prefix="higfa/world_compare",
-          _title=f"real | contour | cfg | contour | {WORLD_GUIDED}")
+    s.add("save", "SaveImage", last + 1, filename_prefix="higfa/world_compare",
+          _title="real | contour | " + " | ".join(WORLD_PRESETS))
     s.link(*left, "save", "images")
-    s.add("trace_view", "PreviewImage", 6, _title=f"HiGFA trace ({WORLD_GUIDED})")
-    s.link(f"sampler_{WORLD_GUIDED}", "trace_plot", "trace_view", "images")
+    s.add("trace_view", "PreviewImage", last + 1, _title=f"HiGFA trace ({WORLD_JUDGED}: p_guide, p_judge, gated steps)")
+    s.link(f"sampler_{WORLD_JUDGED}", "trace_plot", "trace_view", "images")
+    return s
+
+
+# ----------------------------------------------------------------------------- other model families (issue 26)
+TAESD_URL = "https://github.com/madebyollin/taesd/raw/main/"
+FAMILIES = {
+    "sdxl": dict(
+        ckpt={"name": "sd_xl_base_1.0.safetensors", "directory": "checkpoints",
+              "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+                     "sd_xl_base_1.0.safetensors"},
+        canny={"name": "controlnet-canny-sdxl-1.0.fp16.safetensors", "directory": "controlnet",
+               "url": "https://huggingface.co/diffusers/controlnet-canny-sdxl-1.0/resolve/main/"
+                      "diffusion_pytorch_model.fp16.safetensors"},
+        taesd="taesdxl", latent="EmptyLatentImage", size=1024, sampler=("euler", "normal"), steps=30, cfg=None,
+        what="SDXL (ε-prediction, SDXL latents)"),
+    "sd3": dict(
+        ckpt={"name": "sd3_medium_incl_clips_t5xxlfp8.safetensors", "directory": "checkpoints",
+              "url": "https://huggingface.co/stabilityai/stable-diffusion-3-medium/resolve/main/"
+                     "sd3_medium_incl_clips_t5xxlfp8.safetensors"},
+        canny={"name": "sd3_controlnet_canny_instantx.safetensors", "directory": "controlnet",
+               "url": "https://huggingface.co/InstantX/SD3-Controlnet-Canny/resolve/main/"
+                      "diffusion_pytorch_model.safetensors"},
+        taesd="taesd3", latent="EmptySD3LatentImage", size=1024, sampler=("euler", "sgm_uniform"), steps=28,
+        cfg=(5.0, 3.0, 5.0), what="SD3 medium (flow matching: CONST sampling, 16-channel latents, shift 3)"),
+}
+
+
+def family_note(name: str) -> str:
+    f = FAMILIES[name]
+    return (f"{f['what']}: the same HiGFA graph as the SD 1.5 workflows, with the family's checkpoint "
+            f"({f['ckpt']['name']}) in models/checkpoints, its Canny ControlNet ({f['canny']['name']}) in "
+            f"models/controlnet, and {f['taesd']} (TAESD's {f['taesd']}_encoder/_decoder.safetensors in "
+            "models/vae_approx) as the classifier path's guidance_vae. HiGFA reads the family from the model "
+            "(docs/method.md, 'Model families'): the same classifier_scale gives the same push at the same "
+            "progress as on SD 1.5. Only SD 1.5 is measured (docs/quality.md); this family is tested on tiny stand-ins."
+            "\nYour fine-grained classifier goes in models/classifiers (<name>.safetensors + <name>.json sidecar; "
+            "`higfa train-classifier` or `higfa import-classifier` makes one, docs/classifiers.md). Set the prompt "
+            "and the sampler's target (class index or name) to the class you augment.")
+
+
+def family_workflow(name: str) -> Spec:
+    """One guided sample of another model family (SDXL, SD3): checkpoint + Canny ControlNet via the pack's
+    contour + classifier, the family's TAESD decoding the classifier path."""
+    f = FAMILIES[name]
+    s = Spec(f"higfa-{name}")
+    s.add("note", "Note", -1, text=family_note(name), _size=(720, 150))
+    s.add("ckpt", "CheckpointLoaderSimple", 0, ckpt_name=f["ckpt"]["name"], _models=[f["ckpt"]])
+    s.add("pos", "CLIPTextEncode", 1, text=PROMPT, _title="Positive prompt")
+    s.add("neg", "CLIPTextEncode", 1, text=NEGATIVE, _title="Negative prompt")
+    s.add("cnet", "ControlNetLoader", 0, control_net_name=f["canny"]["name"], _models=[f["canny"]])
+    s.add("gvae", "VAELoader", 0, vae_name=f["taesd"], _title=f"Guidance VAE ({f['taesd']})",
+          _models=[{"name": f"{f['taesd']}_{part}.safetensors", "directory": "vae_approx",
+                    "url": f"{TAESD_URL}{f['taesd']}_{part}.safetensors"} for part in ("encoder", "decoder")])
+    s.add("clf", "HiGFA_ClassifierLoader", 0, classifier_name=CLASSIFIER)
+    s.add("image", "LoadImage", 0, image="higfa_example.png", _title="Real image of the class")
+    s.add("contour", "HiGFA_ContourTransform", 1, seed=0, variants=1)
+    s.add("contour_view", "PreviewImage", 1, _title="Transformed contour")
+    schedule = preset_inputs("higfa")
+    if f["cfg"]:
+        schedule.update(zip(("cfg", "cfg_lowconf", "cfg_highconf"), f["cfg"]))
+    s.add("schedule", "HiGFA_Schedule", 2, **schedule)
+    s.add("latent", f["latent"], 2, width=f["size"], height=f["size"], batch_size=1)
+    s.add("sampler", "HiGFA_Sampler", 3, seed=42, steps=f["steps"], sampler_name=f["sampler"][0],
+          scheduler=f["sampler"][1], denoise=1.0, target="0")
+    for src, out, inp in (("ckpt", "MODEL", "model"), ("pos", "CONDITIONING", "positive"),
+                          ("neg", "CONDITIONING", "negative"), ("schedule", "schedule", "schedule"),
+                          ("latent", "LATENT", "latent_image"), ("cnet", "CONTROL_NET", "control_net"),
+                          ("contour", "contour", "contour"), ("ckpt", "VAE", "vae"),
+                          ("clf", "classifier", "classifier"), ("gvae", "VAE", "guidance_vae")):
+        s.link(src, out, "sampler", inp)
+    s.link("image", "IMAGE", "contour", "image")
+    s.link("ckpt", "CLIP", "pos", "clip")
+    s.link("ckpt", "CLIP", "neg", "clip")
+    s.link("contour", "contour", "contour_view", "images")
+    _decode_save_trace(s, "SaveImage", filename_prefix=f"higfa/{name}")
     return s
 
 

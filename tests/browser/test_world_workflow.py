@@ -43,19 +43,25 @@ def test_world_workflow_runs_out_of_the_box_and_shows_its_images(ui, world_path)
         .every(n => n.imgs?.length && n.imgs.every(i => i.complete && i.naturalWidth > 0))""", timeout=30_000)
     shown = page.evaluate("""() => window.app.graph.nodes.filter(n => n.type === "SaveImage")
         .map(n => n.imgs.map(i => [i.naturalWidth, i.naturalHeight]))""")
-    assert shown == [[[5 * 64 + 4 * 4, 64]]]  # real | contour | cfg | contour | higfa-robust
+    assert shown == [[[6 * 64 + 5 * 4, 64]]]  # real | contour | cfg | contour | higfa-robust | higfa-judged
     traces = page.evaluate("""() => window.app.graph.nodes.filter(n => n.type === "HiGFA_Sampler").map(n => {
         const t = n.higfaTrace.traces?.at(-1), c = n.higfaTrace.chart.canvas;
         return {title: n.title, preset: t?.schedule.preset, target: t?.target, steps: t?.summary.steps,
+                judge: t?.judge ?? null, judged_steps: (t?.steps ?? []).filter(r => r.judge_confidence != null).length,
                 draws: Number(c.dataset.draws), in_page: c.isConnected && c.clientHeight > 100};
     })""")
-    assert sorted(t["preset"] for t in traces) == ["cfg", "contour", "higfa-robust"]
+    assert sorted(t["preset"] for t in traces) == ["cfg", "contour", "higfa-judged", "higfa-robust"]
     for t in traces:
         assert t["steps"] == 30 and t["in_page"] and t["draws"] >= 2, t
-        assert t["target"] == ([6] if t["preset"] == "higfa-robust" else None), t  # spectacled warbler
+        guided = t["preset"] in ("higfa-robust", "higfa-judged")
+        assert t["target"] == ([6] if guided else None), t  # spectacled warbler
+        # the judged column: the World Loader's judge measured every stage-2 step (the chart draws p_judge)
+        judged = t["preset"] == "higfa-judged"
+        assert t["judge"] == ("guidance_robust.safetensors" if judged else None), t
+        assert (t["judged_steps"] > 0) == judged, t
     screenshot_graph(page, ARTIFACTS / f"{NAME}-run.png")
     (save,) = node_ids(page, "SaveImage")
     focus_node(page, save, 2.0)
     screenshot(page, ARTIFACTS / f"{NAME}-run-images.png")
-    higfa = next(n for n, t in zip(node_ids(page, "HiGFA_Sampler"), traces) if t["preset"] == "higfa-robust")
+    higfa = next(n for n, t in zip(node_ids(page, "HiGFA_Sampler"), traces) if t["preset"] == "higfa-judged")
     screenshot_chart(page, higfa, ARTIFACTS / f"{NAME}-trace-chart.png")

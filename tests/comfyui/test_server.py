@@ -178,22 +178,47 @@ def test_shipped_workflow_validates_and_runs(server, world_path, name):
 
 
 def check_world_outputs(server, out, prompt) -> None:
-    """The built-in world workflow: one row real | contour | cfg | contour | higfa-robust (64 px each, 4 px
-    apart), and each sampler's trace (30 steps; higfa-robust guided toward the world image's species)."""
+    """The built-in world workflow: one row real | contour | cfg | contour | higfa-robust | higfa-judged (64 px
+    each, 4 px apart), and each sampler's trace (30 steps; the guided ones toward the world image's species, the
+    judged one judged by the loader's judge: `check_judged_trace`)."""
     (save,) = nodes_of(prompt, "SaveImage")
-    assert [im.shape for im in saved_images(server, out, save)] == [(64, 5 * 64 + 4 * 4, 3)]
+    assert [im.shape for im in saved_images(server, out, save)] == [(64, 6 * 64 + 5 * 4, 3)]
     (image,) = nodes_of(prompt, "HiGFA_WorldImage")
     species = prompt[image]["inputs"]["species"]
+    presets = []
     for sampler in nodes_of(prompt, "HiGFA_Sampler"):
         trace = out[sampler]["higfa_trace"][0]
         preset = prompt[sampler]["_meta"]["title"].removeprefix("Sampler: ")
+        presets.append(preset)
         assert trace["schedule"]["preset"] == preset and trace["summary"]["steps"] == 30
         measured = [r for r in trace["steps"] if r["confidence"] is not None]
-        if preset == "higfa-robust":
+        if preset in ("higfa-robust", "higfa-judged"):
             assert trace["class_names"][trace["target"][0]] == species
             assert measured and trace["summary"]["guided_sample_steps"] > 0
         else:
             assert not measured
+        if preset == "higfa-judged":
+            check_judged_trace(trace)
+        else:
+            assert trace.get("judge") is None
+    assert sorted(presets) == ["cfg", "contour", "higfa-judged", "higfa-robust"]
+
+
+def check_judged_trace(trace: dict) -> None:
+    """A run judged by the World Loader's judge: the judge's p on every stage-2 step, and the previous step's p_judge
+    sets this step's gate and w_cls = w_max·(1 − h(p_judge)) (the paper's ramp, driven by a classifier that did
+    not guide)."""
+    s = trace["schedule"]
+    assert trace["judge"] == "guidance_robust.safetensors" and s["modulate"] and s["gating"]
+    rows = [r for r in trace["steps"] if r["stage"] == 2]
+    assert rows and all(r["judge_confidence"] is not None for r in rows)
+    for prev, row in zip(rows, rows[1:]):
+        p = prev["judge_confidence"][0]
+        h = min(max((p - s["tau_lo"]) / (s["tau_hi"] - s["tau_lo"]), 0.0), 1.0)
+        gated = p >= s["tau_skip"]
+        assert row["gated"] == [gated]
+        assert row["classifier_scale"][0] == pytest.approx(0.0 if gated else s["classifier_scale"] * (1 - h),
+                                                           abs=1e-5)
 
 
 def check_dataset_output(server, out, prompt, sources: dict) -> None:

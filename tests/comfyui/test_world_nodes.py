@@ -28,12 +28,12 @@ def world(comfy, world_path):
 
     W = comfy.pack.nodes.world
     with torch.inference_mode():
-        model, vae, cnet, clf, handle, names, tiny = W.HiGFAWorldLoader.execute(str(world_path)).args
+        model, vae, cnet, clf, handle, names, tiny, judge = W.HiGFAWorldLoader.execute(str(world_path)).args
     core = load_world(world_path)
     few = core.world.split("fewshot", 2)
     contours = core.contours(few.images[[2, 12]], seeds=[0, 1])  # a finch and a warbler
     return dict(W=W, pack=comfy.pack, model=model, vae=vae, cnet=cnet, clf=clf, world=handle, names=names,
-                tiny=tiny, core=core, contours=contours, path=world_path)
+                tiny=tiny, judge=judge, core=core, contours=contours, path=world_path)
 
 
 def _control(w, strength=1.0, hint=None, percent=(0.0, 1.0)):
@@ -234,6 +234,27 @@ def test_a_missing_or_stale_world_is_a_clear_error(world, tmp_path, monkeypatch)
         W.HiGFAWorldLoader.execute(str(stale))
 
 
+def test_loader_offers_a_judge_that_did_not_guide(world, tmp_path, monkeypatch):
+    """The loader's last output: the world's guidance_robust classifier (not the guide it hands out), named for the
+    trace, normal tensors; None for a world folder without one (the judge input is optional)."""
+    import shutil
+
+    from higfa.classifier import load_classifier
+
+    W, judge, clf = world["W"], world["judge"], world["clf"]
+    assert judge is not None and judge is not clf and judge.class_names == clf.class_names
+    assert judge.source == "guidance_robust.safetensors"
+    ref = load_classifier(world["path"] / "guidance_robust.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(judge.state_dict().values(), ref.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(judge.state_dict().values(), clf.state_dict().values()))
+    assert not any(p.is_inference() for p in judge.parameters())
+    monkeypatch.setenv("HIGFA_ALLOWED_ROOTS", str(tmp_path))
+    bare = tmp_path / "bare"
+    shutil.copytree(world["path"], bare, ignore=shutil.ignore_patterns("guidance_robust.*", "checkpoints"))
+    with torch.inference_mode():
+        assert W.HiGFAWorldLoader.execute(str(bare)).args[-1] is None
+
+
 def test_loader_reruns_when_the_world_is_retrained(world, tmp_path, monkeypatch):
     import os
     import shutil
@@ -357,5 +378,8 @@ def test_world_workflow_runs_through_the_server(server, world_path):
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
     traces = {prompt[k]["_meta"]["title"]: entry["outputs"][k]["higfa_trace"][0] for k in samplers}
     assert traces["Sampler: higfa-robust"]["target"] == [6] and traces["Sampler: cfg"]["target"] is None
+    judged = traces["Sampler: higfa-judged"]  # the loader's judge drives its ramp and gate
+    assert judged["target"] == [6] and judged["judge"] == "guidance_robust.safetensors"
+    assert traces["Sampler: higfa-robust"].get("judge") is None
     images = entry["outputs"][kinds["SaveImage"]]["images"]
     assert len(images) == 1 and (server.base / "output" / images[0]["subfolder"] / images[0]["filename"]).is_file()
