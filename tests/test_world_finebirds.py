@@ -197,3 +197,11 @@ def test_occluding_leaves_cover_at_most_a_fifth_of_any_marking():
         for name, m in masks.items():
             assert (covered & (m > 0)).sum() <= 0.2 * (m > 0).sum() + 60, (seed, name)
     assert drawn >= 10  # most seeds find a place
+
+
+def test_headroom_check_runs_and_reports_a_curve():
+    from higfa.world.headroom import headroom, vgg
+
+    assert sum(p.numel() for p in vgg(48).parameters()) < 500_000
+    out = headroom("tinybirds", "vgg", [1, 2], steps=4, test_per_class=1, log=lambda *_: None)
+    assert set(out) == {1, 2} and all(len(r["curve"]) == 4 and 0 <= r["accuracy"] <= 1 for r in out.values())
