@@ -92,9 +92,9 @@ def to_ui(spec: Spec, object_info: dict, comfy_version: str = COMFY_VERSION) -> 
                            for i, (name, t) in enumerate(zip(info["output_name"], info["output"]))]
         node["properties"].update({"cnr_id": "higfa", "ver": "0.1.0"} if n.type.startswith("HiGFA_")
                                   else {"cnr_id": "comfy-core", "ver": comfy_version})
-        model = {"CheckpointLoaderSimple": CKPT, "ControlNetLoader": CANNY}.get(n.type)
-        if model:
-            node["properties"]["models"] = [model]
+        models = n.models or [m for m in [{"CheckpointLoaderSimple": CKPT, "ControlNetLoader": CANNY}.get(n.type)] if m]
+        if models:
+            node["properties"]["models"] = models
         nodes[key] = node
     for link_id, (src, out, dst, inp) in enumerate(spec.links, start=1):
         a, b = nodes[src], nodes[dst]

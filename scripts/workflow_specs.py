@@ -37,6 +37,7 @@ class Node:
     title: str | None = None
     size: tuple[int, int] | None = None
     controls: dict[str, str] = field(default_factory=dict)  # "control after generate" modes (default fixed)
+    models: list[dict] | None = None  # the files its widgets name, with download URLs (front end's missing models)
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Spec:
 
     def add(self, key: str, type: str, column: int, **widgets: Any) -> str:
         title, size, controls = widgets.pop("_title", None), widgets.pop("_size", None), widgets.pop("_control", {})
-        self.nodes[key] = Node(type, column, widgets, title, size, controls)
+        self.nodes[key] = Node(type, column, widgets, title, size, controls, widgets.pop("_models", None))
         return key
 
     def link(self, src: str, output: str, dst: str, input: str) -> None:
@@ -322,4 +323,4 @@ def family_workflow(name: str) -> Spec:
 
 def specs() -> list[Spec]:
     return [*(preset_workflow(p) for p in ("cfg", "contour", "classifier-all-steps", "higfa")),
-            batch_workflow(), compare_workflow(), world_workflow()]
+            batch_workflow(), compare_workflow(), world_workflow(), family_workflow("sdxl"), family_workflow("sd3")]

@@ -29,6 +29,8 @@ INIT_SCRIPT = "localStorage.setItem('vueNodesBannerDismissed', 'true');"
 # (node type, widgets_values): the front end gives every INT "seed" a "control after generate" value.
 TINY_LOADERS = {"CheckpointLoaderSimple": ("HiGFATest_TinyCheckpoint", [0, "fixed"]),
                 "ControlNetLoader": ("HiGFATest_TinyControlNet", [3, "fixed"])}
+FAMILY_LOADERS = {"CheckpointLoaderSimple": "HiGFATest_TinyFamilyCheckpoint",
+                  "ControlNetLoader": "HiGFATest_TinyFamilyControlNet"}  # widgets: family, seed, control
 
 
 def set_setting(url: str, key: str, value) -> None:
@@ -76,14 +78,22 @@ def chromium_page(url: str, console: list[str], served: list[tuple[int, str]] | 
 
 def tiny(workflow: dict) -> dict:
     """The workflow with the stock model loaders swapped for the test pack's tiny ones (same output
-    types) and 64-px latents: it runs on a CPU in seconds."""
+    types; the SDXL / SD3 workflows' for the tiny models of their family) and 64-px latents: it runs on a
+    CPU in seconds."""
+    from comfy_helpers import model_family
+
     wf = copy.deepcopy(workflow)
     for node in wf["nodes"]:
         kind = node["type"]
         if kind in TINY_LOADERS:
-            node["type"], node["widgets_values"] = TINY_LOADERS[kind][0], list(TINY_LOADERS[kind][1])
+            family = model_family(node["widgets_values"][0])
+            if family:
+                node["type"] = FAMILY_LOADERS[kind]
+                node["widgets_values"] = [family, 0, "fixed"]
+            else:
+                node["type"], node["widgets_values"] = TINY_LOADERS[kind][0], list(TINY_LOADERS[kind][1])
             node["properties"] = {"Node name for S&R": node["type"]}
-        elif kind == "EmptyLatentImage":
+        elif kind in ("EmptyLatentImage", "EmptySD3LatentImage"):
             node["widgets_values"][:2] = [64, 64]
     return wf
 

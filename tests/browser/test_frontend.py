@@ -19,8 +19,9 @@ from comfy_page import (fit_view, focus_node, load_workflow, node_ids, queue_and
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-# Queued here with the tiny stand-ins of the SD 1.5 loaders; the built-in-world workflow needs no
-# swap and is queued by test_world_workflow.py.
+# Queued here with the tiny stand-ins of the stock loaders (the SD 1.5 ones; the SDXL / SD3 workflows' with
+# their family's tiny models: tests/comfyui/testpack/families.py); the built-in-world workflow needs no swap
+# and is queued by test_world_workflow.py.
 SD15 = [n for n in SHIPPED if '"CheckpointLoaderSimple"' in (WORKFLOWS / f"{n}.json").read_text()]
 EXTENSIONS = ["HiGFA.NodeColor", "HiGFA.ScheduleChart", "HiGFA.TraceChart"]
 HIGFA_COLOR = {"color": "#1f4a4f", "bgcolor": "#263a3d"}  # web/higfa_nodes.js

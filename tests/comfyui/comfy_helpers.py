@@ -37,6 +37,16 @@ def shipped_workflow(name: str) -> dict:
     return json.loads((WORKFLOWS / f"{name}.json").read_text())
 
 
+def model_family(file_name: str) -> str | None:
+    """The family ("sdxl", "sd3") whose shipped workflow names this checkpoint / ControlNet file
+    (scripts/workflow_specs.FAMILIES), None for the SD 1.5 files. The test converters swap those loaders for
+    the test pack's family loaders (tests/comfyui/testpack/families.py)."""
+    for name, f in load_script("workflow_specs").FAMILIES.items():
+        if file_name in (f["ckpt"]["name"], f["canny"]["name"]):
+            return name
+    return None
+
+
 # ----------------------------------------------------------------------------- test data
 def make_classifier(path: Path, confident_class: int = 0):
     """A tiny timm classifier whose head favours `confident_class` (p ≈ 0.98 on most images), so
@@ -73,7 +83,7 @@ def populate_base(base: Path) -> None:
 
     make_classifier(base / "models" / "classifiers" / CLASSIFIER_FILE)
     specs = load_script("workflow_specs")
-    for model in (specs.CKPT, specs.CANNY):
+    for model in (specs.CKPT, specs.CANNY, *(f[k] for f in specs.FAMILIES.values() for k in ("ckpt", "canny"))):
         # Stand-ins under the shipped workflows' model names: newer front ends (1.49.6) draw a loader red when
         # its file is missing on the server. Never loaded: tests swap in the test pack's tiny loaders.
         (base / "models" / model["directory"] / model["name"]).write_bytes(b"")

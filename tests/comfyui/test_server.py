@@ -11,10 +11,12 @@ import cv2
 import pytest
 
 import workflow_checks as WC
-from comfy_helpers import CLASSES, IMAGE, ROOT, SHIPPED, load_script, shipped_workflow
+from comfy_helpers import CLASSES, IMAGE, ROOT, SHIPPED, load_script, model_family, shipped_workflow
 
 pytestmark = pytest.mark.comfyui
 WF = load_script("comfyui_workflows")
+FAMILY_LOADERS = {"CheckpointLoaderSimple": "HiGFATest_TinyFamilyCheckpoint",
+                  "ControlNetLoader": "HiGFATest_TinyFamilyControlNet"}
 HIGFA_NODES = {"HiGFA_Schedule", "HiGFA_ContourTransform", "HiGFA_ContourRanges", "HiGFA_ClassifierLoader",
                "HiGFA_Guider", "HiGFA_Sampler", "HiGFA_Trace", "HiGFA_LoadImageFolder", "HiGFA_SaveImageFolder",
                "HiGFA_WorldLoader", "HiGFA_WorldTextEncode", "HiGFA_WorldImage", "HiGFA_WorldEmptyLatent",
@@ -28,11 +30,14 @@ def to_test_prompt(ui: dict, info: dict, seed: int) -> dict:
     prompt = WC.ui_to_api(ui, info)
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
-        if kind == "CheckpointLoaderSimple":
+        family = model_family(inputs.get("ckpt_name") or inputs.get("control_net_name") or "")
+        if kind in ("CheckpointLoaderSimple", "ControlNetLoader") and family:  # SDXL / SD3: testpack/families.py
+            node.update(class_type=FAMILY_LOADERS[kind], inputs={"family": family, "seed": 0})
+        elif kind == "CheckpointLoaderSimple":
             node.update(class_type="HiGFATest_TinyCheckpoint", inputs={"seed": 0})
         elif kind == "ControlNetLoader":
             node.update(class_type="HiGFATest_TinyControlNet", inputs={"seed": 3})
-        elif kind == "EmptyLatentImage":
+        elif kind in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inputs.update(width=IMAGE, height=IMAGE)
         elif kind in ("HiGFA_Sampler", "RandomNoise"):
             inputs["seed" if "seed" in inputs else "noise_seed"] = seed
@@ -77,7 +82,7 @@ def test_classifier_folder_lists_safetensors_not_sidecars(server):
 def test_workflow_templates_are_listed_once(server):
     """workflows/ is the only copy: ComfyUI lists its files once under the pack's templates."""
     listed = server.get("/api/workflow_templates")["comfyui-higfa"]
-    assert sorted(listed) == SHIPPED and len(listed) == len(set(listed)) == 7
+    assert sorted(listed) == SHIPPED and len(listed) == len(set(listed)) == 9
     assert not (ROOT / "example_workflows").exists()
     with urllib.request.urlopen(f"{server.url}/api/workflow_templates/comfyui-higfa/{SHIPPED[0]}.json") as r:
         assert json.load(r) == load(SHIPPED[0])  # served from workflows/
@@ -167,6 +172,8 @@ def test_shipped_workflow_validates_and_runs(server, world_path, name):
         assert [im.shape for im in saved_images(server, out, save)] == [(IMAGE, IMAGE, 3)] * 2
     elif name == "higfa-world-compare":
         check_world_outputs(server, out, prompt)
+    elif name in ("higfa-sdxl", "higfa-sd3"):
+        check_family_outputs(server, out, prompt, name.removeprefix("higfa-"))
     elif name == "higfa-compare-cfg-vs-higfa":
         traces = {prompt[k]["_meta"]["title"]: out[k]["higfa_trace"][0] for k in nodes_of(prompt, "HiGFA_Trace")}
         check_trace(traces["Trace: cfg"], "cfg")
@@ -175,6 +182,21 @@ def test_shipped_workflow_validates_and_runs(server, world_path, name):
         assert [im.shape for im in saved_images(server, out, save)] == [(IMAGE, 2 * IMAGE + 8, 3)]
     else:
         check_dataset_output(server, out, prompt, {"class_0/img_0.png": 2})
+
+
+def check_family_outputs(server, out, prompt, family: str) -> None:
+    """The SDXL / SD3 workflow on its family's tiny models: one image, and the higfa trace at the workflow's
+    steps, its classifier path decoded by the family's TAESD (the stock VAE Loader's taesdxl / taesd3)."""
+    (save,) = nodes_of(prompt, "SaveImage")
+    assert [im.shape for im in saved_images(server, out, save)] == [(IMAGE, IMAGE, 3)]
+    (sampler,) = nodes_of(prompt, "HiGFA_Sampler")
+    (vae,) = nodes_of(prompt, "VAELoader")
+    assert prompt[vae]["inputs"]["vae_name"] == {"sdxl": "taesdxl", "sd3": "taesd3"}[family]
+    trace = out[sampler]["higfa_trace"][0]
+    assert trace["schedule"]["preset"] == "higfa" and trace["summary"]["steps"] == prompt[sampler]["inputs"]["steps"]
+    assert trace["guidance_decoder"] == "guidance_vae (TAESD)"
+    measured = [r for r in trace["steps"] if r["confidence"] is not None]  # target 0: confident, so gated
+    assert measured and {r["stage"] for r in measured} == {2} and trace["summary"]["gated_sample_steps"] > 0
 
 
 def check_world_outputs(server, out, prompt) -> None:

@@ -1,11 +1,12 @@
 """Test-only custom nodes (never shipped): tiny stand-ins for the stock model loaders.
 
 The test converter swaps CheckpointLoaderSimple / ControlNetLoader in the shipped workflows for
-these (same output types), so the workflows run on a CPU in seconds. Built inside ComfyUI's
-inference mode, like real loaders, so the pack meets real inference-tensor weights.
+these (same output types; in the SDXL / SD3 workflows for `families`' loaders), so the workflows run on a
+CPU in seconds. Built inside ComfyUI's inference mode, like real loaders, so the pack meets real
+inference-tensor weights.
 """
 
-from . import tiny
+from . import families, tiny
 
 
 class TinyCheckpoint:
@@ -50,4 +51,5 @@ class TinyCLIPL:
 
 
 NODE_CLASS_MAPPINGS = {"HiGFATest_TinyCheckpoint": TinyCheckpoint, "HiGFATest_TinyControlNet": TinyControlNet,
-                       "HiGFATest_TinyCLIPL": TinyCLIPL}
+                       "HiGFATest_TinyCLIPL": TinyCLIPL, **families.NODE_CLASS_MAPPINGS}
+families.write_taesd_files()  # the SDXL / SD3 workflows' VAE Loader reads taesdxl / taesd3 from models/vae_approx
