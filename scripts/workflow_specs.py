@@ -37,6 +37,7 @@ class Node:
     title: str | None = None
     size: tuple[int, int] | None = None
     controls: dict[str, str] = field(default_factory=dict)  # "control after generate" modes (default fixed)
+    models: list[dict] | None = None  # the files its widgets name, with download URLs (front end's missing models)
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Spec:
 
     def add(self, key: str, type: str, column: int, **widgets: Any) -> str:
         title, size, controls = widgets.pop("_title", None), widgets.pop("_size", None), widgets.pop("_control", {})
-        self.nodes[key] = Node(type, column, widgets, title, size, controls)
+        self.nodes[key] = Node(type, column, widgets, title, size, controls, widgets.pop("_models", None))
         return key
 
     def link(self, src: str, output: str, dst: str, input: str) -> None:
@@ -245,6 +246,81 @@ def world_workflow() -> Spec:
     return s
 
 
+# ----------------------------------------------------------------------------- other model families (issue 26)
+TAESD_URL = "https://github.com/madebyollin/taesd/raw/main/"
+FAMILIES = {
+    "sdxl": dict(
+        ckpt={"name": "sd_xl_base_1.0.safetensors", "directory": "checkpoints",
+              "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+                     "sd_xl_base_1.0.safetensors"},
+        canny={"name": "controlnet-canny-sdxl-1.0.fp16.safetensors", "directory": "controlnet",
+               "url": "https://huggingface.co/diffusers/controlnet-canny-sdxl-1.0/resolve/main/"
+                      "diffusion_pytorch_model.fp16.safetensors"},
+        taesd="taesdxl", latent="EmptyLatentImage", size=1024, sampler=("euler", "normal"), steps=30, cfg=None,
+        what="SDXL (ε-prediction, SDXL latents)"),
+    "sd3": dict(
+        ckpt={"name": "sd3_medium_incl_clips_t5xxlfp8.safetensors", "directory": "checkpoints",
+              "url": "https://huggingface.co/stabilityai/stable-diffusion-3-medium/resolve/main/"
+                     "sd3_medium_incl_clips_t5xxlfp8.safetensors"},
+        canny={"name": "sd3_controlnet_canny_instantx.safetensors", "directory": "controlnet",
+               "url": "https://huggingface.co/InstantX/SD3-Controlnet-Canny/resolve/main/"
+                      "diffusion_pytorch_model.safetensors"},
+        taesd="taesd3", latent="EmptySD3LatentImage", size=1024, sampler=("euler", "sgm_uniform"), steps=28,
+        cfg=(5.0, 3.0, 5.0), what="SD3 medium (flow matching: CONST sampling, 16-channel latents, shift 3)"),
+}
+
+
+def family_note(name: str) -> str:
+    f = FAMILIES[name]
+    return (f"{f['what']}: the same HiGFA graph as the SD 1.5 workflows, with the family's checkpoint "
+            f"({f['ckpt']['name']}) in models/checkpoints, its Canny ControlNet ({f['canny']['name']}) in "
+            f"models/controlnet, and {f['taesd']} (TAESD's {f['taesd']}_encoder/_decoder.safetensors in "
+            "models/vae_approx) as the classifier path's guidance_vae. HiGFA reads the family from the model "
+            "(docs/method.md, 'Model families'): the same classifier_scale gives the same push at the same "
+            "progress as on SD 1.5. Only SD 1.5 is measured (docs/quality.md); this family is tested on tiny stand-ins."
+            "\nYour fine-grained classifier goes in models/classifiers (<name>.safetensors + <name>.json sidecar; "
+            "`higfa train-classifier` or `higfa import-classifier` makes one, docs/classifiers.md). Set the prompt "
+            "and the sampler's target (class index or name) to the class you augment.")
+
+
+def family_workflow(name: str) -> Spec:
+    """One guided sample of another model family (SDXL, SD3): checkpoint + Canny ControlNet via the pack's
+    contour + classifier, the family's TAESD decoding the classifier path."""
+    f = FAMILIES[name]
+    s = Spec(f"higfa-{name}")
+    s.add("note", "Note", -1, text=family_note(name), _size=(720, 150))
+    s.add("ckpt", "CheckpointLoaderSimple", 0, ckpt_name=f["ckpt"]["name"], _models=[f["ckpt"]])
+    s.add("pos", "CLIPTextEncode", 1, text=PROMPT, _title="Positive prompt")
+    s.add("neg", "CLIPTextEncode", 1, text=NEGATIVE, _title="Negative prompt")
+    s.add("cnet", "ControlNetLoader", 0, control_net_name=f["canny"]["name"], _models=[f["canny"]])
+    s.add("gvae", "VAELoader", 0, vae_name=f["taesd"], _title=f"Guidance VAE ({f['taesd']})",
+          _models=[{"name": f"{f['taesd']}_{part}.safetensors", "directory": "vae_approx",
+                    "url": f"{TAESD_URL}{f['taesd']}_{part}.safetensors"} for part in ("encoder", "decoder")])
+    s.add("clf", "HiGFA_ClassifierLoader", 0, classifier_name=CLASSIFIER)
+    s.add("image", "LoadImage", 0, image="higfa_example.png", _title="Real image of the class")
+    s.add("contour", "HiGFA_ContourTransform", 1, seed=0, variants=1)
+    s.add("contour_view", "PreviewImage", 1, _title="Transformed contour")
+    schedule = preset_inputs("higfa")
+    if f["cfg"]:
+        schedule.update(zip(("cfg", "cfg_lowconf", "cfg_highconf"), f["cfg"]))
+    s.add("schedule", "HiGFA_Schedule", 2, **schedule)
+    s.add("latent", f["latent"], 2, width=f["size"], height=f["size"], batch_size=1)
+    s.add("sampler", "HiGFA_Sampler", 3, seed=42, steps=f["steps"], sampler_name=f["sampler"][0],
+          scheduler=f["sampler"][1], denoise=1.0, target="0")
+    for src, out, inp in (("ckpt", "MODEL", "model"), ("pos", "CONDITIONING", "positive"),
+                          ("neg", "CONDITIONING", "negative"), ("schedule", "schedule", "schedule"),
+                          ("latent", "LATENT", "latent_image"), ("cnet", "CONTROL_NET", "control_net"),
+                          ("contour", "contour", "contour"), ("ckpt", "VAE", "vae"),
+                          ("clf", "classifier", "classifier"), ("gvae", "VAE", "guidance_vae")):
+        s.link(src, out, "sampler", inp)
+    s.link("image", "IMAGE", "contour", "image")
+    s.link("ckpt", "CLIP", "pos", "clip")
+    s.link("ckpt", "CLIP", "neg", "clip")
+    s.link("contour", "contour", "contour_view", "images")
+    _decode_save_trace(s, "SaveImage", filename_prefix=f"higfa/{name}")
+    return s
+
+
 def specs() -> list[Spec]:
     return [*(preset_workflow(p) for p in ("cfg", "contour", "classifier-all-steps", "higfa")),
-            batch_workflow(), compare_workflow(), world_workflow()]
+            batch_workflow(), compare_workflow(), world_workflow(), family_workflow("sdxl"), family_workflow("sd3")]
