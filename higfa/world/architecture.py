@@ -50,7 +50,7 @@ TEMPLATE_WORDS = ("a", "an", "photo", "of", "the")
 TINY_DECODER_FOLDER = "tiny_decoder"
 # What guides the world's classifier path by default (WorldModels.generate, the demo, `higfa augment --model
 # builtin`, the world workflow): "tiny" only if measured within 0.03 oracle accuracy of the full VAE
-# (benchmarks/speed_world_decoder.py). The shipped student is, on `higfa` (0.023), not on `higfa-robust` (0.039),
+# (python -m benchmarks.speed.world_decoder). The shipped student is, on `higfa` (0.023), not on `higfa-robust` (0.039),
 # the preset of the world workflow and the demo's trace (docs/speed.md), so the VAE guides.
 GUIDANCE_DEFAULT = "vae"
 # 3 stages: 16x16 latent -> 64 px image (the world VAE's 4x), 8 latent channels like the world VAE. TAESD's decoder

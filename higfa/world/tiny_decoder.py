@@ -26,13 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .architecture import GUIDANCE_DEFAULT, TINY_DECODER_CONFIG, TINY_DECODER_FOLDER  # noqa: F401
+from .architecture import TINY_DECODER_CONFIG, TINY_DECODER_FOLDER
 from .train_common import save_fp16
 
-# The architecture and the runtime names (FOLDER, GUIDANCE_DEFAULT, load_tiny_decoder) live on the loader side;
-# jobs/job.py, benchmarks and scripts still read FOLDER and GUIDANCE_DEFAULT here.
-CONFIG = TINY_DECODER_CONFIG
-FOLDER = TINY_DECODER_FOLDER
+# The architecture and the runtime names (TINY_DECODER_FOLDER, GUIDANCE_DEFAULT, load_tiny_decoder): architecture.py.
 SETTINGS: dict[str, Any] = dict(per_class=48, steps=1500, batch=32, lr=2e-3, min_progress=0.5, clean_share=0.25,
                                 encoder_steps=200, grad_weight=1.0, marking_weight=16.0, part_weight=16.0,
                                 check_per_class=8)
@@ -117,7 +114,7 @@ def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
     cotangents, vjps = _teacher_vjps(models, latents, gen) if s["grad_weight"] > 0 else (None, None)
     t_pool = time.perf_counter() - t_pool
     torch.manual_seed(cfg.seed + 29)
-    tiny = AutoencoderTiny(**CONFIG).train()
+    tiny = AutoencoderTiny(**TINY_DECODER_CONFIG).train()
     opt = torch.optim.AdamW(tiny.decoder.parameters(), lr=s["lr"], weight_decay=0.0)
     started, losses, cos_losses = time.perf_counter(), [], []
     for step in range(s["steps"]):
@@ -166,7 +163,7 @@ def train_tiny_decoder(cfg, world, out: Path) -> dict[str, Any]:
             (g_student,) = torch.autograd.grad(tiny.decode(z).sample, z, grad_outputs=cotangents[-256:])
         vjp_cos = round(1 - float(_cosine_loss(g_student, vjps[-256:])), 4)
     check = _check(models, tiny, s["check_per_class"])
-    save_fp16(tiny, out / FOLDER)  # without the block_out_channels diffusers would warn about on load
+    save_fp16(tiny, out / TINY_DECODER_FOLDER)  # without the block_out_channels diffusers would warn about on load
     n_dec = sum(p.numel() for p in tiny.decoder.parameters())
     n_vae = sum(p.numel() for p in models.vae.decoder.parameters()) + sum(
         p.numel() for p in models.vae.post_quant_conv.parameters())
