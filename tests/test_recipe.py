@@ -188,3 +188,23 @@ def test_bad_options_are_one_line_errors(data, tmp_path, capsys, extra, message)
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_overwrite_redoes_the_stages_whose_inputs_changed(recipe, data, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(recipe, out)
+    before = outputs(out)
+    args = ["augment", "--data", str(data), "--out", str(out), *TINY, *ROUND2, "--round2-filter", "0.5"]
+    args[args.index("--guide-steps") + 1] = "3"
+    assert main(args) == 2  # refused without --overwrite
+    assert main([*args, "--overwrite"]) == 0
+    after = outputs(out)
+    key = json.loads((out / "guides" / "round2_guide.key.json").read_text())
+    assert key["recipe"]["guide_steps"] == 3
+    assert load_classifier(out / "guides" / "round2_guide.safetensors").provenance["steps"] == 3
+    round1 = {k: v for k, v in before.items() if k.startswith("round1/")}
+    assert round1 and all(after[k] == v for k, v in round1.items())  # round 1's inputs did not change
+    assert after["guides/round2_guide.safetensors"] != before["guides/round2_guide.safetensors"]
+    assert after["guides/round2_tuned.safetensors"] != before["guides/round2_tuned.safetensors"]

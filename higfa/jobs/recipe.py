@@ -192,10 +192,19 @@ def train_stage(s: AugmentSettings, r: RecipeSettings, out: Path, first_guide: P
                            first.std.flatten().tolist(), **first.model_kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = path.with_suffix(".ckpt")
-    done = train_on_round(clf, real.images, y, Round(syn.images, syn.labels, src), alpha=r.alpha,
-                          steps=r.guide_steps, seed=r.guide_seed, augment=augment_preset(r.guide_augment),
-                          checkpoint=ckpt, checkpoint_every=max(1, -(-len(y) // 64)), run_config=key,
-                          progress=s.progress and not s.quiet)
+    def train():  # a stale checkpoint is refused when it is read, before any weight changes
+        return train_on_round(clf, real.images, y, Round(syn.images, syn.labels, src), alpha=r.alpha,
+                              steps=r.guide_steps, seed=r.guide_seed, augment=augment_preset(r.guide_augment),
+                              checkpoint=ckpt, checkpoint_every=max(1, -(-len(y) // 64)), run_config=key,
+                              progress=s.progress and not s.quiet)
+
+    try:
+        done = train()
+    except ValueError:
+        if not (s.overwrite and ckpt.is_file()):
+            raise  # a checkpoint of other inputs: the error names it and the fix
+        ckpt.unlink()  # --overwrite: another run's checkpoint is not resumed
+        done = train()
     clf = done.classifier
     clf.provenance = provenance(str(s.data), clf.class_names, None, command="augment --rounds 2 (guide)",
                                 synthetic=str(out / "round1"), synthetic_images=len(syn.labels), alpha=r.alpha,
