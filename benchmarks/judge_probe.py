@@ -1,0 +1,234 @@
+"""A quick probe of the judge (issue 25) on the CURRENT built-in world: not the acceptance bench, no downstream.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.judge_probe [--per-species 4] [--arms NAME,...]
+
+Every arm generates the same few-shot sources with the same contour and noise seeds (`benchmarks.seeds`, paired
+across arms), 30 DDIM steps, x̂0 decoded by the world VAE on the classifier path (as the quality bench), and differs
+only in its schedule preset (+ overrides), its guide and its judge (`Guide(judge=...)`: the judge's p drives the
+ramp, the gate and measure_every; the gradient stays the guide's). The two shipped guides pair up: `guidance` (the
+few-shot guide) and `guidance_robust` (its copy tuned by `higfa tune-classifier --adversarial`). Per arm:
+
+- world-oracle species and family accuracy of the final images (the oracle guided none of them);
+- the guide's and the judge's verdicts (species accuracy on the final images) and their fooling gaps (verdict −
+  oracle), and inside sampling the final p_guide, p_judge and their gap (`Trace.fooling_gap`);
+- of the stage-2 sample-steps: the share the gate skipped (gated), the share without a backward pass (gated, or
+  w_cls faded to 0), the mean w_cls; of the stage-2 batch steps: the share with no backward pass at all (the compute
+  the gate and the fade save, batch of --batch);
+- the guided (stage-2) step time, whole step (model call + guidance), and seconds per image;
+- with a judge, what the judge's filter at p ≥ 0.5 on the final image keeps and the oracle's accuracy on it.
+
+Writes benchmarks/results/judge_probe.json after every arm (a rerun skips arms already there with the same
+settings); docs/quality.md "Judge probe" reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "judge_probe.json"
+GUIDES = ("guidance", "guidance_robust")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str
+    preset: str
+    guide: str  # a shipped classifier: guidance | guidance_robust
+    judge: str | None = None  # the other one, or None
+    overrides: tuple = ()  # ((field, value), ...)
+
+    def settings(self) -> dict:
+        return {"preset": self.preset, "guide": self.guide, "judge": self.judge, "overrides": dict(self.overrides)}
+
+
+ARMS = [
+    Arm("higfa", "higfa", "guidance"),
+    Arm("higfa+judge=robust", "higfa", "guidance", "guidance_robust"),
+    Arm("higfa/robust-guide+judge=fewshot", "higfa", "guidance_robust", "guidance"),
+    Arm("higfa-robust", "higfa-robust", "guidance"),
+    Arm("higfa-robust/robust-guide", "higfa-robust", "guidance_robust"),
+    Arm("higfa-judged/robust-guide+judge=fewshot", "higfa-judged", "guidance_robust", "guidance"),
+    Arm("higfa-judged+judge=robust", "higfa-judged", "guidance", "guidance_robust"),
+    Arm("higfa-judged/robust-guide+judge=fewshot,w2", "higfa-judged", "guidance_robust", "guidance",
+        (("classifier_scale", 2.0),)),
+    Arm("higfa-judged/robust-guide+judge=fewshot,skip0.9", "higfa-judged", "guidance_robust", "guidance",
+        (("tau_skip", 0.9),)),
+    Arm("higfa-judged/robust-guide+judge=fewshot,lo0.5", "higfa-judged", "guidance_robust", "guidance",
+        (("tau_lo", 0.5), ("tau_hi", 0.95), ("tau_skip", 0.97))),
+]
+
+
+def load_classifier_named(models, name: str):
+    from higfa.classifier import load_classifier
+
+    if name not in GUIDES:
+        raise ValueError(f"guide/judge {name!r}: choose one of {GUIDES}")
+    return models.guidance if name == "guidance" else load_classifier(models.path / f"{name}.safetensors").float()
+
+
+def generate(models, schedule, guide_clf, judge_clf, judge_name, targets, contours, seeds, steps: int = 30):
+    """One batch: final images [B,H,W,3] uint8 and the sampler result (trace with the judge's p)."""
+    from higfa.backends.denoiser import decode_uint8
+    from higfa.guide import Guide
+    from higfa.judge import map_targets
+    from higfa.sampler import sample
+
+    names = models.world.class_names
+    den = models.denoiser([models.world.prompt(t) for t in targets], contours)
+    decode, dname = models.guidance_decode("vae")
+    judge_kw = {}
+    if judge_clf is not None:
+        judge_kw = dict(judge=judge_clf, judge_target=map_targets(targets, names, judge_clf.class_names),
+                        judge_name=judge_name)
+    guide = Guide(schedule, classifier=guide_clf, decode=decode, target=list(targets), class_names=names,
+                  decoder_name=dname, **judge_kw)
+    result = sample(den, models.noise(seeds), models.noise_schedule.sample_sigmas(steps, "ddim"), guide)
+    return decode_uint8(models.decode(), result.latent), result
+
+
+def trace_stats(traces) -> dict:
+    """Stage-2 counts over the batches' traces: sample-steps gated / without backward, batch steps without
+    backward, mean w_cls, step time, final p_guide / p_judge."""
+    s2 = [r for t in traces for r in t.steps if r.stage == 2]
+    sample_steps = sum(len(r.gated) for r in s2)
+    gated = sum(sum(bool(g) for g in r.gated) for r in s2)
+    no_backward = sum(sum(w <= 0 for w in r.classifier_scale) for r in s2)
+    batch_skip = sum(all(w <= 0 for w in r.classifier_scale) for r in s2)
+    p_guide = [p for t in traces for p in (t.final_confidence() or [])]
+    p_judge = [p for t in traces for p in (t.final_judge_confidence() or [])]
+    w = [x for r in s2 for x in r.classifier_scale]
+    return {"stage2_sample_steps": sample_steps, "gated_sample_steps": gated,
+            "gated_fraction": round(gated / max(sample_steps, 1), 4),
+            "no_backward_fraction": round(no_backward / max(sample_steps, 1), 4),
+            "batch_steps_without_backward_fraction": round(batch_skip / max(len(s2), 1), 4),
+            "mean_stage2_w_cls": round(float(np.mean(w)), 4) if w else None,
+            "guided_step_seconds": round(float(np.mean([r.seconds for r in s2])), 4) if s2 else None,
+            "final_p_guide": round(float(np.mean(p_guide)), 4) if p_guide else None,
+            "final_p_judge": round(float(np.mean(p_judge)), 4) if p_judge else None,
+            "sampling_fooling_gap": (round(float(np.mean(p_guide) - np.mean(p_judge)), 4) if p_judge else None)}
+
+
+def verdicts(models, images: np.ndarray, labels: np.ndarray, guide_clf, judge_clf) -> dict:
+    """World-oracle species / family accuracy, the guide's and judge's verdicts, the judge's filter at 0.5."""
+    from higfa.training import predict
+
+    fam = models.world.family_labels()
+    o = predict(models.oracle, images).argmax(1).numpy()
+    right = o == labels
+    out = {"oracle_species": round(float(right.mean()), 4),
+           "oracle_family": round(float((fam[o] == fam[labels]).mean()), 4)}
+    g = predict(guide_clf, images).argmax(1).numpy()
+    out["guide_species"] = round(float((g == labels).mean()), 4)
+    out["guide_fooling_gap"] = round(out["guide_species"] - out["oracle_species"], 4)
+    if judge_clf is not None:
+        pj = predict(judge_clf, images)
+        out["judge_species"] = round(float((pj.argmax(1).numpy() == labels).mean()), 4)
+        out["judge_fooling_gap"] = round(out["judge_species"] - out["oracle_species"], 4)
+        kept = pj[torch.arange(len(labels)), torch.as_tensor(labels)].numpy() >= 0.5
+        out["judge_filter_0.5"] = {"kept": round(float(kept.mean()), 4),
+                                   "oracle_species_kept": round(float(right[kept].mean()), 4) if kept.any() else None,
+                                   "oracle_species_dropped": (round(float(right[~kept].mean()), 4)
+                                                              if (~kept).any() else None)}
+    return out
+
+
+def run_arm(models, arm: Arm, sources, batch: int) -> dict:
+    from higfa.contour import ContourTransform
+    from higfa.schedule import Schedule
+
+    from .seeds import CONTOUR, NOISE, bench_seed
+
+    schedule = Schedule.from_preset(arm.preset, **dict(arm.overrides))
+    guide_clf = load_classifier_named(models, arm.guide)
+    judge_clf = None if arm.judge is None else load_classifier_named(models, arm.judge)
+    images, traces, t0 = [], [], time.perf_counter()
+    for b in range(0, len(sources), batch):
+        idx = list(range(b, min(b + batch, len(sources))))
+        tg = [int(sources.labels[i]) for i in idx]
+        contours = models.contours(sources.images[idx], [bench_seed(0, CONTOUR, i, 0) for i in idx],
+                                   ContourTransform())
+        img, res = generate(models, schedule, guide_clf, judge_clf, arm.judge, tg, contours,
+                            [bench_seed(0, NOISE, i, 0) for i in idx])
+        images.append(img)
+        traces.append(res.trace)
+    seconds = time.perf_counter() - t0
+    images = np.concatenate(images)
+    labels = np.asarray(sources.labels)
+    out = {"settings": arm.settings(), "schedule": schedule.to_dict(), "images": len(images)}
+    out |= verdicts(models, images, labels, guide_clf, judge_clf) | trace_stats(traces)
+    out["seconds_per_image"] = round(seconds / len(images), 3)
+    return out
+
+
+def table(result: dict) -> str:
+    """The probe's result as the markdown table of docs/quality.md "Judge probe"."""
+    def f(v, signed=False):
+        return "–" if v is None else (f"{v:+.3f}" if signed else f"{v:.3f}")
+
+    rows = ["| arm | preset (overrides) | guide | judge | oracle species | oracle family | guide acc. (gap) | "
+            "judge acc. (gap) | final p_guide / p_judge | gated | no backward | batch steps w/o backward | "
+            "mean w_cls | guided step s | judge filter 0.5: kept, oracle kept / dropped |",
+            "|" + "---|" * 15]
+    for name, a in result["arms"].items():
+        st = a["settings"]
+        over = ", ".join(f"{k} {v}" for k, v in st["overrides"].items())
+        filt = a.get("judge_filter_0.5")
+        rows.append(" | ".join([
+            f"| {name}", st["preset"] + (f" ({over})" if over else ""), st["guide"], st["judge"] or "–",
+            f(a["oracle_species"]), f(a["oracle_family"]), f"{f(a['guide_species'])} ({f(a['guide_fooling_gap'], 1)})",
+            f"{f(a.get('judge_species'))} ({f(a.get('judge_fooling_gap'), 1)})",
+            f"{f(a['final_p_guide'])} / {f(a['final_p_judge'])}", f(a["gated_fraction"]),
+            f(a["no_backward_fraction"]), f(a["batch_steps_without_backward_fraction"]), f(a["mean_stage2_w_cls"]),
+            f(a["guided_step_seconds"]),
+            "–" if not filt else f"{filt['kept']:.3f}, {f(filt['oracle_species_kept'])} / "
+                                 f"{f(filt['oracle_species_dropped'])}"]) + " |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--per-species", type=int, default=4, help="few-shot sources per species (default 4: 64 images)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--arms", help="comma-separated arm names (default: all)")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--table", action="store_true", help="only print --out's result as docs/quality.md's table")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return 0
+    torch.set_num_threads(args.threads)
+    from higfa.world.models import load_world
+
+    arms = ARMS if not args.arms else [a for a in ARMS if a.name in args.arms.split(",")]
+    models = load_world()
+    sources = models.world.split("fewshot", args.per_species)
+    head = {"what": "judge probe on the current world (not the acceptance bench; no downstream)",
+            "per_species": args.per_species, "images_per_arm": len(sources.labels), "steps": 30, "batch": args.batch,
+            "threads": args.threads, "decoder": "vae", "models": "shipped"}
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if {k: result.get(k) for k in head} != head:
+        result = dict(head)
+    result.setdefault("arms", {})
+    for arm in arms:
+        done = result["arms"].get(arm.name)
+        if done is not None and done["settings"] == arm.settings():
+            continue
+        result["arms"][arm.name] = run_arm(models, arm, sources, args.batch)
+        print(arm.name, json.dumps({k: v for k, v in result["arms"][arm.name].items() if k != "schedule"}),
+              flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
