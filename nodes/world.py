@@ -25,15 +25,23 @@ from .world_adapters import load
 # ----------------------------------------------------------------------------- the world's text side
 @dataclass
 class LoadedWorld:
-    """What HiGFA World Loader hands to the text and image nodes: the procedural world, its
-    word-level tokenizer and CLIP text encoder (family words only; species words are unknown), and
-    the guidance classifier whose class names are the species."""
+    """What HiGFA World Loader hands to the text and image nodes: a view of the world's loaded models (the
+    core's `WorldModels`, whose `Components` hold the word-level tokenizer and CLIP text encoder: family words
+    only, species words are unknown), with the guidance classifier whose class names are the species."""
 
-    world: TinyBirds
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    classifier: Classifier
-    path: Path
+    models: WorldModels
+
+    @property
+    def world(self) -> TinyBirds:
+        return self.models.world
+
+    @property
+    def classifier(self) -> Classifier:
+        return self.models.guidance
+
+    @property
+    def path(self) -> Path:
+        return self.models.path
 
     @property
     def class_names(self) -> list[str]:
@@ -41,12 +49,12 @@ class LoadedWorld:
 
     @property
     def device(self) -> torch.device:
-        return next(self.text_encoder.parameters()).device
+        return next(self.models.text_encoder.parameters()).device
 
     def encode(self, text: str) -> torch.Tensor:
-        """[1, L, D]: the core's prompt encoder (WorldModels.encode_prompts reads only tokenizer,
-        text_encoder and device, which this holds), so ComfyUI and `make demo` encode alike."""
-        return WorldModels.encode_prompts(self, [text])
+        """[1, L, D]: the core's prompt encoder (`WorldModels.encode_prompts`), so ComfyUI and `make demo`
+        encode alike."""
+        return self.models.encode_prompts([text])
 
 
 # The world's judge (issue 25; docs/method.md "The judge"): the shipped guide's copy PGD-tuned by `higfa tune-classifier
@@ -142,7 +150,7 @@ class HiGFAWorldLoader(io.ComfyNode):
         root = resolve_path(path)
         model, vae, control, tiny, m = load(root)
         tiny = vae if tiny is None else tiny  # never None: a stock VAE Decode fed by this output must work
-        world = LoadedWorld(m.world, m.text_encoder, m.tokenizer, m.guidance, m.path)
+        world = LoadedWorld(m)
         return io.NodeOutput(model, vae, control, m.guidance, world, "\n".join(world.class_names), tiny,
                              world_judge(root))
 

@@ -140,3 +140,17 @@ def test_builtin_resolves_to_the_world_folder_and_says_how_to_make_it(model_dir,
     assert model_path("builtin") == model_dir
     assert load_components(model_path("builtin")).source["model"] == str(model_dir.resolve())
     assert model_path(tmp_path / "x") == tmp_path / "x"
+
+
+def test_the_built_in_world_holds_its_models_in_one_components():
+    """One holder of loaded models: the world's WorldModels keeps its generation parts in a Components (the
+    type every backend path loads), and its prompt encoder is that Components' one."""
+    from higfa.backends.components import Components
+    from higfa.world.models import load_world
+
+    m = load_world()
+    c = m.components
+    assert isinstance(c, Components) and type(c.scheduler).__name__ == "DDIMScheduler"
+    assert (m.unet, m.controlnet, m.vae, m.text_encoder, m.tokenizer) == (c.unet, c.controlnet, c.vae,
+                                                                          c.text_encoder, c.tokenizer)
+    assert torch.equal(m.encode_prompts(["a photo of a finch"]), c.encode_prompts(["a photo of a finch"]))

@@ -26,7 +26,7 @@ import torch
 
 from ..classifier import Classifier, load_classifier
 from ..contour import ContourTransform, EdgeDetector
-from ..backends.components import encode_prompts
+from ..backends.components import Components
 from ..backends.denoiser import (DiffusersDenoiser, decode_uint8, decoder_name, noise_schedule_from_scheduler,
                                  vae_decode)
 from ..guide import Guide
@@ -48,12 +48,12 @@ class Generation:
 
 @dataclass
 class WorldModels:
+    """A world's loaded models: its generation parts in the one holder every backend path uses
+    (`higfa.backends.components.Components`: UNet, ControlNet, VAE, text encoder, tokenizer, DDIM scheduler;
+    `unet`, `vae`, ... read through to it), its guide and oracle, edge detector and tiny decoder."""
+
     world: TinyBirds
-    unet: torch.nn.Module
-    controlnet: torch.nn.Module
-    vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
+    components: Components
     noise_schedule: NoiseSchedule
     guidance: Classifier  # few-shot, used for guidance
     oracle: Classifier  # many-shot, used only to measure
@@ -61,6 +61,26 @@ class WorldModels:
     path: Path
     info: dict
     tiny_decoder: torch.nn.Module | None = None  # AutoencoderTiny distilled from `vae` (tiny_decoder.py), if shipped
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.components.unet
+
+    @property
+    def controlnet(self) -> torch.nn.Module:
+        return self.components.controlnet
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.components.vae
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self.components.text_encoder
+
+    @property
+    def tokenizer(self):
+        return self.components.tokenizer
 
     @property
     def device(self) -> torch.device:
@@ -73,8 +93,8 @@ class WorldModels:
 
     # ------------------------------------------------------------------ conditioning
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text-encoder hidden states [B, L, D] (`higfa.backends.components.encode_prompts`)."""
-        return encode_prompts(self.tokenizer, self.text_encoder, prompts)
+        """Text-encoder hidden states [B, L, D] (`Components.encode_prompts`)."""
+        return self.components.encode_prompts(list(prompts))
 
     def contours(self, images: np.ndarray, seeds: Sequence[int], transform: ContourTransform | None = None
                  ) -> torch.Tensor:
@@ -189,8 +209,9 @@ def load_world(path: str | Path = ASSETS, device: str | torch.device = "cpu") ->
     for m in (unet, controlnet, vae, text_encoder):
         m.to(device).eval().requires_grad_(False)
     e = info["edge_detector"]
-    return WorldModels(world, unet, controlnet, vae, text_encoder, tokenizer,
-                       noise_schedule_from_scheduler(scheduler),
+    components = Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+                            controlnet=controlnet, source={"model": str(path.resolve())})
+    return WorldModels(world, components, noise_schedule_from_scheduler(scheduler),
                        load_classifier(path / "guidance.safetensors", device).float(),
                        load_classifier(path / "oracle.safetensors", device).float(),
                        EdgeDetector(e["method"], e["low"], e["high"], e["blur"]), path, info,
