@@ -142,11 +142,12 @@ def run(cfg: TrainConfig, stages: list[str], out: Path | None = None, resume: bo
     done = set(json.loads((out / "training.json").read_text()).get("stages", {})) if (
         resume and (out / "training.json").is_file()) else set()
     results = {}
-    _write_world_json(cfg, world, out)  # first: a cut run's folder already says which world it holds
-    for stage in [s for s in known if s in stages]:
-        if stage in done:
-            log(f"stage {stage}: done already (training.json), skipped")
-            continue
+    todo = [s for s in known if s in stages and s not in done]
+    for stage in sorted(set(stages) & done, key=known.index):
+        log(f"stage {stage}: done already (training.json), skipped")
+    if todo:
+        _write_world_json(cfg, world, out)  # first: a cut run's folder already says which world it holds
+    for stage in todo:
         log(f"stage {stage}")
         wall, cpu = time.perf_counter(), time.process_time()
         info = fns[stage](cfg, world, out)
