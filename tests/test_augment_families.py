@@ -188,6 +188,19 @@ def test_zero_snr_v_prediction_guides_by_its_family(tmp_path):
     assert guided >= 2
 
 
+def test_zero_snr_config_with_a_scheduler_that_ignores_it_is_refused():
+    from higfa.backends.components import make_scheduler
+    from higfa.testing.pipeline_folder import tiny_scheduler
+
+    config = tiny_scheduler(**VPRED).config
+    for name in ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc", "ddpm"):
+        assert float(make_scheduler(config, name).alphas_cumprod[-1]) < 1e-6, name
+    for name in ("pndm", "heun", "lms"):
+        with pytest.raises(ValueError, match=f"scheduler '{name}'.*rescale_betas_zero_snr.*Choose one of ddim"):
+            make_scheduler(config, name)
+    make_scheduler(tiny_scheduler().config, "pndm")  # without zero SNR every scheduler stays available
+
+
 @pytest.mark.slow
 def test_v_prediction_zero_snr_folder_augment_end_to_end(tmp_path):
     from higfa.testing.pipeline_folder import save_tiny_pipeline

@@ -337,7 +337,7 @@ def make_scheduler(config: dict[str, Any], name: str = "ddim", options: dict[str
     if cls is None or not hasattr(cls, "from_config"):
         raise ValueError(f"scheduler {name!r}: choose one of {sorted(SCHEDULERS)} or a diffusers scheduler class name")
     if not options:
-        return cls.from_config(dict(config))
+        return _zero_snr_kept(cls.from_config(dict(config)), dict(config), name, cls_name)
     try:  # a bad value surfaces in the constructor or only when timesteps are set: try both here, once
         scheduler = cls.from_config(dict(config), **options)
         copy.deepcopy(scheduler).set_timesteps(2)
@@ -345,6 +345,16 @@ def make_scheduler(config: dict[str, Any], name: str = "ddim", options: dict[str
         why = (str(e).strip().splitlines() or [repr(e)])[0][:160]
         raise ValueError(f"--scheduler-options {json.dumps(options)}: the {cls_name} rejects them "
                          f"({type(e).__name__}: {why})") from None
+    return _zero_snr_kept(scheduler, {**dict(config), **options}, name, cls_name)
+
+
+def _zero_snr_kept(scheduler, config: dict[str, Any], name: str, cls_name: str):
+    """The scheduler, unless the config asks for zero terminal SNR (v-prediction models trained with
+    `rescale_betas_zero_snr`) and the class ignores the option (PNDM, Heun, LMS keep SD's table)."""
+    if config.get("rescale_betas_zero_snr") and float(scheduler.alphas_cumprod[-1]) > 1e-6:
+        raise ValueError(f"scheduler {name!r} ({cls_name}) does not implement rescale_betas_zero_snr, which the "
+                         "model's scheduler config (or --scheduler-options) sets: its noise table would not be the one "
+                         "the model was trained on. Choose one of ddim, euler, euler_a, dpmpp_2m, unipc, ddpm")
     return scheduler
 
 
