@@ -24,12 +24,13 @@ from .drawing import Family, Nuisance, Species
 YELLOW, BLACK, BROWN = (0.98, 0.85, 0.1), (0.08, 0.07, 0.07), (0.22, 0.13, 0.08)
 DARK_BILL = (0.12, 0.1, 0.1)
 MARKINGS = ("crown", "wing_bar", "eye_ring", "beak", "tail_band", "breast_spots")
-# Difficulty, tuned on real images only (docs/world.md "finebirds", headroom check): with markings at 0.8 of
-# tinybirds' size and stronger nuisance (scale 0.72-1.15, rotation 25°, jitter 0.12, 8 clutter items, occlusion
-# 0.35, light 0.35) a 0.44 M-parameter VGG-style CNN reached only 0.48 on 10 real images per species; at 0.9 and
-# milder nuisance test_resnet rose from 0.25 to 0.41, at this setting to 0.46.
-MARKING_SCALE = 1.0
-NUISANCE = Nuisance(scale=(0.8, 1.15), shift=(0.1, 0.08), rotate=20.0, shade=(0.8, 1.15), colour_jitter=0.08,
+# Difficulty, tuned on real images only (docs/world.md "finebirds", headroom check, `python -m higfa.world.headroom`):
+# markings at 0.8 of tinybirds' size with stronger nuisance (scale 0.72-1.15, rotation 25°, jitter 0.12, 8 clutter
+# items, occlusion 0.35, light 0.35) left a VGG-style CNN at 0.48 on 10 real images per species; tinybirds-size
+# markings with this nuisance let it reach 0.80, the top of the band issue 24 asks of a strong network (0.55-0.80),
+# which a stronger or pretrained one would pass. This setting lies between (test_resnet: 0.25, 0.41 here, 0.46).
+MARKING_SCALE = 0.9
+NUISANCE = Nuisance(scale=(0.78, 1.15), shift=(0.1, 0.08), rotate=20.0, shade=(0.8, 1.15), colour_jitter=0.08,
                     clutter=6, occlusion=0.25, light=0.25)
 
 FAMILIES: tuple[Family, ...] = (
