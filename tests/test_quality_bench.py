@@ -19,10 +19,10 @@ def test_results_scorers_and_caches(tmp_path):
     args = ["--shots", "2", "--fidelity-shots", "1", "--steps", "3", "--presets", "cfg", "higfa",
             "--extra", "oracle-guided=higfa,classifier_scale=3,guide=oracle", "--downstream", "cfg", "higfa",
             "--downstream-shots", "2", "1", "--seeds", "0", "1", "--epochs", "2", "--test-per-class", "2",
-            "--threads", "1", "--out", str(out), "--results", str(results), "--doc", str(doc)]
+            "--protocol", "saspa", "--threads", "1", "--out", str(out), "--results", str(results), "--doc", str(doc)]
     doc.write_text("old table\n" + NOTES_MARKER + "\nmy notes\n")
     assert quality.main(args) == 0
-    r = json.loads(results.read_text())
+    r = json.loads(results.read_text())["worlds"]["tinybirds"]
     assert set(r["presets"]) == {"cfg", "higfa", "oracle-guided"}
     for name, p in r["presets"].items():
         for key in ("oracle_species", "oracle_family", "guide_species"):
@@ -58,10 +58,10 @@ def test_results_scorers_and_caches(tmp_path):
     assert {"cfg.npz", "higfa.npz", "oracle-guided.npz", "downstream.json"} <= set(cached)
     assert quality.main(args) == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == cached
-    assert json.loads(results.read_text())["downstream"] == r["downstream"]
+    assert json.loads(results.read_text())["worlds"]["tinybirds"]["downstream"] == r["downstream"]
     # --downstream-from-cache refills the downstream section from the cached runs only (here: all of them)
     assert quality.main(args + ["--downstream-from-cache", "--seeds", "0", "1", "2"]) == 0
-    refilled = json.loads(results.read_text())
+    refilled = json.loads(results.read_text())["worlds"]["tinybirds"]
     assert refilled["presets"] == r["presets"] and refilled["downstream"]["saspa"]["real"]["seeds"] == [0, 1]
     # --only-downstream fills the run cache and leaves the report alone
     before = results.read_bytes()
@@ -71,11 +71,11 @@ def test_results_scorers_and_caches(tmp_path):
     assert quality.main(changed) == 0
     assert (out / "cfg.npz").stat().st_mtime_ns == cached["cfg.npz"]
     assert (out / "oracle-guided.npz").stat().st_mtime_ns != cached["oracle-guided.npz"]
-    assert json.loads(results.read_text())["downstream"] == r["downstream"]  # its arms did not change
+    assert json.loads(results.read_text())["worlds"]["tinybirds"]["downstream"] == r["downstream"]  # arms unchanged
     # --jobs 2: the downstream runs in worker processes give the same numbers (each run is seeded)
     (out / "downstream.json").unlink()
     assert quality.main(changed + ["--jobs", "2"]) == 0
-    assert json.loads(results.read_text())["downstream"] == r["downstream"]
+    assert json.loads(results.read_text())["worlds"]["tinybirds"]["downstream"] == r["downstream"]
 
 
 def test_bad_arms_name_the_option():
@@ -112,10 +112,11 @@ def test_a_filtered_arm_keeps_only_what_its_judge_accepts(tmp_path):
     results = tmp_path / "quality.json"
     args = ["--shots", "2", "--steps", "3", "--presets", "higfa", "--extra",
             f"judged=higfa,filter={judge},filter_threshold=0.2", "--downstream", "judged", "--downstream-shots", "2",
-            "--seeds", "0", "--epochs", "1", "--test-per-class", "1", "--threads", "1", "--out", str(tmp_path / "o"),
+            "--seeds", "0", "--epochs", "1", "--test-per-class", "1", "--protocol", "saspa", "--threads", "1",
+            "--out", str(tmp_path / "o"),
             "--results", str(results), "--doc", ""]
     assert quality.main(args) == 0
-    r = json.loads(results.read_text())
+    r = json.loads(results.read_text())["worlds"]["tinybirds"]
     f = r["presets"]["judged"]["filter"]
     assert f["threshold"] == 0.2 and 0 <= f["kept"] <= 1 and "filter" not in r["presets"]["higfa"]
     if f["kept"] == 1:  # nothing dropped: the kept images' verdicts are the arm's own
@@ -139,7 +140,7 @@ def _one_source_run(extra: str | None, tmp_path: Path) -> tuple[list[str], Path,
             "--downstream", "--test-per-class", "1", "--threads", "1", "--out", str(out), "--results", str(results),
             "--doc", ""]
     assert quality.main(args) == 0
-    return args, out, json.loads(results.read_text())["presets"]
+    return args, out, json.loads(results.read_text())["worlds"]["tinybirds"]["presets"]
 
 
 def test_a_boot_arm_trains_its_guide_on_the_first_rounds_images(tmp_path, monkeypatch):
@@ -295,7 +296,8 @@ def test_make_bench_quality_cache_keys_are_those_of_the_one_file_bench(tmp_path,
     monkeypatch.setattr(downstream, "run_all", no_training)
     monkeypatch.chdir(ROOT)  # the command line's relative paths, as `make` gives them
     out = tmp_path / "out"
-    assert quality.main(["--threads", "1", "--extra", *MAKE_BENCH_QUALITY_EXTRA, "--downstream",
+    # the old protocol, as `make bench-quality` ran it before issue 24 (the converged protocol's keys are new ones)
+    assert quality.main(["--threads", "1", "--protocol", "saspa", "--extra", *MAKE_BENCH_QUALITY_EXTRA, "--downstream",
                          *MAKE_BENCH_QUALITY_DOWNSTREAM, "--only-downstream", "--out", str(out),
                          "--results", str(tmp_path / "q.json"), "--doc", ""]) == 0
     settings = captured["settings"]

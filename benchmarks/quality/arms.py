@@ -17,6 +17,7 @@ from higfa.schedule import PRESETS as SCHEDULE_PRESETS
 from higfa.schedule import Schedule
 from higfa.world.architecture import TINY_DECODER_FOLDER
 from higfa.world.birds import ASSETS
+from higfa.world.catalog import DEFAULT, assets
 
 from .guides import BOOT, TUNE
 
@@ -40,6 +41,9 @@ class Arm:
     filter_threshold: float = 0.5
     # PGD ε: the guide is first tuned by `higfa tune-classifier --adversarial ε` (TUNE's recipe, `tuned_guide`)
     tune: float | None = None
+    # a classifier file that did not guide: its p(target) on x̂0 drives the ramp, the gate and measure_every
+    # (`Guide(judge=...)`, issue 25); the gradient stays the guide's
+    judge: str | None = None
 
     @property
     def boot_of(self) -> str | None:
@@ -58,14 +62,14 @@ def guide_file(guide: str, models_path: Path) -> Path:
 
 
 def parse_extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
-    """NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,filter=PATH[,filter_threshold=T]] -> Arm (guides and
-    filters named by file are compared with the world in `models_path`)."""
+    """NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,judge=PATH][,filter=PATH[,filter_threshold=T]] -> Arm
+    (guides, judges and filters named by file are compared with the world in `models_path`)."""
     name, _, rest = item.partition("=")
     parts = [x for x in rest.split(",") if x]
     if not name or not parts or parts[0] not in SCHEDULE_PRESETS:
         raise ValueError(f"--extra {item!r}: use NAME=PRESET[,FIELD=VALUE...][,guide=oracle|PATH|boot:ARM]"
                          f"[,tune=EPS][,filter=PATH] with a preset of {list(SCHEDULE_PRESETS)}")
-    own = {k: x.partition("=")[2] for x in parts[1:] for k in ("guide", "filter", "filter_threshold", "tune")
+    own = {k: x.partition("=")[2] for x in parts[1:] for k in ("guide", "filter", "filter_threshold", "tune", "judge")
            if x.startswith(k + "=")}
     fields = [x for x in parts[1:] if x.partition("=")[0] not in own]
     tune = None
@@ -77,7 +81,7 @@ def parse_extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
         if not tune >= 0:  # NaN (not a number) fails too
             raise ValueError(f"--extra {item!r}: tune={own['tune']} must be a PGD ε >= 0 (0: tuned without PGD)")
     arm = Arm(name, parts[0], base | Schedule.parse_overrides(fields, "--extra"), own.get("guide", "guidance"),
-              own.get("filter"), float(own.get("filter_threshold", 0.5)), tune)
+              own.get("filter"), float(own.get("filter_threshold", 0.5)), tune, own.get("judge"))
     if arm.tune is not None and arm.guide == "oracle":
         raise ValueError(f"--extra {item!r}: tune= tunes a guide the product could have; the oracle is diagnosis only")
     if arm.boot_of == name:
@@ -86,6 +90,10 @@ def parse_extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
     if arm.filter is not None and (arm.filter == "oracle" or
                                    Path(arm.filter).resolve() == guide_file(arm.guide, models_path).resolve()):
         raise ValueError(f"--extra {item!r}: filter={arm.filter} must be a classifier that did not guide the arm "
+                         "and is not the world oracle (it scores)")
+    if arm.judge is not None and (arm.judge == "oracle" or
+                                  Path(arm.judge).resolve() == guide_file(arm.guide, models_path).resolve()):
+        raise ValueError(f"--extra {item!r}: judge={arm.judge} must be a classifier file that did not guide the arm "
                          "and is not the world oracle (it scores)")
     return arm
 
@@ -115,6 +123,20 @@ def models_digest(folder: Path) -> str:
     return files_digest(folder, parts)
 
 
+def models_folder(args) -> Path:
+    """The world models folder of a run: --models, else the shipped folder of --world (tinybirds by default)."""
+    return Path(args.models) if args.models else assets(getattr(args, "world", DEFAULT))
+
+
+def models_label(args) -> str:
+    """How cache keys name the models folder: --models as given, "shipped" for tinybirds' (the keys of the
+    one-world bench), "shipped:<world>" for another world's."""
+    if args.models:
+        return str(args.models)
+    world = getattr(args, "world", DEFAULT)
+    return "shipped" if world == DEFAULT else f"shipped:{world}"
+
+
 def gen_settings(args, arm: Arm) -> dict:
     """What decides an arm's images (its cache key; `plan_arms` adds the sources and a boot guide's key)."""
     guide = arm.guide
@@ -123,9 +145,11 @@ def gen_settings(args, arm: Arm) -> dict:
     out = {"shots": args.shots, "per_source": args.per_source, "steps": args.steps, "batch": args.batch,
            "seed": args.seed, "contour_transform": ContourTransform().to_dict(), "preset": arm.preset,
            "schedule_overrides": arm.overrides, "guide": guide,
-           "models": f"{args.models or 'shipped'}#{models_digest(Path(args.models or ASSETS).resolve())}"}
+           "models": f"{models_label(args)}#{models_digest(models_folder(args).resolve())}"}
     if arm.tune is not None:  # only tuned arms carry it: the others keep their cached images
         out["tune"] = TUNE | {"adversarial": arm.tune}
+    if arm.judge is not None:  # only judged arms carry it: the others keep their cached images
+        out["judge"] = f"{arm.judge}#{hashlib.sha256(Path(arm.judge).read_bytes()).hexdigest()[:16]}"
     if arm.filter is not None:  # only filtered arms carry it: the others keep their cached images
         out["filter"] = [f"{arm.filter}#{hashlib.sha256(Path(arm.filter).read_bytes()).hexdigest()[:16]}",
                          arm.filter_threshold]

@@ -1,6 +1,12 @@
-"""The quality bench's downstream runs, SaSPA's protocol (higfa/jobs/evaluate.py): a fresh few-shot classifier per
-arm and seed, each real image replaced by one of the arm's variants with probability α; every run's accuracy is
-cached in <out>/downstream.json under everything that decides it (`run_key`)."""
+"""The quality bench's downstream runs: a fresh few-shot classifier per arm and seed, each real image replaced by one
+of the arm's variants with probability α (SaSPA, higfa/jobs/evaluate.py). Two protocols:
+- `saspa` (`run_downstream`, the bench's until issue 24): one architecture, a number of epochs over each arm's real
+  set's size, 10- and 5-shot, real<2·shots> beside;
+- `converged` (`run_converged`, benchmarks/quality/protocol.py): per architecture and shots every arm trains the
+  same steps (chosen so that the real-only arm has plateaued: `CONVERGED_STEPS`), real_x4 beside, the real arm's
+  held-out curve and the headroom in every block.
+Every run's result is cached in <out>/downstream.json under everything that decides it (`run_key`,
+`converged_key`)."""
 
 from __future__ import annotations
 
@@ -13,13 +19,18 @@ from higfa.files import atomic_write_bytes
 from higfa.jobs.evaluate import ImageSet, paired, replacement_set, train_and_test
 from higfa.training import Augment
 
+from . import protocol
+
 
 def run_key(args, shots: int, arm: str, images: dict | None, seed: int, steps: int, test_images: int) -> str:
     """The cache key of one downstream run: arm `arm` (its generation settings `images`, None for real-only arms)
     at `shots` real images per species, seed, training steps; the protocol's settings from `args`."""
-    return json.dumps({"shots": shots, "arm": arm, "images": images, "seed": seed, "steps": steps,
-                       "alpha": args.alpha, "arch": args.downstream_arch, "batch": args.batch_size,
-                       "test": test_images, "models": str(args.models or "shipped")}, sort_keys=True)
+    key = {"shots": shots, "arm": arm, "images": images, "seed": seed, "steps": steps, "alpha": args.alpha,
+           "arch": args.downstream_arch, "batch": args.batch_size, "test": test_images,
+           "models": str(args.models or "shipped")}
+    if getattr(args, "world", "tinybirds") != "tinybirds":  # tinybirds' keys stay those of the one-world bench
+        key["world"] = args.world
+    return json.dumps(key, sort_keys=True)
 
 
 def training_sets(args, world, real_all, shots: int, generated: dict, settings: dict) -> tuple[dict, dict]:
@@ -94,21 +105,29 @@ def run_all(todo: list, test, world, args):
     """(key, accuracy) of each downstream run as it finishes: in this process, or in `--jobs` worker processes
     (one torch thread each unless --threads says otherwise); every run is seeded, so the order changes nothing."""
     def run(submit, task):
+        if len(task) == 9:  # the converged protocol: (key, x, y, w, steps, seed, architecture, pretrained, curve)
+            key, x, y, w, steps, seed, arch, pre, points = task
+            return submit(protocol.train_run, x, y, test.images, test.labels, world.class_names, arch=arch,
+                          size=world.image_size, steps=steps, seed=1000 + seed, weights=w,
+                          batch_size=args.batch_size, pretrained=pre, curve_points=points)
         key, x, y, w, steps, seed = task
         return submit(train_and_test, x, y, test, world.class_names, architecture=args.downstream_arch,
                       size=world.image_size, steps=steps, seed=1000 + seed, weights=w, batch_size=args.batch_size,
                       augment=Augment(noise=0.03, blur=1.0))
 
+    def value(task, result):  # the saspa protocol caches the accuracy, the converged one the accuracy + curve
+        return result if len(task) == 9 else result["accuracy"]
+
     if args.jobs <= 1 or len(todo) <= 1:
         for task in todo:
-            yield task[0], run(lambda f, *a, **k: f(*a, **k), task)["accuracy"]
+            yield task[0], value(task, run(lambda f, *a, **k: f(*a, **k), task))
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(args.threads or 1,)) as pool:
-        futures = {run(pool.submit, task): task[0] for task in todo}
+        futures = {run(pool.submit, task): task for task in todo}
         for future in as_completed(futures):
-            yield futures[future], future.result()["accuracy"]
+            yield futures[future][0], value(futures[future], future.result())
 
 
 def paired_on_common_seeds(res: dict, a: str, b: str) -> dict:
@@ -116,3 +135,97 @@ def paired_on_common_seeds(res: dict, a: str, b: str) -> dict:
     common = [s for s in res[a]["seeds"] if s in res[b]["seeds"]]
     pick = {arm: [x for s, x in zip(res[arm]["seeds"], res[arm]["per_seed"]) if s in common] for arm in (a, b)}
     return paired(pick[a], pick[b]) | {"seeds": common}
+
+
+# The converged protocol's steps per architecture and shots: the smallest length at which the real-only arm's
+# held-out accuracy moved < 0.005 over the last quarter (protocol.choose_steps) on the tinybirds ladder in
+# benchmarks/results/downstream_protocol.json (docs/quality.md "The converged protocol's step count"; tests check
+# the two agree where the ladder chose one). A length the ladder did not choose yet is the longest one measured.
+CONVERGED_STEPS = {"test_resnet": {10: 2400, 5: 2400, 2: 2400}, "resnet18-pre": {10: 2400, 5: 2400, 2: 2400}}
+CONVERGED_SHOTS = (10, 5, 2)
+CURVE_POINTS = 8  # held-out evaluations along the real arm's run (the block's curve)
+
+
+def converged_key(args, world_name: str, arch: str, pretrained: str | None, shots: int, arm: str,
+                  images: dict | None, seed: int, steps: int, test_images: int) -> str:
+    """The cache key of one converged-protocol run (none of the saspa protocol's keys can equal it)."""
+    a = protocol.architecture(arch)
+    return json.dumps({"protocol": "converged", "world": world_name, "shots": shots, "arm": arm, "images": images,
+                       "seed": seed, "steps": steps, "alpha": args.alpha, "arch": a.timm, "lr": a.lr,
+                       "pretrained": pretrained, "batch": args.batch_size, "test": test_images,
+                       "augment": protocol.DOWNSTREAM_AUGMENT.__dict__, "curve": CURVE_POINTS if arm == "real" else 0,
+                       "models": str(args.models or "shipped")}, sort_keys=True)
+
+
+def converged_sets(args, world, real_all, shots: int, generated: dict, settings: dict) -> tuple[dict, dict]:
+    """`training_sets` at `shots` for the converged protocol: real, real_x4 (protocol.MORE_REAL times the real
+    images per species) and real+<arm> for each --downstream arm, at every shot count."""
+    arms, keys = training_sets(args, world, real_all, shots, generated, settings)
+    arms = {k: v for k, v in arms.items() if k != f"real{2 * shots}"}
+    keys = {k: v for k, v in keys.items() if k != f"real{2 * shots}"}
+    more = np.concatenate([real_all.of_class(c)[:protocol.MORE_REAL * shots] for c in range(world.num_classes)])
+    arms["real_x4"] = (real_all.images[more], real_all.labels[more], None, len(more))
+    keys["real_x4"] = None
+    return arms, keys
+
+
+def run_converged(args, world, world_name: str, generated: dict, settings: dict, test, bar) -> dict:
+    """{architecture: {"<k>-shot": block}}, block = {"steps", "arms": {arm: {per_seed, seeds, mean, std,
+    real_images, synthetic_images}}, "paired", "curve" (the real arm's held-out curve per seed), "plateau" (the
+    rule on each), "headroom"}. Oracle-guided arms (guide=oracle) count as the upper bound of the headroom."""
+    cache_file = args.out / "downstream.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    shots_list = args.downstream_shots or list(CONVERGED_SHOTS)
+    real_all = world.split("fewshot", max(args.shots, protocol.MORE_REAL * max(shots_list)))
+    oracle_arms = [f"real+{a.name}" for a in getattr(args, "arm_list", []) if a.guide == "oracle"]
+    out = {}
+    for arch in args.archs:
+        pre = protocol.pretrained_file(protocol.architecture(arch), world, args.out)
+        pre_id = None if pre is None else pre.name
+        out[arch] = {}
+        for shots in shots_list:
+            steps = steps_for(args, arch, shots)
+            arms, keys = converged_sets(args, world, real_all, shots, generated, settings)
+            key_of = {(arm, s): converged_key(args, world_name, arch, pre_id, shots, arm, keys[arm], s, steps,
+                                              len(test)) for arm in arms for s in args.seeds}
+            todo = [] if args.downstream_from_cache else [
+                (key_of[arm, s], x, y, w, steps, s, arch, pre, CURVE_POINTS if arm == "real" else 0)
+                for arm, (x, y, w, _) in arms.items() for s in args.seeds if key_of[arm, s] not in cache]
+            for key, result in run_all(todo, test, world, args):
+                cache[key] = result
+                on_disk = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+                cache = on_disk | cache
+                atomic_write_bytes(cache_file, json.dumps(cache, indent=0).encode())
+                bar.update(1)
+            out[arch][f"{shots}-shot"] = converged_block(arms, key_of, cache, args.seeds, steps, oracle_arms)
+    return out
+
+
+def steps_for(args, arch: str, shots: int) -> int:
+    """--downstream-steps when given, else CONVERGED_STEPS (the ladder's choice)."""
+    if args.downstream_steps:
+        return args.downstream_steps
+    if shots not in CONVERGED_STEPS.get(arch, {}):
+        raise ValueError(f"--downstream-shots {shots}: the converged protocol has no step count for {arch} at "
+                         f"{shots}-shot (CONVERGED_STEPS); measure it (python -m benchmarks.quality.protocol) or "
+                         "pass --downstream-steps")
+    return CONVERGED_STEPS[arch][shots]
+
+
+def converged_block(arms: dict, key_of: dict, cache: dict, seeds, steps: int, oracle_arms) -> dict:
+    """One (architecture, shots) block of `run_converged` from the cached runs (unfinished seeds left out)."""
+    res: dict = {}
+    for arm, (_, y, w, n) in arms.items():
+        runs = [(s, cache[key_of[arm, s]]) for s in seeds if key_of[arm, s] in cache]
+        if runs:
+            accs = [r["accuracy"] for _, r in runs]
+            res[arm] = {"per_seed": accs, "seeds": [s for s, _ in runs], "mean": float(np.mean(accs)),
+                        "std": float(np.std(accs)), "real_images": n,
+                        "synthetic_images": int(len(y) - n) if w is not None else 0}
+    curve = {str(s): cache[key_of["real", s]]["curve"] for s in seeds if key_of["real", s] in cache}
+    pairs = [(a, "real") for a in res if a != "real"] + [(a, "real+cfg") for a in res if a.startswith("real+higfa")]
+    return {"steps": steps, "arms": res,
+            "paired": {f"{a} - {b}": paired_on_common_seeds(res, a, b) for a, b in pairs if a in res and b in res},
+            "curve": curve,
+            "plateau": {s: protocol.plateau(c) for s, c in curve.items() if len(c) >= 2},
+            "headroom": protocol.headroom(res, [a for a in oracle_arms if a in res])}

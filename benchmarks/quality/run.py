@@ -15,13 +15,21 @@ docs/method.md (cfg, contour, classifier-all-steps, higfa) and any extra arm (`-
    edges against its transformed contour, 1 and 2 px tolerance);
 4. diagnosis: the scorer on real test images, blurred to the samples' sharpness and after a VAE
    round trip (the VAE ceiling: no sample can show a marking the VAE loses);
-5. downstream, SaSPA's protocol (higfa/jobs/evaluate.py): a fresh few-shot classifier trained the
-   same epochs per arm, each real image replaced by one of its variants with probability α,
-   seeds paired across arms, 10-shot and 5-shot; arms real, real20 (20 real images per species:
-   "more real data"), real+<arm>; paired 95 % CIs against real.
+5. downstream (benchmarks/quality/downstream.py), each real image replaced by one of its variants with
+   probability α (SaSPA), seeds paired across arms:
+   - `--protocol converged` (default; issue 24, benchmarks/quality/protocol.py): per architecture (`test_resnet`
+     from scratch, `resnet18-pre` pretrained on the world's species outside its test classes) and shots (10, 5,
+     2) every arm trains the same steps, chosen so that the real-only arm has plateaued; arms real, real_x4 (four
+     times the real images per species), real+<arm>; per block the real arm's held-out curve and the headroom
+     (real_x4 − real, the oracle-guided arms' gains, each arm's gain as a fraction of real_x4 − real);
+   - `--protocol saspa` (the bench's until issue 24; its cache keys unchanged): one architecture trained the same
+     epochs per arm, 10-shot and 5-shot; arms real, real20, real+<arm>;
+   paired 95 % CIs against real.
 
-Writes benchmarks/results/quality.json and docs/quality.md (tables; hand-written notes below the
-marker are kept). Generated images are cached in outputs/bench_quality/<arm>.npz (--regenerate).
+--world picks the world (tinybirds, the default, or finebirds once its models are trained: higfa/world/catalog.py).
+Writes benchmarks/results/quality.json (per world: `worlds.<name>`; a run replaces its own world's section and
+keeps the others) and docs/quality.md (every world's tables; hand-written notes below the marker are kept).
+Generated images are cached in outputs/bench_quality/<arm>.npz (--regenerate; another world: its own folder).
 """
 
 from __future__ import annotations
@@ -37,17 +45,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from higfa.classifier import load_classifier
 from higfa.contour import ContourTransform
 from higfa.schedule import Schedule
 from higfa.training import features
-from higfa.world.models import load_world
+from higfa.world.catalog import DEFAULT, WORLDS, assets
+from higfa.world.models import Generation, load_world
 from higfa.world.scorer import SCORER, load_scorer
 
+from ..judge_probe import generate as judge_generate
+from ..judge_probe import verdicts
 from ..seeds import CONTOUR, NOISE, bench_seed
 from .arms import BENCH_DECODER, PRESETS, Arm, Plan, build_arms, cache_ok, plan_arms
-from .downstream import run_downstream
+from .downstream import run_converged, run_downstream
 from .guides import boot_guide, load_guide, tune_key, tuned_guide
-from .report import finite, report, write_doc
+from .protocol import ARCHITECTURES
+from .report import finite, merge_world, report, write_doc
 from .score import diagnosis, filter_keep, score_arm, scorer_info
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +73,7 @@ def generate(models, arm: Arm, guide, sources, which, per_source: int, steps: in
     items = [(int(i), k) for i in which for k in range(per_source)]
     schedule = Schedule.from_preset(arm.preset, **arm.overrides)
     models = dataclasses.replace(models, guidance=guide)
+    judge = None if arm.judge is None else load_classifier(arm.judge).float().eval()
     out = {"images": [], "contours": [], "targets": [], "source": []}
     guided = gated = 0
     t0 = time.perf_counter()
@@ -69,11 +83,16 @@ def generate(models, arm: Arm, guide, sources, which, per_source: int, steps: in
         tg = [int(sources.labels[i]) for i in idx]
         contours = models.contours(sources.images[idx], [bench_seed(seed, CONTOUR, i, k) for i, k in chunk],
                                    ContourTransform())
+        noise = [bench_seed(seed, NOISE, i, k) for i, k in chunk]
         # The world VAE guides every arm, whatever the world's default guidance decoder: the bench measures the
         # method; what the tiny decoder costs in fidelity is benchmarks/speed/world_decoder.py's question.
-        gen = models.generate(schedule, tg, contours, [bench_seed(seed, NOISE, i, k) for i, k in chunk], steps,
-                              callback=lambda *_: bar.update(len(chunk)),  # noqa: B023 (called in this iteration)
-                              guidance_decoder=BENCH_DECODER)
+        if judge is None:
+            gen = models.generate(schedule, tg, contours, noise, steps,
+                                  callback=lambda *_: bar.update(len(chunk)),  # noqa: B023 (called in this iteration)
+                                  guidance_decoder=BENCH_DECODER)
+        else:  # the judge's p drives ramp, gate and filter; the gradient stays the guide's (judge_probe's sampler)
+            gen = Generation(*judge_generate(models, schedule, guide, judge, arm.judge, tg, contours, noise, steps))
+            bar.update(len(chunk) * steps)
         out["images"].append(gen.images)
         out["contours"].append((contours.amax(1) * 255).round().to(torch.uint8).numpy())
         out["targets"].append(tg)
@@ -133,8 +152,6 @@ def produce(args, models, real, plan: Plan, guides: dict) -> dict:
 def evaluate(args, models, plan: Plan, generated: dict, guides: dict, scorer_path: Path, real, test) -> dict:
     """The results file's content but the run time: every arm scored, the diagnosis, the downstream runs (unless
     --no-downstream), the settings."""
-    from tqdm import tqdm
-
     fam = models.world.family_labels()
     scorer = load_scorer(scorer_path)
     real_feats = features(scorer, real.images)
@@ -144,6 +161,7 @@ def evaluate(args, models, plan: Plan, generated: dict, guides: dict, scorer_pat
         results["presets"][a.name] = score_arm(generated[a.name], a, scorer, guides[a.guide_key], models.oracle, fam,
                                                real, real_feats, test_oracle_feats) | {"preset": a.preset,
                                                                                        "overrides": a.overrides}
+        results["presets"][a.name] |= arm_record(models, a, generated[a.name], guides[a.guide_key])
     # diagnosis: the scorer on real test images made as soft as the samples, and after the VAE
     sample_set = generated["higfa"]["images"] if "higfa" in generated else generated[plan.arms[0].name]["images"]
     diag = diagnosis(scorer, models, real, test, real_feats, test_oracle_feats, sample_set, fam)
@@ -157,11 +175,7 @@ def evaluate(args, models, plan: Plan, generated: dict, guides: dict, scorer_pat
                             "kid_oracle": results["presets"]["higfa"]["kid_oracle"],
                             "kid_oracle_of": "higfa (defaults) vs real test images, world oracle pre-logit features"}
     if args.downstream and not args.no_downstream:
-        bar = tqdm(total=len(args.seeds) * sum(1 + len(args.downstream) + (s == args.shots)
-                                               for s in args.downstream_shots),
-                   desc="downstream", unit="run", file=sys.stdout, dynamic_ncols=True)
-        results["downstream"] = run_downstream(args, models.world, generated, plan.settings, test, bar)
-        bar.close()
+        results["downstream"] = downstream(args, models, generated, plan, test)
     results["settings"] = {"shots": args.shots, "per_source": args.per_source, "steps": args.steps,
                            "batch": args.batch, "seed": args.seed,
                            "schedule_overrides": Schedule.parse_overrides(args.set),
@@ -169,9 +183,39 @@ def evaluate(args, models, plan: Plan, generated: dict, guides: dict, scorer_pat
                            "sweep": [a.name for a in plan.arms if "=" in a.name],
                            "test_images": len(test), "downstream_arch": args.downstream_arch, "epochs": args.epochs,
                            "alpha": args.alpha, "seeds": args.seeds, "downstream_shots": args.downstream_shots,
+                           "world": args.world, "protocols": args.protocol, "archs": args.archs,
+                           "downstream_steps": args.downstream_steps,
                            "threads": torch.get_num_threads(),
                            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}"}
     return results
+
+
+def arm_record(models, arm: Arm, g: dict, guide) -> dict:
+    """Issue 25's per-arm record: the resolved schedule, the judge (its file or None), the judge's species accuracy
+    on the final images (None without a judge), the stage-2 sample-steps guided and gated."""
+    out = {"schedule": Schedule.from_preset(arm.preset, **arm.overrides).to_dict(), "judge": arm.judge,
+           "judge_species": None, "guided_sample_steps": g["guided_sample_steps"],
+           "gated_sample_steps": g["gated_sample_steps"]}
+    if arm.judge is not None:
+        judge = load_classifier(arm.judge).float().eval()
+        out["judge_species"] = verdicts(models, g["images"], np.asarray(g["targets"]), guide, judge)["judge_species"]
+    return out
+
+
+def downstream(args, models, generated: dict, plan: Plan, test) -> dict:
+    """protocol -> its results (`run_converged`, `run_downstream`), for each --protocol."""
+    from tqdm import tqdm
+
+    out = {}
+    bar = tqdm(desc="downstream", unit="run", file=sys.stdout, dynamic_ncols=True)
+    if "converged" in args.protocol:
+        out["converged"] = run_converged(args, models.world, args.world, generated, plan.settings, test, bar)
+    if "saspa" in args.protocol:
+        saspa_args = argparse.Namespace(**vars(args))
+        saspa_args.downstream_shots = args.downstream_shots or [10, 5]
+        out |= run_downstream(saspa_args, models.world, generated, plan.settings, test, bar)
+    bar.close()
+    return out
 
 
 def main(argv=None) -> int:
@@ -181,7 +225,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    models = load_world() if args.models is None else load_world(args.models)
+    models = load_world(args.models or assets(args.world))
     scorer_path = args.scorer or models.path / SCORER
     if not scorer_path.is_file():  # fail before generating
         load_scorer(scorer_path)
@@ -190,29 +234,29 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     arms = build_arms(args, models.path)
+    args.arm_list = arms  # the converged protocol counts the oracle-guided arms as the headroom's upper bound
     guides = {a.guide: load_guide(models, a.guide) for a in arms if a.boot_of is None}
     plan = plan_arms(args, arms, real, models.world.num_classes, models.path)
     generated = produce(args, models, real, plan, guides)
     if args.downstream_from_cache:
-        from tqdm import tqdm
-
-        results = json.loads(args.results.read_text())
-        results["downstream"] = run_downstream(args, models.world, generated, plan.settings, test, tqdm(disable=True))
-        results["settings"] |= {"seeds": args.seeds, "epochs": args.epochs, "alpha": args.alpha,
-                                "downstream_shots": args.downstream_shots, "downstream_arch": args.downstream_arch}
+        results = merge_world(json.loads(args.results.read_text()), args.world, None)
+        mine = results["worlds"][args.world]
+        mine["downstream"] = downstream(args, models, generated, plan, test)
+        mine["settings"] |= {"seeds": args.seeds, "epochs": args.epochs, "alpha": args.alpha,
+                             "downstream_shots": args.downstream_shots, "downstream_arch": args.downstream_arch,
+                             "protocols": args.protocol, "archs": args.archs, "downstream_steps": args.downstream_steps}
         args.results.write_text(json.dumps(finite(results), indent=1) + "\n")
         write_doc(args.doc, report(results))
         return 0
     if args.only_downstream:
         # fills the run cache only: --results keeps the whole report (--downstream-from-cache rewrites its section)
-        from tqdm import tqdm
-
-        bar = tqdm(desc="downstream", unit="run", file=sys.stdout)
-        print(json.dumps(run_downstream(args, models.world, generated, plan.settings, test, bar), indent=1))
+        print(json.dumps(downstream(args, models, generated, plan, test), indent=1))
         return 0
 
-    results = evaluate(args, models, plan, generated, guides, scorer_path, real, test)
-    results["seconds_total"] = round(time.perf_counter() - started, 1)
+    mine = evaluate(args, models, plan, generated, guides, scorer_path, real, test)
+    mine["seconds_total"] = round(time.perf_counter() - started, 1)
+    old = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    results = merge_world(old, args.world, mine)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(finite(results), indent=1) + "\n")
     text = report(results)
@@ -227,10 +271,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="*", default=list(PRESETS))
-    p.add_argument("--extra", nargs="*", default=[], metavar="NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS]",
+    p.add_argument("--extra", nargs="*", default=[],
+                   metavar="NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,judge=PATH]",
                    help="more arms: a preset with schedule overrides and/or another guide (guide=oracle: diagnosis "
                    "only; guide=PATH: a classifier file; guide=boot:ARM: a second-round guide trained on ARM's "
                    "images); tune=EPS: that guide tuned first by `higfa tune-classifier --adversarial EPS`; "
+                   "judge=PATH: a classifier that did not guide drives the ramp and the gate (issue 25); "
                    "filter=PATH: a confidence filter downstream; e.g. higfa-oracle=higfa,guide=oracle")
     p.add_argument("--shots", type=int, default=10, help="real images per species used as sources")
     p.add_argument("--fidelity-shots", type=int, default=None,
@@ -253,8 +299,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "existing --results file from the runs cached so far (no training, no rescoring), and rewrite --doc")
     p.add_argument("--no-downstream", action="store_true", help="skip the downstream runs (--downstream still "
                    "decides which arms get all sources)")
-    p.add_argument("--downstream-shots", type=int, nargs="+", default=[10, 5])
-    p.add_argument("--downstream-arch", default="test_resnet")
+    p.add_argument("--downstream-shots", type=int, nargs="+", default=None,
+                   help="shots of the downstream runs (default: 10 5 2 converged, 10 5 saspa)")
+    p.add_argument("--downstream-arch", default="test_resnet", help="the saspa protocol's network (timm name)")
+    p.add_argument("--world", default=DEFAULT, choices=WORLDS, help="the world (its shipped models folder unless "
+                   "--models names another)")
+    p.add_argument("--protocol", nargs="+", default=["converged"], choices=["converged", "saspa"],
+                   help="downstream protocols: converged (issue 24: same steps per block, plateaued real arm, two "
+                   "architectures, headroom) and/or saspa (the old one: epochs over each arm's real set)")
+    p.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES),
+                   help="the converged protocol's networks")
+    p.add_argument("--downstream-steps", type=int, default=None,
+                   help="the converged protocol's steps for every block (default: downstream.CONVERGED_STEPS)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="downstream seeds (paired)")
     p.add_argument("--epochs", type=int, default=250,
                    help="downstream epochs over the real set's size (at 500 every 10-shot arm still gains a few "
@@ -264,9 +320,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--jobs", type=int, default=1, help="downstream runs in parallel worker processes")
     p.add_argument("--models", type=Path, default=None, help="world models folder (default: the shipped ones)")
-    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality", help="image cache folder")
+    p.add_argument("--out", type=Path, default=None,
+                   help="image and run cache folder (default outputs/bench_quality, another world's: _<world>)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
     p.add_argument("--doc", type=lambda s: Path(s) if s else None, default=ROOT / "docs" / "quality.md",
                    help="markdown report ('' = none)")
     p.add_argument("--regenerate", action="store_true", help="ignore cached generated images")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = ROOT / "outputs" / ("bench_quality" if args.world == DEFAULT else f"bench_quality_{args.world}")
+    return args

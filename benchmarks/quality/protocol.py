@@ -1,0 +1,309 @@
+"""The converged downstream protocol (issue 24): every arm of a (world, architecture, shots) block trains the same
+number of steps, chosen so that the real-only arm has plateaued; two architectures; headroom next to every gain.
+
+- The plateau rule (`plateau`, `choose_steps`): a curve of held-out accuracy against training steps has plateaued
+  at S when the accuracy moves less than PLATEAU_TOL (0.005) over the last PLATEAU_TAIL (a quarter) of it, i.e.
+  between 0.75·S (linearly interpolated) and S. The step count of a block is the smallest S of a ladder of full
+  runs (each a whole cosine schedule of S steps, the protocol's) at which the ladder's mean-over-seeds curve has
+  plateaued. `python -m benchmarks.quality.protocol` measures that ladder for the real-only arm and writes
+  benchmarks/results/downstream_protocol.json (docs/quality.md "The converged protocol's step count").
+- Architectures (`ARCHITECTURES`): `test_resnet` from scratch (the bench's network until now) and `resnet18-pre`,
+  the ResNet-18 a user would fine-tune, started from weights pretrained on species of the world that are not
+  among its test classes (`pretraining_world`, `pretrained_file`: a cached, seeded step), the way users start
+  from ImageNet.
+- Headroom (`headroom`): per block, `real_x4 − real` (four times the real images per species, the same steps) and
+  the oracle-guided arms' gains (diagnosis only: no product has the oracle), and each arm's gain as a fraction of
+  `real_x4 − real`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from higfa.files import atomic_write_bytes
+from higfa.jobs.evaluate import paired
+from higfa.training import Augment, evaluate, train_classifier
+
+ROOT = Path(__file__).resolve().parents[2]
+PLATEAU_TOL = 0.005  # accuracy may move less than this ...
+PLATEAU_TAIL = 0.25  # ... over this last fraction of the steps
+# The downstream recipe of both protocols (higfa/jobs/evaluate.py train_and_test + the bench's augmentation).
+DOWNSTREAM_AUGMENT = Augment(noise=0.03, blur=1.0)
+MORE_REAL = 4  # the headroom arm: this many times the real images per species
+# Pretraining on species outside the test classes: images per species of the pretraining world's `train` split,
+# steps, batch, learning rate, seed (the recipe is part of the cache key).
+PRETRAIN = {"per_species": 100, "steps": 2000, "batch_size": 64, "lr": 3e-3, "seed": 0}
+# The pretraining world is the test world's generator with other species and another world seed, so not even a
+# render seed is shared with the test world's splits.
+PRETRAIN_SEED_OFFSET = 7919
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A downstream network: its timm model, its fine-tuning learning rate, and whether it starts from weights
+    pretrained on the world's disjoint species (`PRETRAIN`) or from scratch."""
+    name: str
+    timm: str
+    lr: float = 3e-3
+    pretrained: bool = False
+
+
+ARCHITECTURES = {a.name: a for a in (Architecture("test_resnet", "test_resnet"),
+                                     Architecture("resnet18-pre", "resnet18", lr=1e-3, pretrained=True))}
+
+
+def architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"downstream architecture {name!r}: choose one of {list(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+# ------------------------------------------------------------------ the plateau rule
+def accuracy_at(curve, step: float) -> float:
+    """The accuracy of `curve` ([[steps, accuracy], ...], steps increasing) at `step`, linearly interpolated
+    (clamped to the first / last point outside the curve)."""
+    s = np.asarray([p[0] for p in curve], dtype=float)
+    a = np.asarray([p[1] for p in curve], dtype=float)
+    return float(np.interp(step, s, a))
+
+
+def plateau(curve, tol: float = PLATEAU_TOL, tail: float = PLATEAU_TAIL) -> dict:
+    """Has `curve` ([[steps, accuracy], ...], steps increasing, at least 2 points) plateaued at its last point S?
+    `moved` = max − min of the accuracy over [(1 − tail)·S, S] (the window's start interpolated); plateaued when
+    moved < tol. A curve that does not reach back to (1 − tail)·S cannot say: plateaued False, moved None."""
+    if len(curve) < 2:
+        raise ValueError(f"plateau: a curve needs at least 2 points, got {len(curve)}")
+    steps = [p[0] for p in curve]
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"plateau: the curve's steps must increase, got {steps}")
+    end = steps[-1]
+    start = (1 - tail) * end
+    if steps[0] > start:
+        return {"plateaued": False, "moved": None, "window": [start, end]}
+    inside = [accuracy_at(curve, start)] + [a for s, a in curve if s > start]
+    moved = float(max(inside) - min(inside))
+    return {"plateaued": moved < tol, "moved": round(moved, 6), "window": [start, end]}
+
+
+def choose_steps(curve, tol: float = PLATEAU_TOL, tail: float = PLATEAU_TAIL) -> dict:
+    """The smallest S of `curve` (a ladder: [[S, mean accuracy of full runs of S steps], ...]) at which the curve up
+    to S has plateaued (`plateau`): {"steps": S or None (not within the ladder), "checks": per S its verdict}."""
+    curve = sorted([list(p) for p in curve])
+    checks = [{"steps": curve[i][0]} | plateau(curve[:i + 1], tol, tail) for i in range(1, len(curve))]
+    chosen = next((c["steps"] for c in checks if c["plateaued"]), None)
+    return {"steps": chosen, "rule": f"held-out accuracy moves < {tol} over the last {tail:g} of the steps",
+            "checks": checks}
+
+
+# ------------------------------------------------------------------ headroom
+def headroom(arms: dict, oracle_arms=(), real: str = "real", more: str = "real_x4") -> dict | None:
+    """Headroom of one block. arms: name -> {"per_seed": [...], "seeds": [...]} (paired by seed). Returns
+    {"real", "real_x4" (means), "real_x4_gain" (paired more − real: mean, ci95, per_seed), "oracle" (per
+    oracle-guided arm, its paired gain over real: diagnosis only), "fraction" (per real+<arm>: its mean gain over
+    real / real_x4_gain's mean; None where that headroom is not positive)}; None without both real arms."""
+    if real not in arms or more not in arms:
+        return None
+
+    def gain(a: str) -> dict:
+        common = [s for s in arms[a]["seeds"] if s in arms[real]["seeds"]]
+        pick = {n: [x for s, x in zip(arms[n]["seeds"], arms[n]["per_seed"]) if s in common] for n in (a, real)}
+        return paired(pick[a], pick[real]) | {"seeds": common}
+
+    room = gain(more)
+    out = {real: float(np.mean(arms[real]["per_seed"])), more: float(np.mean(arms[more]["per_seed"])),
+           f"{more}_gain": room, "oracle": {a: gain(a) for a in oracle_arms if a in arms}, "fraction": {}}
+    for a in arms:
+        if a.startswith(f"{real}+"):
+            g = gain(a)["mean"]
+            out["fraction"][a] = float(g / room["mean"]) if room["mean"] > 0 else None
+    return out
+
+
+# ------------------------------------------------------------------ pretraining on disjoint species
+_MARKS = ("crown", "wing_bar", "eye_ring", "beak", "wing_bars", "tail_band", "breast_spots")
+
+
+def _marks(sp) -> tuple:
+    return (sp.family, *[getattr(sp, f) for f in _MARKS])
+
+
+def pretraining_world(world):
+    """The world's generator with species none of whose (family, markings) is a test class: per family, every
+    combination of the marking values its species use, less the world's own species (tinybirds: 24 species,
+    finebirds: the 2 left-out combinations per family, 16), under another world seed."""
+    from higfa.world.drawing import Species
+
+    test = {_marks(s) for s in world.species}
+    out = []
+    for fam in world.family_names:
+        own = [s for s in world.species if s.family == fam]
+        values = [list(dict.fromkeys(getattr(s, f) for s in own)) for f in _MARKS]
+        for k, combo in enumerate(itertools.product(*values)):
+            sp = Species(f"pretrain-{k} {fam}", fam, **dict(zip(_MARKS, combo)))
+            if _marks(sp) not in test:
+                out.append(sp)
+    if not out:
+        raise ValueError(f"world {world.name!r}: no marking combination outside its species is left to pretrain on")
+    return dataclasses.replace(world, seed=world.seed + PRETRAIN_SEED_OFFSET, species=tuple(out),
+                               name=f"{world.name}-pretrain")
+
+
+def pretrain_key(arch: Architecture, world, recipe: dict = PRETRAIN) -> dict:
+    """Everything that decides the pretrained weights: the network, the recipe and the pretraining world's
+    definition (species, families, nuisance, seed, size)."""
+    pre = pretraining_world(world)
+    spec = {"name": pre.name, "seed": pre.seed, "image_size": pre.image_size, "markings": list(pre.markings),
+            "marking_scale": pre.marking_scale, "nuisance": dataclasses.asdict(pre.nuisance),
+            "families": [dataclasses.asdict(f) for f in pre.families],
+            "species": [dataclasses.asdict(s) for s in pre.species]}
+    return json.loads(json.dumps({"timm": arch.timm, "recipe": recipe, "world": spec}))
+
+
+def pretrained_file(arch: Architecture, world, cache_dir: Path, recipe: dict = PRETRAIN, log=print) -> Path | None:
+    """The cached pretrained weights of `arch` on `world`'s disjoint species (None for a from-scratch network):
+    <cache_dir>/pretrain-<arch>-<world>-<key digest>.safetensors with its key beside it (.key.json); trained
+    (seeded) when absent or its key differs."""
+    if not arch.pretrained:
+        return None
+    from safetensors.torch import save_file
+
+    from higfa.classifier import build_classifier
+
+    key = pretrain_key(arch, world, recipe)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"pretrain-{arch.name}-{world.name}-{digest}.safetensors"
+    side = path.with_suffix(".key.json")
+    if path.is_file() and side.is_file() and json.loads(side.read_text()) == key:
+        return path
+    pre = pretraining_world(world)
+    data = pre.split("train", recipe["per_species"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe["seed"])
+        clf = build_classifier(arch.timm, pre.class_names, pre.image_size, mean=(0.5,) * 3, std=(0.5,) * 3)
+    log(f"pretraining {arch.name} on {pre.num_classes} species of {pre.name} ({len(data.labels)} images, "
+        f"{recipe['steps']} steps)")
+    train_classifier(clf, data.images, data.labels, steps=recipe["steps"], batch_size=recipe["batch_size"],
+                     lr=recipe["lr"], seed=recipe["seed"], augment=DOWNSTREAM_AUGMENT)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in clf.model.state_dict().items()}, str(path))
+    atomic_write_bytes(side, json.dumps(key, indent=1).encode())
+    return path
+
+
+def build_downstream(arch: Architecture, classes: list[str], size: int, seed: int, pretrained: Path | None):
+    """A fresh downstream classifier, initialised from `seed` (the same for every arm of a seed); with
+    `pretrained`, its backbone from that file (the classification head stays the seeded fresh one)."""
+    from higfa.classifier import build_classifier
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clf = build_classifier(arch.timm, classes, size, mean=(0.5,) * 3, std=(0.5,) * 3)
+    if pretrained is not None:
+        from safetensors.torch import load_file
+
+        head = clf.model.pretrained_cfg.get("classifier", "fc")
+        state = {k: v for k, v in load_file(str(pretrained)).items() if not k.startswith(f"{head}.")}
+        missing, unexpected = clf.model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith(f"{head}.") for k in missing):
+            raise ValueError(f"pretrained weights {pretrained} do not fit {arch.timm}: missing {missing[:4]}, "
+                             f"unexpected {unexpected[:4]}; delete the file to pretrain again")
+    return clf
+
+
+def train_run(x, y, test_images, test_labels, classes: list[str], *, arch: str, size: int, steps: int, seed: int,
+              weights=None, batch_size: int = 64, pretrained: Path | None = None, curve_points: int = 0) -> dict:
+    """One downstream run: `build_downstream` then the protocol's training (AdamW, cosine, `DOWNSTREAM_AUGMENT`,
+    batch seed `seed`) for `steps`; {"accuracy" on the test images, "curve": [[step, accuracy], ...] at
+    `curve_points` even steps (the last included; 0: only the end)}."""
+    a = architecture(arch)
+    clf = build_downstream(a, classes, size, seed, pretrained)
+    every = max(1, steps // curve_points) if curve_points else 0
+    r = train_classifier(clf, x, y, steps=steps, batch_size=batch_size, lr=a.lr, weights=weights, seed=seed,
+                         augment=DOWNSTREAM_AUGMENT, eval_images=test_images if every else None,
+                         eval_labels=test_labels if every else None, eval_every=every)
+    curve = [[int(h["step"]), round(h["accuracy"], 5)] for h in r.history if "accuracy" in h]
+    acc = curve[-1][1] if curve else round(evaluate(r.classifier, test_images, test_labels)["accuracy"], 5)
+    return {"accuracy": acc, "curve": curve or [[steps, acc]]}
+
+
+# ------------------------------------------------------------------ measuring the step count
+def measure(args) -> dict:
+    """The real-only arm's ladder for each (architecture, shots): full runs of every ladder length per seed (each
+    with its own held-out curve), their means, the rule's choice. Resumable: runs already in --out are kept."""
+    from higfa.world.catalog import make_world
+
+    world = make_world(args.world)
+    test = world.split("test", args.test_per_class)
+    pool = world.split("fewshot", max(args.shots))
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    head = {"what": "real-only arm's held-out accuracy against training length (the converged protocol's step "
+                    "count; issue 24)", "test_images": len(test.labels), "batch_size": args.batch_size,
+            "augment": dataclasses.asdict(DOWNSTREAM_AUGMENT), "pretrain": PRETRAIN}
+    if {k: result.get(k) for k in head} != head:
+        result = dict(head)
+    block = result.setdefault("worlds", {}).setdefault(args.world, {})
+    for steps, arch, shots, seed in itertools.product(sorted(args.ladder), args.arch, args.shots, args.seeds):
+        a = architecture(arch)
+        runs = block.setdefault(arch, {}).setdefault(f"{shots}-shot", {}).setdefault("runs", {})
+        name = f"{steps}/{seed}"
+        if name in runs:
+            continue
+        pre = pretrained_file(a, world, args.cache)
+        keep = np.concatenate([pool.of_class(c)[:shots] for c in range(world.num_classes)])
+        t0 = time.perf_counter()
+        r = train_run(pool.images[keep], pool.labels[keep], test.images, test.labels, world.class_names, arch=arch,
+                      size=world.image_size, steps=steps, seed=1000 + seed, batch_size=args.batch_size,
+                      pretrained=pre, curve_points=args.curve_points)
+        runs[name] = r | {"steps": steps, "seed": seed, "seconds": round(time.perf_counter() - t0, 1)}
+        summarise(block[arch][f"{shots}-shot"])
+        print(f"{args.world} {arch} {shots}-shot {steps} steps seed {seed}: {r['accuracy']:.4f} "
+              f"(curve {[c[1] for c in r['curve']]}) {runs[name]['seconds']} s", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
+    return result
+
+
+def summarise(block: dict) -> None:
+    """A (architecture, shots) block's ladder: per length the mean accuracy over the seeds every length has, and
+    the rule's choice on that curve (in place)."""
+    runs = block["runs"].values()
+    lengths = sorted({r["steps"] for r in runs})
+    seeds = sorted(set.intersection(*[{r["seed"] for r in runs if r["steps"] == n} for n in lengths]))
+    ladder = [[n, round(float(np.mean([r["accuracy"] for r in runs if r["steps"] == n and r["seed"] in seeds])), 5)]
+              for n in lengths]
+    block["seeds"] = seeds
+    block["ladder"] = ladder
+    block["choice"] = choose_steps(ladder) if len(ladder) > 1 else None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality.protocol", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", default="tinybirds")
+    p.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), help=f"of {list(ARCHITECTURES)}")
+    p.add_argument("--shots", type=int, nargs="+", default=[10, 5, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--ladder", type=int, nargs="+", default=[400, 800, 1600, 3200], help="run lengths (steps)")
+    p.add_argument("--curve-points", type=int, default=8, help="held-out evaluations along each run")
+    p.add_argument("--test-per-class", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", type=Path, default=ROOT / "outputs" / "bench_quality", help="pretrained weights")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "downstream_protocol.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    measure(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
