@@ -44,6 +44,19 @@ def test_choose_steps_takes_the_first_length_of_the_ladder_that_plateaued():
     assert protocol.choose_steps(list(reversed(ladder)))["steps"] == 2400  # the ladder's order does not matter
 
 
+def test_a_ladder_is_summarised_over_the_seeds_every_length_has():
+    runs = {f"{n}/{s}": {"steps": n, "seed": s, "accuracy": a} for n, s, a in (
+        (300, 0, 0.70), (300, 1, 0.72), (600, 0, 0.80), (600, 1, 0.82), (1200, 0, 0.803), (1200, 1, 0.821),
+        (2400, 0, 0.9))}  # seed 1 has no 2400 run: the means use seed 0 only
+    block = {"runs": runs}
+    protocol.summarise(block)
+    assert block["seeds"] == [0] and block["ladder"] == [[300, 0.7], [600, 0.8], [1200, 0.803], [2400, 0.9]]
+    assert block["choice"]["steps"] == 1200  # (0.803 - 0.8) over [900, 1200] moved 0.0015
+    table = protocol.ladder_table({"worlds": {"tinybirds": {"test_resnet": {"10-shot": block}}}})
+    assert "| tinybirds | test_resnet | 10-shot | 1 | 300: 0.700, 600: 0.800 (0.050), 1200: 0.803 (0.002)" in table
+    assert table.rstrip().endswith("| 1200 |")
+
+
 def test_headroom_arithmetic():
     arms = {"real": {"per_seed": [0.60, 0.62, 0.64], "seeds": [0, 1, 2]},
             "real_x4": {"per_seed": [0.80, 0.80, 0.82], "seeds": [0, 1, 2]},
@@ -128,7 +141,8 @@ def test_results_are_per_world_with_converged_blocks(tmp_path, monkeypatch):
     for arch in ("test_resnet", "tiny-pre"):
         for shots in ("2-shot", "1-shot"):
             b = w["downstream"]["converged"][arch][shots]
-            assert b["steps"] == 4 and set(b["arms"]) == {"real", "real_x4", "real+cfg", "real+oracle-guided"}
+            assert b["steps"] == 4 and b["steps_from"] == "--downstream-steps"
+            assert set(b["arms"]) == {"real", "real_x4", "real+cfg", "real+oracle-guided"}
             assert all(len(a["per_seed"]) == 2 for a in b["arms"].values())
             k = int(shots[0])
             assert b["arms"]["real_x4"]["real_images"] == 4 * b["arms"]["real"]["real_images"] == 4 * 16 * k

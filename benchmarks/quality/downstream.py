@@ -142,6 +142,8 @@ def paired_on_common_seeds(res: dict, a: str, b: str) -> dict:
 # benchmarks/results/downstream_protocol.json (docs/quality.md "The converged protocol's step count"; tests check
 # the two agree where the ladder chose one). A length the ladder did not choose yet is the longest one measured.
 CONVERGED_STEPS = {"test_resnet": {10: 2400, 5: 2400, 2: 2400}, "resnet18-pre": {10: 2400, 5: 2400, 2: 2400}}
+# The (architecture, shots) whose CONVERGED_STEPS the ladder chose; the others are provisional (each block says which).
+LADDER_CHOSEN: set[tuple[str, int]] = set()
 CONVERGED_SHOTS = (10, 5, 2)
 CURVE_POINTS = 8  # held-out evaluations along the real arm's run (the block's curve)
 
@@ -197,7 +199,9 @@ def run_converged(args, world, world_name: str, generated: dict, settings: dict,
                 cache = on_disk | cache
                 atomic_write_bytes(cache_file, json.dumps(cache, indent=0).encode())
                 bar.update(1)
-            out[arch][f"{shots}-shot"] = converged_block(arms, key_of, cache, args.seeds, steps, oracle_arms)
+            out[arch][f"{shots}-shot"] = converged_block(arms, key_of, cache, args.seeds, steps, oracle_arms) | {
+                "steps_from": ("--downstream-steps" if args.downstream_steps else
+                               "ladder" if (arch, shots) in LADDER_CHOSEN else "provisional")}
     return out
 
 

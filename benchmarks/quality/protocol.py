@@ -285,6 +285,23 @@ def summarise(block: dict) -> None:
     block["choice"] = choose_steps(ladder) if len(ladder) > 1 else None
 
 
+def ladder_table(result: dict) -> str:
+    """downstream_protocol.json as docs/quality.md's table: per world, architecture and shots the ladder's mean
+    accuracies, the rule's verdict at each length and its choice."""
+    rows = ["| world | network | shots | seeds | steps: mean held-out accuracy (moved over the last quarter) | "
+            "chosen |", "|---|---|---|---|---|---|"]
+    for world, archs in result.get("worlds", {}).items():
+        for arch, by_shots in archs.items():
+            for shots, b in by_shots.items():
+                moved = {c["steps"]: c["moved"] for c in (b.get("choice") or {}).get("checks", [])}
+                cells = ", ".join(f"{n}: {a:.3f}" + (f" ({moved[n]:.3f})" if moved.get(n) is not None else "")
+                                  for n, a in b["ladder"])
+                chosen = (b.get("choice") or {}).get("steps")
+                rows.append(f"| {world} | {arch} | {shots} | {len(b['seeds'])} | {cells} | "
+                            f"{chosen if chosen else 'not plateaued yet'} |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality.protocol", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,7 +316,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=Path, default=ROOT / "outputs" / "bench_quality", help="pretrained weights")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "downstream_protocol.json")
+    p.add_argument("--table", action="store_true", help="only print --out's ladder as docs/quality.md's table")
     args = p.parse_args(argv)
+    if args.table:
+        print(ladder_table(json.loads(args.out.read_text())))
+        return 0
     torch.set_num_threads(args.threads)
     measure(args)
     return 0

@@ -152,6 +152,11 @@ def _downstream(r: dict) -> list[str]:
     return lines
 
 
+STEPS_FROM = {"ladder": "where the real-only ladder plateaued, benchmarks/results/downstream_protocol.json",
+              "provisional": "PROVISIONAL: the real-only ladder has not chosen this block's steps yet",
+              "--downstream-steps": "--downstream-steps, not the ladder's choice"}
+
+
 def _converged(d: dict, s: dict) -> list[str]:
     """The converged protocol's blocks: per architecture and shots the arms, gains with CIs, the headroom and the
     fraction of it each arm's gain is, the real arm's plateau verdict."""
@@ -160,8 +165,8 @@ def _converged(d: dict, s: dict) -> list[str]:
         for shots, b in by_shots.items():
             room = b.get("headroom") or {}
             lines += ["", f"## Downstream, converged protocol, `{arch}`, {shots} (held-out real test accuracy)", "",
-                      f"Every arm {b['steps']} steps (the real arm plateaued by the rule: benchmarks/quality/"
-                      f"protocol.py), α = {s['alpha']}, seeds {s['seeds']} paired across arms, {s['test_images']} "
+                      f"Every arm {b['steps']} steps ({STEPS_FROM.get(b.get('steps_from'), 'as given')}), "
+                      f"α = {s['alpha']}, seeds {s['seeds']} paired across arms, {s['test_images']} "
                       "test images. Real arm's plateau (accuracy moved over the last quarter): "
                       + (", ".join(f"seed {k}: {_fmt(v['moved'])} ({'' if v['plateaued'] else 'NOT '}plateaued)"
                                    for k, v in b.get("plateau", {}).items()) or "–") + ".",
