@@ -18,7 +18,7 @@ few-shot guide) and `guidance_robust` (its copy tuned by `higfa tune-classifier 
 - with a judge, what the judge's filter at p ≥ 0.5 on the final image keeps and the oracle's accuracy on it.
 
 Writes benchmarks/results/judge_probe.json after every arm (a rerun skips arms already there with the same
-settings); docs/quality.md "Judge probe" reads it.
+settings and preset values); docs/quality.md "Judge probe" reads it.
 """
 
 from __future__ import annotations
@@ -55,14 +55,16 @@ ARMS = [
     Arm("higfa/robust-guide+judge=fewshot", "higfa", "guidance_robust", "guidance"),
     Arm("higfa-robust", "higfa-robust", "guidance"),
     Arm("higfa-robust/robust-guide", "higfa-robust", "guidance_robust"),
-    Arm("higfa-judged/robust-guide+judge=fewshot", "higfa-judged", "guidance_robust", "guidance"),
-    Arm("higfa-judged+judge=robust", "higfa-judged", "guidance", "guidance_robust"),
-    Arm("higfa-judged/robust-guide+judge=fewshot,w2", "higfa-judged", "guidance_robust", "guidance",
-        (("classifier_scale", 2.0),)),
-    Arm("higfa-judged/robust-guide+judge=fewshot,skip0.9", "higfa-judged", "guidance_robust", "guidance",
-        (("tau_skip", 0.9),)),
-    Arm("higfa-judged/robust-guide+judge=fewshot,lo0.5", "higfa-judged", "guidance_robust", "guidance",
+    # these ran before higfa-judged's tau_skip became 0.8 (chosen from the skip0.8 arm): 0.95 said explicitly
+    Arm("higfa-judged/robust-guide+judge=fewshot", "higfa-judged", "guidance_robust", "guidance",
+        (("tau_skip", 0.95),)),
+    Arm("higfa-judged+judge=robust", "higfa-judged", "guidance", "guidance_robust", (("tau_skip", 0.95),)),
+    # the ramp for a judge, on the pairing the World Loader offers (the few-shot guide judged by guidance_robust)
+    Arm("higfa-judged+judge=robust,lo0.5", "higfa-judged", "guidance", "guidance_robust",
         (("tau_lo", 0.5), ("tau_hi", 0.95), ("tau_skip", 0.97))),
+    Arm("higfa-judged+judge=robust,skip0.8", "higfa-judged", "guidance", "guidance_robust", (("tau_skip", 0.8),)),
+    Arm("higfa-judged+judge=robust,w6", "higfa-judged", "guidance", "guidance_robust",
+        (("classifier_scale", 6.0), ("tau_skip", 0.95))),
 ]
 
 
@@ -206,6 +208,7 @@ def main(argv=None) -> int:
         print(table(json.loads(args.out.read_text())))
         return 0
     torch.set_num_threads(args.threads)
+    from higfa.schedule import Schedule
     from higfa.world.models import load_world
 
     arms = ARMS if not args.arms else [a for a in ARMS if a.name in args.arms.split(",")]
@@ -220,8 +223,9 @@ def main(argv=None) -> int:
     result.setdefault("arms", {})
     for arm in arms:
         done = result["arms"].get(arm.name)
-        if done is not None and done["settings"] == arm.settings():
-            continue
+        schedule = Schedule.from_preset(arm.preset, **dict(arm.overrides)).to_dict()
+        if done is not None and done["settings"] == arm.settings() and done["schedule"] == schedule:
+            continue  # the same arm, the preset's values included
         result["arms"][arm.name] = run_arm(models, arm, sources, args.batch)
         print(arm.name, json.dumps({k: v for k, v in result["arms"][arm.name].items() if k != "schedule"}),
               flush=True)
