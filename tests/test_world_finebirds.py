@@ -205,3 +205,23 @@ def test_headroom_check_runs_and_reports_a_curve():
     assert sum(p.numel() for p in vgg(48).parameters()) < 500_000
     out = headroom("tinybirds", "vgg", [1, 2], steps=4, test_per_class=1, log=lambda *_: None)
     assert set(out) == {1, 2} and all(len(r["curve"]) == 4 and 0 <= r["accuracy"] <= 1 for r in out.values())
+
+
+def test_jobs_name_the_shipped_worlds_for_model_and_data(tmp_path, monkeypatch):
+    """`--model finebirds` is that world's folder ('builtin' stays tinybirds), `--data finebirds:test:1` its split."""
+    from higfa.jobs.labelled import read_labelled
+    from higfa.jobs.model_path import builtin_folder, builtin_world, is_builtin, model_path
+    from higfa.world import birds
+
+    assert [builtin_world(m) for m in ("builtin", "tinybirds", "finebirds", "cub", None)] == [
+        "tinybirds", "tinybirds", "finebirds", None, None]
+    assert is_builtin("finebirds") and not is_builtin(tmp_path)
+    assert builtin_folder("finebirds") == assets("finebirds") and builtin_folder() == assets("tinybirds")
+    monkeypatch.setattr(birds, "ASSETS", tmp_path / "assets")  # no finebirds models there
+    with pytest.raises(FileNotFoundError, match=r"finebirds world's models.*--world finebirds"):
+        model_path("finebirds")
+    data = read_labelled("finebirds:test:1", 64)
+    assert len(data.images) == 48 and data.classes == FINE.class_names and data.labels[0] == FINE.class_names[0]
+    assert read_labelled("builtin:test:1", 64).classes == TinyBirds().class_names
+    with pytest.raises(ValueError, match="finebirds:<split>"):
+        read_labelled("finebirds:holdout", 64)

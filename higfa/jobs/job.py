@@ -117,7 +117,7 @@ def _run(s: AugmentSettings) -> int:
     prompt = s.prompt if s.prompt is not None else (world_text[0] if world_text else DEFAULT_PROMPT)
     check_prompt(prompt)
     schedule = s.build_schedule()
-    classifier_path = s.classifier or (default_builtin_classifier() if is_builtin(s.model) else None)
+    classifier_path = s.classifier or (default_builtin_classifier(s.model) if is_builtin(s.model) else None)
     if s.min_confidence is not None and not (classifier_path or s.filter_classifier):
         raise ValueError("--min-confidence needs --classifier or --filter-classifier (the confidence is a "
                          "classifier's)")

@@ -1,5 +1,5 @@
 """Labelled image sets in memory for the classifier commands: an ImageFolder, a manifest (the formats
-`higfa augment` reads) or a split of the built-in world (`builtin:test`, `builtin:fewshot:10`), read
+`higfa augment` reads) or a split of a shipped world (`builtin:test`, `builtin:fewshot:10`; `finebirds:test`), read
 into uint8 [N,H,W,3] at the classifier's input size, with a label per image.
 
     data = read_labelled("CUB/train", size=224)            # class names from the folders
@@ -18,8 +18,6 @@ import numpy as np
 
 from ..classifier import find_name
 from . import dataset
-
-BUILTIN_PREFIX = "builtin:"
 
 
 @dataclass
@@ -80,7 +78,7 @@ def read_labelled(data: str | Path, size: int, limit: int | None = None, workers
     """Images of an ImageFolder, a CSV/JSON(L) manifest or `builtin:<split>[:<per class>]`, each resized
     (short side) and centre-cropped to size×size. A file that is not a readable image stops the read
     with a one-line error naming it (delete it or move it out of the dataset)."""
-    if str(data).startswith(BUILTIN_PREFIX):
+    if _world_of_spec(str(data)) is not None:
         return _read_builtin(str(data), size)
     from .dataset import SourceError, read_sources, square_image
 
@@ -100,17 +98,26 @@ def read_labelled(data: str | Path, size: int, limit: int | None = None, workers
                     classes if Path(str(data)).is_dir() else sorted({i.label for i in found}), str(data))
 
 
-def _read_builtin(spec: str, size: int) -> Labelled:
-    from ..world.birds import TinyBirds
+def _world_of_spec(spec: str) -> str | None:
+    """The shipped world a `<world>:<split>[:n]` data spec names ('builtin': the default one), else None."""
+    from .model_path import builtin_world
 
-    parts = spec[len(BUILTIN_PREFIX):].split(":")
+    name, sep, _ = spec.partition(":")
+    return builtin_world(name) if sep else None
+
+
+def _read_builtin(spec: str, size: int) -> Labelled:
+    from ..world.catalog import make_world
+
+    prefix, _, rest = spec.partition(":")
+    parts = rest.split(":")
     split = parts[0]
     defaults = {"test": 50, "fewshot": 10, "train": 50, "val": 50}
     if split not in defaults or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
-        raise ValueError(f"--data {spec}: write builtin:<split>[:<images per class>] with split one of "
-                         f"{sorted(defaults)}, e.g. builtin:test")
+        raise ValueError(f"--data {spec}: write {prefix}:<split>[:<images per class>] with split one of "
+                         f"{sorted(defaults)}, e.g. {prefix}:test")
     per_class = int(parts[1]) if len(parts) == 2 else defaults[split]
-    world = TinyBirds()
+    world = make_world(_world_of_spec(spec))
     s = world.split(split, per_class)
     images = s.images
     if images.shape[1] != size:

@@ -100,7 +100,7 @@ def run_recipe(s: AugmentSettings, r: RecipeSettings) -> int:
                          "torchrun as its own `higfa augment`, then --rounds 2 in one process resumes from it")
     out = Path(s.out).expanduser()
     check_folders(Path(s.data).expanduser(), out)
-    first_guide = s.classifier or (default_builtin_classifier() if is_builtin(s.model) else None)
+    first_guide = s.classifier or (default_builtin_classifier(s.model) if is_builtin(s.model) else None)
     if not first_guide:
         raise ValueError("--rounds 2 needs --classifier (your first guide: it guides round 1 and judges round 2)")
     claim(out, s, r)

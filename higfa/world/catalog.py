@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .birds import ASSETS, TinyBirds
+from . import birds
+from .birds import TinyBirds
 from .finebirds import finebirds
 
 DEFAULT = "tinybirds"
@@ -32,4 +33,4 @@ def assets(name: str = DEFAULT) -> Path:
     """The shipped models folder of world `name` (it may be incomplete while the world is being trained)."""
     if name not in WORLDS:
         raise ValueError(f"unknown world {name!r}: choose one of {list(WORLDS)}")
-    return ASSETS if name == DEFAULT else ASSETS.parent / f"assets_{name}"
+    return birds.model_path() if name == DEFAULT else birds.ASSETS.parent / f"assets_{name}"
