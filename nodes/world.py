@@ -16,6 +16,7 @@ import torch
 
 from ..higfa.classifier import Classifier, load_classifier
 from ..higfa.world.birds import SPLITS, TinyBirds, model_path
+from ..higfa.world.catalog import DEFAULT, WORLDS, assets
 from ..higfa.world.models import WorldModels
 from ._comfy import CATEGORY, CLASSIFIER, WORLD, io
 from ._paths import ALLOWED_ROOTS_ENV, confine
@@ -90,14 +91,17 @@ def _builtin_classifier() -> Classifier:
 
 
 # ----------------------------------------------------------------------------- loading
-def resolve_path(path: str) -> Path:
-    """'' -> the built-in world; otherwise a folder inside ComfyUI's models folder (relative, or absolute
-    there), the built-in world's own folder, or a root in HIGFA_ALLOWED_ROOTS. Checked before anything
-    under it is listed or read."""
+def resolve_path(path: str, world: str = DEFAULT) -> Path:
+    """'' -> the shipped folder of `world` (tinybirds, finebirds: higfa.world.catalog); otherwise a folder inside
+    ComfyUI's models folder (relative, or absolute there), a shipped world's own folder, or a root in
+    HIGFA_ALLOWED_ROOTS. Checked before anything under it is listed or read."""
+    if world not in WORLDS:
+        raise ValueError(f"HiGFA World Loader's world {world!r}: choose one of {list(WORLDS)}")
     text = (path or "").strip()
     if not text:
-        return model_path()
-    return confine(text, folder_paths.models_dir, "HiGFA World Loader's path", extra=(model_path(),))[0]
+        return assets(world)
+    return confine(text, folder_paths.models_dir, "HiGFA World Loader's path",
+                   extra=tuple(assets(w) for w in WORLDS))[0]
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -115,7 +119,12 @@ class HiGFAWorldLoader(io.ComfyNode):
             inputs=[io.String.Input("path", default="", optional=True,
                                     tooltip="Empty: the built-in world. Otherwise a folder written by `higfa "
                                             "train-world --out`, inside ComfyUI's models folder (other folders "
-                                            f"only when the server's owner lists them in {ALLOWED_ROOTS_ENV}).")],
+                                            f"only when the server's owner lists them in {ALLOWED_ROOTS_ENV})."),
+                    io.Combo.Input("world", options=list(WORLDS), default=DEFAULT, optional=True,
+                                   tooltip="Which shipped world an empty path loads: tinybirds (the demo's, 16 "
+                                           "species) or finebirds (48 species told apart by combinations of "
+                                           "subtler markings, more nuisance; docs/world.md). A path overrides it: "
+                                           "the folder's world.json names its world.")],
             outputs=[io.Model.Output(display_name="MODEL"), io.Vae.Output(display_name="VAE"),
                      io.ControlNet.Output(display_name="CONTROL_NET", tooltip="The contour ControlNet (Canny "
                                                                               "edges at 64 px, white on black)."),
@@ -139,15 +148,15 @@ class HiGFAWorldLoader(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, path: str = "", **_):
+    def fingerprint_inputs(cls, path: str = "", world: str = DEFAULT, **_):
         # Reload when the world is retrained (`higfa train-world`), not only when the path changes.
-        root = resolve_path(path)
+        root = resolve_path(path, world)
         files = sorted(root.rglob("*")) if root.is_dir() else []
         return repr([(str(f.relative_to(root)), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file()])
 
     @classmethod
-    def execute(cls, path: str = "") -> io.NodeOutput:
-        root = resolve_path(path)
+    def execute(cls, path: str = "", world: str = DEFAULT) -> io.NodeOutput:
+        root = resolve_path(path, world)
         model, vae, control, tiny, m = load(root)
         tiny = vae if tiny is None else tiny  # never None: a stock VAE Decode fed by this output must work
         world = LoadedWorld(m)

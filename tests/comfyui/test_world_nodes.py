@@ -383,3 +383,18 @@ def test_world_workflow_runs_through_the_server(server, world_path):
     assert traces["Sampler: higfa-robust"].get("judge") is None
     images = entry["outputs"][kinds["SaveImage"]]["images"]
     assert len(images) == 1 and (server.base / "output" / images[0]["subfolder"] / images[0]["filename"]).is_file()
+
+
+def test_loader_world_choice_picks_a_shipped_world_folder(world):
+    """The loader's last input names the shipped world an empty path loads (finebirds beside tinybirds); it is
+    appended last, so saved workflows keep their widget values."""
+    from higfa.world.catalog import WORLDS, assets
+
+    W = world["W"]
+    for name in WORLDS:
+        assert W.resolve_path("", name) == assets(name)
+    assert W.resolve_path("") == assets("tinybirds")
+    with pytest.raises(ValueError, match="world 'cub'"):
+        W.resolve_path("", "cub")
+    inputs = W.HiGFAWorldLoader.define_schema().inputs
+    assert [i.id for i in inputs] == ["path", "world"]
