@@ -38,7 +38,7 @@ def vgg(num_classes: int) -> nn.Sequential:
 
 
 def headroom(world_name: str, arch: str, shots: list[int], steps: int, test_per_class: int = 10, seed: int = 0,
-             log=print) -> dict:
+             log=lambda msg: print(msg, flush=True)) -> dict:
     """{shots: {"accuracy", "curve", "seconds"}}: `arch` trained on the first k `train` images per species."""
     world = make_world(world_name)
     test = world.split("test", test_per_class)
