@@ -18,27 +18,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from classifier_support import SPECIES, TINY, species_folder
 from higfa.jobs.cli import main
 from higfa.jobs.dataset import save_image
 from higfa.world.birds import TinyBirds
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECIES = ["red-crowned finch", "plain jay", "spectacled dove"]
-TINY = ["--architecture", "test_resnet", "--input-size", "32", "--batch-size", "4", "--mean", ".5", ".5", ".5",
-        "--std", ".5", ".5", ".5", "--no-progress"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    world = TinyBirds()
-    split = world.split("fewshot", 4)
-    root = tmp_path_factory.mktemp("data") / "train"
-    for name in SPECIES:
-        k = world.class_names.index(name)
-        for n, img in enumerate(split.images[split.labels == k]):
-            save_image(root / name / f"im{n}.png", img)
-    return root
+    return species_folder(tmp_path_factory.mktemp("data") / "train")
 
 
 @pytest.fixture(scope="module")

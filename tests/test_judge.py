@@ -19,6 +19,7 @@ from higfa.guide import Guide
 from higfa.judge import confidence_filter, judge_view_seed, map_targets, scores
 from higfa.sampler import sample
 from higfa.schedule import Schedule
+from higfa.testing.stand_ins import Confident
 from higfa.trace import Trace
 
 STEPS = 12
@@ -30,16 +31,6 @@ def sigmas(tiny_world):
     return tiny_world.noise_schedule.sample_sigmas(STEPS)
 
 
-class Confident(torch.nn.Module):
-    """Sure (p ≈ 1) or unsure (p ≈ 1/4) of class `k`, yet differentiable (as in test_sampler)."""
-
-    def __init__(self, k, sure=True):
-        super().__init__()
-        self.k, self.sure = k, sure
-
-    def forward(self, image):
-        onehot = torch.nn.functional.one_hot(torch.tensor(self.k), 4).float()
-        return onehot * (image.mean((1, 2, 3))[:, None] * 0.1 + (20.0 if self.sure else 0.0))
 
 
 def _before_judge():

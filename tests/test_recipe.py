@@ -14,10 +14,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from classifier_support import species_folder  # noqa: E402
 from higfa.classifier import load_classifier  # noqa: E402
 from higfa.jobs.cli import main  # noqa: E402
-from higfa.jobs.dataset import save_image  # noqa: E402
-from higfa.world.birds import ASSETS, TinyBirds  # noqa: E402
+from higfa.world.birds import ASSETS  # noqa: E402
 
 SPECIES = ["red-crowned finch", "plain jay"]
 TINY = ["--model", "builtin", "--steps", "3", "--variants", "1", "--threads", "1", "--no-progress", "--quiet"]
@@ -33,14 +33,7 @@ def _restore_threads():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    world = TinyBirds()
-    split = world.split("fewshot", 2)
-    root = tmp_path_factory.mktemp("recipe") / "train"
-    for name in SPECIES:
-        k = world.class_names.index(name)
-        for n, img in enumerate(split.images[split.labels == k]):
-            save_image(root / name / f"im{n}.png", img)
-    return root
+    return species_folder(tmp_path_factory.mktemp("recipe") / "train", SPECIES, per_class=2)
 
 
 def outputs(out: Path) -> dict[str, str]:

@@ -7,6 +7,7 @@ import torch
 from higfa.guide import Guide
 from higfa.sampler import sample
 from higfa.schedule import Schedule
+from higfa.testing.stand_ins import Confident
 
 STEPS = 30
 
@@ -58,17 +59,6 @@ def test_stage1_never_calls_the_classifier(tiny_world, sigmas, counting):
     assert all(r.confidence is not None for r in rows if r.stage == 2)
 
 
-class Confident(torch.nn.Module):
-    """Always sure of class `k` (p ≈ 1), yet differentiable."""
-
-    def __init__(self, k, sure=True):
-        super().__init__()
-        self.k, self.sure = k, sure
-
-    def forward(self, image):
-        onehot = torch.nn.functional.one_hot(torch.tensor(self.k), 4).float()
-        # the target logit depends on the image, so log p has a non-zero gradient
-        return onehot * (image.mean((1, 2, 3))[:, None] * 0.1 + (20.0 if self.sure else 0.0))
 
 
 def test_gating_skips_the_backward_when_confident(tiny_world, sigmas):

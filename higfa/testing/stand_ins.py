@@ -85,3 +85,16 @@ class TinyStack:
     def noise(self, batch: int = 1, seed: int = 0) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return torch.randn(batch, 4, self.latent_size, self.latent_size, generator=g)
+
+
+class Confident(torch.nn.Module):
+    """A 4-class classifier sure (p ≈ 1) or unsure (p ≈ 1/4) of class `k` for any image [B,3,H,W] -> logits [B,4],
+    yet differentiable: the target logit depends on the image, so log p has a non-zero gradient."""
+
+    def __init__(self, k: int, sure: bool = True):
+        super().__init__()
+        self.k, self.sure = k, sure
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        onehot = torch.nn.functional.one_hot(torch.tensor(self.k), 4).float()
+        return onehot * (image.mean((1, 2, 3))[:, None] * 0.1 + (20.0 if self.sure else 0.0))

@@ -1,3 +1,6 @@
+# FROZEN COPY of higfa/guide.py at commit 963bdc8 (before the judge), kept on purpose: tests/test_judge.py
+# (test_without_a_judge_every_output_is_bit_identical_to_before) runs it beside today's code to prove that
+# without a judge every output is bit-identical. Do not edit, refactor or de-duplicate it.
 """The per-evaluation controller that applies a Schedule inside any sampler loop.
 
 Every backend (the reference sampler, the diffusers backend, the ComfyUI guider) does the same
