@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 class TraceStep:
     index: int  # sampling step (position of σ in the run's sigma list)
     progress: float  # π, noise-level percent
-    sigma: float
+    sigma: float  # ∞ at zero terminal SNR; JSON writes it null (strict JSON has no Infinity)
     stage: int
     cfg: float  # w_txt
     contour: float  # λ
@@ -180,6 +181,9 @@ class Trace:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
+        """The trace as JSON-ready data. Non-finite floats (σ = ∞ at zero terminal SNR; anything else that is
+        inf or NaN) become None, i.e. null, since strict JSON parsers refuse `Infinity`/`NaN`; a trace without
+        them is unchanged, byte for byte. `from_dict` reads a null σ back as ∞."""
         data = {"schedule": self.schedule, "target": self.target, "class_names": self.class_names,
                 "guidance_decoder": self.guidance_decoder, "summary": self.summary(),
                 "steps": [_row(s) for s in self.steps]}
@@ -187,14 +191,17 @@ class Trace:
             data["preview"] = self.preview
         if self.judge is not None:
             data["judge"] = self.judge
-        return data
+        return _strict(data)
 
     def to_json(self, **kw: Any) -> str:
-        return json.dumps(self.to_dict(), **kw)
+        """Strict JSON: non-finite floats are null (see `to_dict`), so any JSON parser reads it."""
+        return json.dumps(self.to_dict(), allow_nan=False, **kw)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trace":
-        return cls(steps=[TraceStep(**s) for s in data.get("steps", [])], schedule=data.get("schedule", {}),
+        steps = [TraceStep(**{**s, "sigma": math.inf if s.get("sigma", 0.0) is None else s["sigma"]})
+                 for s in data.get("steps", [])]  # a null σ was ∞ (zero terminal SNR)
+        return cls(steps=steps, schedule=data.get("schedule", {}),
                    target=data.get("target"), class_names=data.get("class_names"), preview=data.get("preview"),
                    guidance_decoder=data.get("guidance_decoder"), judge=data.get("judge"))
 
@@ -328,6 +335,17 @@ def _plot_judged(ax, rows: list[TraceStep], pi: np.ndarray) -> None:
 JUDGE_COLORS = ("tab:green", "tab:purple", "tab:red")  # p_guide, p_judge, the gap between them
 STRIP_HEIGHT = 110  # px added below the chart for the gradient-map strip
 MAX_MAPS = 8
+
+
+def _strict(value: Any) -> Any:
+    """`value` with every non-finite float inside dicts/lists/tuples replaced by None (JSON null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _row(step: TraceStep) -> dict[str, Any]:

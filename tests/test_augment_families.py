@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from augment_support import N_ITEMS, args_for, assert_same_outputs, images, make_world, manifest, run_cli, start_augment
+from higfa.trace import Trace
 from test_augment import finished_records, interrupt
 
 VPRED = {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
@@ -175,6 +176,9 @@ def test_zero_snr_v_prediction_guides_by_its_family(tmp_path):
     result = sample_with_scheduler(parts["unet"], scheduler, torch.randn(1, 4, 8, 8, generator=g), guide, emb, steps=6)
     assert torch.isfinite(result.latent).all() and guide.sampling == "v_prediction"
     assert steps[0][2].sigma == float("inf") and steps[0][2].progress == 0.0
+    text = result.trace.to_json()  # strict JSON: σ = ∞ is written as null, read back as ∞
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))["steps"][0]["sigma"] is None
+    assert Trace.from_json(text).steps[0].sigma == float("inf")
     ns = noise_schedule_from_scheduler(scheduler)
     guided = 0
     for (x0, new, plan), row in zip(steps, result.trace.steps):

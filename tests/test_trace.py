@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -86,3 +87,32 @@ def test_trace_energy_inside_per_step():
     mask = np.eye(4, dtype=bool)
     assert t.energy_inside(mask) == [1.0]
     assert Trace.from_json(t.to_json()).steps[-1].grad_map == [np.eye(4).tolist()]
+
+
+def test_non_finite_values_are_written_as_null_and_read_back():
+    """Zero terminal SNR puts σ = ∞ in the first row: the JSON must still be strict (no `Infinity`/`NaN`, which
+    strict parsers refuse), σ comes back as ∞, and every other non-finite float is null too."""
+    t = make_trace()
+    t.steps[0].sigma = float("inf")
+    t.steps[-1].grad_norm = [float("nan")]
+
+    def refuse(name):
+        raise ValueError(f"non-strict JSON constant {name}")
+
+    text = t.to_json(indent=1)
+    assert "Infinity" not in text and "NaN" not in text
+    data = json.loads(text, parse_constant=refuse)
+    assert data["steps"][0]["sigma"] is None and data["steps"][-1]["grad_norm"] == [None]
+    assert data["steps"][1]["sigma"] == t.steps[1].sigma  # finite values untouched
+    again = Trace.from_json(text)
+    assert again.steps[0].sigma == float("inf") and again.steps[1:-1] == t.steps[1:-1]
+
+
+def test_a_finite_trace_writes_the_same_bytes_as_plain_json():
+    """The null rule changes nothing for a trace without non-finite values (saved traces keep their bytes)."""
+    t = make_trace()
+    plain = {"schedule": t.schedule, "target": t.target, "class_names": t.class_names,
+             "guidance_decoder": t.guidance_decoder, "summary": t.summary(),
+             "steps": [{k: v for k, v in dataclasses.asdict(s).items()
+                        if not (k in ("grad_map", "judge_confidence") and v is None)} for s in t.steps]}
+    assert t.to_json(indent=1) == json.dumps(plain, indent=1)
