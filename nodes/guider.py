@@ -75,7 +75,9 @@ class HiGFAGuider(io.ComfyNode):
             description="GUIDER for SamplerCustomAdvanced (any sampler and scheduler): text CFG + contour at fixed "
                         "strengths, then confidence-modulated strengths and gated classifier guidance (the confidence "
                         "is the judge's when one is connected). Read its trace with HiGFA Trace.",
-            inputs=[io.Model.Input("model", tooltip="The diffusion model (SD 1.5 in the shipped workflows)."),
+            inputs=[io.Model.Input("model", tooltip="The diffusion model, any family in README's 'Model families' "
+                                                    "(SD 1.x/2.x, SDXL, SD3, Flux; SD 1.5 in most shipped "
+                                                    "workflows). HiGFA reads its family from the model."),
                     io.Conditioning.Input("positive", tooltip="Text prompt, e.g. 'a photo of a <class>'."),
                     io.Conditioning.Input("negative", tooltip="Negative prompt: CFG's unconditional branch."),
                     SCHEDULE.Input("schedule", tooltip="From HiGFA Schedule; its cfg replaces a cfg widget."),

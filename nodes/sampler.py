@@ -31,7 +31,9 @@ class HiGFASampler(io.ComfyNode):
                         "per-step trace as a plot and as JSON. An optional judge (a classifier that did not guide) "
                         "sets the confidence the schedule follows.",
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SD 1.5 in the shipped workflows)."),
+                io.Model.Input("model", tooltip="The diffusion model, any family in README's 'Model families' "
+                                                "(SD 1.x/2.x, SDXL, SD3, Flux; SD 1.5 in most shipped "
+                                                "workflows). HiGFA reads its family from the model."),
                 io.Conditioning.Input("positive", tooltip="Text prompt, e.g. 'a photo of a <class>'."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt: CFG's unconditional branch."),
                 SCHEDULE.Input("schedule", tooltip="From HiGFA Schedule; its cfg replaces a cfg widget."),
