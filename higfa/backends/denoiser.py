@@ -185,6 +185,7 @@ def sample_with_scheduler(unet, scheduler, noise: torch.Tensor, guide, embedding
     "uncond": {...}}; None for SD 1.x/2.x. The guide's `sampling` follows the scheduler's prediction_type
     (v_prediction or eps: x = x0 + σ·ε either way; `higfa.families`).
     Returns a `higfa.sampler.SampleResult` (final latent, trace, costs).
+    One function (over 80 lines) so the per-step order above reads top to bottom, as in higfa.sampler.sample.
     """
     import inspect
     import time

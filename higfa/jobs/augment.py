@@ -93,6 +93,8 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    """Add `higfa augment` and its options to `subparsers`. A flat list of add_argument calls in --help's order
+    (over 80 lines): splitting it would only scatter the options across functions."""
     p = subparsers.add_parser("augment", help="augment a whole dataset with HiGFA (resumable, torchrun/SLURM sharding)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = p.add_argument_group("data")
