@@ -182,7 +182,10 @@ def run_converged(args, world, world_name: str, generated: dict, settings: dict,
     oracle_arms = [f"real+{a.name}" for a in getattr(args, "arm_list", []) if a.guide == "oracle"]
     out = {}
     for arch in args.archs:
-        pre = protocol.pretrained_file(protocol.architecture(arch), world, args.out)
+        a = protocol.architecture(arch)
+        # --downstream-from-cache trains nothing: the weights' name (their key's digest) finds the cached runs
+        pre = (None if not a.pretrained else protocol.pretrained_path(a, world, args.out)) \
+            if args.downstream_from_cache else protocol.pretrained_file(a, world, args.out)
         pre_id = None if pre is None else pre.name
         out[arch] = {}
         for shots in shots_list:

@@ -168,6 +168,13 @@ def pretrain_key(arch: Architecture, world, recipe: dict = PRETRAIN) -> dict:
     return json.loads(json.dumps({"timm": arch.timm, "recipe": recipe, "world": spec}))
 
 
+def pretrained_path(arch: Architecture, world, cache_dir: Path, recipe: dict = PRETRAIN) -> Path:
+    """Where `pretrained_file` keeps `arch`'s weights pretrained on `world`'s disjoint species (named by the key's
+    digest: what the downstream runs' cache keys name), whether or not they exist yet."""
+    digest = hashlib.sha256(json.dumps(pretrain_key(arch, world, recipe), sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"pretrain-{arch.name}-{world.name}-{digest}.safetensors"
+
+
 def pretrained_file(arch: Architecture, world, cache_dir: Path, recipe: dict = PRETRAIN, log=print) -> Path | None:
     """The cached pretrained weights of `arch` on `world`'s disjoint species (None for a from-scratch network):
     <cache_dir>/pretrain-<arch>-<world>-<key digest>.safetensors with its key beside it (.key.json); trained
@@ -179,8 +186,7 @@ def pretrained_file(arch: Architecture, world, cache_dir: Path, recipe: dict = P
     from higfa.classifier import build_classifier
 
     key = pretrain_key(arch, world, recipe)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"pretrain-{arch.name}-{world.name}-{digest}.safetensors"
+    path = pretrained_path(arch, world, cache_dir, recipe)
     side = path.with_suffix(".key.json")
     if path.is_file() and side.is_file() and json.loads(side.read_text()) == key:
         return path
