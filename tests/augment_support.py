@@ -144,3 +144,25 @@ def wait_for_records(proc, out: Path, n: int, timeout: float = 900.0) -> None:
             proc.kill()
             pytest.fail(f"no {n} records after {timeout} s")
         time.sleep(0.01)
+
+
+def interrupt(proc, out: Path, n: int, sig: int) -> tuple[int, str, float]:
+    """Send `sig` once n records exist: (exit code, stderr, seconds from the signal to the exit)."""
+    wait_for_records(proc, out, n)
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err, time.monotonic() - t0
+
+
+def finished_records(out: Path) -> dict[str, dict]:
+    recs = [json.loads(line) for p in (out / "parts").glob("*.jsonl") for line in p.read_text().splitlines()]
+    return {r["key"]: r for r in recs if r["status"] == "ok" and (out / r["output"]).is_file()}
+
+
+def reference_run(world: dict) -> tuple[Path, str]:
+    """One uninterrupted single-process `higfa augment` run into world["base"]/reference: (folder, stderr)."""
+    out = world["base"] / "reference"
+    rc, err = run_cli(args_for(world, out))
+    assert rc == 0, err
+    return out, err

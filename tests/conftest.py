@@ -57,12 +57,9 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(world):
     """One uninterrupted single-process `higfa augment` run: what every other way of running must reproduce."""
-    from augment_support import args_for, run_cli
+    from augment_support import reference_run
 
-    out = world["base"] / "reference"
-    rc, err = run_cli(args_for(world, out))
-    assert rc == 0, err
-    return out, err
+    return reference_run(world)
 
 
 # ----------------------------------------------------------------------------- a real ComfyUI

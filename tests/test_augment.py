@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -28,8 +27,8 @@ from higfa.seeds import derive_seed  # noqa: E402
 from higfa.jobs.prompts import check_prompt, read_class_names  # noqa: E402
 from higfa.jobs.distributed import Ranks, detect_ranks, shard  # noqa: E402
 
-from augment_support import (CLASSES, N_ITEMS, args_for, assert_same_outputs, images, make_image,  # noqa: E402
-                             manifest, run_cli, snapshot, start_augment, subprocess_env, wait_for_records,
+from augment_support import (CLASSES, N_ITEMS, args_for, assert_same_outputs, finished_records, images,  # noqa: E402
+                             interrupt, make_image, manifest, run_cli, snapshot, start_augment, subprocess_env,
                              write_dataset)
 
 
@@ -175,15 +174,6 @@ def test_other_settings_refuse_the_folder_unless_overwrite(world, reference, tmp
     assert all(len(json.loads((out / r["trace"]).read_text())["steps"]) == 4 for r in recs)
 
 
-def interrupt(proc, out: Path, n: int, sig: int) -> tuple[int, str, float]:
-    """Send `sig` once n records exist: (exit code, stderr, seconds from the signal to the exit)."""
-    wait_for_records(proc, out, n)
-    t0 = time.monotonic()
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    return proc.returncode, err, time.monotonic() - t0
-
-
 def assert_resumes_byte_identical(world, reference, out: Path) -> None:
     """A plain rerun writes exactly the unfinished items and ends byte-identical to the reference."""
     kept = {k for k in finished_records(out)}
@@ -192,11 +182,6 @@ def assert_resumes_byte_identical(world, reference, out: Path) -> None:
     assert f"{N_ITEMS - len(kept)} images written" in err and f"{len(kept)} already done" in err
     assert_same_outputs(out, reference[0])
     assert not list(out.rglob("*.tmp")) and not list(out.glob(".lock*"))
-
-
-def finished_records(out: Path) -> dict[str, dict]:
-    recs = [json.loads(line) for p in (out / "parts").glob("*.jsonl") for line in p.read_text().splitlines()]
-    return {r["key"]: r for r in recs if r["status"] == "ok" and (out / r["output"]).is_file()}
 
 
 @pytest.mark.slow

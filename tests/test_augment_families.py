@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from augment_support import N_ITEMS, args_for, assert_same_outputs, images, make_world, manifest, run_cli, start_augment
+from augment_support import (N_ITEMS, finished_records, interrupt, args_for, assert_same_outputs,
+                             images, make_world, manifest, reference_run, run_cli, start_augment)
 from higfa.trace import Trace
-from test_augment import finished_records, interrupt
 
 VPRED = {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
 
@@ -44,10 +44,7 @@ def sdxl(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sdxl_reference(sdxl):
-    out = sdxl["base"] / "reference"
-    rc, err = run_cli(args_for(sdxl, out))
-    assert rc == 0, err
-    return out, err
+    return reference_run(sdxl)
 
 
 def test_sdxl_single_file_loads_the_folders_weights_and_text_conditioning(sdxl):

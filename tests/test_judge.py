@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,11 +16,11 @@ from higfa.guide import Guide
 from higfa.judge import confidence_filter, judge_view_seed, map_targets, scores
 from higfa.sampler import sample
 from higfa.schedule import Schedule
+from before_judge import before_judge_guide, trace_bytes
 from higfa.testing.stand_ins import Confident
 from higfa.trace import Trace
 
 STEPS = 12
-BEFORE = Path(__file__).resolve().parent / "data" / "before_judge"  # higfa/guide.py + trace.py at 963bdc8
 
 
 @pytest.fixture(scope="module")
@@ -31,23 +28,6 @@ def sigmas(tiny_world):
     return tiny_world.noise_schedule.sample_sigmas(STEPS)
 
 
-
-
-def _before_judge():
-    """The Guide and Trace classes as they were before the judge (frozen copies of HEAD 963bdc8), importing the
-    current higfa.guidance / higfa.schedule, so both sides differ only in guide.py and trace.py."""
-    mods = {}
-    for name in ("trace", "guide"):
-        full = f"higfa._before_judge_{name}"
-        if full not in sys.modules:
-            src = (BEFORE / f"{name}.py").read_text().replace("from .trace import",
-                                                               "from higfa._before_judge_trace import")
-            mod = types.ModuleType(full)
-            mod.__package__, mod.__file__ = "higfa", str(BEFORE / f"{name}.py")
-            sys.modules[full] = mod
-            exec(compile(src, mod.__file__, "exec"), mod.__dict__)
-        mods[name] = sys.modules[full]
-    return mods["guide"].Guide
 
 
 def _run(world, sigmas, guide, batch, seed, monkeypatch=None, guide_class=None):
@@ -58,13 +38,6 @@ def _run(world, sigmas, guide, batch, seed, monkeypatch=None, guide_class=None):
     finally:
         if guide_class is not None:
             monkeypatch.undo()
-
-
-def _trace_bytes(trace) -> bytes:
-    """The trace JSON with the wall-clock seconds zeroed (the only field two identical runs may differ in)."""
-    for s in trace.steps:
-        s.seconds = 0.0
-    return trace.to_json(indent=1).encode()
 
 
 CASES = {  # name: (schedule, batch, target)
@@ -81,14 +54,14 @@ CASES = {  # name: (schedule, batch, target)
 def test_without_a_judge_every_output_is_bit_identical_to_before(tiny_world, sigmas, case, monkeypatch):
     """Images (latents), trace JSON bytes and the trace plot of today's Guide(judge=None) equal those of the
     Guide before the judge existed, on the same machine (so the comparison holds on any CPU)."""
-    Before = _before_judge()
+    Before = before_judge_guide()
     schedule, batch, target = CASES[case]
     use = target is not None
     args = (schedule, tiny_world.classifier if use else None, tiny_world.decode if use else None, target)
     old = _run(tiny_world, sigmas, Before(*args), batch, 3, monkeypatch, Before)
     new = _run(tiny_world, sigmas, Guide(*args, judge=None), batch, 3)
     assert torch.equal(new.latent, old.latent)
-    assert _trace_bytes(new.trace) == _trace_bytes(old.trace)
+    assert trace_bytes(new.trace, indent=1) == trace_bytes(old.trace, indent=1)
     assert np.array_equal(new.trace.plot(size=(480, 270)), old.trace.plot(size=(480, 270)))
     assert new.costs.as_dict()["classifier_forward"] == old.costs.as_dict()["classifier_forward"]
     assert new.trace.judge is None and "judge" not in new.trace.to_dict()

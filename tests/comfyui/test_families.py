@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_helpers import IMAGE, make_classifier, make_image
+from comfy_helpers import IMAGE, make_classifier
+from guider_support import canny_contour, spy_refine
 
 pytestmark = pytest.mark.comfyui
 STEPS = 8
@@ -25,9 +26,7 @@ def shared(comfy):
     make_classifier(comfy.tmp / "classifiers-families" / "tiny.safetensors")
     folder_paths.add_model_folder_path("classifiers", str(comfy.tmp / "classifiers-families"))
     with torch.inference_mode():
-        image = torch.from_numpy(make_image(0)).float().div(255).unsqueeze(0)
-        contour = pack.nodes.contour.HiGFAContourTransform.execute(image, "canny", 120.0, 200.0, 0.0, False, 0.5, 0,
-                                                                   1).args[0]
+        contour = canny_contour(pack)
         clf = pack.nodes.classifier.HiGFAClassifierLoader.execute("tiny.safetensors").args[0]
     return dict(pack=pack, clf=clf, contour=contour)
 
@@ -263,14 +262,7 @@ def test_guidance_distilled_flux_at_cfg_1(shared, comfy):
         taef1 = nodes.VAELoader().load_vae("taef1")[0]
     g = guider(w, "custom", guidance_vae=taef1, cfg=1.0, cfg_lowconf=1.0, cfg_highconf=1.0, contour_strength=0.0,
                contour_lowconf=0.0, contour_highconf=0.0, stage_boundary=0.5)
-    steps, refine = [], g.guide.refine
-
-    def spy(x0, plan, *a, **k):
-        out = refine(x0, plan, *a, **k)
-        steps.append((x0.clone(), out.clone(), plan))
-        return out
-
-    g.guide.refine = spy
+    steps = spy_refine(g.guide)
     assert torch.isfinite(run(w, g)).all() and g.guide.sampling == "const"
     rows = g.guide.trace.steps
     assert {r.cfg for r in rows} == {1.0} and g.guide.trace.summary()["guided_sample_steps"] > 0

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_helpers import IMAGE, make_classifier, make_image
+from comfy_helpers import IMAGE, make_classifier
+from guider_support import canny_contour, spy_refine
 
 pytestmark = pytest.mark.comfyui
 STEPS = 8
@@ -37,9 +38,7 @@ def files(comfy):
     make_classifier(base / "classifiers" / "tiny_families_files.safetensors")
     pack = comfy.pack
     with torch.inference_mode():
-        image = torch.from_numpy(make_image(0)).float().div(255).unsqueeze(0)
-        contour = pack.nodes.contour.HiGFAContourTransform.execute(image, "canny", 120.0, 200.0, 0.0, False, 0.5, 0,
-                                                                   1).args[0]
+        contour = canny_contour(pack)
         clf = pack.nodes.classifier.HiGFAClassifierLoader.execute("tiny_families_files.safetensors").args[0]
     return dict(pack=pack, contour=contour, clf=clf)
 
@@ -91,14 +90,7 @@ def test_stock_loaded_family_samples_like_stock_and_guides_by_its_family(files, 
 
     g = build(w["model"], w["pos"], w["neg"], schedule("higfa", stage_boundary=0.5), w["control_net"], w["contour"],
               w["vae"], w["clf"], "1", w["guidance_vae"])
-    steps, refine = [], g.guide.refine
-
-    def spy(x0, plan, *a, **k):
-        out = refine(x0, plan, *a, **k)
-        steps.append((x0.clone(), out.clone(), plan))
-        return out
-
-    g.guide.refine = spy
+    steps = spy_refine(g.guide)
     out = run(w, g)
     assert torch.isfinite(out).all() and g.guide.sampling == sampling
     trace = g.guide.trace

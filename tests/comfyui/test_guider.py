@@ -4,12 +4,12 @@ ControlNet handling, gradients under inference mode, interruption, previews, cle
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 
-from comfy_helpers import CLASSES, IMAGE, make_classifier, make_image
+from comfy_helpers import CLASSES, IMAGE
+from guider_support import reference_sample, stock, tiny_scene
 
 pytestmark = pytest.mark.comfyui
 STEPS = 8
@@ -17,30 +17,8 @@ STEPS = 8
 
 @pytest.fixture(scope="module")
 def w(comfy):
-    """Tiny MODEL/CLIP/VAE/CONTROL_NET, prompts, a contour and a loaded classifier."""
-    import nodes
-
-    pack, tiny = comfy.pack, comfy.tiny
-    make_classifier(comfy.tmp / "classifiers" / "tiny.safetensors")
-    with torch.inference_mode():
-        model, clip, vae, cnet = tiny.tiny_model(0), tiny.tiny_clip(1), tiny.tiny_vae(2), tiny.tiny_controlnet(3)
-        pos = nodes.CLIPTextEncode().encode(clip, "a photo of a bird")[0]
-        neg = nodes.CLIPTextEncode().encode(clip, "")[0]
-        image = torch.from_numpy(make_image(0)).float().div(255).unsqueeze(0)
-        contour = pack.nodes.contour.HiGFAContourTransform.execute(image, "canny", 120.0, 200.0, 0.0, False, 0.5, 0,
-                                                                   1).args[0]
-    import folder_paths
-
-    folder_paths.add_model_folder_path("classifiers", str(comfy.tmp / "classifiers"))
-    with torch.inference_mode():
-        clf = pack.nodes.classifier.HiGFAClassifierLoader.execute("tiny.safetensors").args[0]
-    noise = torch.randn(2, 4, IMAGE // 8, IMAGE // 8, generator=torch.Generator().manual_seed(0))
-    ms = model.get_model_object("model_sampling")
-    import comfy.samplers as cs
-
-    sigmas = cs.calculate_sigmas(ms, "karras", STEPS).cpu()
-    return dict(pack=pack, model=model, vae=vae, cnet=cnet, pos=pos, neg=neg, contour=contour, clf=clf, noise=noise,
-                sigmas=sigmas, latent=torch.zeros_like(noise))
+    """Tiny MODEL/CLIP/VAE/CONTROL_NET, prompts, a contour and a loaded classifier (`clf`)."""
+    return tiny_scene(comfy, STEPS, "classifiers", {"clf": 0})
 
 
 def schedule(w, preset, **kw):
@@ -59,20 +37,6 @@ def guider(w, preset, target="1", control=True, **kw):
     build = w["pack"].nodes.guider.build_guider
     return build(w["model"], w["pos"], w["neg"], schedule(w, preset, **kw), w["cnet"] if control else None,
                  w["contour"] if control else None, w["vae"], w["clf"], target)
-
-
-def stock(w, cfg=7.5, contour=None):
-    import comfy.samplers as cs
-    import nodes
-
-    pos, neg = w["pos"], w["neg"]
-    if contour is not None:
-        pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, w["cnet"], w["contour"], contour,
-                                                                    0.0, 1.0)
-    g = cs.CFGGuider(w["model"])
-    g.set_conds(pos, neg)
-    g.set_cfg(cfg)
-    return g
 
 
 def test_cfg_preset_is_bit_identical_to_stock_cfg(w):
@@ -119,7 +83,6 @@ def test_upstream_controlnets_are_never_mutated(w):
 def test_agrees_with_the_core_reference_sampler(w):
     """The same tiny model driven by higfa.sampler.sample (inside ComfyUI's sampling context, so both
     see identical model calls) and by the HiGFA guider with ComfyUI's euler: same trace, close latents."""
-    import comfy.samplers as cs
 
     pack = w["pack"]
     sched = schedule(w, "higfa")
@@ -128,23 +91,8 @@ def test_agrees_with_the_core_reference_sampler(w):
                                              w["vae"], w["clf"], targets)
     a = run(w, ours)
 
-    ref = stock(w, contour=sched.contour_strength)
-    controls = [ref.original_conds["positive"][0]["control"]]
-    with torch.inference_mode(False):
-        decoder = copy.deepcopy(w["vae"].first_stage_model).requires_grad_(False)
-    latent_out = w["model"].model.process_latent_out
-    guide = pack.higfa.guide.Guide(sched, classifier=w["clf"], decode=lambda z: (decoder.decode(latent_out(z)) + 1) / 2,
-                                   target=targets, class_names=CLASSES)
-    seen = {}
-
-    def reference(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        den = _Branches(model.inner_model, extra_args["model_options"], controls, pack)
-        seen["result"] = pack.higfa.sampler.sample(den, torch.zeros_like(x), sigmas, guide, latent=x)
-        return seen["result"].latent
-
-    with torch.inference_mode():
-        b = ref.sample(w["noise"], w["latent"], cs.KSAMPLER(reference), w["sigmas"], disable_pbar=True, seed=0)
-    ra, rb = ours.guide.trace.steps, seen["result"].trace.steps
+    b, result = reference_sample(w, sched, w["clf"], targets, CLASSES)
+    ra, rb = ours.guide.trace.steps, result.trace.steps
     assert [(r.index, r.stage, r.cfg, r.contour, r.gated) for r in ra] == [
         (r.index, r.stage, r.cfg, r.contour, r.gated) for r in rb]
     for x, y in zip(ra, rb):
@@ -158,26 +106,6 @@ def test_agrees_with_the_core_reference_sampler(w):
     assert any(r.gated[0] and not r.gated[1] for r in ra)  # per-sample gating
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     assert not torch.equal(a, run(w, guider(w, "contour")))  # and the classifier did change the result
-
-
-class _Branches:
-    """The core Denoiser protocol over ComfyUI's own batched model call."""
-
-    def __init__(self, cfg_guider, model_options, controls, pack):
-        self.g, self.model_options, self.controls = cfg_guider, model_options, controls
-        ms = cfg_guider.inner_model.model_sampling
-        self.noise_schedule = pack.higfa.sigmas.NoiseSchedule(1.0 / (1.0 + ms.sigmas.double() ** 2))
-
-    def __call__(self, x, sigma, branches, contour_strength):
-        import comfy.samplers as cs
-
-        for c in self.controls:
-            c.strength = contour_strength
-        strip = (lambda cs_: [{k: v for k, v in c.items() if k != "control"} for c in cs_]) if contour_strength == 0 \
-            else (lambda cs_: cs_)
-        conds = [strip(self.g.conds["positive"]), strip(self.g.conds["negative"]) if "uncond" in branches else None]
-        out = cs.calc_cond_batch(self.g.inner_model, conds, x, sigma, self.model_options)
-        return [out[1] if b == "uncond" else out[0] for b in branches]
 
 
 def test_gradients_under_inference_mode_leave_nothing_behind(w):

@@ -10,7 +10,9 @@ import json
 import pytest
 import torch
 
-from comfy_helpers import CLASSES, IMAGE, make_classifier, make_image
+from before_judge import before_judge_guide, trace_bytes
+from comfy_helpers import CLASSES, IMAGE, make_image
+from guider_support import reference_sample, tiny_scene
 
 pytestmark = pytest.mark.comfyui
 STEPS = 8
@@ -19,29 +21,7 @@ STEPS = 8
 @pytest.fixture(scope="module")
 def w(comfy):
     """Tiny MODEL/VAE/CONTROL_NET, prompts, a contour, a guide sure of class_0 and a judge sure of class_1."""
-    import folder_paths
-    import nodes
-
-    import comfy.samplers as cs
-
-    pack, tiny = comfy.pack, comfy.tiny
-    folder = comfy.tmp / "judge_classifiers"
-    make_classifier(folder / "guide.safetensors", confident_class=0)
-    make_classifier(folder / "judge.safetensors", confident_class=1)
-    folder_paths.add_model_folder_path("classifiers", str(folder))
-    with torch.inference_mode():
-        model, clip, vae, cnet = tiny.tiny_model(0), tiny.tiny_clip(1), tiny.tiny_vae(2), tiny.tiny_controlnet(3)
-        pos = nodes.CLIPTextEncode().encode(clip, "a photo of a bird")[0]
-        neg = nodes.CLIPTextEncode().encode(clip, "")[0]
-        image = torch.from_numpy(make_image(0)).float().div(255).unsqueeze(0)
-        contour = pack.nodes.contour.HiGFAContourTransform.execute(image, "canny", 120.0, 200.0, 0.0, False, 0.5, 0,
-                                                                   1).args[0]
-        load = pack.nodes.classifier.HiGFAClassifierLoader.execute
-        guide, judge = load("guide.safetensors").args[0], load("judge.safetensors").args[0]
-    noise = torch.randn(2, 4, IMAGE // 8, IMAGE // 8, generator=torch.Generator().manual_seed(0))
-    sigmas = cs.calculate_sigmas(model.get_model_object("model_sampling"), "karras", STEPS).cpu()
-    return dict(pack=pack, model=model, vae=vae, cnet=cnet, pos=pos, neg=neg, contour=contour, guide=guide,
-                judge=judge, noise=noise, sigmas=sigmas, latent=torch.zeros_like(noise))
+    return tiny_scene(comfy, STEPS, "judge_classifiers", {"guide": 0, "judge": 1})
 
 
 def schedule(w, preset="higfa", **kw):
@@ -76,24 +56,11 @@ def test_judge_is_the_last_input_of_guider_and_sampler(w):
         assert judge.optional and judge.io_type == "HIGFA_CLASSIFIER" and "did not guide" in judge.tooltip
 
 
-def _trace_bytes(trace) -> bytes:
-    for s in trace.steps:
-        s.seconds = 0.0  # wall-clock: the one field two identical runs may differ in
-    return trace.to_json().encode()
-
-
 @pytest.mark.parametrize("preset", ["higfa", "higfa-robust"])
 def test_without_a_judge_the_guider_is_bit_identical_to_before(w, preset, monkeypatch):
     """The ComfyUI guider without a judge, with today's Guide and with the Guide before the judge (the frozen
     copies tests/test_judge.py compares the core with): same latents, same trace JSON bytes."""
-    import importlib.util
-
-    from comfy_helpers import ROOT
-
-    spec = importlib.util.spec_from_file_location("higfa_test_judge_core", ROOT / "tests" / "test_judge.py")
-    core_tests = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(core_tests)
-    before = core_tests._before_judge()
+    before = before_judge_guide()
 
     class Before(before):  # the guider passes the new keywords; the old Guide never had them
         def __init__(self, *args, judge=None, judge_target=None, judge_name=None, interrupt=None, **kw):
@@ -108,7 +75,7 @@ def test_without_a_judge_the_guider_is_bit_identical_to_before(w, preset, monkey
     new = guider(w, sched, target="class_2")
     b = run(w, new)
     assert type(old.guide) is Before and type(new.guide) is not Before
-    assert torch.equal(a, b) and _trace_bytes(old.guide.trace) == _trace_bytes(new.guide.trace)
+    assert torch.equal(a, b) and trace_bytes(old.guide.trace) == trace_bytes(new.guide.trace)
     assert new.guide.trace.summary()["guided_sample_steps"] > 0
 
 
@@ -159,31 +126,14 @@ def test_the_judge_is_matched_by_class_name(w):
 def test_agrees_with_the_core_reference_sampler_with_a_judge(w):
     """As test_guider's agreement test, with a judge: the ComfyUI guider and higfa.sampler.sample inside
     ComfyUI's sampling context give the same trace (the judge's p included) and close latents."""
-    import comfy.samplers as cs
-    from test_guider import _Branches, stock
 
     pack = w["pack"]
     sched = schedule(w, "higfa", stage_boundary=0.3)
     ours = pack.nodes.cfg_guider.HiGFACFGGuider(w["model"], sched, w["pos"], w["neg"], w["cnet"], w["contour"],
                                                 w["vae"], w["guide"], [1, 2], None, w["judge"], [1, 2])
     a = run(w, ours)
-    ref = stock({**w, "clf": w["guide"]}, contour=sched.contour_strength)
-    controls = [ref.original_conds["positive"][0]["control"]]
-    with torch.inference_mode(False):
-        decoder = copy.deepcopy(w["vae"].first_stage_model).requires_grad_(False)
-    latent_out = w["model"].model.process_latent_out
-    guide = pack.higfa.guide.Guide(sched, classifier=w["guide"], target=[1, 2], class_names=CLASSES,
-                                   decode=lambda z: (decoder.decode(latent_out(z)) + 1) / 2, judge=w["judge"])
-    seen = {}
-
-    def reference(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        den = _Branches(model.inner_model, extra_args["model_options"], controls, pack)
-        seen["result"] = pack.higfa.sampler.sample(den, torch.zeros_like(x), sigmas, guide, latent=x)
-        return seen["result"].latent
-
-    with torch.inference_mode():
-        b = ref.sample(w["noise"], w["latent"], cs.KSAMPLER(reference), w["sigmas"], disable_pbar=True, seed=0)
-    ra, rb = ours.guide.trace.steps, seen["result"].trace.steps
+    b, result = reference_sample(w, sched, w["guide"], [1, 2], CLASSES, judge=w["judge"])
+    ra, rb = ours.guide.trace.steps, result.trace.steps
     assert [(r.index, r.stage, r.cfg, r.contour, r.gated) for r in ra] == [
         (r.index, r.stage, r.cfg, r.contour, r.gated) for r in rb]
     judged = [(x, y) for x, y in zip(ra, rb) if x.judge_confidence is not None]
