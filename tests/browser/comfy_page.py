@@ -18,6 +18,7 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1600, "height": 1000}
+WORLD_WORKFLOW = "higfa-world-compare"  # queued by test_world_workflow.py (the others by test_frontend.py)
 # Server-side user settings: no first-run Templates dialog over the canvas; the shipped workflows name
 # SD 1.5 files the test server does not have (their loaders are swapped for tiny ones before queueing).
 # Screenshots: no minimap over the graph, and text drawn at every zoom (no low-detail rendering).

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from comfy_helpers import ROOT, SHIPPED, WORKFLOWS
-from comfy_page import (fit_view, focus_node, load_workflow, node_ids, queue_and_wait, reseed, screenshot,
-                        screenshot_chart, screenshot_graph, set_setting, tiny, wait_app)
+from comfy_page import (WORLD_WORKFLOW, fit_view, focus_node, load_workflow, node_ids, queue_and_wait, reseed,
+                        screenshot, screenshot_chart, screenshot_graph, set_setting, tiny, wait_app)
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -284,6 +284,4 @@ def test_charts_also_draw_in_the_nodes_2_0_renderer(ui):
 
 
 def test_every_shipped_workflow_is_queued_by_a_browser_test():
-    from test_world_workflow import NAME as WORLD
-
-    assert SD15 and sorted(SD15 + [WORLD]) == SHIPPED
+    assert SD15 and sorted(SD15 + [WORLD_WORKFLOW]) == SHIPPED

@@ -11,12 +11,12 @@ import json
 import pytest
 
 from comfy_helpers import ROOT, WORKFLOWS
-from comfy_page import fit_view, focus_node, load_workflow, node_ids, queue_and_wait, reseed, screenshot, \
-    screenshot_chart, screenshot_graph
+from comfy_page import WORLD_WORKFLOW, fit_view, focus_node, load_workflow, node_ids, queue_and_wait, reseed, \
+    screenshot, screenshot_chart, screenshot_graph
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-NAME = "higfa-world-compare"
+NAME = WORLD_WORKFLOW
 
 
 def set_widget(page, node_id: int, name: str, value) -> None:

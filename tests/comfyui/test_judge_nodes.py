@@ -216,7 +216,7 @@ def test_confidence_filter_errors_name_the_input(w, target, message):
 def test_a_judged_prompt_with_the_filter_runs_on_the_server(server):
     """The shipped higfa preset workflow with its classifier also connected as the judge and a Confidence Filter
     after VAE Decode: the server validates and runs it; the trace carries the judge's p."""
-    from test_server import nodes_of, to_test_prompt
+    from workflow_checks import nodes_of, to_test_prompt
 
     from comfy_helpers import shipped_workflow
 

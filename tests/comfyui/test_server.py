@@ -11,45 +11,19 @@ import cv2
 import pytest
 
 import workflow_checks as WC
-from comfy_helpers import CLASSES, IMAGE, ROOT, SHIPPED, load_script, model_family, shipped_workflow
+from comfy_helpers import CLASSES, IMAGE, ROOT, SHIPPED, load_script, shipped_workflow
+from workflow_checks import nodes_of, to_test_prompt
 
 pytestmark = pytest.mark.comfyui
 WF = load_script("comfyui_workflows")
-FAMILY_LOADERS = {"CheckpointLoaderSimple": "HiGFATest_TinyFamilyCheckpoint",
-                  "ControlNetLoader": "HiGFATest_TinyFamilyControlNet"}
 HIGFA_NODES = {"HiGFA_Schedule", "HiGFA_ContourTransform", "HiGFA_ContourRanges", "HiGFA_ClassifierLoader",
                "HiGFA_Guider", "HiGFA_Sampler", "HiGFA_Trace", "HiGFA_LoadImageFolder", "HiGFA_SaveImageFolder",
                "HiGFA_WorldLoader", "HiGFA_WorldTextEncode", "HiGFA_WorldImage", "HiGFA_WorldEmptyLatent",
                "HiGFA_ConfidenceFilter"}
 
 
-def to_test_prompt(ui: dict, info: dict, seed: int) -> dict:
-    """The workflow's API prompt with the stock model loaders swapped for the test pack's tiny ones
-    (same output types), 64-px latents, and a fresh seed (identical prompts are served from cache).
-    The built-in world's loader keeps its shipped models."""
-    prompt = WC.ui_to_api(ui, info)
-    for node in prompt.values():
-        kind, inputs = node["class_type"], node["inputs"]
-        family = model_family(inputs.get("ckpt_name") or inputs.get("control_net_name") or "")
-        if kind in ("CheckpointLoaderSimple", "ControlNetLoader") and family:  # SDXL / SD3: testpack/families.py
-            node.update(class_type=FAMILY_LOADERS[kind], inputs={"family": family, "seed": 0})
-        elif kind == "CheckpointLoaderSimple":
-            node.update(class_type="HiGFATest_TinyCheckpoint", inputs={"seed": 0})
-        elif kind == "ControlNetLoader":
-            node.update(class_type="HiGFATest_TinyControlNet", inputs={"seed": 3})
-        elif kind in ("EmptyLatentImage", "EmptySD3LatentImage"):
-            inputs.update(width=IMAGE, height=IMAGE)
-        elif kind in ("HiGFA_Sampler", "RandomNoise"):
-            inputs["seed" if "seed" in inputs else "noise_seed"] = seed
-    return prompt
-
-
 def load(name: str) -> dict:
     return shipped_workflow(name)
-
-
-def nodes_of(prompt: dict, kind: str) -> list[str]:
-    return [k for k, v in prompt.items() if v["class_type"] == kind]
 
 
 def saved_images(server, outputs: dict, node: str) -> list:

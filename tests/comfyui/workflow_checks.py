@@ -1,12 +1,13 @@
 """Test-only views of a shipped UI workflow: `validate_ui` checks it against a server's /object_info, and
 `ui_to_api` is the UI -> API (prompt) conversion the front end's graphToPrompt does, so tests can queue it.
-The /object_info readers are the compiler's (scripts/comfyui_workflows.py)."""
+The /object_info readers are the compiler's (scripts/comfyui_workflows.py). `to_test_prompt` swaps the
+stock model loaders for the test pack's tiny ones (test_server, test_judge_nodes)."""
 
 from __future__ import annotations
 
 import uuid
 
-from comfy_helpers import load_script
+from comfy_helpers import IMAGE, load_script, model_family
 
 _WF = load_script("comfyui_workflows")
 FRONTEND_ONLY = _WF.FRONTEND_ONLY
@@ -104,3 +105,32 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs,
                                 "_meta": {"title": n.get("title", n["type"])}}
     return prompt
+
+
+FAMILY_LOADERS = {"CheckpointLoaderSimple": "HiGFATest_TinyFamilyCheckpoint",
+                  "ControlNetLoader": "HiGFATest_TinyFamilyControlNet"}
+
+
+def to_test_prompt(ui: dict, info: dict, seed: int) -> dict:
+    """The workflow's API prompt with the stock model loaders swapped for the test pack's tiny ones
+    (same output types), 64-px latents, and a fresh seed (identical prompts are served from cache).
+    The built-in world's loader keeps its shipped models."""
+    prompt = ui_to_api(ui, info)
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        family = model_family(inputs.get("ckpt_name") or inputs.get("control_net_name") or "")
+        if kind in ("CheckpointLoaderSimple", "ControlNetLoader") and family:  # SDXL / SD3: testpack/families.py
+            node.update(class_type=FAMILY_LOADERS[kind], inputs={"family": family, "seed": 0})
+        elif kind == "CheckpointLoaderSimple":
+            node.update(class_type="HiGFATest_TinyCheckpoint", inputs={"seed": 0})
+        elif kind == "ControlNetLoader":
+            node.update(class_type="HiGFATest_TinyControlNet", inputs={"seed": 3})
+        elif kind in ("EmptyLatentImage", "EmptySD3LatentImage"):
+            inputs.update(width=IMAGE, height=IMAGE)
+        elif kind in ("HiGFA_Sampler", "RandomNoise"):
+            inputs["seed" if "seed" in inputs else "noise_seed"] = seed
+    return prompt
+
+
+def nodes_of(prompt: dict, kind: str) -> list[str]:
+    return [k for k, v in prompt.items() if v["class_type"] == kind]
