@@ -10,6 +10,7 @@ import torch
 
 from benchmarks.quality import protocol
 from benchmarks.quality import run as quality
+from benchmarks.quality.downstream import CONVERGED_STEPS, LADDER_CHOSEN
 from benchmarks.quality.report import merge_world, report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +116,19 @@ def test_pretrained_weights_are_cached_under_their_key(tmp_path):
     assert clf.model.fc.weight.shape[0] == 16 != state["fc.weight"].shape[0]
     again = protocol.build_downstream(arch, world.class_names, 64, seed=3, pretrained=path)
     assert torch.equal(again.model.fc.weight, clf.model.fc.weight)
+
+
+def test_converged_steps_are_the_ladders_choice_where_it_chose():
+    """downstream.CONVERGED_STEPS holds what benchmarks/results/downstream_protocol.json's ladder chose."""
+    measured = json.loads((ROOT / "benchmarks" / "results" / "downstream_protocol.json").read_text())
+    chose = 0
+    for arch, by_shots in measured["worlds"]["tinybirds"].items():
+        for shots, block in by_shots.items():
+            if block.get("choice") and block["choice"]["steps"] is not None:
+                assert CONVERGED_STEPS[arch][int(shots.split("-")[0])] == block["choice"]["steps"], (arch, shots)
+                assert (arch, int(shots.split("-")[0])) in LADDER_CHOSEN
+                chose += 1
+    assert chose >= 1 and len(LADDER_CHOSEN) == chose  # every other block is marked provisional
 
 
 def test_results_are_per_world_with_converged_blocks(tmp_path, monkeypatch):
