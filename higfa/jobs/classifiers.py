@@ -221,16 +221,14 @@ def load_state(checkpoint: str) -> tuple[dict[str, torch.Tensor], str | None]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle refuses a module under weights_only
+        # The text below is a command for the user to run on a file they trust; the pack never unpickles it.
         raise ValueError(f"--checkpoint {path} could not be read as a state dict ({type(e).__name__}); if it is a "
                          "whole model saved with torch.save and you trust the file, save its state dict once: python "
                          f"-c \"import torch; torch.save(torch.load('{path}', weights_only=False).state_dict(), "
                          f"'{path.with_suffix('.state.pth')}')\"") from e
-    arch = None
-    if isinstance(obj, torch.nn.Module):
-        arch = (getattr(obj, "pretrained_cfg", None) or {}).get("architecture")
-        obj = obj.state_dict()
+    arch = None  # weights_only=True never returns a whole module, so the dict is all there is to read
     if isinstance(obj, dict):
-        arch = obj.get("arch", arch) if isinstance(obj.get("arch"), str) else arch
+        arch = obj["arch"] if isinstance(obj.get("arch"), str) else None
         for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
