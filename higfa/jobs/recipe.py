@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import records
+from .safety import file_digest
 from .settings import AugmentSettings
 
 RECIPE_FILE = "recipe.json"
@@ -157,12 +158,6 @@ def stage_key(path: Path, key: dict[str, Any], overwrite: bool) -> bool:
                      "to make it again, or use another --out")
 
 
-def _digest(path: Path) -> str:
-    from .safety import file_digest
-
-    return file_digest(path)
-
-
 def train_stage(s: AugmentSettings, r: RecipeSettings, out: Path, first_guide: Path, say) -> Path:
     """The second-round guide: the first guide's architecture, fresh, trained on real + round 1 (SaSPA)."""
     import torch
@@ -175,7 +170,7 @@ def train_stage(s: AugmentSettings, r: RecipeSettings, out: Path, first_guide: P
 
     path = out / "guides" / "round2_guide.safetensors"
     run1 = json.loads((out / "round1" / records.RUN_FILE).read_text())["hash"]
-    key = {"round1": run1, "first_guide": _digest(first_guide), "data": str(Path(s.data).resolve()),
+    key = {"round1": run1, "first_guide": file_digest(first_guide), "data": str(Path(s.data).resolve()),
            "recipe": {k: getattr(r, k) for k in ("alpha", "guide_steps", "guide_seed", "guide_augment")}}
     if stage_key(path, key, s.overwrite):
         say(f"higfa augment --rounds 2: second-round guide cached: {path}")
@@ -225,8 +220,8 @@ def tune_stage(s: AugmentSettings, r: RecipeSettings, out: Path, guide: Path, sa
     path = out / "guides" / "round2_tuned.safetensors"
     recipe = TuneRecipe(views=r.tune_views, epochs=r.tune_epochs, lr=r.tune_lr, adversarial=r.adversarial,
                         seed=r.tune_seed, prompt=s.prompt, super_name=s.super_name, negative=s.negative_prompt)
-    key = {"guide": _digest(guide), "model": s.model, "controlnet": s.controlnet, "data": str(Path(s.data).resolve()),
-           "tune": dataclasses.asdict(recipe)}
+    key = {"guide": file_digest(guide), "model": s.model, "controlnet": s.controlnet,
+           "data": str(Path(s.data).resolve()), "tune": dataclasses.asdict(recipe)}
     if stage_key(path, key, s.overwrite):
         say(f"higfa augment --rounds 2: tuned guide cached: {path}")
         return path
