@@ -149,5 +149,21 @@ class StageCheckpoint:
         if self.every > 0 and done % self.every == 0 and done < total:
             atomic_write(self.path, lambda f: torch.save({**state(), "step": done}, f))
 
+    def resume(self, model, opt, gen: torch.Generator, order: torch.Tensor, losses: list) -> tuple:
+        """A model + optimiser stage's (order, losses, first step): restored into model, opt and gen from the
+        checkpoint when there is one, else the given start (step 0)."""
+        if (state := self.load()) is None:
+            return order, losses, 0
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        return state["order"], state["losses"], state["step"]
+
+    def save_training(self, done: int, total: int, model, opt, gen: torch.Generator, order: torch.Tensor,
+                      losses: list) -> None:
+        """`save` of what `resume` restores."""
+        self.save(done, total, lambda: {"model": model.state_dict(), "opt": opt.state_dict(),
+                                        "gen": gen.get_state(), "order": order, "losses": losses})
+
     def finish(self) -> None:
         finish_checkpoint(self.path)

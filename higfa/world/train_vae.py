@@ -64,13 +64,9 @@ def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
         vae.quant_conv.bias[VAE_CONFIG["latent_channels"]:] = cfg.vae_init_logvar
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 11)
-    started, order, losses, first = time.perf_counter(), torch.empty(0, dtype=torch.long), [], 0
+    started, order, losses = time.perf_counter(), torch.empty(0, dtype=torch.long), []
     ckpt = StageCheckpoint(out, "vae", cfg.checkpoint_every)
-    if (state := ckpt.load()) is not None:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        order, losses, first = state["order"], state["losses"], state["step"]
+    order, losses, first = ckpt.resume(vae, opt, gen, order, losses)
     for step in range(first, cfg.vae_steps):
         x, w, order = _vae_batch(cfg, x_all, w_all, masks, order, gen)
         for g in opt.param_groups:
@@ -86,8 +82,7 @@ def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
         losses.append(float(l1.detach()))
         if (step + 1) % 50 == 0 or step == 0:
             log(f"vae step {step + 1}/{cfg.vae_steps} weighted L1 {np.mean(losses[-50:]):.4f}")
-        ckpt.save(step + 1, cfg.vae_steps, lambda o=order: {"model": vae.state_dict(), "opt": opt.state_dict(),
-                                                            "gen": gen.get_state(), "order": o, "losses": losses})
+        ckpt.save_training(step + 1, cfg.vae_steps, vae, opt, gen, order, losses)
     seconds = time.perf_counter() - started
     vae.eval()
     # SD's convention: latents are multiplied by scaling_factor = 1 / std so the UNet sees unit variance.
@@ -125,13 +120,9 @@ def train_vae_decoder(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str
     vae.decoder.train()
     opt = torch.optim.AdamW(params, lr=cfg.vae_decoder_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 12)
-    started, order, losses, first = time.perf_counter(), torch.empty(0, dtype=torch.long), [], 0
+    started, order, losses = time.perf_counter(), torch.empty(0, dtype=torch.long), []
     ckpt = StageCheckpoint(out, "vae_decoder", cfg.checkpoint_every)
-    if (state := ckpt.load()) is not None:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        order, losses, first = state["order"], state["losses"], state["step"]
+    order, losses, first = ckpt.resume(vae, opt, gen, order, losses)
     for step in range(first, cfg.vae_decoder_steps):
         x, w, order = _vae_batch(cfg, x_all, w_all, masks, order, gen)
         for g in opt.param_groups:
@@ -146,8 +137,7 @@ def train_vae_decoder(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str
         losses.append(float(l1.detach()))
         if (step + 1) % 50 == 0 or step == 0:
             log(f"vae_decoder step {step + 1}/{cfg.vae_decoder_steps} weighted L1 {np.mean(losses[-50:]):.4f}")
-        ckpt.save(step + 1, cfg.vae_decoder_steps, lambda o=order: {
-            "model": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "order": o, "losses": losses})
+        ckpt.save_training(step + 1, cfg.vae_decoder_steps, vae, opt, gen, order, losses)
     seconds = time.perf_counter() - started
     vae.eval().requires_grad_(False)
     with torch.no_grad():
