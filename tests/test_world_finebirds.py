@@ -177,6 +177,31 @@ def test_resume_skips_recorded_stages_and_a_cut_vae_stage_continues(tmp_path, mo
     assert train.run(cfg, ["vae"], tmp_path / "cut", resume=True) == {}  # recorded: skipped
 
 
+def test_finebirds_latent_has_16_channels_in_the_vae_the_unet_and_world_json(tmp_path):
+    """finebirds' 8-channel VAE lost its 1-2 px markings (ceiling 0.708), so its latent has 16 channels: the VAE
+    stage builds them, world.json's latent and ComfyUI UNet config say so, tinybirds' configs stay at 8."""
+    import dataclasses
+
+    from diffusers import AutoencoderKL
+
+    from higfa.world import train
+    from higfa.world.architecture import COMFYUI_UNET_CONFIG, UNET_CONFIG, VAE_CONFIG, with_latent_channels
+    from higfa.world.train_common import for_world
+
+    assert for_world("finebirds").latent_channels == 16 and for_world("tinybirds").latent_channels == 8
+    unet = with_latent_channels(UNET_CONFIG, 16)
+    assert (unet["in_channels"], unet["out_channels"], UNET_CONFIG["in_channels"]) == (16, 16, 8)
+    assert with_latent_channels(COMFYUI_UNET_CONFIG, 16)["in_channels"] == 16
+    assert with_latent_channels(VAE_CONFIG, 16)["latent_channels"] == 16 and VAE_CONFIG["latent_channels"] == 8
+    cfg = dataclasses.replace(for_world("finebirds"), vae_per_class=1, vae_batch=2, vae_steps=1)
+    train.run(cfg, ["vae"], tmp_path)
+    vae = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    assert vae.config.latent_channels == 16
+    assert vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean.shape == (1, 16, 16, 16)
+    info = json.loads((tmp_path / "world.json").read_text())
+    assert info["latent"]["channels"] == 16 and info["comfyui_unet_config"]["in_channels"] == 16
+
+
 def test_occluding_leaves_cover_at_most_a_fifth_of_any_marking():
     """The leaf cluster in front of a bird may hide part of it, never most of a marking (an image must still show
     its species): drawn on a blank canvas over two marking discs, it covers <= 20 % of each (+ anti-aliasing)."""

@@ -38,7 +38,7 @@ import torch
 from ..classifier import build_classifier, provenance, save_classifier
 from ..contour import EdgeDetector
 from ..training import Augment, evaluate, train_classifier
-from .architecture import COMFYUI_UNET_CONFIG, VAE_CONFIG, VAE_DOWNSAMPLE
+from .architecture import COMFYUI_UNET_CONFIG, VAE_DOWNSAMPLE, with_latent_channels
 from .birds import TinyBirds
 from .catalog import assets, make_world
 from .tiny_decoder import train_tiny_decoder
@@ -168,10 +168,11 @@ def _write_world_json(cfg: TrainConfig, world: TinyBirds, out: Path) -> None:
                                    "species_family": [s.family for s in world.species],
                                    "prompt_template": "a photo of a {family}"},
             "edge_detector": {"method": det.method, "low": det.low, "high": det.high, "blur": det.blur},
-            "latent": {"channels": VAE_CONFIG["latent_channels"], "downsample": VAE_DOWNSAMPLE,
+            "latent": {"channels": cfg.latent_channels, "downsample": VAE_DOWNSAMPLE,
                        "size": world.image_size // VAE_DOWNSAMPLE},
             "guidance_classifier": "guidance.safetensors", "oracle_classifier": "oracle.safetensors",
-            "comfyui_unet_config": COMFYUI_UNET_CONFIG, "train_seed": cfg.seed}
+            "comfyui_unet_config": with_latent_channels(COMFYUI_UNET_CONFIG, cfg.latent_channels),
+            "train_seed": cfg.seed}
     (out / "world.json").write_text(json.dumps(info, indent=1))
 
 

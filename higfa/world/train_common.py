@@ -23,6 +23,7 @@ class TrainConfig:
     seed: int = 0
     world_seed: int = 0
     threads: int = 1  # the CPU is shared; more threads than free cores slows torch down a lot
+    latent_channels: int = 8  # the VAE's latent (architecture.with_latent_channels); finebirds: 16
     # VAE
     vae_steps: int = 800
     vae_batch: int = 64  # crops
@@ -70,8 +71,9 @@ class TrainConfig:
 # in training.json), before the diffusion stages spend most of the budget.
 WORLD_DEFAULTS: dict[str, dict] = {
     "tinybirds": {},
-    "finebirds": dict(vae_steps=1000, vae_per_class=60, vae_decoder_steps=2000, diffusion_per_class=150,
-                      diffusion_more_steps=6000, oracle_per_class=500, oracle_steps=3000, checkpoint_every=150),
+    "finebirds": dict(latent_channels=16, vae_steps=1000, vae_per_class=60, vae_decoder_steps=2000,
+                      diffusion_per_class=150, diffusion_more_steps=6000, oracle_per_class=500, oracle_steps=3000,
+                      checkpoint_every=150),
 }
 
 

@@ -15,7 +15,7 @@ import torch
 
 from ..contour import EdgeDetector
 from .architecture import (CONTROLNET_EMBEDDING, SCHEDULER_CONFIG, UNET_CONFIG, build_text_encoder, build_tokenizer,
-                           tokenize, write_model_index)
+                           tokenize, with_latent_channels, write_model_index)
 from .birds import TinyBirds
 from .train_common import TrainConfig, cosine_lr, finish_checkpoint, images_pm1, load_vae, log, save_fp16
 
@@ -160,7 +160,7 @@ def train_diffusion(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, 
     d = _diffusion_data(cfg, world, out)
     text_encoder = build_text_encoder(d["tokenizer"], cfg.seed + 1).train()
     torch.manual_seed(cfg.seed + 2)
-    unet = UNet2DConditionModel(**UNET_CONFIG).train()
+    unet = UNet2DConditionModel(**with_latent_channels(UNET_CONFIG, cfg.latent_channels)).train()
     torch.manual_seed(cfg.seed + 3)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_EMBEDDING).train()
     modules = [text_encoder, unet, controlnet]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .architecture import VAE_CONFIG
+from .architecture import VAE_CONFIG, with_latent_channels
 from .birds import TinyBirds
 from .train_common import StageCheckpoint, TrainConfig, cosine_lr, images_pm1, load_vae, log, save_fp16
 
@@ -57,11 +57,11 @@ def train_vae(cfg: TrainConfig, world: TinyBirds, out: Path) -> dict[str, Any]:
     masks = torch.as_tensor(data.masks)
     w_all = torch.as_tensor(data.loss_weights(cfg.vae_marking_weight))
     torch.manual_seed(cfg.seed)
-    vae = AutoencoderKL(**VAE_CONFIG).train()
+    vae = AutoencoderKL(**with_latent_channels(VAE_CONFIG, cfg.latent_channels)).train()
     with torch.no_grad():
         # Start with a nearly deterministic posterior (σ ≈ 0.05): with σ ≈ 1 at init the decoder
         # spends its short training learning to ignore latent noise, and reconstructions blur.
-        vae.quant_conv.bias[VAE_CONFIG["latent_channels"]:] = cfg.vae_init_logvar
+        vae.quant_conv.bias[cfg.latent_channels:] = cfg.vae_init_logvar
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 11)
     started, order, losses = time.perf_counter(), torch.empty(0, dtype=torch.long), []
