@@ -101,6 +101,10 @@ def test_bad_arms_name_the_option():
     with pytest.raises(ValueError, match="must be a classifier that did not guide"):  # the default guide, by path
         arms.parse_extra(f"f=higfa,filter={shipped}", {})
     assert arms.parse_extra(f"f=higfa,guide=boot:higfa,filter={shipped}", {}).filter == str(shipped)
+    with pytest.raises(ValueError, match="judge="):
+        arms.parse_extra(f"j=higfa-judged,judge={shipped}", {})  # the shipped guide cannot judge itself
+    tuned = arms.parse_extra(f"j=higfa-judged,tune=0.031,judge={shipped}", {})  # ... but may judge its PGD-tuned copy
+    assert (tuned.judge, tuned.guide_key) == (str(shipped), "guidance+tune=0.031")
     with pytest.raises(ValueError, match="not the arm itself"):
         arms.parse_extra("b=higfa,guide=boot:b", {})
 

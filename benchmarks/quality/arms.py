@@ -91,7 +91,8 @@ def parse_extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
                                    Path(arm.filter).resolve() == guide_file(arm.guide, models_path).resolve()):
         raise ValueError(f"--extra {item!r}: filter={arm.filter} must be a classifier that did not guide the arm "
                          "and is not the world oracle (it scores)")
-    if arm.judge is not None and (arm.judge == "oracle" or
+    # A tuned guide is a copy of its file changed by PGD: the untuned file may judge it (issue 25's third pairing).
+    if arm.judge is not None and (arm.judge == "oracle" or arm.tune is None and
                                   Path(arm.judge).resolve() == guide_file(arm.guide, models_path).resolve()):
         raise ValueError(f"--extra {item!r}: judge={arm.judge} must be a classifier file that did not guide the arm "
                          "and is not the world oracle (it scores)")
