@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
 .PHONY: help setup test test-core test-fast demo bench bench-gpu bench-quality train-world clean comfyui comfyui-setup \
-	browser-setup workflows test-requirements lint
+	browser-setup workflows test-requirements test-comfyui-new lint
 
 # This list: every target with the first line of the comment above it.
 help:
@@ -44,26 +44,39 @@ test-fast: setup
 demo: setup
 	$(PY) -m higfa.world.demo
 
-# Fidelity (independent scorer), fooling gap, diversity, contour F1, VAE ceiling, downstream accuracy (SaSPA
-# protocol, 10- and 5-shot, paired seeds) per preset on the built-in world -> benchmarks/results/quality.json and
-# docs/quality.md (generated images and downstream runs are cached in outputs/bench_quality/). higfa-oracle goes
-# downstream as a diagnosis only (the upper bound of what guidance can carry; the oracle saw 20x the labels);
-# higfa-boot is a second round guided by a guide trained on the few-shot images + higfa's (no other labels);
-# higfa-boot-pgd the same guide PGD-tuned by `higfa tune-classifier --adversarial 0.031`, with higfa-robust;
-# higfa-tuned-* the PGD-tuned guides with the higfa-tuned preset (w_cls 2), -filtered keeping only the images the
-# shipped few-shot guide (which did not guide them) gives p(target) >= 0.5.
-bench-quality: setup
-	$(PY) -m benchmarks.quality --threads 1 --jobs 2 \
-		--extra higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/guidance_robust.safetensors \
+# Fidelity (independent scorer), fooling gap, diversity, contour F1, VAE ceiling and downstream accuracy (the
+# converged protocol: two architectures, 10/5/2-shot, 5 paired seeds, headroom) per arm on WORLD (tinybirds, the
+# default, or finebirds) -> benchmarks/results/quality.json (worlds.WORLD) and docs/quality.md (generated images and
+# downstream runs are cached in outputs/bench_quality/). higfa-oracle goes downstream as a diagnosis only (the upper
+# bound of what guidance can carry; the oracle saw 20-50x the labels); higfa-boot is a second round guided by a guide
+# trained on the few-shot images + higfa's (no other labels); -pgd: that guide PGD-tuned by `higfa tune-classifier
+# --adversarial 0.031`; higfa-tuned-*: the PGD-tuned guides with the higfa-tuned preset (w_cls 2, no modulation),
+# -filtered keeping only the images the shipped few-shot guide (which did not guide them) gives p(target) >= 0.5;
+# *-judged: the higfa-judged preset (modulation and gate on), its confidence measured by a classifier that did not
+# guide (issue 25): the shipped first guide judging the second-round guide (boot), or its own PGD-tuned copy (pgd).
+# The whole run takes days of this CPU: see docs/quality.md "Running it on a GPU".
+QUALITY_ASSETS = higfa/world/$(if $(filter finebirds,$(WORLD)),assets_finebirds,assets)
+QUALITY_JUDGE_ARMS = higfa-judged-boot-pgd=higfa-judged,guide=boot:higfa,tune=0.031,judge=$(QUALITY_ASSETS)/guidance.safetensors \
+		higfa-judged-pgd=higfa-judged,tune=0.031,judge=$(QUALITY_ASSETS)/guidance.safetensors
+QUALITY_ARMS_tinybirds = higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/guidance_robust.safetensors \
 		higfa-robust-pgd16=higfa-robust,views=16,guide=higfa/world/assets/guidance_robust.safetensors \
 		higfa-robust-filtered=higfa-robust,filter=higfa/world/assets/guidance_robust.safetensors \
 		higfa-oracle=higfa-robust,guide=oracle higfa-boot=higfa,guide=boot:higfa \
 		higfa-boot-pgd=higfa-robust,guide=boot:higfa,tune=0.031 \
 		higfa-tuned-boot-pgd=higfa-tuned,guide=boot:higfa,tune=0.031 \
 		higfa-tuned-boot-pgd-filtered=higfa-tuned,guide=boot:higfa,tune=0.031,filter=higfa/world/assets/guidance.safetensors \
-		higfa-tuned-pgd=higfa-tuned,guide=higfa/world/assets/guidance_robust.safetensors \
-		--downstream cfg higfa higfa-robust higfa-robust-pgd higfa-robust-filtered higfa-oracle higfa-boot \
-		higfa-boot-pgd higfa-tuned-boot-pgd higfa-tuned-boot-pgd-filtered higfa-tuned-pgd
+		higfa-tuned-pgd=higfa-tuned,guide=higfa/world/assets/guidance_robust.safetensors $(QUALITY_JUDGE_ARMS)
+QUALITY_DOWNSTREAM_tinybirds = cfg higfa higfa-robust higfa-robust-pgd higfa-robust-filtered higfa-oracle higfa-boot \
+		higfa-boot-pgd higfa-tuned-boot-pgd higfa-tuned-boot-pgd-filtered higfa-tuned-pgd higfa-judged-boot-pgd \
+		higfa-judged-pgd
+# finebirds ships no guidance_robust: its arms are the recipe's and the judges'
+QUALITY_ARMS_finebirds = higfa-oracle=higfa-robust,guide=oracle higfa-boot=higfa,guide=boot:higfa \
+		higfa-tuned-boot-pgd=higfa-tuned,guide=boot:higfa,tune=0.031 $(QUALITY_JUDGE_ARMS)
+QUALITY_DOWNSTREAM_finebirds = cfg higfa higfa-robust higfa-oracle higfa-boot higfa-tuned-boot-pgd \
+		higfa-judged-boot-pgd higfa-judged-pgd
+bench-quality: setup
+	$(PY) -m benchmarks.quality --world $(WORLD) --threads 1 --jobs 2 --extra $(QUALITY_ARMS_$(WORLD)) \
+		--downstream $(QUALITY_DOWNSTREAM_$(WORLD))
 
 # Train a world's models into its folder (WORLD=tinybirds: higfa/world/assets/, WORLD=finebirds: assets_finebirds/;
 # CPU, 2-3 h on one thread). Resumable: stages its training.json records are skipped, a cut stage continues from its
@@ -103,6 +116,24 @@ test-requirements: setup
 	$(REQ_VENV)/bin/python scripts/comfyui.py install
 	PYTHONPATH=$(CURDIR) $(REQ_VENV)/bin/python -m pytest -p no:cacheprovider \
 		tests/comfyui/test_world_nodes.py::test_world_workflow_runs_through_the_server
+
+NEW_VENV := .cache/venv-comfyui-new
+NEW_TESTS ?= tests/comfyui/test_families.py tests/comfyui/test_families_files.py tests/comfyui/test_guider.py \
+	tests/comfyui/test_guidance_vae.py
+# The model-family ComfyUI tests (NEW_TESTS) against another ComfyUI checkout: make test-comfyui-new
+# COMFYUI_PATH=<checkout>. Not part of `make test`: it runs in its own venv, .cache/venv-comfyui-new (torch and
+# torchvision hard-linked from .venv, that checkout's requirements.txt and the pack's), so .venv and CI's 0.3.75
+# run never change. torchaudio is installed for real: ComfyUI 0.33.0 imports it unguarded (comfy/sd.py ->
+# comfy/ldm/lightricks/vae/audio_vae.py); 2.11.0 declares no torch pin and its abi3 libraries load beside torch 2.14.1.
+test-comfyui-new: setup
+	@test -n "$(COMFYUI_PATH)" || { echo "test-comfyui-new: set COMFYUI_PATH=<a ComfyUI checkout>" >&2; exit 2; }
+	test -x $(NEW_VENV)/bin/python || $(PYTHON) -m venv $(NEW_VENV)
+	$(PY) scripts/link_packages.py --into $(NEW_VENV) torch torchvision
+	$(NEW_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt torch torchvision \
+		torchaudio==2.11.0 pytest
+	COMFYUI_PATH=$(COMFYUI_PATH) $(NEW_VENV)/bin/python scripts/comfyui.py install
+	COMFYUI_PATH=$(COMFYUI_PATH) PYTHONPATH=$(CURDIR) $(NEW_VENV)/bin/python -m pytest -p no:cacheprovider -q \
+		$(NEW_TESTS)
 
 # Regenerate the shipped workflows/ from scripts/workflow_specs.py (starts a temporary ComfyUI for /object_info).
 workflows: comfyui-setup
