@@ -10,7 +10,7 @@ PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
 # This list: every target with the first line of the comment above it.
 help:
-	@awk '/^# /{if(!c)c=substr($$0,3);next} /^[a-z][a-z-]*:/{sub(/:.*/,"");printf "  %-18s %s\n",$$0,c} {c=""}' Makefile
+	@awk '/^# /{if(!c)c=substr($$0,3);next} /^[a-z][a-z-]*:/{sub(/:.*/,"");printf "  %-18s %s\n",$$0,c;c=""} /^$$/{c=""}' Makefile
 
 # The venv (.venv) with this package and its dev extras, torch pinned by constraints.txt.
 setup: $(VENV)/.setup-done
