@@ -148,7 +148,8 @@ def gen_settings(args, arm: Arm) -> dict:
            "schedule_overrides": arm.overrides, "guide": guide,
            "models": f"{models_label(args)}#{models_digest(models_folder(args).resolve())}"}
     if arm.tune is not None:  # only tuned arms carry it: the others keep their cached images
-        out["tune"] = TUNE | {"adversarial": arm.tune}
+        world = getattr(args, "world", DEFAULT)  # another world's guide is tuned on that world's few-shot images
+        out["tune"] = TUNE | {"adversarial": arm.tune} | ({} if world == DEFAULT else {"data": f"{world}:fewshot"})
     if arm.judge is not None:  # only judged arms carry it: the others keep their cached images
         out["judge"] = f"{arm.judge}#{hashlib.sha256(Path(arm.judge).read_bytes()).hexdigest()[:16]}"
     if arm.filter is not None:  # only filtered arms carry it: the others keep their cached images
