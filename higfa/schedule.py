@@ -333,4 +333,17 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
                     "skipped from p 0.8): give it a judge (a classifier that did not guide), whose confidence drives "
                     "the ramp and the gate",
 }
+
+
+def _names(modulating: bool) -> str:
+    names = [n for n, v in PRESETS.items() if Schedule.from_preset(n).uses_classifier
+             and Schedule.from_preset(n).modulate == modulating]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+
+
+# HiGFA Schedule's node description: which presets let the confidence modulate and gate, from PRESETS itself.
+SCHEDULE_DESCRIPTION = (
+    "Stage 1: fixed text CFG + contour. Stage 2 (from noise level π_c): classifier guidance; with modulate on "
+    f"(presets {_names(True)}) all strengths follow the confidence (a judge's when the sampler has one) and gating "
+    f"skips the backward pass; {_names(False)} keep them fixed (the confidence is only traced).")
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Schedule) if f.name != "preset")  # node input order

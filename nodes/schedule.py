@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..higfa.schedule import BATCH_CONFIDENCE, CLASSIFIER_STEPS, GRAD_NORMS, PRESET_DESCRIPTIONS, PRESETS, Schedule
+from ..higfa.schedule import (BATCH_CONFIDENCE, CLASSIFIER_STEPS, GRAD_NORMS, PRESET_DESCRIPTIONS, PRESETS,
+                              SCHEDULE_DESCRIPTION, Schedule)
 from ._comfy import CATEGORY, SCHEDULE, advanced, io
 
 # "custom": every input as set. A named preset sets the switches that define its ablation; inputs changed from
@@ -90,8 +91,7 @@ class HiGFASchedule(io.ComfyNode):
             node_id="HiGFA_Schedule",
             display_name="HiGFA Schedule",
             category=CATEGORY,
-            description="Stage 1: fixed text CFG + contour. Stage 2 (from noise level π_c): classifier guidance, "
-                        "and all strengths follow the classifier's confidence.",
+            description=SCHEDULE_DESCRIPTION,  # which presets modulate and gate, from PRESETS
             inputs=[io.Combo.Input("preset", options=PRESET_NAMES, default="higfa",
                                    tooltip=PRESET_TOOLTIP),
                     *[_input(name) for name in FIELDS]],

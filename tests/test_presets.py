@@ -36,3 +36,19 @@ def test_names_stored_in_saved_workflows_keep_loading(name):
     saved = json.dumps({"preset": name})  # a schedule JSON as saved workflows and --schedule files hold it
     assert Schedule.from_json(saved) == Schedule.from_preset(name)
     assert Schedule.from_preset(name).to_dict()["preset"] == name
+
+
+def test_the_schedule_nodes_description_says_which_presets_modulate():
+    """HiGFA Schedule's description (nodes/schedule.py uses SCHEDULE_DESCRIPTION) names each classifier preset
+    in the clause that fits it: the confidence modulating and gating, or kept fixed."""
+    import re
+
+    from higfa.schedule import SCHEDULE_DESCRIPTION
+
+    clauses = SCHEDULE_DESCRIPTION.split("; with modulate on")[1].split("skips the backward pass;")
+    modulating, fixed = (set(re.findall(r"[\w-]+", c)) for c in clauses)
+    for name in PRESETS:
+        s = Schedule.from_preset(name)
+        if s.uses_classifier:
+            assert name in (modulating if s.modulate else fixed) and name not in (fixed if s.modulate else modulating)
+            assert s.gating == s.modulate, name  # the description says gating goes with modulation
