@@ -1,6 +1,7 @@
 """The built-in tiny world: the generator (fast, no models) and the shipped models (loaded once)."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -217,10 +218,29 @@ def test_demo_writes_its_files(tmp_path):
     assert metrics["settings"]["threads"] == 1 and torch.get_num_threads() == before  # the caller's setting is restored
     for name in ("contact_sheet.png", "trace.png", "trace.json", "metrics.json"):
         assert (tmp_path / name).is_file(), name
-    assert set(metrics["presets"]) == {"cfg", "contour", "higfa", "higfa-robust"} and len(metrics["rows"]) == 2
+    assert set(metrics["presets"]) == {"cfg", "contour", "higfa", "higfa-robust", "higfa-judged"}
+    assert len(metrics["rows"]) == 2
     sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
-    assert sheet.shape[0] > 2 * 128 and sheet.shape[1] > 6 * 128
-    assert json.loads((tmp_path / "trace.json").read_text())["schedule"]["preset"] == "higfa-robust"
+    assert sheet.shape[0] > 2 * 128 and sheet.shape[1] > 7 * 128
+    # the trace is the judged preset's batch: the judge's p drove the ramp, the guide's p beside it
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert trace["schedule"]["preset"] == "higfa-judged" and trace["schedule"]["modulate"] and trace["judge"]
+    stage2 = [r for r in trace["steps"] if r["stage"] == 2]
+    assert stage2 and all(len(r["judge_confidence"]) == len(r["confidence"]) == 2 for r in stage2)
+    judged = metrics["presets"]["higfa-judged"]
+    assert 0 <= judged["judge_p_target"] <= 1 and "judge_p_target" not in metrics["presets"]["higfa-robust"]
+    assert metrics["traced"]["stage2_sample_steps"] == 2 * len(stage2)
+    assert metrics["traced"]["p_judge_last"] is not None
+
+
+def test_the_demo_judges_with_the_world_loaders_judge():
+    """The demo's judge is the file the World Loader offers as `judge` (the core cannot import the nodes)."""
+    import re
+
+    from higfa.world.demo import JUDGE_FILE
+
+    nodes = (Path(__file__).parents[1] / "nodes" / "world.py").read_text()
+    assert re.search(r'^JUDGE_FILE = "([^"]+)"', nodes, re.M).group(1) == JUDGE_FILE
 
 
 def test_demo_threads_leave_busy_cores_alone(monkeypatch):

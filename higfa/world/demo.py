@@ -1,13 +1,17 @@
 """`make demo` / `higfa demo`: HiGFA on the built-in tiny world, end to end, no arguments needed.
 
 For each row (one species): a real source image of the species, its transformed contour, and one
-sample per preset (`cfg`, `contour`, `higfa`, `higfa-robust`) from the same noise, prompted with the
-FAMILY text only and guided (the two higfa presets) by the few-shot classifier. An independent oracle
+sample per preset (`cfg`, `contour`, `higfa`, `higfa-robust`, `higfa-judged`) from the same noise, prompted
+with the FAMILY text only and guided (the higfa presets) by the few-shot classifier; `higfa-judged` is the
+paper's mechanism with a judge: the world's judge (a classifier that did not guide, the World Loader's `judge`)
+gives the confidence that modulates cfg, contour and w_cls and gates the backward pass. An independent oracle
 classifier says which species each sample shows. Writes to outputs/demo/:
 
-    contact_sheet.png   source | transformed contour | cfg | contour | higfa | higfa-robust, per row
-    trace.png, trace.json   the higfa-robust trace of the first row (confidence, strengths, gradient maps)
-    metrics.json        per preset: oracle accuracy, confidences, time; per row: predictions
+    contact_sheet.png   source | transformed contour | cfg | contour | higfa | higfa-robust | higfa-judged, per row
+    trace.png, trace.json   the higfa-judged trace of all rows, one batch (p_guide and p_judge per sample and
+                        their mean, the fooling gap between them, cfg / contour / w_cls following p_judge, steps
+                        where the gate skipped a sample's backward pass ×, the first row's gradient maps)
+    metrics.json        per preset: oracle accuracy, confidences, gated steps, time; per row: predictions
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ from ..classifier import find_name
 from ..contour import ContourTransform
 from ..schedule import Schedule
 
-PRESETS = ("cfg", "contour", "higfa", "higfa-robust")
-TRACED = "higfa-robust"  # the preset whose first row is drawn in trace.png
+PRESETS = ("cfg", "contour", "higfa", "higfa-robust", "higfa-judged")
+TRACED = "higfa-judged"  # the preset whose batch (every row) is drawn in trace.png
+JUDGED = ("higfa-judged",)  # the presets sampled with the world's judge
+# The world's judge: the file the World Loader offers as `judge` (nodes/world.py JUDGE_FILE; the core cannot import
+# the nodes, so the name is repeated here and a test checks the two agree).
+JUDGE_FILE = "guidance_robust.safetensors"
 # Two species per family, chosen so every marking kind appears.
 DEFAULT_SPECIES = ("red-crowned finch", "orange-billed finch", "spectacled warbler", "white-winged warbler",
                    "spectacled jay", "plain jay", "red-crowned dove", "orange-billed dove")
@@ -80,33 +88,40 @@ def _demo(out: Path, species: Sequence[str], steps: int, seed: int, progress: bo
                dynamic_ncols=True)
     # All rows of a preset form one batch; w_cls and gating are per sample, the text and contour
     # strengths of a step follow the batch's mean confidence (docs/method.md, "Batches").
-    # The guided rows record where the classifier's gradient acts (trace.png draws the maps as a strip);
+    # The traced preset records where the classifier's gradient acts (trace.png draws the maps as a strip);
     # recording changes no pixel of the samples.
-    schedules = {p: Schedule.from_preset(p, grad_map=p.startswith("higfa")) for p in PRESETS}
+    schedules = {p: Schedule.from_preset(p, grad_map=p == TRACED) for p in PRESETS}
+    judge = _world_judge(models)
     for preset in PRESETS:
         bar.set_postfix_str(preset)
         t0 = time.perf_counter()
-        gen = models.generate(schedules[preset], targets, contours, noise_seeds, steps,
-                              callback=lambda *_: bar.update(1))
+        gen = _generate(models, schedules[preset], targets, contours, noise_seeds, steps,
+                        judge if preset in JUDGED else None, callback=lambda *_: bar.update(1))
         seconds[preset] = time.perf_counter() - t0
         images[preset] = list(gen.images)
         traces[preset] = gen.result.trace.split(rows)
+        if preset == TRACED:
+            batch_trace = gen.result.trace
     bar.close()
 
-    metrics = _metrics(models, targets, images, traces, seconds, sources)
+    metrics = _metrics(models, targets, images, traces, seconds, sources, judge)
     metrics["settings"] = {"steps": steps, "sampler": "DDIM (eta 0), core reference sampler", "seed": seed,
                            "contour_seeds": contour_seeds, "noise_seeds": noise_seeds,
                            "contour_transform": ContourTransform().to_dict(),
                            "schedules": {p: schedules[p].to_dict() for p in PRESETS},
-                           "models": str(models.path), "threads": torch.get_num_threads()}
+                           "models": str(models.path), "judge": JUDGE_FILE, "judged_presets": list(JUDGED),
+                           "threads": torch.get_num_threads()}
     sheet = _contact_sheet(world.class_names, targets, sources, contours, images, metrics["rows"])
     cv2.imwrite(str(out / "contact_sheet.png"), sheet[:, :, ::-1])
-    first = traces[TRACED][0]
-    first.plot(out / "trace.png", title=f"{TRACED} trace of one sample: {world.class_names[targets[0]]}")
-    first.save(out / "trace.json")
+    # the whole batch: how the judge's p moves the ramp differs per sample (thin lines), the mean is thick
+    batch_trace.plot(out / "trace.png", title=f"{TRACED} trace of the {rows} rows (judge "
+                                              f"{JUDGE_FILE.removesuffix('.safetensors')}; thick: batch mean)")
+    batch_trace.save(out / "trace.json")
+    metrics["traced"] = {"preset": TRACED, "rows": rows, **trace_story(batch_trace)}
     metrics["seconds_total"] = round(time.perf_counter() - started, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(format_table(metrics))
+    print(format_story(metrics["traced"]))
     print(f"wrote {out}/contact_sheet.png, trace.png, trace.json, metrics.json "
           f"in {metrics['seconds_total']:.0f} s")
     return metrics
@@ -119,9 +134,75 @@ def _species_index(names: list[str], name: str) -> int:
     return found
 
 
-def _metrics(models, targets, images, traces, seconds, sources) -> dict:
+def _world_judge(models):
+    """The world folder's judge (JUDGE_FILE), float32; a world without one is an error naming the file."""
+    from ..classifier import load_classifier
+
+    file = models.path / JUDGE_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing: the demo's higfa-judged column needs the world's judge "
+                                "(shipped with the built-in world; `higfa tune-classifier --adversarial` makes it)")
+    return load_classifier(file).float()
+
+
+def _generate(models, schedule, targets, contours, seeds, steps, judge=None, callback=None):
+    """`models.generate`, with `judge` (a Classifier or None) giving the confidence (Guide(judge=...))."""
+    if judge is None:
+        return models.generate(schedule, targets, contours, seeds, steps, callback=callback)
+    from ..backends.denoiser import decode_uint8
+    from ..guide import Guide
+    from ..judge import map_targets
+    from ..sampler import sample
+    from .models import Generation
+
+    names = models.world.class_names
+    den = models.denoiser([models.world.prompt(t) for t in targets], contours)
+    guide_decode, dname = models.guidance_decode()
+    guide = Guide(schedule, classifier=models.guidance, decode=guide_decode, target=list(targets),
+                  class_names=names, decoder_name=dname, judge=judge,
+                  judge_target=map_targets(targets, names, judge.class_names),
+                  judge_name=JUDGE_FILE.removesuffix(".safetensors"))
+    result = sample(den, models.noise(seeds), models.noise_schedule.sample_sigmas(steps, "ddim"), guide,
+                    callback=callback)
+    return Generation(decode_uint8(models.decode(), result.latent), result)
+
+
+def trace_story(trace) -> dict:
+    """What a (batch) trace's stage 2 did, as batch means: p_guide and p_judge at the first and last step both
+    were measured, w_cls at the first and last stage-2 step, and the stage-2 sample-steps the gate skipped (no
+    backward pass for that sample)."""
+    s2 = [r for r in trace.steps if r.stage == 2]
+    both = [r for r in s2 if r.confidence is not None and r.judge_confidence is not None]
+
+    def mean(values):
+        return None if values is None else round(float(np.mean(values)), 3)
+
+    return {"stage2_sample_steps": sum(len(r.gated) for r in s2),
+            "gated_sample_steps": sum(sum(bool(g) for g in r.gated) for r in s2),
+            "w_cls_first": mean(s2[0].classifier_scale) if s2 else None,
+            "w_cls_last": mean(s2[-1].classifier_scale) if s2 else None,
+            "p_guide_first": mean(both[0].confidence) if both else None,
+            "p_guide_last": mean(both[-1].confidence) if both else None,
+            "p_judge_first": mean(both[0].judge_confidence) if both else None,
+            "p_judge_last": mean(both[-1].judge_confidence) if both else None}
+
+
+def format_story(story: dict) -> str:
+    """One printed line: what trace.png shows."""
+    def f(v):
+        return "–" if v is None else f"{v:.2f}"
+
+    return (f"{story['preset']} trace.png ({story['rows']} rows, stage-2 means): p_judge {f(story['p_judge_first'])}"
+            f" -> {f(story['p_judge_last'])} drives the ramp (p_guide {f(story['p_guide_first'])} -> "
+            f"{f(story['p_guide_last'])}); w_cls {f(story['w_cls_first'])} -> {f(story['w_cls_last'])}; gated "
+            f"{story['gated_sample_steps']} of {story['stage2_sample_steps']} stage-2 sample-steps")
+
+
+def _metrics(models, targets, images, traces, seconds, sources, judge=None) -> dict:
     """Per preset: fidelity by the world's oracle (it never guides the demo's images; the shared
-    implementation of higfa/world/metrics.py), the guide's own view, time and guidance counts."""
+    implementation of higfa/world/metrics.py), the guide's own view (and the judge's, for the judged
+    presets), time and guidance counts."""
+    from ..training import predict
     from .metrics import fidelity
 
     world = models.world
@@ -143,8 +224,14 @@ def _metrics(models, targets, images, traces, seconds, sources) -> dict:
             "seconds_per_sample": round(seconds[preset] / len(tgt), 2),
             "guided_sample_steps": int(sum(t.summary()["guided_sample_steps"] for t in traces[preset])),
             "gated_sample_steps": int(sum(t.summary()["gated_sample_steps"] for t in traces[preset])),
+            "stage2_sample_steps": int(sum(t.summary()["stage2_evaluations"] for t in traces[preset])),
             "last_measured_confidence": guide_p,
         }
+        if preset in JUDGED and judge is not None:
+            pj = predict(judge, np.stack(images[preset]))[np.arange(len(tgt)), tgt]
+            out["presets"][preset]["judge_p_target"] = round(float(pj.mean()), 4)
+            out["presets"][preset]["last_measured_judge_confidence"] = [
+                t.final_judge_confidence()[0] if t.final_judge_confidence() else None for t in traces[preset]]
     for r, t in enumerate(targets):
         out["rows"].append({"target": world.class_names[t], "source_oracle": world.class_names[int(src_pred[r])],
                             **{p: {"oracle": world.class_names[int(preds[p][0][r])],
@@ -153,12 +240,17 @@ def _metrics(models, targets, images, traces, seconds, sources) -> dict:
 
 
 def format_table(metrics: dict) -> str:
+    """The printed table: per preset the oracle's verdict, the guide's (and the judge's) p(target) on the final
+    images, the stage-2 sample-steps the gate skipped (of all stage-2 sample-steps), and the time."""
     head = (f"{'preset':<12} {'oracle acc':>10} {'family acc':>10} {'p_oracle(y)':>11} {'p_guide(y)':>10} "
-            f"{'s/sample':>8}")
+            f"{'p_judge(y)':>10} {'gated':>9} {'s/sample':>8}")
     lines = [head, "-" * len(head)]
     for p, m in metrics["presets"].items():
+        pj = f"{m['judge_p_target']:.2f}" if "judge_p_target" in m else "–"
+        gated = f"{m['gated_sample_steps']}/{m['stage2_sample_steps']}" if m["guided_sample_steps"] else "–"
         lines.append(f"{p:<12} {m['oracle_accuracy']:>10.2f} {m['oracle_family_accuracy']:>10.2f} "
-                     f"{m['oracle_p_target']:>11.2f} {m['guidance_p_target']:>10.2f} {m['seconds_per_sample']:>8.2f}")
+                     f"{m['oracle_p_target']:>11.2f} {m['guidance_p_target']:>10.2f} {pj:>10} {gated:>9} "
+                     f"{m['seconds_per_sample']:>8.2f}")
     return "\n".join(lines)
 
 
