@@ -1,8 +1,10 @@
-"""The HiGFA guider on the model families beyond SD 1.x EPS (in-process, tiny random-init stand-ins of
-tests/comfyui/tiny_families.py): SDXL (EPS), SD 1.x v-prediction and SD3 (flow matching, CONST). For each:
-the `cfg` and `contour` presets equal stock sampling bit for bit, `higfa` runs with a classifier and the
-family's ControlNet, the trace's π and stage boundary are where ComfyUI's own percent_to_sigma puts them, and
-the classifier step is w·σ_g²·normalise(g) with σ_g of the family (higfa.families)."""
+"""The HiGFA guider on every model family (in-process, tiny random-init stand-ins of tests/comfyui/tiny_families.py):
+SD 1.x EPS (the reference), SDXL (EPS), SD 1.x v-prediction and SD3 (flow matching, CONST); Flux (guidance-distilled
+flow) at CFG 1 in its own test. For each: the `cfg` and `contour` presets equal stock sampling bit for bit,
+`higfa` runs with a classifier and the family's ControlNet, the trace's π and stage boundary are where ComfyUI's
+own percent_to_sigma puts them, the classifier step is w·σ_g²·normalise(g) with σ_g of the family
+(higfa.families), also by finite differences, and the family's TAESD guides. Across families (and zero-SNR
+v-prediction by the stock ModelSamplingDiscrete node), one classifier_scale moves x̂0 by the same RMS at equal π."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from guider_support import canny_contour, spy_refine
 
 pytestmark = pytest.mark.comfyui
 STEPS = 8
-FAMILIES = ("sdxl", "sd1_vpred", "sd3")
+FAMILIES = ("sd1", "sdxl", "sd1_vpred", "sd3")
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +275,44 @@ def test_guidance_distilled_flux_at_cfg_1(shared, comfy):
         if row.classifier_scale[0] > 0:
             rms = float((out - x0).pow(2).mean().sqrt())
             assert rms == pytest.approx(row.classifier_scale[0] * reference_sigma(plan.progress) ** 2, rel=1e-3)
+
+
+CROSS = ("sd1", "sdxl", "sd1_vpred", "sd1_vpred_zsnr", "sd3", "flux")
+PROGRESS = (0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def test_one_classifier_scale_moves_x0_alike_at_equal_progress_across_families(shared):
+    """Issue 26's acceptance: at equal π, one classifier step changes x̂0 (the clean-image estimate the step acts
+    on) by the same RMS per unit classifier_scale, within 10 %, in every family: SD 1.x EPS, SDXL, SD 1.x
+    v-prediction, zero-SNR v-prediction (the stock ModelSamplingDiscrete node), SD3 and Flux, each sampled by
+    ComfyUI at σ = its own percent_to_sigma(π). Up to π 0.8 the families' own Tweedie steps σ_VE² differ by
+    over 1.5× at the same π: the check fails if σ_g follows the model's σ instead of π."""
+    import tiny_families
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+    from higfa_pack.higfa.families import ve_sigma
+
+    pushes, tweedie = {}, {}
+    for name in CROSS:
+        with torch.inference_mode():
+            f = tiny_families.family(name.removesuffix("_zsnr"))
+            if name.endswith("_zsnr"):
+                f.model = ModelSamplingDiscrete().patch(f.model, "v_prediction", True)[0]
+        ms = f.model.get_model_object("model_sampling")
+        sigmas = torch.tensor([float(ms.percent_to_sigma(p)) for p in PROGRESS] + [0.0])
+        noise = torch.randn(1, f.channels, IMAGE // 8, IMAGE // 8, generator=torch.Generator().manual_seed(0))
+        w = dict(shared, f=f, noise=noise, sigmas=sigmas)
+        g = guider(w, "classifier-all-steps", cfg=1.0, contour_strength=0.0)  # Flux has no ControlNet
+        steps = spy_refine(g.guide)
+        assert torch.isfinite(run(w, g, batch=1)).all()
+        assert [plan.progress for _, _, plan in steps] == pytest.approx(PROGRESS, abs=1e-3)
+        pushes[name] = [float((out - x0).pow(2).mean().sqrt()) / row.classifier_scale[0]
+                        for (x0, out, _), row in zip(steps, g.guide.trace.steps)]
+        tweedie[name] = [ve_sigma(float(s), f.sampling) ** 2 for s in sigmas[:-1]]
+    for i, progress in enumerate(PROGRESS):
+        at = {name: push[i] for name, push in pushes.items()}
+        assert max(at.values()) / min(at.values()) <= 1.10, (progress, at)
+        own = [t[i] for t in tweedie.values()]
+        assert progress > 0.8 or max(own) / min(own) > 1.5, (progress, tweedie)
 
 
 def test_sdxl_decoder_overflowing_in_fp16_is_caught_by_the_float32_fallback(shared):

@@ -1,8 +1,9 @@
-"""Tiny random-init stand-ins (Route A) for the model families beyond SD 1.x EPS: an SDXL-class UNet
-(EPS, SDXL latent format, pooled text + size ids through `adm`), an SD 1.x v-prediction UNet and an
-SD3-class MMDiT (flow matching, CONST sampling, 16-channel latents, shift 3), each with the family's own
-ControlNet class and a VAE of its latent width. ComfyUI's own model classes (model_base.SDXL / BaseModel /
-SD3, cldm and mmdit ControlNets) at a size a 2-core CPU samples in well under a second.
+"""Tiny random-init stand-ins (Route A) for every model family: SD 1.x EPS (the reference), an SDXL-class UNet
+(EPS, SDXL latent format, pooled text + size ids through `adm`), an SD 1.x v-prediction UNet and an SD3-class
+MMDiT (flow matching, CONST sampling, 16-channel latents, shift 3), each with the family's own ControlNet class
+and a VAE of its latent width, and a guidance-distilled Flux-class DiT (no ControlNet). ComfyUI's own model
+classes (model_base.BaseModel / SDXL / SD3 / Flux, cldm and mmdit ControlNets) at a size a 2-core CPU samples
+in well under a second.
 
 Text conditioning is made directly (seeded tensors of the family's shapes), not by a text encoder: the
 tests compare guiders on identical conditioning, and the SDXL / SD3 text encoders have no tiny config.
@@ -42,7 +43,7 @@ class Family:
 
 
 def family(name: str, seed: int = 0) -> Family:
-    build = {"sdxl": _sdxl, "sd1_vpred": _sd1_vpred, "sd3": _sd3, "flux": _flux}[name]
+    build = {"sd1": _sd1, "sdxl": _sdxl, "sd1_vpred": _sd1_vpred, "sd3": _sd3, "flux": _flux}[name]
     return build(seed)
 
 
@@ -113,20 +114,26 @@ def _sdxl(seed: int) -> Family:
                   *conditioning(seed + 1, pooled=True), 4)
 
 
-def _sd1_vpred(seed: int) -> Family:
+def _sd1(seed: int, model_type: str = "EPS") -> Family:
+    """SD 1.x at the tiny width: EPS (the measured reference family) or V_PREDICTION (same x, another output)."""
     import comfy.latent_formats
     import comfy.model_base
     import comfy.supported_models_base
 
-    class TinySDv(comfy.supported_models_base.BASE):
+    class TinySD1(comfy.supported_models_base.BASE):
         unet_config = UNET_CONFIG
         unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
         latent_format = comfy.latent_formats.SD15
 
-    model = _unet_model(TinySDv, comfy.model_base.BaseModel, UNET_CONFIG, seed,
-                        model_type=comfy.model_base.ModelType.V_PREDICTION)
-    return Family("sd1_vpred", "v_prediction", _patcher(model), _vae(seed + 2, 4), _cldm(UNET_CONFIG, seed + 3),
+    model = _unet_model(TinySD1, comfy.model_base.BaseModel, UNET_CONFIG, seed,
+                        model_type=getattr(comfy.model_base.ModelType, model_type))
+    name, sampling = ("sd1", "eps") if model_type == "EPS" else ("sd1_vpred", "v_prediction")
+    return Family(name, sampling, _patcher(model), _vae(seed + 2, 4), _cldm(UNET_CONFIG, seed + 3),
                   *conditioning(seed + 1, pooled=False), 4)
+
+
+def _sd1_vpred(seed: int) -> Family:
+    return _sd1(seed, "V_PREDICTION")
 
 
 def _sd3(seed: int) -> Family:
@@ -164,13 +171,21 @@ def _flux(seed: int) -> Family:
     """A guidance-distilled Flux-class model (Flux.1-dev's layout: double + single stream blocks, a guidance
     embedding, ModelSamplingFlux). Its conditioning carries FluxGuidance's value (3.5); no ControlNet (ComfyUI's
     Flux ControlNets are third-party formats), so its tests use presets without the contour."""
+    import dataclasses
+
     import comfy.model_base
     import comfy.supported_models
+    from comfy.ldm.flux.model import FluxParams
+
+    config = dict(FLUX_DIT)
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)}:
+        # newer ComfyUI (0.33.0) requires the field; its model_detection sets [] for a Flux.1 file (0.3.75 has none)
+        config["txt_ids_dims"] = []
 
     class TinyFlux(comfy.supported_models.Flux):
-        unet_config = FLUX_DIT
+        unet_config = config
 
-    model = _unet_model(TinyFlux, comfy.model_base.Flux, FLUX_DIT, seed)
+    model = _unet_model(TinyFlux, comfy.model_base.Flux, config, seed)
     pos, neg = conditioning(seed + 1, pooled=True)
     pos, neg = ([[t, {**d, "guidance": 3.5}] for t, d in c] for c in (pos, neg))
     return Family("flux", "const", _patcher(model), _vae(seed + 2, 16), None, pos, neg, 16)
@@ -186,7 +201,8 @@ def _fill_buffers(module: torch.nn.Module, seed: int) -> None:
 
 
 # the family's TAESD and its latent width
-TAESD = {"sdxl": ("taesdxl", 4), "sd1_vpred": ("taesd", 4), "sd3": ("taesd3", 16), "flux": ("taef1", 16)}
+TAESD = {"sd1": ("taesd", 4), "sdxl": ("taesdxl", 4), "sd1_vpred": ("taesd", 4), "sd3": ("taesd3", 16),
+         "flux": ("taef1", 16)}
 
 
 def write_taesd(folder, name: str, channels: int, seed: int = 5) -> None:
