@@ -1,12 +1,14 @@
 """A quick probe of the judge (issue 25) on the CURRENT built-in world: not the acceptance bench, no downstream.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.judge_probe [--per-species 4] [--arms NAME,...]
+    OMP_NUM_THREADS=1 python -m benchmarks.judge_probe [--per-species 8] [--arms NAME,...]
 
 Every arm generates the same few-shot sources with the same contour and noise seeds (`benchmarks.seeds`, paired
 across arms), 30 DDIM steps, x̂0 decoded by the world VAE on the classifier path (as the quality bench), and differs
 only in its schedule preset (+ overrides), its guide and its judge (`Guide(judge=...)`: the judge's p drives the
 ramp, the gate and measure_every; the gradient stays the guide's). The two shipped guides pair up: `guidance` (the
-few-shot guide) and `guidance_robust` (its copy tuned by `higfa tune-classifier --adversarial`). Per arm:
+few-shot guide) and `guidance_robust` (its copy tuned by `higfa tune-classifier --adversarial`); and independent
+judges (TRAINED) made by `higfa train-classifier` on the same 160 few-shot images with another architecture or
+seed (trained into .cache/judge_probe/ when missing). Per arm:
 
 - world-oracle species and family accuracy of the final images (the oracle guided none of them);
 - the guide's and the judge's verdicts (species accuracy on the final images) and their fooling gaps (verdict −
@@ -34,7 +36,24 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "judge_probe.json"
-GUIDES = ("guidance", "guidance_robust")
+SHIPPED = ("guidance", "guidance_robust")  # the world's two classifiers (guidance_robust: the guide PGD-tuned)
+# Independent judges (issue 25 item 2): trained on the guide's own 160 few-shot images by the pack's one command, as
+# the world's guide was trained (`guidance`: test_resnet, seed 20, the same options; tests/test_classifier_commands
+# checks that command reproduces the world stage), with another architecture or another seed. No label the guide did
+# not have. The probe trains a missing one into TRAINED_DIR (about 3 CPU-minutes each).
+TRAINED_DIR = ROOT / ".cache" / "judge_probe"
+TRAIN_OPTIONS = ("--data", "builtin:fewshot:10", "--val", "builtin:test", "--input-size", "64", "--mean", ".5", ".5",
+                 ".5", "--std", ".5", ".5", ".5", "--augment", "robust", "--steps", "500")
+TRAINED = {"fewshot_resnet_seed21": ("--architecture", "test_resnet", "--seed", "21"),  # the guide's, another seed
+           "fewshot_convnext": ("--architecture", "test_convnext", "--seed", "20"),  # another architecture
+           "fewshot_efficientnet": ("--architecture", "test_efficientnet", "--seed", "20")}  # another architecture
+GUIDES = SHIPPED + tuple(TRAINED)
+
+
+def train_command(name: str, folder: Path = TRAINED_DIR) -> list[str]:
+    """The `higfa train-classifier` arguments that make the independent judge `name` (TRAINED) in `folder`."""
+    return ["train-classifier", *TRAIN_OPTIONS, *TRAINED[name], "--threads", "1", "--no-progress",
+            "--out", str(folder / name)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,15 +84,48 @@ ARMS = [
     Arm("higfa-judged+judge=robust,skip0.8", "higfa-judged", "guidance", "guidance_robust", (("tau_skip", 0.8),)),
     Arm("higfa-judged+judge=robust,w6", "higfa-judged", "guidance", "guidance_robust",
         (("classifier_scale", 6.0), ("tau_skip", 0.95))),
+    # independent judges (TRAINED): the few-shot guide judged by a classifier trained on the same 160 images with
+    # the guide's architecture and another seed, or another architecture; and the tuned guide judged by the former
+    Arm("higfa-judged+judge=seed21", "higfa-judged", "guidance", "fewshot_resnet_seed21"),
+    Arm("higfa+judge=seed21", "higfa", "guidance", "fewshot_resnet_seed21"),
+    Arm("higfa-judged+judge=efficientnet", "higfa-judged", "guidance", "fewshot_efficientnet"),
+    Arm("higfa-judged+judge=convnext", "higfa-judged", "guidance", "fewshot_convnext"),
+    Arm("higfa+judge=efficientnet", "higfa", "guidance", "fewshot_efficientnet"),
+    Arm("higfa-judged/robust-guide+judge=seed21", "higfa-judged", "guidance_robust", "fewshot_resnet_seed21"),
+    Arm("higfa+judge=convnext", "higfa", "guidance", "fewshot_convnext"),
 ]
 
 
 def load_classifier_named(models, name: str):
+    """A shipped classifier from the world folder, or an independent judge of TRAINED (trained first if missing)."""
     from higfa.classifier import load_classifier
 
     if name not in GUIDES:
         raise ValueError(f"guide/judge {name!r}: choose one of {GUIDES}")
-    return models.guidance if name == "guidance" else load_classifier(models.path / f"{name}.safetensors").float()
+    if name == "guidance":
+        return models.guidance
+    if name in SHIPPED:
+        return load_classifier(models.path / f"{name}.safetensors").float()
+    path = TRAINED_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        from higfa.jobs.cli import main as higfa
+
+        print("training judge:", "higfa", " ".join(train_command(name)), flush=True)
+        if higfa(train_command(name)) != 0:
+            raise RuntimeError(f"`higfa {' '.join(train_command(name))}` failed (its message is above)")
+    return load_classifier(path).float()
+
+
+def judge_provenance(name: str | None) -> dict | None:
+    """What an independent judge is (its sidecar's command, seed and held-out accuracy); None for the others."""
+    if name not in TRAINED:
+        return None
+    sidecar = json.loads((TRAINED_DIR / f"{name}.json").read_text())
+    prov = sidecar.get("provenance", {})
+    return {"command": "higfa " + " ".join(train_command(name, TRAINED_DIR.relative_to(ROOT))),
+            "architecture": sidecar["architecture"], "seed": prov.get("seed"),
+            "train_images": prov.get("train_images"), "test_accuracy": prov.get("val_accuracy"),
+            "test_images": prov.get("val_images")}
 
 
 def generate(models, schedule, guide_clf, judge_clf, judge_name, targets, contours, seeds, steps: int = 30):
@@ -165,6 +217,8 @@ def run_arm(models, arm: Arm, sources, batch: int) -> dict:
     images = np.concatenate(images)
     labels = np.asarray(sources.labels)
     out = {"settings": arm.settings(), "schedule": schedule.to_dict(), "images": len(images)}
+    if judge_provenance(arm.judge) is not None:
+        out["judge_classifier"] = judge_provenance(arm.judge)
     out |= verdicts(models, images, labels, guide_clf, judge_clf) | trace_stats(traces)
     out["seconds_per_image"] = round(seconds / len(images), 3)
     return out
@@ -195,31 +249,61 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def judges_table(result: dict) -> str:
+    """The independent judges the arms used (architecture, seed, training images, held-out accuracy), a markdown
+    table; empty when no arm used one."""
+    seen = {}
+    for a in result["arms"].values():
+        if a.get("judge_classifier"):
+            seen.setdefault(a["settings"]["judge"], a["judge_classifier"])
+    if not seen:
+        return ""
+    rows = ["| judge | architecture | seed | trained on | test accuracy |", "|---|---|---|---|---|"]
+    for name, j in seen.items():
+        rows.append(f"| {name} | {j['architecture']} | {j['seed']} | {j['train_images']} few-shot images | "
+                    f"{j['test_accuracy']:.3f} ({j['test_images']} images) |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--per-species", type=int, default=4, help="few-shot sources per species (default 4: 64 images)")
+    p.add_argument("--per-species", type=int, default=8,
+                   help="few-shot sources per species (default 8: 128 images, the recorded probe's)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--arms", help="comma-separated arm names (default: all)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--table", action="store_true", help="only print --out's result as docs/quality.md's table")
+    p.add_argument("--fresh", action="store_true", help="start --out over when its arms ran with other settings")
     args = p.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.out.read_text())))
+        result = json.loads(args.out.read_text())
+        print(table(result))
+        if judges_table(result):
+            print("\n" + judges_table(result))
         return 0
     torch.set_num_threads(args.threads)
     from higfa.schedule import Schedule
     from higfa.world.models import load_world
 
     arms = ARMS if not args.arms else [a for a in ARMS if a.name in args.arms.split(",")]
-    models = load_world()
-    sources = models.world.split("fewshot", args.per_species)
+    unknown = sorted(set(args.arms.split(",")) - {a.name for a in ARMS}) if args.arms else []
+    if unknown:
+        raise SystemExit(f"--arms: unknown {unknown}; the arms are {[a.name for a in ARMS]}")
+    # the recorded settings (images_per_arm follows from per_species): checked before the world loads
     head = {"what": "judge probe on the current world (not the acceptance bench; no downstream)",
-            "per_species": args.per_species, "images_per_arm": len(sources.labels), "steps": 30, "batch": args.batch,
-            "threads": args.threads, "decoder": "vae", "models": "shipped"}
+            "per_species": args.per_species, "steps": 30, "batch": args.batch, "threads": args.threads,
+            "decoder": "vae", "models": "shipped"}
     result = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if {k: result.get(k) for k in head} != head:
+        if result.get("arms") and not args.fresh:
+            raise SystemExit(f"{args.out} holds arms run with other settings "
+                             f"({ {k: result.get(k) for k in head if result.get(k) != head[k]} }): give those "
+                             "settings, another --out, or --fresh to start it over")
         result = dict(head)
+    models = load_world()
+    sources = models.world.split("fewshot", args.per_species)
+    result["images_per_arm"] = len(sources.labels)
     result.setdefault("arms", {})
     for arm in arms:
         done = result["arms"].get(arm.name)

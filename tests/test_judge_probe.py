@@ -1,7 +1,12 @@
 """benchmarks/judge_probe.py's accounting on hand-made traces: the stage-2 shares the gate skipped, the shares
 without a backward pass (per sample and per batch step), the final p_guide / p_judge; and its table."""
 
-from benchmarks.judge_probe import ARMS, table, trace_stats
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.judge_probe import ARMS, TRAINED, judges_table, main, table, trace_stats, train_command
 from higfa.trace import Trace, TraceStep
 
 
@@ -25,14 +30,54 @@ def test_stage2_accounting():
     assert st["final_p_guide"] == 0.98 and st["final_p_judge"] == 0.97 and st["sampling_fooling_gap"] == 0.01
 
 
-def test_arms_pair_the_two_shipped_guides_and_the_table_has_a_row_per_arm():
+def test_arms_pair_the_shipped_guides_and_independent_judges_and_the_table_has_a_row_per_arm():
     assert len({a.name for a in ARMS}) == len(ARMS)
     assert all(a.judge is None or a.judge != a.guide for a in ARMS)
-    assert {(a.guide, a.judge) for a in ARMS if a.judge} == {("guidance", "guidance_robust"),
-                                                              ("guidance_robust", "guidance")}
+    assert {(a.guide, a.judge) for a in ARMS if a.judge} == {
+        ("guidance", "guidance_robust"), ("guidance_robust", "guidance"), ("guidance", "fewshot_convnext"),
+        ("guidance", "fewshot_resnet_seed21"), ("guidance", "fewshot_efficientnet"),
+        ("guidance_robust", "fewshot_resnet_seed21")}
     arm = {"settings": ARMS[0].settings(), "oracle_species": 0.5, "oracle_family": 1.0, "guide_species": 0.9,
            "guide_fooling_gap": 0.4, "final_p_guide": 0.8, "final_p_judge": None, "gated_fraction": 0.0,
            "no_backward_fraction": 0.1, "batch_steps_without_backward_fraction": 0.0, "mean_stage2_w_cls": 0.5,
            "guided_step_seconds": 1.0}
     lines = table({"arms": {"a": arm, "b": arm}}).splitlines()
     assert len(lines) == 4 and lines[2].startswith("| a | higfa | guidance | – | 0.500 | 1.000 | 0.900 (+0.400)")
+
+
+def test_independent_judges_are_trained_like_the_world_guide_with_another_architecture_or_seed():
+    """The second classifier is the world guide's recipe (`higfa train-classifier`, which reproduces the world's
+    guidance stage: tests/test_classifier_commands.py) on the same few-shot images; only the architecture or the
+    seed differs, so it sees no label the guide did not."""
+    from higfa.jobs.cli import build_parser
+    from higfa.world.train import TrainConfig
+
+    cfg = TrainConfig()
+    guide = {"architecture": cfg.guidance_arch, "seed": cfg.seed + 20}
+    for name in TRAINED:
+        a = build_parser().parse_args(train_command(name, Path("/tmp/x")))
+        assert (a.data, a.steps, a.augment) == (f"builtin:fewshot:{cfg.guidance_shots}", cfg.guidance_steps, "robust")
+        differs = {k for k in guide if getattr(a, k) != guide[k]}
+        assert len(differs) == 1, (name, differs)  # one thing changed: architecture or seed
+        assert a.out == "/tmp/x/" + name
+
+
+def test_a_result_file_of_other_settings_is_refused_not_overwritten(tmp_path):
+    out = tmp_path / "probe.json"
+    out.write_text(json.dumps({"per_species": 4, "arms": {"higfa": {}}}))
+    with pytest.raises(SystemExit, match="other settings"):
+        main(["--out", str(out), "--arms", "higfa"])
+    assert json.loads(out.read_text())["arms"] == {"higfa": {}}
+    with pytest.raises(SystemExit, match="unknown"):
+        main(["--out", str(out), "--arms", "nope"])
+
+
+def test_the_judges_table_lists_each_independent_judge_once():
+    j = {"command": "higfa train-classifier ...", "architecture": "test_convnext", "seed": 20, "train_images": 160,
+         "test_accuracy": 0.3162, "test_images": 800}
+    arms = {"a": {"settings": {"judge": "fewshot_convnext"}, "judge_classifier": j},
+            "b": {"settings": {"judge": "fewshot_convnext"}, "judge_classifier": j},
+            "c": {"settings": {"judge": "guidance_robust"}}}
+    lines = judges_table({"arms": arms}).splitlines()
+    assert lines[2:] == ["| fewshot_convnext | test_convnext | 20 | 160 few-shot images | 0.316 (800 images) |"]
+    assert judges_table({"arms": {"c": arms["c"]}}) == ""
