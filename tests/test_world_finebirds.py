@@ -132,6 +132,8 @@ def test_train_config_and_stage_order_per_world():
     fine = for_world("finebirds", seed=3)
     assert fine.world == "finebirds" and fine.seed == 3 and fine.oracle_steps > TrainConfig().oracle_steps
     assert for_world("tinybirds") == TrainConfig()
+    # finebirds' oracle also learns mildly blurred images (the VAE and the sampler draw softer edges); tinybirds' not
+    assert (fine.oracle_blur, TrainConfig().oracle_blur) == (1.0, 0.0)
     order = WORLD_STAGES["finebirds"]
     assert order.index("oracle") < order.index("vae_decoder") < order.index("diffusion") < order.index(
         "diffusion_more") and "tiny_decoder" not in order

@@ -97,7 +97,7 @@ def _classifier_stage(cfg: TrainConfig, world: TinyBirds, out: Path, name: str) 
     else:
         split, per_class = "train", cfg.oracle_per_class
         arch, kwargs, steps, seed = cfg.oracle_arch, dict(cfg.oracle_kwargs), cfg.oracle_steps, cfg.seed + 30
-        augment = Augment()
+        augment = Augment(blur=cfg.oracle_blur)
     data = world.split(split, per_class)
     test = world.split("test", 50)
     source = "builtin" if world.name == "tinybirds" else world.name
