@@ -119,12 +119,15 @@ test-requirements: setup
 
 NEW_VENV := .cache/venv-comfyui-new
 NEW_TESTS ?= tests/comfyui/test_families.py tests/comfyui/test_families_files.py tests/comfyui/test_guider.py \
-	tests/comfyui/test_guidance_vae.py
-# The model-family ComfyUI tests (NEW_TESTS) against another ComfyUI checkout: make test-comfyui-new
-# COMFYUI_PATH=<checkout>. Not part of `make test`: it runs in its own venv, .cache/venv-comfyui-new (torch and
-# torchvision hard-linked from .venv, that checkout's requirements.txt and the pack's), so .venv and CI's 0.3.75
-# run never change. torchaudio is installed for real: ComfyUI 0.33.0 imports it unguarded (comfy/sd.py ->
-# comfy/ldm/lightricks/vae/audio_vae.py); 2.11.0 declares no torch pin and its abi3 libraries load beside torch 2.14.1.
+	tests/comfyui/test_guidance_vae.py tests/comfyui/test_server.py::test_real_format_files_through_the_stock_loaders \
+	'tests/comfyui/test_server.py::test_shipped_workflow_validates_and_runs[higfa-sdxl]' \
+	'tests/comfyui/test_server.py::test_shipped_workflow_validates_and_runs[higfa-sd3]'
+# The model-family ComfyUI tests against another ComfyUI checkout: make test-comfyui-new COMFYUI_PATH=<checkout>
+# (NEW_TESTS: every family in-process and from files, SD 1.x's guider tests, the family workflows on a server).
+# Not part of `make test`: it runs in its own venv, .cache/venv-comfyui-new (torch and torchvision hard-linked from
+# .venv, that checkout's requirements.txt and the pack's), so .venv and CI's 0.3.75 run never change. torchaudio is
+# the real one: ComfyUI 0.33.0 imports it unguarded (comfy/sd.py -> comfy/ldm/lightricks/vae/audio_vae.py); 2.11.0
+# declares no torch pin and its abi3 libraries load and run beside torch 2.14.1 (resample, lfilter checked).
 test-comfyui-new: setup
 	@test -n "$(COMFYUI_PATH)" || { echo "test-comfyui-new: set COMFYUI_PATH=<a ComfyUI checkout>" >&2; exit 2; }
 	test -x $(NEW_VENV)/bin/python || $(PYTHON) -m venv $(NEW_VENV)
