@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -194,27 +195,52 @@ def verdicts(models, images: np.ndarray, labels: np.ndarray, guide_clf, judge_cl
     return out
 
 
-def run_arm(models, arm: Arm, sources, batch: int) -> dict:
+def batch_dir(arm: Arm, schedule_dict: dict, head: dict) -> Path:
+    """Where an arm's finished batches wait (images + trace per batch), keyed by everything that makes them."""
+    import hashlib
+
+    key = json.dumps({"arm": arm.settings(), "schedule": schedule_dict, "head": head}, sort_keys=True)
+    return TRAINED_DIR / "batches" / f"{arm.name.replace('/', '_')}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def run_arm(models, arm: Arm, sources, batch: int, folder: Path, shard: tuple[int, int] = (0, 1)) -> dict | None:
+    """Generate this shard's batches of `arm` (batch k when k % n == i for shard (i, n)) into `folder` (one
+    .npz per batch: images, trace JSON, seconds; a finished batch is not redone), then, when every batch is there
+    (whichever shard ends last), the arm's numbers; None while other shards' batches are missing. A batch's bytes
+    do not depend on which process made it (one thread each)."""
     from higfa.contour import ContourTransform
     from higfa.schedule import Schedule
+    from higfa.trace import Trace
 
     from .seeds import CONTOUR, NOISE, bench_seed
 
     schedule = Schedule.from_preset(arm.preset, **dict(arm.overrides))
     guide_clf = load_classifier_named(models, arm.guide)
     judge_clf = None if arm.judge is None else load_classifier_named(models, arm.judge)
-    images, traces, t0 = [], [], time.perf_counter()
-    for b in range(0, len(sources), batch):
+    folder.mkdir(parents=True, exist_ok=True)
+    starts = list(range(0, len(sources), batch))
+    for k, b in enumerate(starts):
+        file = folder / f"batch{k:03d}.npz"
+        if k % shard[1] != shard[0] or file.is_file():
+            continue
         idx = list(range(b, min(b + batch, len(sources))))
         tg = [int(sources.labels[i]) for i in idx]
+        t0 = time.perf_counter()
         contours = models.contours(sources.images[idx], [bench_seed(0, CONTOUR, i, 0) for i in idx],
                                    ContourTransform())
         img, res = generate(models, schedule, guide_clf, judge_clf, arm.judge, tg, contours,
                             [bench_seed(0, NOISE, i, 0) for i in idx])
-        images.append(img)
-        traces.append(res.trace)
-    seconds = time.perf_counter() - t0
-    images = np.concatenate(images)
+        tmp = folder / f".batch{k:03d}.{os.getpid()}.npz"
+        np.savez(tmp, images=img, trace=np.array(res.trace.to_json()), seconds=time.perf_counter() - t0)
+        tmp.replace(file)  # atomic: a batch file is whole or absent
+        print(f"{arm.name}: batch {k + 1}/{len(starts)}", flush=True)
+    files = [folder / f"batch{k:03d}.npz" for k in range(len(starts))]
+    if not all(f.is_file() for f in files):
+        return None
+    loaded = [np.load(f) for f in files]
+    images = np.concatenate([z["images"] for z in loaded])
+    traces = [Trace.from_json(str(z["trace"])) for z in loaded]
+    seconds = float(sum(float(z["seconds"]) for z in loaded))
     labels = np.asarray(sources.labels)
     out = {"settings": arm.settings(), "schedule": schedule.to_dict(), "images": len(images)}
     if judge_provenance(arm.judge) is not None:
@@ -275,6 +301,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--table", action="store_true", help="only print --out's result as docs/quality.md's table")
     p.add_argument("--fresh", action="store_true", help="start --out over when its arms ran with other settings")
+    p.add_argument("--shard", default="0/1", help="I/N: make only batches k with k %% N == I (run N processes, "
+                   "each with its own I; the one that ends last writes the arm; default 0/1: every batch)")
     args = p.parse_args(argv)
     if args.table:
         result = json.loads(args.out.read_text())
@@ -305,16 +333,26 @@ def main(argv=None) -> int:
     sources = models.world.split("fewshot", args.per_species)
     result["images_per_arm"] = len(sources.labels)
     result.setdefault("arms", {})
+    shard = tuple(int(x) for x in args.shard.split("/"))
+    if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
+        raise SystemExit(f"--shard {args.shard}: give I/N with 0 <= I < N, e.g. 0/4")
     for arm in arms:
         done = result["arms"].get(arm.name)
         schedule = Schedule.from_preset(arm.preset, **dict(arm.overrides)).to_dict()
         if done is not None and done["settings"] == arm.settings() and done["schedule"] == schedule:
             continue  # the same arm, the preset's values included
-        result["arms"][arm.name] = run_arm(models, arm, sources, args.batch)
-        print(arm.name, json.dumps({k: v for k, v in result["arms"][arm.name].items() if k != "schedule"}),
-              flush=True)
+        numbers = run_arm(models, arm, sources, args.batch, batch_dir(arm, schedule, head), shard)
+        if numbers is None:
+            print(f"{arm.name}: this shard's batches done; another shard writes the arm", flush=True)
+            continue
+        print(arm.name, json.dumps({k: v for k, v in numbers.items() if k != "schedule"}), flush=True)
+        # read again before writing: other processes (shards, other arms) may have written meanwhile
+        result = json.loads(args.out.read_text()) if args.out.is_file() else result
+        result.setdefault("arms", {})[arm.name] = numbers
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        tmp = args.out.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(args.out)
     return 0
 
 

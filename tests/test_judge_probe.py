@@ -81,3 +81,34 @@ def test_the_judges_table_lists_each_independent_judge_once():
     lines = judges_table({"arms": arms}).splitlines()
     assert lines[2:] == ["| fewshot_convnext | test_convnext | 20 | 160 few-shot images | 0.316 (800 images) |"]
     assert judges_table({"arms": {"c": arms["c"]}}) == ""
+
+
+def test_an_arm_split_over_shards_is_written_by_the_shard_that_ends_last(tmp_path, monkeypatch):
+    """--shard I/N: each process makes its batches; the arm's numbers come once every batch is there, from the
+    same images and traces as one process would have (here a stand-in sampler)."""
+    import types
+
+    import numpy as np
+
+    import benchmarks.judge_probe as probe
+
+    made = []
+
+    def fake_generate(models, schedule, guide, judge, judge_name, targets, contours, seeds):
+        made.append(tuple(seeds))
+        t = Trace(steps=[step(0, 2, [4.0] * len(seeds), [False] * len(seeds), [0.5] * len(seeds))])
+        return np.full((len(seeds), 2, 2, 3), len(made), np.uint8), types.SimpleNamespace(trace=t)
+
+    monkeypatch.setattr(probe, "generate", fake_generate)
+    monkeypatch.setattr(probe, "load_classifier_named", lambda models, name: name)
+    monkeypatch.setattr(probe, "verdicts", lambda models, images, labels, g, j: {"n": len(images)})
+    models = types.SimpleNamespace(contours=lambda images, seeds, transform: np.zeros(len(seeds)))
+    src = type("Sources", (), {"images": np.zeros((5, 2, 2, 3), np.uint8), "labels": [0, 1, 2, 3, 4],
+                               "__len__": lambda self: 5})()
+    arm = ARMS[0]
+    assert probe.run_arm(models, arm, src, 2, tmp_path, (0, 2)) is None  # batches 0 and 2 of 3
+    assert len(made) == 2 and sorted(f.name for f in tmp_path.iterdir()) == ["batch000.npz", "batch002.npz"]
+    out = probe.run_arm(models, arm, src, 2, tmp_path, (1, 2))
+    assert len(made) == 3 and out["n"] == 5 and out["images"] == 5
+    assert out["stage2_sample_steps"] == 5 and out["final_p_guide"] == 0.5
+    assert probe.run_arm(models, arm, src, 2, tmp_path, (0, 1))["n"] == 5 and len(made) == 3  # nothing redone
