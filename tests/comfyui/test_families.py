@@ -174,11 +174,32 @@ def test_classifier_step_by_finite_differences(fam):
     of the guider's own decoder and classifier, independent of autograd: the step's RMS is w·σ_g², and its
     direction ĝ = (x̂0' − x̂0)/(w·σ_g²) predicts the derivative of log p along random directions v:
     D_v = rms(g)·⟨ĝ, v⟩, with rms(g) read off the derivative along ĝ itself."""
+    finite_difference_check(fam)
+
+
+def test_flux_classifier_step_by_finite_differences(shared):
+    """The same check on the guidance-distilled Flux stand-in, run as docs/method.md says (CFG 1, no ControlNet)."""
+    finite_difference_check(flux_scene(shared), cfg=1.0, contour_strength=0.0)
+
+
+def flux_scene(shared) -> dict:
+    import comfy.samplers as cs
+    import tiny_families
+
+    with torch.inference_mode():
+        f = tiny_families.family("flux")
+    ms = f.model.get_model_object("model_sampling")
+    return dict(shared, f=f, ms=ms, noise=torch.randn(1, 16, IMAGE // 8, IMAGE // 8,
+                                                      generator=torch.Generator().manual_seed(0)),
+                sigmas=cs.calculate_sigmas(ms, "simple", STEPS).cpu())
+
+
+def finite_difference_check(fam, **schedule):
     import copy
 
     from higfa_pack.higfa.families import guidance_sigma
 
-    g = guider(fam, "classifier-all-steps", target="1")
+    g = guider(fam, "classifier-all-steps", target="1", **schedule)
     found, refine = {}, g.guide.refine
 
     def spy(x0, plan, *a, **k):
@@ -244,17 +265,13 @@ def test_guidance_distilled_flux_at_cfg_1(shared, comfy):
     says to run it: every text scale of the schedule at 1 (no unconditional pass; the distilled guidance stays
     FluxGuidance's). The cfg preset is then stock sampling bit for bit, and classifier guidance (decoded by taef1
     from the stock VAE Loader) steps by the SD table's σ at each π, with π by ModelSamplingFlux's percent."""
-    import comfy.samplers as cs
     import folder_paths
     import nodes
     import tiny_families
     from higfa_pack.higfa.families import reference_sigma
 
-    with torch.inference_mode():
-        f = tiny_families.family("flux")
-    ms = f.model.get_model_object("model_sampling")
-    w = dict(shared, f=f, noise=torch.randn(1, 16, IMAGE // 8, IMAGE // 8, generator=torch.Generator().manual_seed(0)),
-             sigmas=cs.calculate_sigmas(ms, "simple", STEPS).cpu())
+    w = flux_scene(shared)
+    ms = w["ms"]
     assert torch.equal(run(w, guider(w, "cfg", cfg=1.0)), run(w, stock(w, cfg=1.0)))
 
     folder = comfy.tmp / "vae_approx_families"
