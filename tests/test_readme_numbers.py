@@ -145,3 +145,15 @@ def test_readme_judge_claims_hold():
     assert judged["settings"]["judge"] == a["higfa+judge=robust"]["settings"]["judge"] == "guidance_robust"
     assert judged["judge_species"] == 1.0
     assert a["higfa"]["settings"]["judge"] is None and a["higfa-robust"]["settings"]["judge"] is None
+
+
+def test_readme_caveat_numbers_are_the_step_ladders():
+    """The caveat over the downstream figures quotes the real-only 10-shot ladder of
+    benchmarks/results/downstream_protocol.json (accuracy at each step count)."""
+    ladder = json.loads((ROOT / "benchmarks" / "results" / "downstream_protocol.json").read_text())
+    ladder = ladder["worlds"]["tinybirds"]["test_resnet"]["10-shot"]["ladder"]
+    match = re.search(r"real-only 10-shot `test_resnet` reaches ([\d. /]+) on the test images at ([\d /]+) steps",
+                      _text())
+    assert match, "README no longer quotes the real-only 10-shot ladder (reword the test with the README)"
+    assert match.group(1).split(" / ") == [f"{acc:.3f}" for _, acc in ladder]
+    assert match.group(2).strip().split(" / ") == [str(steps) for steps, _ in ladder]
