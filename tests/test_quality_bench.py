@@ -312,3 +312,22 @@ def test_make_bench_quality_cache_keys_are_those_of_the_one_file_bench(tmp_path,
     keys = {"settings": settings, "boot": captured["boot"], "tune": captured["tune"],
             "downstream": sorted(captured["downstream"])}
     assert hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest() == MAKE_BENCH_QUALITY_KEYS
+
+
+def test_contours_are_computed_once_per_item_and_equal_the_worlds():
+    """generate's contour cache: the same [B,3,H,W] tensor as `WorldModels.contours` for any mix of items seen
+    before and new ones (the contour depends on the edge detector, the seed and the source image alone)."""
+    import torch
+
+    from higfa.contour import ContourTransform
+    from higfa.world.models import load_world
+
+    models = load_world()
+    images = models.world.split("fewshot", 1).images[:5]
+    quality._CONTOURS.clear()
+    first = quality.contours_of(models, images[:3], [7, 8, 9])
+    assert torch.equal(first, models.contours(images[:3], [7, 8, 9], ContourTransform()))
+    assert len(quality._CONTOURS) == 3
+    mixed = quality.contours_of(models, images[[4, 1, 1]], [9, 8, 10])  # new image, cached item, new seed
+    assert torch.equal(mixed, models.contours(images[[4, 1, 1]], [9, 8, 10], ContourTransform()))
+    assert len(quality._CONTOURS) == 5

@@ -2,9 +2,11 @@
 the headroom arithmetic, pretraining on species outside the test classes (disjoint, cached under its key), and the
 per-world results layout with the protocol's blocks (tiny budgets: a few steps, a few images)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -187,3 +189,199 @@ def test_results_are_per_world_with_converged_blocks(tmp_path, monkeypatch):
     assert merge_world(old, "finebirds", {"presets": {}})["worlds"]["tinybirds"] == old
     with pytest.raises(ValueError, match="no section for world 'finebirds'"):
         merge_world(old, "finebirds", None)
+
+
+# ------------------------------------------------------------------ the device (--device, benchmarks/quality/device.py)
+def _tiny_converged(tmp_path: Path, name: str, extra: list[str]) -> tuple[list[str], Path, Path]:
+    """A tiny converged run: higfa, one source per species, 2 sampling steps, 3 downstream steps, test_resnet and
+    a pretrained test_resnet ("tiny-pre"); (its arguments, cache folder, results file)."""
+    out, results = tmp_path / name / "out", tmp_path / name / "quality.json"
+    args = ["--shots", "1", "--steps", "2", "--presets", "higfa", "--downstream", "higfa", "--downstream-shots", "1",
+            "--seeds", "0", "--downstream-steps", "3", "--archs", "test_resnet", "tiny-pre", "--test-per-class", "1",
+            "--threads", "1", "--out", str(out), "--results", str(results), "--doc", "", *extra]
+    return args, out, results
+
+
+def _tiny_pre(monkeypatch):
+    monkeypatch.setitem(protocol.ARCHITECTURES, "tiny-pre", protocol.Architecture("tiny-pre", "test_resnet",
+                                                                                  pretrained=True))
+    monkeypatch.setitem(protocol.PRETRAIN, "steps", 2)
+    monkeypatch.setitem(protocol.PRETRAIN, "per_species", 1)
+
+
+def _timeless(section: dict) -> dict:
+    """A world's results without what the clock decides (run times)."""
+    out = {k: v for k, v in section.items() if k != "seconds_total"}
+    out["presets"] = {n: {k: v for k, v in p.items() if k != "seconds_per_image"} for n, p in out["presets"].items()}
+    return out
+
+
+def test_device_cpu_is_the_default_to_the_byte(tmp_path, monkeypatch):
+    """--device cpu computes what a run without --device computes: the same images, the same downstream runs under
+    the same cache keys, the same pretrained weights file, the same results (run times aside)."""
+    _tiny_pre(monkeypatch)
+    runs = {}
+    for name, extra in (("default", []), ("cpu", ["--device", "cpu"])):
+        args, out, results = _tiny_converged(tmp_path, name, extra)
+        assert quality.main(args) == 0
+        runs[name] = (out, json.loads(results.read_text())["worlds"]["tinybirds"])
+    (a, ra), (b, rb) = runs["default"], runs["cpu"]
+    assert _timeless(ra) == _timeless(rb) and "device" not in ra["settings"]
+    da, db = np.load(a / "higfa.npz"), np.load(b / "higfa.npz")
+    assert all(np.array_equal(da[k], db[k]) for k in ("images", "contours", "targets", "source"))
+    assert (a / "downstream.json").read_bytes() == (b / "downstream.json").read_bytes()  # keys and accuracies
+    pre = sorted(p.name for p in a.glob("pretrain-*.safetensors"))
+    assert pre == sorted(p.name for p in b.glob("pretrain-*.safetensors")) and len(pre) == 1
+    assert (a / pre[0]).read_bytes() == (b / pre[0]).read_bytes()
+
+
+def test_the_device_reaches_every_model_classifier_and_run(tmp_path, monkeypatch):
+    """With a --device, every model the bench builds or loads gets it: the world models, the guides (shipped, a
+    file, the second-round one trained in the run, the tuned one), the judge, the confidence filter, the scorer, the
+    pretraining and every downstream run."""
+    import types
+
+    import higfa.jobs.second_round as second_round
+    import higfa.jobs.tuning as tuning
+    from benchmarks.quality import guides, score
+    from higfa.classifier import load_classifier as real_load
+
+    _tiny_pre(monkeypatch)
+    monkeypatch.setitem(guides.BOOT, "steps", 2)
+    cpu, seen = torch.device("cpu"), []
+
+    def spy(name, fn, position):
+        def wrapped(*a, **k):
+            dev = k.get("device", a[position] if len(a) > position else None)
+            seen.append((name, dev))
+            return fn(*a, **k)
+        return wrapped
+
+    def fake_tune(clf, model, data, recipe, *, device="cpu", progress=True):  # no tuning: only where it would run
+        seen.append(("tune_guide", torch.device(device)))
+        assert next(clf.parameters()).device == torch.device(device) and data == "builtin:fewshot"
+        return types.SimpleNamespace(classifier=clf, stage_boundary=0.5, steps=0)
+
+    monkeypatch.setattr(quality, "load_world", spy("load_world", quality.load_world, 1))
+    monkeypatch.setattr(quality, "load_scorer", spy("load_scorer", quality.load_scorer, 1))
+    for module in (quality, guides, score):
+        monkeypatch.setattr(module, "load_classifier", spy(f"{module.__name__}.load_classifier", real_load, 1),
+                            raising=False)
+    monkeypatch.setattr(protocol, "train_run", spy("train_run", protocol.train_run, 99))
+    monkeypatch.setattr(protocol, "pretrained_file", spy("pretrained_file", protocol.pretrained_file, 5))
+    monkeypatch.setattr(tuning, "tune_guide", fake_tune)
+    train_on_round = second_round.train_on_round
+
+    def boot_training(clf, *a, **k):  # the second-round guide trains where the world models are
+        seen.append(("train_on_round", next(clf.parameters()).device))
+        return train_on_round(clf, *a, **k)
+
+    monkeypatch.setattr(second_round, "train_on_round", boot_training)
+    shipped = ROOT / "higfa" / "world" / "assets"
+    args, out, results = _tiny_converged(tmp_path, "spy", [
+        "--device", "cpu", "--extra", f"file=higfa,guide={shipped / 'guidance_robust.safetensors'}",
+        f"judged=higfa-judged,judge={shipped / 'guidance_robust.safetensors'}",
+        f"filtered=higfa,filter={shipped / 'guidance_robust.safetensors'}", "boot=higfa,guide=boot:higfa,tune=0.03"])
+    assert quality.main(args) == 0
+    names = {n for n, _ in seen}
+    assert {"load_world", "load_scorer", "train_run", "pretrained_file", "tune_guide", "train_on_round",
+            "benchmarks.quality.run.load_classifier", "benchmarks.quality.guides.load_classifier",
+            "benchmarks.quality.score.load_classifier"} <= names, names
+    assert all(d == cpu for _, d in seen), [x for x in seen if x[1] != cpu]  # every call named the device
+    assert sum(n == "train_run" for n, _ in seen) == 2 * 3  # 2 networks x (real, real_x4, real+higfa), 1 seed
+    boot = real_load(out / "guide-boot-higfa.safetensors")  # trained in the run, on the device, then saved
+    assert boot.architecture == "test_resnet"
+
+
+def test_a_gpu_run_has_cache_keys_of_its_own_and_a_cpu_run_keeps_todays():
+    """key_part: nothing on the CPU (every key as before), {"device": "cuda"} on a GPU: downstream runs (both
+    protocols), pretrained weights, tuned guides; the key names the device kind, not the GPU model."""
+    import argparse
+
+    from benchmarks.quality import device as on
+    from benchmarks.quality import downstream, guides
+    from higfa.world.catalog import make_world
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert on.key_part(cpu) == on.key_part("cpu") == on.key_part(None) == {}
+    assert on.key_part(gpu) == on.key_part(torch.device("cuda", 1)) == {"device": "cuda"}
+    ns = dict(alpha=0.4, downstream_arch="test_resnet", batch_size=64, models=None, world="tinybirds")
+    old, with_cpu, with_gpu = (argparse.Namespace(**ns), argparse.Namespace(**ns, device=cpu),
+                               argparse.Namespace(**ns, device=gpu))
+    for key in (lambda a: downstream.run_key(a, 10, "real", None, 0, 625, 800),
+                lambda a: downstream.converged_key(a, "tinybirds", "test_resnet", None, 10, "real", None, 0, 4800,
+                                                   800)):
+        assert key(old) == key(with_cpu) and "device" not in json.loads(key(old))
+        assert json.loads(key(with_gpu)) == json.loads(key(old)) | {"device": "cuda"}
+    world, arch = make_world("tinybirds"), protocol.ARCHITECTURES["resnet18-pre"]
+    assert protocol.pretrain_key(arch, world) == protocol.pretrain_key(arch, world, device=cpu)
+    assert protocol.pretrain_key(arch, world, device=gpu) == protocol.pretrain_key(arch, world) | {"device": "cuda"}
+    assert protocol.pretrained_path(arch, world, Path("c")) != protocol.pretrained_path(arch, world, Path("c"),
+                                                                                          device=gpu)
+    settings = {"guide": "guidance", "tune": {"adversarial": 0.03}, "models": "shipped#x"}
+    assert guides.tune_key(settings) == settings and guides.tune_key(settings | {"device": "cuda"})["device"] == "cuda"
+
+
+def test_device_specs_and_worker_processes(monkeypatch):
+    from benchmarks.quality import device as on
+
+    assert on.resolve("cpu") == torch.device("cpu") and on.pool_context(torch.device("cpu")) is None  # fork, as before
+    assert on.pool_context(torch.device("cuda")).get_start_method() == "spawn"  # CUDA cannot be used after fork
+    with pytest.raises(ValueError, match="--device meta: the quality bench runs on cpu or cuda"):
+        on.resolve("meta")
+    with pytest.raises(ValueError, match="--device nonsense"):
+        on.resolve("nonsense")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert on.resolve("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA device on this machine; use --device cpu"):
+        on.resolve("cuda")
+
+
+def test_device_augment_draws_geometry_like_augment_and_noise_from_its_own_generator():
+    """DeviceAugment: flips, shifts, scales, rotations and blur exactly as Augment (the same draws from the batch
+    generator, which it leaves where Augment without noise leaves it); noise from its own seeded generator, of
+    Augment's size, clamped to [0, 1]."""
+    from benchmarks.quality import device as on
+
+    x = torch.rand(6, 3, 16, 16)
+    aug = protocol.DOWNSTREAM_AUGMENT
+    plain = dataclasses.replace(aug, noise=0.0)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    geometric = plain(x, g1)
+    noisy = on.DeviceAugment(aug, torch.device("cpu"), seed=7)(x, g2)
+    assert torch.equal(g1.get_state(), g2.get_state())  # the batch stream as without noise
+    diff = (noisy - geometric).abs()
+    assert 0 < float(diff.max()) <= 6 * aug.noise and float(noisy.min()) >= 0 and float(noisy.max()) <= 1
+    again = on.DeviceAugment(aug, torch.device("cpu"), seed=7)(x, torch.Generator().manual_seed(5))
+    assert torch.equal(again, noisy)  # seeded
+    assert torch.equal(on.DeviceAugment(plain, torch.device("cpu"), 7)(x, torch.Generator().manual_seed(5)), geometric)
+    assert on.augment_for(aug, torch.device("cpu"), 0) is aug  # the CPU path is Augment itself
+    arr = np.zeros((2, 4, 4, 3), np.uint8)
+    assert on.to_device(arr, torch.device("cpu")) is arr
+
+
+
+def test_ladders_measured_in_parallel_merge_into_one(tmp_path):
+    """scripts/device_bench.sh measures the ladder in one process per (network, shots, seed), each its own file:
+    `protocol.merge` (--merge) puts their runs together and summarises each block over the seeds it has."""
+    head = {"what": "x", "test_images": 800, "batch_size": 64}
+
+    def one(seed, accs):
+        runs = {f"{n}/{seed}": {"steps": n, "seed": seed, "accuracy": a} for n, a in accs}
+        return head | {"worlds": {"tinybirds": {"test_resnet": {"2-shot": {"runs": runs}}}}}
+
+    files = []
+    for seed, accs in ((0, [(300, 0.70), (600, 0.80)]), (1, [(300, 0.72), (600, 0.81), (1200, 0.9)])):
+        files.append(tmp_path / f"test_resnet-2-{seed}.json")
+        files[-1].write_text(json.dumps(one(seed, accs)))
+    out = tmp_path / "merged.json"
+    assert protocol.main(["--merge", *map(str, files), "--out", str(out)]) == 0
+    block = json.loads(out.read_text())["worlds"]["tinybirds"]["test_resnet"]["2-shot"]
+    assert len(block["runs"]) == 5 and block["seeds"] == [1]  # only seed 1 has every length (as `summarise` says)
+    assert block["ladder"] == [[300, 0.72], [600, 0.81], [1200, 0.9]]
+    files[1].write_text(json.dumps(one(1, [(300, 0.72), (600, 0.81)])))  # without its 1200 run: both seeds
+    assert protocol.main(["--merge", *map(str, files), "--out", str(out)]) == 0
+    block = json.loads(out.read_text())["worlds"]["tinybirds"]["test_resnet"]["2-shot"]
+    assert block["seeds"] == [0, 1] and block["ladder"] == [[300, 0.71], [600, 0.805]]
+    with pytest.raises(ValueError, match=r"other settings \(\['test_images'\]\)"):
+        protocol.merge([one(0, [(300, 0.7)]), one(1, [(300, 0.7)]) | {"test_images": 50}])

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 
 from higfa.files import atomic_write_bytes
 from higfa.jobs.evaluate import ImageSet, paired, replacement_set, train_and_test
 from higfa.training import Augment
 
+from . import device as on
 from . import protocol
 
 
@@ -30,7 +30,7 @@ def run_key(args, shots: int, arm: str, images: dict | None, seed: int, steps: i
            "models": str(args.models or "shipped")}
     if getattr(args, "world", "tinybirds") != "tinybirds":  # tinybirds' keys stay those of the one-world bench
         key["world"] = args.world
-    return json.dumps(key, sort_keys=True)
+    return json.dumps(key | on.key_part(on.of(args)), sort_keys=True)  # a GPU's runs are its own (device.py)
 
 
 def training_sets(args, world, real_all, shots: int, generated: dict, settings: dict) -> tuple[dict, dict]:
@@ -103,17 +103,21 @@ def run_downstream(args, world, generated: dict, settings: dict, test, bar) -> d
 
 def run_all(todo: list, test, world, args):
     """(key, accuracy) of each downstream run as it finishes: in this process, or in `--jobs` worker processes
-    (one torch thread each unless --threads says otherwise); every run is seeded, so the order changes nothing."""
+    (one torch thread each unless --threads says otherwise; on CUDA spawned, not forked, all on the one device);
+    every run is seeded, so the order changes nothing."""
+    device = on.of(args)
+    where = {"device": device}  # on the CPU both functions compute exactly what they did without it
+
     def run(submit, task):
         if len(task) == 9:  # the converged protocol: (key, x, y, w, steps, seed, architecture, pretrained, curve)
             key, x, y, w, steps, seed, arch, pre, points = task
             return submit(protocol.train_run, x, y, test.images, test.labels, world.class_names, arch=arch,
                           size=world.image_size, steps=steps, seed=1000 + seed, weights=w,
-                          batch_size=args.batch_size, pretrained=pre, curve_points=points)
+                          batch_size=args.batch_size, pretrained=pre, curve_points=points, **where)
         key, x, y, w, steps, seed = task
         return submit(train_and_test, x, y, test, world.class_names, architecture=args.downstream_arch,
                       size=world.image_size, steps=steps, seed=1000 + seed, weights=w, batch_size=args.batch_size,
-                      augment=Augment(noise=0.03, blur=1.0))
+                      augment=Augment(noise=0.03, blur=1.0), **where)
 
     def value(task, result):  # the saspa protocol caches the accuracy, the converged one the accuracy + curve
         return result if len(task) == 9 else result["accuracy"]
@@ -124,7 +128,8 @@ def run_all(todo: list, test, world, args):
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(args.threads or 1,)) as pool:
+    with ProcessPoolExecutor(args.jobs, mp_context=on.pool_context(device), initializer=on.setup,
+                             initargs=(device, args.threads or 1)) as pool:
         futures = {run(pool.submit, task): task for task in todo}
         for future in as_completed(futures):
             yield futures[future][0], value(futures[future], future.result())
@@ -157,7 +162,7 @@ def converged_key(args, world_name: str, arch: str, pretrained: str | None, shot
                        "seed": seed, "steps": steps, "alpha": args.alpha, "arch": a.timm, "lr": a.lr,
                        "pretrained": pretrained, "batch": args.batch_size, "test": test_images,
                        "augment": protocol.DOWNSTREAM_AUGMENT.__dict__, "curve": CURVE_POINTS if arm == "real" else 0,
-                       "models": str(args.models or "shipped")}, sort_keys=True)
+                       "models": str(args.models or "shipped")} | on.key_part(on.of(args)), sort_keys=True)
 
 
 def converged_sets(args, world, real_all, shots: int, generated: dict, settings: dict) -> tuple[dict, dict]:
@@ -185,8 +190,8 @@ def run_converged(args, world, world_name: str, generated: dict, settings: dict,
     for arch in args.archs:
         a = protocol.architecture(arch)
         # --downstream-from-cache trains nothing: the weights' name (their key's digest) finds the cached runs
-        pre = (None if not a.pretrained else protocol.pretrained_path(a, world, args.out)) \
-            if args.downstream_from_cache else protocol.pretrained_file(a, world, args.out)
+        pre = (None if not a.pretrained else protocol.pretrained_path(a, world, args.out, device=on.of(args))) \
+            if args.downstream_from_cache else protocol.pretrained_file(a, world, args.out, device=on.of(args))
         pre_id = None if pre is None else pre.name
         out[arch] = {}
         for shots in shots_list:

@@ -33,6 +33,8 @@ from higfa.files import atomic_write_bytes
 from higfa.jobs.evaluate import paired
 from higfa.training import Augment, evaluate, train_classifier
 
+from . import device as on
+
 ROOT = Path(__file__).resolve().parents[2]
 PLATEAU_TOL = 0.005  # accuracy may move less than this ...
 PLATEAU_TAIL = 0.25  # ... over this last fraction of the steps
@@ -157,36 +159,39 @@ def pretraining_world(world):
                                name=f"{world.name}-pretrain")
 
 
-def pretrain_key(arch: Architecture, world, recipe: dict = PRETRAIN) -> dict:
+def pretrain_key(arch: Architecture, world, recipe: dict = PRETRAIN, device="cpu") -> dict:
     """Everything that decides the pretrained weights: the network, the recipe and the pretraining world's
-    definition (species, families, nuisance, seed, size)."""
+    definition (species, families, nuisance, seed, size); on a GPU the device (`device.key_part`)."""
     pre = pretraining_world(world)
     spec = {"name": pre.name, "seed": pre.seed, "image_size": pre.image_size, "markings": list(pre.markings),
             "marking_scale": pre.marking_scale, "nuisance": dataclasses.asdict(pre.nuisance),
             "families": [dataclasses.asdict(f) for f in pre.families],
             "species": [dataclasses.asdict(s) for s in pre.species]}
-    return json.loads(json.dumps({"timm": arch.timm, "recipe": recipe, "world": spec}))
+    return json.loads(json.dumps({"timm": arch.timm, "recipe": recipe, "world": spec} | on.key_part(device)))
 
 
-def pretrained_path(arch: Architecture, world, cache_dir: Path, recipe: dict = PRETRAIN) -> Path:
+def pretrained_path(arch: Architecture, world, cache_dir: Path, recipe: dict = PRETRAIN, device="cpu") -> Path:
     """Where `pretrained_file` keeps `arch`'s weights pretrained on `world`'s disjoint species (named by the key's
     digest: what the downstream runs' cache keys name), whether or not they exist yet."""
-    digest = hashlib.sha256(json.dumps(pretrain_key(arch, world, recipe), sort_keys=True).encode()).hexdigest()[:16]
+    key = pretrain_key(arch, world, recipe, device)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / f"pretrain-{arch.name}-{world.name}-{digest}.safetensors"
 
 
-def pretrained_file(arch: Architecture, world, cache_dir: Path, recipe: dict = PRETRAIN, log=print) -> Path | None:
+def pretrained_file(arch: Architecture, world, cache_dir: Path, recipe: dict = PRETRAIN, log=print,
+                    device="cpu") -> Path | None:
     """The cached pretrained weights of `arch` on `world`'s disjoint species (None for a from-scratch network):
     <cache_dir>/pretrain-<arch>-<world>-<key digest>.safetensors with its key beside it (.key.json); trained
-    (seeded) when absent or its key differs."""
+    (seeded; on `device`, the same initialisation everywhere) when absent or its key differs."""
     if not arch.pretrained:
         return None
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from higfa.classifier import build_classifier
 
-    key = pretrain_key(arch, world, recipe)
-    path = pretrained_path(arch, world, cache_dir, recipe)
+    device = on.resolve(device)
+    key = pretrain_key(arch, world, recipe, device)
+    path = pretrained_path(arch, world, cache_dir, recipe, device)
     side = path.with_suffix(".key.json")
     if path.is_file() and side.is_file() and json.loads(side.read_text()) == key:
         return path
@@ -196,18 +201,22 @@ def pretrained_file(arch: Architecture, world, cache_dir: Path, recipe: dict = P
         torch.manual_seed(recipe["seed"])
         clf = build_classifier(arch.timm, pre.class_names, pre.image_size, mean=(0.5,) * 3, std=(0.5,) * 3)
     log(f"pretraining {arch.name} on {pre.num_classes} species of {pre.name} ({len(data.labels)} images, "
-        f"{recipe['steps']} steps)")
-    train_classifier(clf, data.images, data.labels, steps=recipe["steps"], batch_size=recipe["batch_size"],
-                     lr=recipe["lr"], seed=recipe["seed"], augment=DOWNSTREAM_AUGMENT)
+        f"{recipe['steps']} steps, {device.type})")
+    train_classifier(clf.to(device), on.to_device(data.images, device), data.labels, steps=recipe["steps"],
+                     batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"],
+                     augment=on.augment_for(DOWNSTREAM_AUGMENT, device, recipe["seed"]), **_precision(device))
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in clf.model.state_dict().items()}, str(path))
+    # atomic: two processes of one run (scripts/device_bench.sh: the real-only job beside the downstream) may train it
+    atomic_write_bytes(path, save({k: v.contiguous().cpu() for k, v in clf.model.state_dict().items()}))
     atomic_write_bytes(side, json.dumps(key, indent=1).encode())
     return path
 
 
-def build_downstream(arch: Architecture, classes: list[str], size: int, seed: int, pretrained: Path | None):
-    """A fresh downstream classifier, initialised from `seed` (the same for every arm of a seed); with
-    `pretrained`, its backbone from that file (the classification head stays the seeded fresh one)."""
+def build_downstream(arch: Architecture, classes: list[str], size: int, seed: int, pretrained: Path | None,
+                     device="cpu"):
+    """A fresh downstream classifier, initialised from `seed` (the same for every arm of a seed, on the CPU
+    whatever the device: the same initial weights everywhere); with `pretrained`, its backbone from that file (the
+    classification head stays the seeded fresh one); then moved to `device`."""
     from higfa.classifier import build_classifier
 
     with torch.random.fork_rng(devices=[]):
@@ -222,20 +231,33 @@ def build_downstream(arch: Architecture, classes: list[str], size: int, seed: in
         if unexpected or any(not k.startswith(f"{head}.") for k in missing):
             raise ValueError(f"pretrained weights {pretrained} do not fit {arch.timm}: missing {missing[:4]}, "
                              f"unexpected {unexpected[:4]}; delete the file to pretrain again")
-    return clf
+    return clf if on.resolve(device).type == "cpu" else clf.to(device)
+
+
+def _precision(device: torch.device) -> dict:
+    """train_classifier's precision option on `device`: nothing on the CPU (its call as before); on CUDA float32
+    (amp off, cuDNN's default TF32 convolutions): these small networks are launch-bound on a GPU, and float32 keeps
+    the GPU runs' arithmetic close to the CPU protocol's."""
+    return {} if device.type == "cpu" else {"amp": False}
 
 
 def train_run(x, y, test_images, test_labels, classes: list[str], *, arch: str, size: int, steps: int, seed: int,
-              weights=None, batch_size: int = 64, pretrained: Path | None = None, curve_points: int = 0) -> dict:
+              weights=None, batch_size: int = 64, pretrained: Path | None = None, curve_points: int = 0,
+              device="cpu") -> dict:
     """One downstream run: `build_downstream` then the protocol's training (AdamW, cosine, `DOWNSTREAM_AUGMENT`,
     batch seed `seed`) for `steps`; {"accuracy" on the test images, "curve": [[step, accuracy], ...] at
-    `curve_points` even steps (the last included; 0: only the end)}."""
+    `curve_points` even steps (the last included; 0: only the end)}. x [N,H,W,3] uint8, y [N], test_images
+    [M,H,W,3] uint8 (numpy). On CUDA (`device`) the images live on the GPU as uint8 (each batch and every curve
+    point converted there) and the noise is drawn there (`device.DeviceAugment`); the CPU path is as before."""
     a = architecture(arch)
-    clf = build_downstream(a, classes, size, seed, pretrained)
+    device = on.resolve(device)
+    clf = build_downstream(a, classes, size, seed, pretrained, device)
     every = max(1, steps // curve_points) if curve_points else 0
+    x, test_images = on.to_device(x, device), on.to_device(test_images, device)
     r = train_classifier(clf, x, y, steps=steps, batch_size=batch_size, lr=a.lr, weights=weights, seed=seed,
-                         augment=DOWNSTREAM_AUGMENT, eval_images=test_images if every else None,
-                         eval_labels=test_labels if every else None, eval_every=every)
+                         augment=on.augment_for(DOWNSTREAM_AUGMENT, device, seed),
+                         eval_images=test_images if every else None,
+                         eval_labels=test_labels if every else None, eval_every=every, **_precision(device))
     curve = [[int(h["step"]), round(h["accuracy"], 5)] for h in r.history if "accuracy" in h]
     acc = curve[-1][1] if curve else round(evaluate(r.classifier, test_images, test_labels)["accuracy"], 5)
     return {"accuracy": acc, "curve": curve or [[steps, acc]]}
@@ -251,9 +273,10 @@ def measure(args) -> dict:
     test = world.split("test", args.test_per_class)
     pool = world.split("fewshot", max(args.shots))
     result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    device = on.resolve(getattr(args, "device", "cpu"))
     head = {"what": "real-only arm's held-out accuracy against training length (the converged protocol's step "
                     "count; issue 24)", "test_images": len(test.labels), "batch_size": args.batch_size,
-            "augment": dataclasses.asdict(DOWNSTREAM_AUGMENT), "pretrain": PRETRAIN}
+            "augment": dataclasses.asdict(DOWNSTREAM_AUGMENT), "pretrain": PRETRAIN} | on.key_part(device)
     if {k: result.get(k) for k in head} != head:
         result = dict(head)
     block = result.setdefault("worlds", {}).setdefault(args.world, {})
@@ -263,12 +286,12 @@ def measure(args) -> dict:
         name = f"{steps}/{seed}"
         if name in runs:
             continue
-        pre = pretrained_file(a, world, args.cache)
+        pre = pretrained_file(a, world, args.cache, device=device)
         keep = np.concatenate([pool.of_class(c)[:shots] for c in range(world.num_classes)])
         t0 = time.perf_counter()
         r = train_run(pool.images[keep], pool.labels[keep], test.images, test.labels, world.class_names, arch=arch,
                       size=world.image_size, steps=steps, seed=1000 + seed, batch_size=args.batch_size,
-                      pretrained=pre, curve_points=args.curve_points)
+                      pretrained=pre, curve_points=args.curve_points, device=device)
         runs[name] = r | {"steps": steps, "seed": seed, "seconds": round(time.perf_counter() - t0, 1)}
         summarise(block[arch][f"{shots}-shot"])
         print(f"{args.world} {arch} {shots}-shot {steps} steps seed {seed}: {r['accuracy']:.4f} "
@@ -289,6 +312,31 @@ def summarise(block: dict) -> None:
     block["seeds"] = seeds
     block["ladder"] = ladder
     block["choice"] = choose_steps(ladder) if len(ladder) > 1 else None
+
+
+def merge(results: list[dict]) -> dict:
+    """One ladder (`measure`'s file) from several measured in parallel processes (one per network, shots and seed,
+    scripts/device_bench.sh): their runs together, every block summarised again. Files measured under other
+    settings (test images, batch, augmentation, pretraining, device) are refused."""
+    out: dict = {}
+    for r in results:
+        head = {k: v for k, v in r.items() if k != "worlds"}
+        first = {k: v for k, v in out.items() if k != "worlds"}
+        if first and head != first:
+            differ = sorted(k for k in head | first if head.get(k) != first.get(k))
+            raise ValueError(f"ladder files measured under other settings ({differ}): merge only the files of one "
+                             "measurement")
+        out |= head
+        for world, archs in r.get("worlds", {}).items():
+            for arch, by in archs.items():
+                for shots, block in by.items():
+                    mine = out.setdefault("worlds", {}).setdefault(world, {}).setdefault(arch, {})
+                    mine.setdefault(shots, {"runs": {}})["runs"].update(block["runs"])
+    for archs in out.get("worlds", {}).values():
+        for by in archs.values():
+            for block in by.values():
+                summarise(block)
+    return out
 
 
 def ladder_table(result: dict) -> str:
@@ -321,13 +369,26 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=Path, default=ROOT / "outputs" / "bench_quality", help="pretrained weights")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "downstream_protocol.json")
+    p.add_argument("--out", type=Path, default=None, help="the ladder's file (default benchmarks/results/"
+                   "downstream_protocol.json; on a GPU downstream_protocol_cuda.json: GPU runs are not CPU runs)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (CUDA when available); see "
+                   "benchmarks/quality/device.py")
     p.add_argument("--table", action="store_true", help="only print --out's ladder as docs/quality.md's table")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FILE",
+                   help="only merge ladder files measured in parallel into --out (and print its table)")
     args = p.parse_args(argv)
-    if args.table:
+    args.device = on.resolve(args.device)
+    if args.out is None:
+        name = "downstream_protocol.json" if args.device.type == "cpu" else "downstream_protocol_cuda.json"
+        args.out = ROOT / "benchmarks" / "results" / name
+    if args.merge:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        merged = merge([json.loads(f.read_text()) for f in args.merge])
+        atomic_write_bytes(args.out, (json.dumps(merged, indent=1) + "\n").encode())
+    if args.table or args.merge:
         print(ladder_table(json.loads(args.out.read_text())))
         return 0
-    torch.set_num_threads(args.threads)
+    on.setup(args.device, args.threads)
     measure(args)
     return 0
 

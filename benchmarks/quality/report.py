@@ -21,6 +21,13 @@ def _with(overrides: dict, sep: str = " with ") -> str:
     return f"{sep}{overrides}" if overrides else ""
 
 
+def _device(s: dict) -> str:
+    """Where a GPU run computed (nothing for a CPU run: its text as before); its numbers compare with GPU runs only."""
+    where = [f"{what} on {s[k]}" for k, what in (("device", "generation and scoring"),
+                                                 ("downstream_device", "downstream runs")) if s.get(k)]
+    return f", {' and '.join(where)} (GPU numbers: compare within one device kind)" if where else ""
+
+
 def merge_world(old: dict, name: str, new: dict | None) -> dict:
     """A results file with world `name`'s section set to `new` (None: kept as it is) and every other world's kept.
     A file from before worlds (today's keys at the top) is the tinybirds world's section."""
@@ -58,7 +65,7 @@ def _scorers(r: dict) -> list[str]:
             f"Settings: {s['shots']} real images per species as sources, {s['per_source']} synthetic "
             f"image(s) per source and arm, {s['steps']} DDIM steps, batch {s['batch']}, generation seed {s['seed']}, "
             f"schedules: each preset's core defaults{_with(s['schedule_overrides'])}. "
-            f"{s['machine']}, {s['threads']} thread(s); whole run {r['seconds_total'] / 60:.1f} min.", "",
+            f"{s['machine']}, {s['threads']} thread(s){_device(s)}; whole run {r['seconds_total'] / 60:.1f} min.", "",
             "## Who scores", "",
             "A classifier that guided an image never scores it. \"oracle acc.\" is the **world oracle's** verdict "
             "(`oracle.safetensors`, resnet10t, 200 images per species) on arms it did not guide, and the "

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import platform
 import sys
@@ -56,6 +57,7 @@ from higfa.world.scorer import SCORER, load_scorer
 from ..judge_probe import generate as judge_generate
 from ..judge_probe import verdicts
 from ..seeds import CONTOUR, NOISE, bench_seed
+from . import device as on
 from .arms import BENCH_DECODER, PRESETS, Arm, Plan, build_arms, cache_ok, plan_arms
 from .downstream import run_converged, run_downstream
 from .guides import boot_guide, load_guide, tune_key, tuned_guide
@@ -73,7 +75,7 @@ def generate(models, arm: Arm, guide, sources, which, per_source: int, steps: in
     items = [(int(i), k) for i in which for k in range(per_source)]
     schedule = Schedule.from_preset(arm.preset, **arm.overrides)
     models = dataclasses.replace(models, guidance=guide)
-    judge = None if arm.judge is None else load_classifier(arm.judge).float().eval()
+    judge = None if arm.judge is None else load_classifier(arm.judge, models.device).float().eval()
     out = {"images": [], "contours": [], "targets": [], "source": []}
     guided = gated = 0
     t0 = time.perf_counter()
@@ -81,8 +83,7 @@ def generate(models, arm: Arm, guide, sources, which, per_source: int, steps: in
         chunk = items[b:b + batch]
         idx = [i for i, _ in chunk]
         tg = [int(sources.labels[i]) for i in idx]
-        contours = models.contours(sources.images[idx], [bench_seed(seed, CONTOUR, i, k) for i, k in chunk],
-                                   ContourTransform())
+        contours = contours_of(models, sources.images[idx], [bench_seed(seed, CONTOUR, i, k) for i, k in chunk])
         noise = [bench_seed(seed, NOISE, i, k) for i, k in chunk]
         # The world VAE guides every arm, whatever the world's default guidance decoder: the bench measures the
         # method; what the tiny decoder costs in fidelity is benchmarks/speed/world_decoder.py's question.
@@ -104,6 +105,26 @@ def generate(models, arm: Arm, guide, sources, which, per_source: int, steps: in
     return arrays | {"seconds": time.perf_counter() - t0, "guided_sample_steps": guided, "gated_sample_steps": gated}
 
 
+# Transformed contours [3,H,W] by (edge detector, contour seed, source image): every arm of a run draws the same
+# contour for the same item, so it is computed once (on the CPU, per image; a GPU run was waiting on it otherwise).
+_CONTOURS: dict = {}
+_CONTOURS_MAX = 20_000  # about 1 GB of 64 px contours at most
+
+
+def contours_of(models, images, seeds) -> torch.Tensor:
+    """`models.contours(images, seeds, ContourTransform())` ([B,3,H,W] float in [0,1], on the CPU), each image's
+    contour computed once per process (it depends on the edge detector, the seed and the image alone)."""
+    keys = [(repr(models.edge_detector), int(s), hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest())
+            for im, s in zip(images, seeds)]
+    todo = [j for j, k in enumerate(keys) if k not in _CONTOURS]
+    if todo:
+        if len(_CONTOURS) + len(todo) > _CONTOURS_MAX:
+            _CONTOURS.clear()
+        made = models.contours(np.asarray(images)[todo], [seeds[j] for j in todo], ContourTransform())
+        _CONTOURS.update({keys[j]: c for j, c in zip(todo, made)})
+    return torch.stack([_CONTOURS[k] for k in keys])
+
+
 def produce(args, models, real, plan: Plan, guides: dict) -> dict:
     """arm name -> its images [N,H,W,3] uint8, targets, source (index into `real`), contours and generation meta,
     plus `keep` [N] bool where the arm has a confidence filter: from its cache file when that holds images of its
@@ -123,7 +144,9 @@ def produce(args, models, real, plan: Plan, guides: dict) -> dict:
                                          plan.settings[a.name]["guide"])
         if a.guide_key not in guides:  # tune=EPS: the guide tuned on its own few-shot images' x̂0
             stem = Path(plan.guide_files[a.guide]).name.removesuffix(".safetensors")
-            guides[a.guide_key] = tuned_guide(str(args.models or "builtin"), plan.guide_files[a.guide], a.tune,
+            # the world's diffusion model ('builtin': tinybirds'; its key's device says where it is tuned)
+            model = str(args.models or ("builtin" if args.world == DEFAULT else args.world))
+            guides[a.guide_key] = tuned_guide(model, plan.guide_files[a.guide], a.tune,
                                               args.out / f"{stem}-tune{a.tune:g}.safetensors",
                                               tune_key(plan.settings[a.name]))
         cache, settings = plan.caches[a.name], plan.settings[a.name]
@@ -144,7 +167,7 @@ def produce(args, models, real, plan: Plan, guides: dict) -> dict:
             generated[a.name] = ({k: data[k] for k in ("images", "targets", "source", "contours")}
                                  | json.loads(str(data["meta"])))
         if a.filter is not None:  # the confidence filter, by a classifier that did not guide these images
-            generated[a.name]["keep"] = filter_keep(a, generated[a.name])
+            generated[a.name]["keep"] = filter_keep(a, generated[a.name], models.device)
     bar.close()
     return generated
 
@@ -153,7 +176,7 @@ def evaluate(args, models, plan: Plan, generated: dict, guides: dict, scorer_pat
     """The results file's content but the run time: every arm scored, the diagnosis, the downstream runs (unless
     --no-downstream), the settings."""
     fam = models.world.family_labels()
-    scorer = load_scorer(scorer_path)
+    scorer = load_scorer(scorer_path, models.device)
     real_feats = features(scorer, real.images)
     test_oracle_feats = features(models.oracle, test.images)
     results: dict = {"presets": {}, "scorer": scorer_info(scorer, scorer_path)}
@@ -187,6 +210,8 @@ def evaluate(args, models, plan: Plan, generated: dict, guides: dict, scorer_pat
                            "downstream_steps": args.downstream_steps,
                            "threads": torch.get_num_threads(),
                            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}"}
+    if args.device.type != "cpu":  # CPU results keep today's keys; a GPU run says which GPU
+        results["settings"]["device"] = on.describe(args.device)
     return results
 
 
@@ -197,7 +222,7 @@ def arm_record(models, arm: Arm, g: dict, guide) -> dict:
            "judge_species": None, "guided_sample_steps": g["guided_sample_steps"],
            "gated_sample_steps": g["gated_sample_steps"]}
     if arm.judge is not None:
-        judge = load_classifier(arm.judge).float().eval()
+        judge = load_classifier(arm.judge, models.device).float().eval()
         out["judge_species"] = verdicts(models, g["images"], np.asarray(g["targets"]), guide, judge)["judge_species"]
     return out
 
@@ -222,10 +247,10 @@ def main(argv=None) -> int:
     """The bench (see the module docstring); 0 when it wrote its results (or, with --only-downstream, filled the
     downstream cache)."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.device = on.resolve(args.device)
+    on.setup(args.device, args.threads)
     started = time.perf_counter()
-    models = load_world(args.models or assets(args.world))
+    models = load_world(args.models or assets(args.world), args.device)
     scorer_path = args.scorer or models.path / SCORER
     if not scorer_path.is_file():  # fail before generating
         load_scorer(scorer_path)
@@ -237,6 +262,8 @@ def main(argv=None) -> int:
     args.arm_list = arms  # the converged protocol counts the oracle-guided arms as the headroom's upper bound
     guides = {a.guide: load_guide(models, a.guide) for a in arms if a.boot_of is None}
     plan = plan_arms(args, arms, real, models.world.num_classes, models.path)
+    for settings in plan.settings.values():  # a GPU's images are its own (in place: boot keys hold these dicts)
+        settings.update(on.key_part(args.device))
     generated = produce(args, models, real, plan, guides)
     if args.downstream_from_cache:
         results = merge_world(json.loads(args.results.read_text()), args.world, None)
@@ -245,6 +272,8 @@ def main(argv=None) -> int:
         mine["settings"] |= {"seeds": args.seeds, "epochs": args.epochs, "alpha": args.alpha,
                              "downstream_shots": args.downstream_shots, "downstream_arch": args.downstream_arch,
                              "protocols": args.protocol, "archs": args.archs, "downstream_steps": args.downstream_steps}
+        if args.device.type != "cpu":
+            mine["settings"]["downstream_device"] = on.describe(args.device)
         args.results.write_text(json.dumps(finite(results), indent=1) + "\n")
         write_doc(args.doc, report(results))
         return 0
@@ -318,7 +347,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="downstream batch size")
     p.add_argument("--alpha", type=float, default=0.4, help="SaSPA replacement probability")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--jobs", type=int, default=1, help="downstream runs in parallel worker processes")
+    p.add_argument("--jobs", type=int, default=1, help="downstream runs in parallel worker processes (on CUDA "
+                   "they share the one GPU)")
+    p.add_argument("--device", default="cpu", help="cpu (the default: results and cache keys as on any machine), "
+                   "cuda[:N], or auto (CUDA when torch sees one): generation, scoring and every downstream run; a "
+                   "GPU's images and runs are cached under keys of their own (docs/quality.md 'Running it on a GPU')")
     p.add_argument("--models", type=Path, default=None, help="world models folder (default: the shipped ones)")
     p.add_argument("--out", type=Path, default=None,
                    help="image and run cache folder (default outputs/bench_quality, another world's: _<world>)")

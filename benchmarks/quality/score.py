@@ -17,12 +17,13 @@ from higfa.world import metrics
 from .arms import Arm
 
 
-def filter_keep(arm: Arm, g: dict) -> np.ndarray:
+def filter_keep(arm: Arm, g: dict, device="cpu") -> np.ndarray:
     """[N] bool: the images of `g` (images [N,H,W,3] uint8, targets [N]) that the confidence filter keeps
     (`higfa.judge.confidence_filter`: p(target) >= the arm's threshold) by the arm's filter classifier, one that
-    did not guide them; in eval mode, 256 images per forward."""
-    judge = load_classifier(arm.filter).float().eval()
-    kept = confidence_filter(to_tensor(g["images"]), judge, g["targets"], arm.filter_threshold, batch_size=256).kept
+    did not guide them; in eval mode, 256 images per forward, on `device`."""
+    judge = load_classifier(arm.filter, device).float().eval()
+    kept = confidence_filter(to_tensor(g["images"]).to(device), judge, g["targets"], arm.filter_threshold,
+                             batch_size=256).kept
     keep = np.zeros(len(g["targets"]), dtype=bool)
     keep[kept] = True
     return keep
