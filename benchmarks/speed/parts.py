@@ -11,12 +11,15 @@ OUTPUTS = ROOT / "outputs" / "bench"
 # part -> its module (benchmarks.speed.<module>) and output file in OUTPUTS (the names of the scripts they were)
 PARTS = {"tiny": ("tiny", "core_speed.json"), "sd15": ("sd15", "speed_sd15.json"),
          "torchrun": ("torchrun", "speed_torchrun.json"), "world": ("world_decoder", "speed_world_decoder.json"),
-         "gpu": ("gpu", "speed_gpu.json")}
+         "gpu": ("gpu", "speed_gpu.json"), "recommended": ("recommended", "speed_recommended.json"),
+         "sdxl": ("sdxl", "speed_sdxl.json"), "peer": ("peer", "speed_peer.json")}
 # every output `collect` folds in: the parts', and one not run by `make bench` (`python -m
 # benchmarks.speed.world_decoder --preset higfa-robust --out outputs/bench/speed_world_decoder_higfa-robust.json`)
 OUTPUT_NAMES = {part: output for part, (_, output) in PARTS.items()} | {
     "world_robust": "speed_world_decoder_higfa-robust.json"}
-DEFAULT = ("tiny", "sd15", "torchrun", "world")
+# not by default: gpu (needs CUDA), sdxl (about 1.5 h on 2 shared cores, 12-16 GB), peer (SD-1.5-size pipelines,
+# about 25 min, 11 GB)
+DEFAULT = ("tiny", "sd15", "recommended", "torchrun", "world")
 
 
 def write_part(path: Path, result: dict, shown: dict | None = None) -> int:

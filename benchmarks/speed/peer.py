@@ -1,22 +1,30 @@
-"""The peer ratio at Stable Diffusion 1.5 size: `higfa augment` ÷ diffusers' own StableDiffusionControlNetPipeline
-on identical models, seed (the job's noise), scheduler (DDIM), steps, size, CFG and ControlNet strength.
+"""The peer ratio at Stable Diffusion 1.5 size: `higfa augment` ÷ diffusers' own pipeline doing the same work, on
+identical models, seed (the job's noise), scheduler (DDIM), steps, size, prompt, CFG and ControlNet strength.
 
-    python -m benchmarks.speed.peer [--steps 8] [--rounds 3] [--threads 1]
+    python -m benchmarks.speed.peer [--preset cfg|contour] [--steps 2] [--rounds 2] [--threads 1]
 
 Models: random-init at the real sizes (benchmarks/configs/sd15: UNet 860 M, ControlNet 361 M, VAE; a CLIP-L-size
 text encoder with the stand-ins' per-character tokenizer), saved once as a diffusers folder under
-outputs/bench/peer_sd15/ (about 5.6 GB, fp32) that both sides load. 512 px, batch 1.
-Arms, interleaved per round, median of the rounds:
-  job       `higfa augment --preset contour --variants 2` in this process: the second image's time from the
-            manifest (`seconds`: contour, sampling, decode; warm, as every image after a dataset's first; the
-            model load is not in it), and the whole command's wall time (load, 2 images, file writes).
-  pipeline  pipe(prompt, negative_prompt, image=hint, latents=the job's noise, guidance_scale=7.5,
-            controlnet_conditioning_scale=0.75, num_inference_steps, output_type="pil"): prompt encoding, the
-            same DDIM loop, decode, PIL conversion. Its hint is a blank 512 px image (the ControlNet's work does
-            not depend on the hint's content; the job's is its own transformed contour).
-`--preset contour`, not `cfg`: the cfg preset has contour strength 0, where the job skips the ControlNet while the
-ControlNet pipeline runs it anyway (at scale 0); that would flatter the job. The contour preset does exactly the
-pipeline's work (both branches through ControlNet + UNet, CFG 7.5, strength 0.75 on every step).
+outputs/bench/peer_sd15/ (about 5.2 GB, fp32) that both sides load. 512 px, batch 1.
+Arms, interleaved per round (each round: the job, then each pipeline arm), median of the rounds:
+  job        `higfa augment --preset P --variants 2` in this process: the second image's time from the manifest
+             (`seconds`: contour, sampling, decode; warm, as every image after a dataset's first; the model load
+             is not in it), and the whole command's wall time (load, 2 images, file writes).
+  pipeline arms: pipe(prompt, negative_prompt, latents=the job's noise, guidance_scale=7.5, num_inference_steps,
+             output_type="pil"): prompt encoding, the same DDIM loop, decode, PIL conversion.
+--preset cfg (the issue's `peer.sd15_cfg_vs_diffusers`): text CFG 7.5, ControlNet strength 0 on every step. The
+  job does not run the ControlNet at strength 0, so the pipeline doing the same work is diffusers'
+  StableDiffusionPipeline on the same UNet/VAE/text encoder/scheduler (`sd`, the reported ratio). diffusers'
+  StableDiffusionControlNetPipeline at controlnet_conditioning_scale=0 (`controlnet_scale0`) still runs the
+  ControlNet on every step; the job ÷ it is written too (`sd15_cfg_vs_diffusers_controlnet_pipeline`), as the
+  literal reading of the issue, and it flatters the job by the ControlNet's cost.
+--preset contour (`peer.sd15_contour_vs_diffusers`): both branches through ControlNet + UNet, CFG 7.5, strength
+  0.75 on every step: exactly StableDiffusionControlNetPipeline's work at controlnet_conditioning_scale=0.75
+  (`controlnet`). Its hint is a blank 512 px image (the ControlNet's work does not depend on the hint's content;
+  the job's is its own transformed contour).
+Each arm's image is compared with the job's (max |difference| in 8-bit levels, `max_pixel_difference`): the same
+models, noise and steps give nearly the same picture (cfg; contour differs by its hint). A run adds its preset's
+result to --out and keeps the other preset's.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import shutil
 import statistics
 import time
@@ -80,7 +89,7 @@ def write_data(root: Path, size: int = 512) -> Path:
     return root
 
 
-def run_job(folder: Path, data: Path, out: Path, steps: int, threads: int) -> dict:
+def run_job(folder: Path, data: Path, out: Path, steps: int, threads: int, preset: str) -> dict:
     from higfa.jobs import cli
 
     shutil.rmtree(out, ignore_errors=True)
@@ -88,7 +97,7 @@ def run_job(folder: Path, data: Path, out: Path, steps: int, threads: int) -> di
     t0 = time.perf_counter()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = cli.main(["augment", "--data", str(data), "--out", str(out), "--model", str(folder), "--preset",
-                       "contour", "--steps", str(steps), "--variants", "2", "--threads", str(threads),
+                       preset, "--steps", str(steps), "--variants", "2", "--threads", str(threads),
                        "--no-progress"])
     wall = time.perf_counter() - t0
     if rc != 0:
@@ -99,50 +108,98 @@ def run_job(folder: Path, data: Path, out: Path, steps: int, threads: int) -> di
             "negative": run["fingerprint"]["negative_prompt"], "image": out / rec["output"]}
 
 
-def run_pipeline(pipe, job: dict, hint, steps: int) -> float:
-    noise = torch.randn(1, 4, 64, 64, generator=torch.Generator("cpu").manual_seed(job["seed"]))
+# arm -> (pipeline kind, ControlNet scale) per preset; the first arm is the one the preset's ratio is taken over
+ARMS = {"cfg": {"sd": ("sd", None), "controlnet_scale0": ("controlnet", 0.0)},
+        "contour": {"controlnet": ("controlnet", 0.75)}}
+KEYS = {"cfg": {"sd": "sd15_cfg_vs_diffusers", "controlnet_scale0": "sd15_cfg_vs_diffusers_controlnet_pipeline"},
+        "contour": {"controlnet": "sd15_contour_vs_diffusers"}}
+
+
+def pipelines(folder: Path) -> dict:
+    """{"controlnet": StableDiffusionControlNetPipeline, "sd": StableDiffusionPipeline} over the same modules."""
+    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
+
+    cn = StableDiffusionControlNetPipeline.from_pretrained(str(folder), local_files_only=True,
+                                                           torch_dtype=torch.float32)
+    sd = StableDiffusionPipeline(**{k: v for k, v in cn.components.items() if k != "controlnet"},
+                                 requires_safety_checker=False)
+    for pipe in (cn, sd):
+        pipe.set_progress_bar_config(disable=True)
+    return {"controlnet": cn, "sd": sd}
+
+
+def run_pipeline(pipe, job: dict, hint, steps: int, scale: float | None) -> tuple[float, np.ndarray]:
+    """(seconds, image [H,W,3] uint8) of one pipeline call on the job's noise, prompt and step count; the image
+    is as large as `hint`."""
+    latent = hint.size[0] // pipe.vae_scale_factor
+    noise = torch.randn(1, pipe.unet.config.in_channels, latent, latent,
+                        generator=torch.Generator("cpu").manual_seed(job["seed"]))
+    extra = {} if scale is None else {"image": hint, "controlnet_conditioning_scale": scale}
     t0 = time.perf_counter()
-    pipe(job["prompt"], negative_prompt=job["negative"] or None, image=hint, num_inference_steps=steps,
-         guidance_scale=7.5, controlnet_conditioning_scale=0.75, latents=noise, eta=0.0, output_type="pil")
-    return time.perf_counter() - t0
+    out = pipe(job["prompt"], negative_prompt=job["negative"] or None, num_inference_steps=steps, guidance_scale=7.5,
+               latents=noise, eta=0.0, output_type="pil", **extra)
+    return time.perf_counter() - t0, np.asarray(out.images[0])
+
+
+def merged(path: Path, preset: str, ratios: dict, details: dict) -> dict:
+    """The peer output with this preset's ratios and details, the other preset's kept (a file from before the
+    presets were split keeps its contour result under "contour")."""
+    old = json.loads(path.read_text()).get("peer", {}) if path.is_file() else {}
+    if "job_seconds" in old:  # the one-preset layout: its details were the contour run's
+        old = {"sd15_contour_vs_diffusers": old.pop("sd15_contour_vs_diffusers"), "contour": old}
+    for key in KEYS[preset].values():
+        old.pop(key, None)
+    return {"peer": {**old, **ratios, preset: details}}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=8)  # the ratio is per step + one decode: a few steps suffice
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--preset", choices=sorted(ARMS), default="cfg")
+    p.add_argument("--steps", type=int, default=2)  # the ratio is per step + one decode: a few steps suffice
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUTPUTS / "speed_peer.json")
+    p.add_argument("--folder", type=Path, default=FOLDER, help="the diffusers ControlNet pipeline folder (built at "
+                                                                 "SD-1.5 size when missing; tests pass a tiny one)")
+    p.add_argument("--work", type=Path, default=OUTPUTS / "peer_work", help="the jobs' data and outputs")
     args = p.parse_args(argv)
-    from diffusers import StableDiffusionControlNetPipeline
     from PIL import Image
 
     torch.set_num_threads(args.threads)
-    folder = build_folder()
-    work = OUTPUTS / "peer_work"
-    data = write_data(work / "data")
-    pipe = StableDiffusionControlNetPipeline.from_pretrained(str(folder), local_files_only=True,
-                                                             torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    hint = Image.fromarray(np.zeros((512, 512, 3), np.uint8))
-    run_pipeline(pipe, {"seed": 0, "prompt": "a bird", "negative": ""}, hint, 1)  # warm, as the job's second image
-    jobs, pipes, walls = [], [], []
+    folder = build_folder(args.folder)
+    pipes = pipelines(folder)
+    size = pipes["sd"].unet.config.sample_size * pipes["sd"].vae_scale_factor  # the model's own (512 for SD 1.5)
+    data = write_data(args.work / "data", size)
+    hint = Image.fromarray(np.zeros((size, size, 3), np.uint8))
+    arms = ARMS[args.preset]
+    for kind, scale in arms.values():  # warm, as the job's second image
+        run_pipeline(pipes[kind], {"seed": 0, "prompt": "a bird", "negative": ""}, hint, 1, scale)
+    jobs, walls, loads = [], [], []
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    diffs: dict[str, int] = {}
     for r in range(args.rounds):
-        job = run_job(folder, data, work / f"out{r}", args.steps, args.threads)
+        job = run_job(folder, data, args.work / f"out{r}", args.steps, args.threads, args.preset)
         torch.set_num_threads(args.threads)  # the job restores the caller's setting; keep the pipeline's the same
-        seconds = run_pipeline(pipe, job, hint, args.steps)
         jobs.append(job["seconds"])
         walls.append(job["command_wall"])
-        pipes.append(seconds)
+        mine = np.asarray(Image.open(job["image"]).convert("RGB")).astype(np.int16)
+        for arm, (kind, scale) in arms.items():
+            seconds, image = run_pipeline(pipes[kind], job, hint, args.steps, scale)
+            times[arm].append(seconds)
+            diffs[arm] = int(np.abs(image.astype(np.int16) - mine).max())
+        loads.append(round(os.getloadavg()[0], 2))
         print(f"round {r}: job {job['seconds']:.1f} s/image (command {job['command_wall']:.1f} s incl. load), "
-              f"pipeline {seconds:.1f} s", flush=True)
-    ratio = statistics.median(jobs) / statistics.median(pipes)
-    result = {"peer": {"sd15_contour_vs_diffusers": round(ratio, 4),
-                       "job_seconds": [round(s, 3) for s in jobs], "pipeline_seconds": [round(s, 3) for s in pipes],
-                       "job_command_seconds": [round(s, 3) for s in walls],
-                       "steps": args.steps, "rounds": args.rounds, "threads": args.threads, "size": 512,
-                       "preset": "contour", "scheduler": "DDIM", "device": "cpu", "dtype": "fp32"}}
-    return write_part(args.out, result)
+              + ", ".join(f"{a} {v[-1]:.1f} s" for a, v in times.items()) + f", load {loads[-1]}", flush=True)
+    ratios = {KEYS[args.preset][a]: round(statistics.median(jobs) / statistics.median(v), 4) for a, v in times.items()}
+    details = {"job_seconds": [round(s, 3) for s in jobs], "job_command_seconds": [round(s, 3) for s in walls],
+               **{f"{a}_seconds": [round(s, 3) for s in v] for a, v in times.items()},
+               "max_pixel_difference": diffs, "load_average_1min": loads, "pipelines": {
+                   a: ("StableDiffusionPipeline" if k == "sd" else "StableDiffusionControlNetPipeline")
+                   + ("" if sc is None else f" (controlnet_conditioning_scale {sc})") for a, (k, sc) in arms.items()},
+               "steps": args.steps, "rounds": args.rounds, "threads": args.threads, "size": size,
+               "preset": args.preset, "scheduler": "DDIM", "device": "cpu", "dtype": "fp32",
+               "date": time.strftime("%Y-%m-%d")}
+    return write_part(args.out, merged(args.out, args.preset, ratios, details))
 
 
 if __name__ == "__main__":

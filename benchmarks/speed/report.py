@@ -32,6 +32,12 @@ def collect(previous: dict) -> dict:
         out["world_decoder_higfa_robust"] = parts["world_robust"]
     if "gpu" in parts:
         out["gpu"] = parts["gpu"]
+    if "recommended" in parts:
+        out["sd15_recommended"] = parts["recommended"]
+    if "sdxl" in parts:
+        out["sdxl"] = parts["sdxl"]["sdxl"]
+    if "peer" in parts:
+        out["peer"] = parts["peer"]["peer"]
     out["machine"] = {"processor": platform.processor() or platform.machine(), "cpus": _cpus(),
                       "python": platform.python_version(), **_versions()}
     return out
@@ -57,7 +63,8 @@ def _f(v, digits=2) -> str:
 
 def report(r: dict) -> str:
     """docs/speed.md's tables (above the notes) from a speed.json: one section per part that has results."""
-    return "\n".join(_head(r) + _sd15(r) + _tiny(r) + _torchrun(r) + _world_decoder(r) + _gpu(r))
+    return "\n".join(_head(r) + _sd15(r) + _recommended(r) + _sdxl(r) + _peer(r) + _tiny(r) + _torchrun(r)
+                     + _world_decoder(r) + _gpu(r))
 
 
 def _head(r: dict) -> list[str]:
@@ -120,6 +127,127 @@ def _sd15(r: dict) -> list[str]:
                   + f". Goal: ≤ 1.25 whole run with the guidance "
                   f"decoder ({'met' if s['ratio_guidance_decoder'] <= 1.25 else 'NOT met'}), stage 1 ≤ 1.02 "
                   f"({'met' if s['stage1_ratio'] <= 1.02 else 'NOT met as measured; see the notes'}).", ""]
+    return lines
+
+
+def _recommended(r: dict) -> list[str]:
+    s, lines = r.get("sd15_recommended"), []
+    if s:
+        k, med = s["per_plain_step"], s["median_seconds"]
+        lines += ["## SD 1.5 size: the recommended configuration", "",
+                  f"`python -m benchmarks.speed.recommended`: preset `{s['preset']}` ({s['views']} random views, "
+                  f"gated from p {s['tau_skip']}), a judge ({s['judge']}, `Guide(judge=...)` = `higfa augment "
+                  f"--judge`), {s['guidance_decoder']} on the classifier path; the SD-1.5 table's models, "
+                  f"{s['dtype']}, {s['size']} px, {s['threads']} thread, interleaved rounds, median of "
+                  f"{s['rounds']} (1-min load average {', '.join(str(x) for x in s['load_average_1min'])}).", "",
+                  "| operation | ÷ one plain step | median s |", "|---|---|---|"]
+        for label, key in (("plain step", "plain"), ("HiGFA stage-1 step", "stage1"),
+                           ("recommended stage-2 guidance part: TAESD decode, guide on 8 views fwd + bwd, judge "
+                            "on 8 views fwd", "guide_rec"),
+                           ("the same, gated by the judge (no backward)", "gated_rec"),
+                           ("`higfa`'s stage-2 guidance part with TAESD (1 view, no judge)", "guide_tiny")):
+            lines.append(f"| {label} | {_f(k[key])} | {_f(med[key], 1)} |")
+        lines += ["", f"Whole run ({s['steps']} DDIM steps: {s['stage1_steps']} stage-1, {s['stage2_steps']} "
+                  f"stage-2), recommended ÷ plain: **{_f(s['ratio'], 3)}** with no stage-2 step gated, "
+                  f"{_f(s['ratio_probe_gated_share'], 3)} with {100 * s['probe_gated_share']:.1f} % gated (the "
+                  f"share the judge probe measured for `{s['preset']}` on the built-in world), "
+                  f"{_f(s['ratio_all_gated'], 3)} with all gated; `higfa` with TAESD in the same rounds: "
+                  f"{_f(s['ratio_higfa_taesd'], 3)}.", ""]
+        if "reference_scale" in s:
+            lines[-1:-1] = [
+                f"Measured with `--guidance-only`: the guidance parts' CPU seconds in this run; the plain step is "
+                f"the SD-1.5 table's ({_f(s['reference']['plain'], 1)} s) × {_f(s['reference_scale'], 3)} (this "
+                f"run's CPU seconds of the SD-1.5 table's TAESD guidance part ÷ that table's "
+                f"{_f(s['reference']['guide_tiny'], 2)} s), the stage-1 step that plus the Guide's stage-1 work "
+                f"timed alone: the UNet's 5 GB did not fit beside the other jobs' memory.", ""]
+    return lines
+
+
+def _sdxl(r: dict) -> list[str]:
+    s, lines = r.get("sdxl"), []
+    if not s:
+        return lines
+    med, cpu, mem = s["median_seconds"], s.get("median_cpu_seconds", {}), s.get("peak_memory_mb", {})
+    plain = med.get("plain")
+    lines += ["## SDXL size, CPU", "",
+              f"`python -m benchmarks.speed.sdxl`: random-init SDXL base UNet (2.57 B), SDXL ControlNet (its copy "
+              f"of the UNet encoder shares the UNet's weights: {_f(s.get('controlnet_shared_mb'), 0)} MB not "
+              f"held, the computation all done), SDXL VAE, taesdxl, resnet50; {s['dtype']}, **{s['size']} px** "
+              f"(latent {s['latent']}×{s['latent']}), batch 1, {s['threads']} thread; text encoders "
+              f"{s['text_encoders']}. "
+              f"Two phases in fresh processes, alternated: the model calls (one step of `sample_with_scheduler`) "
+              f"and the guidance parts (`Guide.plan` + `refine`); median of {s['rounds']} round(s).", "",
+              "| operation | ÷ one plain step | median s | median CPU s | peak extra memory (MB) | 1-min load |",
+              "|---|---|---|---|---|---|"]
+    rows = (("plain step: ControlNet + UNet on cond + uncond", "plain"),
+            ("HiGFA stage-1 step (same model call, Guide.plan/refine)", "stage1"),
+            ("stage-2 guidance part, full VAE: decode + resnet50, forward + backward", "guide_full"),
+            ("the same with activation checkpointing in the decoder", "guide_full_ckpt"),
+            ("stage-2 guidance part, taesdxl: forward + backward", "guide_tiny"),
+            ("gated stage-2 guidance part, full VAE (forward only)", "gated_full"),
+            ("gated stage-2 guidance part, taesdxl (forward only)", "gated_tiny"))
+    for label, key in rows:
+        if key in med:
+            loads = s.get("load_average_1min", {}).get(key, [])
+            lines.append(f"| {label} | {_f(med[key] / plain) if plain else '–'} | {_f(med[key], 1)} | "
+                         f"{_f(cpu.get(key), 1)} | {_f(mem.get(key), 0)} | "
+                         f"{'–'.join(_f(x, 1) for x in (min(loads), max(loads))) if loads else '–'} |")
+    if "ratio_guidance_decoder" in s:
+        full = "ratio_full_vae" in s
+        spread = s.get("per_round", {})
+        lines += ["", f"Whole run, {s['steps']} DDIM steps, π_c = {s['stage_boundary']}: {s['stage1_steps']} stage-1 "
+                  f"and {s['stage2_steps']} stage-2 steps (SDXL's β schedule is SD's)"
+                  + (f"; the stage-1 step: {s['stage1_from']}" if "stage1_from" in s else "")
+                  + (f"; the full VAE's backward {s['full_vae_backward']}" if full else "")
+                  + (f"; the full VAE's gated part from {s['gated_full_from']}" if "gated_full_from" in s else "")
+                  + ".", "",
+                  "| HiGFA ÷ plain sampling | full VAE on the classifier path | taesdxl on the classifier path |",
+                  "|---|---|---|"]
+        for label, suffix, bold in (("no stage-2 step gated (CPU time)", "_cpu", "**"),
+                                    ("no stage-2 step gated (wall)", "", ""),
+                                    ("all gated (CPU time)", "_all_gated_cpu", "")):
+            cells = [f"{bold}{_f(s[k + suffix], 3)}{bold}" if k + suffix in s else "not measured"
+                     for k in ("ratio_full_vae", "ratio_guidance_decoder")]
+            lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+        lines += ["", "Per round (CPU time / wall): " + "; ".join(
+            f"{k.removeprefix('ratio_')} " + ", ".join(f"{_f(x['cpu'], 3)} / {_f(x['wall'], 3)}" for x in v)
+            for k, v in spread.items()) + f". Goal: ≤ 1.10 with the guidance decoder "
+            f"({'met' if s.get('ratio_guidance_decoder_cpu', 9) <= 1.10 else 'NOT met'}). Peak RSS of each "
+            "phase's process (weights included): " + ", ".join(
+                f"{p} {_f(v / 1024, 1)} GB (weights {_f(s['weights_mb'].get(p, 0) / 1024, 1)} GB)"
+                for p, v in s.get("phase_peak_rss_mb", {}).items()) + ".", ""]
+    return lines
+
+
+def _peer(r: dict) -> list[str]:
+    p, lines = r.get("peer"), []
+    if not p:
+        return lines
+    lines += ["## Peer: `higfa augment` ÷ diffusers' own pipeline, SD 1.5 size", "",
+              "`python -m benchmarks.speed.peer --preset cfg|contour`: the same random-init SD-1.5-size models, "
+              "seed (noise), DDIM steps, prompt and CFG 7.5 on both sides; the job's warm second image's time "
+              "(sampling + decode) ÷ the pipeline call's (prompt encoding + the same loop + decode).", "",
+              "| job | pipeline doing the same work | job ÷ pipeline | steps × rounds | seconds, job / pipeline | "
+              "max pixel difference |", "|---|---|---|---|---|---|"]
+    rows = (("cfg", "sd", "sd15_cfg_vs_diffusers"),
+            ("cfg", "controlnet_scale0", "sd15_cfg_vs_diffusers_controlnet_pipeline"),
+            ("contour", "controlnet", "sd15_contour_vs_diffusers"))
+    for preset, arm, key in rows:
+        d = p.get(preset, {})
+        if key not in p:
+            continue
+        name = d.get("pipelines", {}).get(arm, "StableDiffusionControlNetPipeline (controlnet_conditioning_scale "
+                                                "0.75)")
+        secs = (f"{', '.join(_f(x, 0) for x in d.get('job_seconds', []))} / "
+                f"{', '.join(_f(x, 0) for x in d.get(f'{arm}_seconds', d.get('pipeline_seconds', [])))}")
+        bold = "**" if key == "sd15_cfg_vs_diffusers" else ""
+        lines.append(f"| `--preset {preset}` | {name} | {bold}{_f(p[key], 3)}{bold} | {d.get('steps', '–')} × "
+                     f"{d.get('rounds', '–')} | {secs} | {d.get('max_pixel_difference', {}).get(arm, '–')} |")
+    if "sd15_cfg_vs_diffusers" in p:
+        lines += ["", f"Goal: `higfa augment --preset cfg` ÷ diffusers ≤ 1.03 "
+                  f"({'met' if p['sd15_cfg_vs_diffusers'] <= 1.03 else 'NOT met'}), over the pipeline that does the "
+                  "same work (the job does not run the ControlNet at strength 0; diffusers' ControlNet pipeline "
+                  "at scale 0 does, so the job ÷ it is lower by the ControlNet's cost).", ""]
     return lines
 
 

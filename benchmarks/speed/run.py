@@ -1,6 +1,6 @@
 """`make bench`: what HiGFA costs in time and memory -> benchmarks/results/speed.json and docs/speed.md.
 
-    python -m benchmarks.speed                       # all CPU parts (about 15 min on 2 idle cores)
+    python -m benchmarks.speed                       # the default parts (about 20 min on 2 idle cores)
     python -m benchmarks.speed --only sd15 torchrun  # some parts; the others keep their last results
     python -m benchmarks.speed --collect             # only rebuild speed.json + docs/speed.md from outputs/bench/
 
@@ -8,9 +8,12 @@ Parts (each is its own module, runnable alone as `python -m benchmarks.speed.<pa
 outputs/bench/<output>.json, `parts.PARTS`):
   tiny           whole runs on the tiny stand-ins, HiGFA vs plain, interleaved
   sd15           SD-1.5-size step costs on the CPU (random-init real-size models)
+  recommended    SD-1.5 size: the recommended configuration (higfa-judged, a judge, TAESD) vs plain
   torchrun       `higfa augment` with torchrun x2 vs one process, built-in world
   world_decoder  the world's tiny guidance decoder vs its VAE (fidelity, time)
   gpu            (`make bench-gpu`) the SD-1.5 runs on CUDA fp16; not in the default set
+  sdxl           SDXL-size step costs at 1024 px on the CPU; not in the default set (about 1.5 h, 12-16 GB)
+  peer           `higfa augment` vs diffusers' pipelines at SD-1.5 size; not in the default set (about 25 min)
 """
 
 from __future__ import annotations
