@@ -104,7 +104,7 @@ protocol.pretrained_file(protocol.ARCHITECTURES['resnet18-pre'], make_world('$WO
     ( sleep $(($(left) - 30)); for p in "${pids[@]}"; do kill -TERM -- -"$p" 2>/dev/null; done ) &
     timer=$!
     for p in "${pids[@]}"; do wait "$p"; done
-    kill -TERM -- -"$timer" 2>/dev/null
+    kill -TERM -- -"$timer" 2>/dev/null; wait "$timer" 2>/dev/null
     # shellcheck disable=SC2046
     $PY -m benchmarks.quality.protocol --device "$DEVICE" --merge $(ls "$LAD"/*.json) \
         --out "$OUT/downstream_protocol_cuda.json" 2>&1 | tee -a "$LOG"
