@@ -140,7 +140,8 @@ def _recommended(r: dict) -> list[str]:
                   f"--judge`), {s['guidance_decoder']} on the classifier path; the SD-1.5 table's models, "
                   f"{s['dtype']}, {s['size']} px, {s['threads']} thread, interleaved rounds, median of "
                   f"{s['rounds']} (1-min load average {', '.join(str(x) for x in s['load_average_1min'])}).", "",
-                  "| operation | ÷ one plain step | median s |", "|---|---|---|"]
+                  f"| operation | ÷ one plain step | median {'CPU ' if 'reference_scale' in s else ''}s |",
+                  "|---|---|---|"]
         for label, key in (("plain step", "plain"), ("HiGFA stage-1 step", "stage1"),
                            ("recommended stage-2 guidance part: TAESD decode, guide on 8 views fwd + bwd, judge "
                             "on 8 views fwd", "guide_rec"),
@@ -159,7 +160,7 @@ def _recommended(r: dict) -> list[str]:
                 f"the SD-1.5 table's ({_f(s['reference']['plain'], 1)} s) × {_f(s['reference_scale'], 3)} (this "
                 f"run's CPU seconds of the SD-1.5 table's TAESD guidance part ÷ that table's "
                 f"{_f(s['reference']['guide_tiny'], 2)} s), the stage-1 step that plus the Guide's stage-1 work "
-                f"timed alone: the UNet's 5 GB did not fit beside the other jobs' memory.", ""]
+                f"timed alone: the UNet's 5 GB did not fit beside the other jobs' memory."]
     return lines
 
 
@@ -175,8 +176,9 @@ def _sdxl(r: dict) -> list[str]:
               f"held, the computation all done), SDXL VAE, taesdxl, resnet50; {s['dtype']}, **{s['size']} px** "
               f"(latent {s['latent']}×{s['latent']}), batch 1, {s['threads']} thread; text encoders "
               f"{s['text_encoders']}. "
-              f"Two phases in fresh processes, alternated: the model calls (one step of `sample_with_scheduler`) "
-              f"and the guidance parts (`Guide.plan` + `refine`); median of {s['rounds']} round(s).", "",
+              f"Two phases in fresh processes (the UNet's weights and a full-VAE backward do not fit together): the "
+              f"model calls (one step of `sample_with_scheduler`) and the guidance parts (`Guide.plan` + `refine`); "
+              f"median of each operation's runs (at least {s['rounds']}).", "",
               "| operation | ÷ one plain step | median s | median CPU s | peak extra memory (MB) | 1-min load |",
               "|---|---|---|---|---|---|"]
     rows = (("plain step: ControlNet + UNet on cond + uncond", "plain"),
