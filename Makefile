@@ -54,7 +54,8 @@ demo: setup
 # -filtered keeping only the images the shipped few-shot guide (which did not guide them) gives p(target) >= 0.5;
 # *-judged: the higfa-judged preset (modulation and gate on), its confidence measured by a classifier that did not
 # guide (issue 25): the shipped first guide judging the second-round guide (boot), or its own PGD-tuned copy (pgd).
-# The whole run takes days of this CPU: see docs/quality.md "Running it on a GPU".
+# The whole run takes days of this CPU: DEVICE=cuda (or auto) runs it on a GPU, see docs/quality.md "Running it on a
+# GPU" and scripts/device_bench.sh.
 QUALITY_ASSETS = higfa/world/$(if $(filter finebirds,$(WORLD)),assets_finebirds,assets)
 QUALITY_JUDGE_ARMS = higfa-judged-boot-pgd=higfa-judged,guide=boot:higfa,tune=0.031,judge=$(QUALITY_ASSETS)/guidance.safetensors \
 		higfa-judged-pgd=higfa-judged,tune=0.031,judge=$(QUALITY_ASSETS)/guidance.safetensors
@@ -74,8 +75,9 @@ QUALITY_ARMS_finebirds = higfa-oracle=higfa-robust,guide=oracle higfa-boot=higfa
 		higfa-tuned-boot-pgd=higfa-tuned,guide=boot:higfa,tune=0.031 $(QUALITY_JUDGE_ARMS)
 QUALITY_DOWNSTREAM_finebirds = cfg higfa higfa-robust higfa-oracle higfa-boot higfa-tuned-boot-pgd \
 		higfa-judged-boot-pgd higfa-judged-pgd
+DEVICE ?= cpu
 bench-quality: setup
-	$(PY) -m benchmarks.quality --world $(WORLD) --threads 1 --jobs 2 --extra $(QUALITY_ARMS_$(WORLD)) \
+	$(PY) -m benchmarks.quality --world $(WORLD) --device $(DEVICE) --threads 1 --jobs 2 --extra $(QUALITY_ARMS_$(WORLD)) \
 		--downstream $(QUALITY_DOWNSTREAM_$(WORLD))
 
 # Train a world's models into its folder (WORLD=tinybirds: higfa/world/assets/, WORLD=finebirds: assets_finebirds/;
@@ -121,19 +123,24 @@ NEW_VENV := .cache/venv-comfyui-new
 NEW_TESTS ?= tests/comfyui/test_families.py tests/comfyui/test_families_files.py tests/comfyui/test_guider.py \
 	tests/comfyui/test_guidance_vae.py tests/comfyui/test_server.py::test_real_format_files_through_the_stock_loaders \
 	'tests/comfyui/test_server.py::test_shipped_workflow_validates_and_runs[higfa-sdxl]' \
-	'tests/comfyui/test_server.py::test_shipped_workflow_validates_and_runs[higfa-sd3]'
+	'tests/comfyui/test_server.py::test_shipped_workflow_validates_and_runs[higfa-sd3]' \
+	'tests/browser/test_frontend.py::test_shipped_workflow_loads_without_missing_or_red_nodes[higfa-sdxl]' \
+	'tests/browser/test_frontend.py::test_shipped_workflow_loads_without_missing_or_red_nodes[higfa-sd3]' \
+	'tests/browser/test_frontend.py::test_shipped_workflow_queued_with_tiny_models_shows_images_and_traces[higfa-sdxl]' \
+	'tests/browser/test_frontend.py::test_shipped_workflow_queued_with_tiny_models_shows_images_and_traces[higfa-sd3]'
 # The model-family ComfyUI tests against another ComfyUI checkout: make test-comfyui-new COMFYUI_PATH=<checkout>
-# (NEW_TESTS: every family in-process and from files, SD 1.x's guider tests, the family workflows on a server).
+# (NEW_TESTS: every family in-process and from files, SD 1.x's guider tests, the family workflows on a server and
+# in the browser).
 # Not part of `make test`: it runs in its own venv, .cache/venv-comfyui-new (torch and torchvision hard-linked from
 # .venv, that checkout's requirements.txt and the pack's), so .venv and CI's 0.3.75 run never change. torchaudio is
 # the real one: ComfyUI 0.33.0 imports it unguarded (comfy/sd.py -> comfy/ldm/lightricks/vae/audio_vae.py); 2.11.0
 # declares no torch pin and its abi3 libraries load and run beside torch 2.14.1 (resample, lfilter checked).
-test-comfyui-new: setup
+test-comfyui-new: setup browser-setup
 	@test -n "$(COMFYUI_PATH)" || { echo "test-comfyui-new: set COMFYUI_PATH=<a ComfyUI checkout>" >&2; exit 2; }
 	test -x $(NEW_VENV)/bin/python || $(PYTHON) -m venv $(NEW_VENV)
 	$(PY) scripts/link_packages.py --into $(NEW_VENV) torch torchvision
 	$(NEW_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt torch torchvision \
-		torchaudio==2.11.0 pytest
+		torchaudio==2.11.0 pytest playwright
 	COMFYUI_PATH=$(COMFYUI_PATH) $(NEW_VENV)/bin/python scripts/comfyui.py install
 	COMFYUI_PATH=$(COMFYUI_PATH) PYTHONPATH=$(CURDIR) $(NEW_VENV)/bin/python -m pytest -p no:cacheprovider -q \
 		$(NEW_TESTS)
