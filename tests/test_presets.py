@@ -52,3 +52,14 @@ def test_the_schedule_nodes_description_says_which_presets_modulate():
         if s.uses_classifier:
             assert name in (modulating if s.modulate else fixed) and name not in (fixed if s.modulate else modulating)
             assert s.gating == s.modulate, name  # the description says gating goes with modulation
+
+
+def test_readme_names_every_preset_and_which_modulate():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| HiGFA Schedule |"))
+    assert [n for n in [*PRESETS, "custom"] if f"`{n}`" not in row] == []
+    said = re.search(r"modulates and gates in ([^,]*),", row).group(1)
+    assert sorted(re.findall(r"`([\w-]+)`", said)) == sorted(n for n in PRESETS if Schedule.from_preset(n).modulate)
