@@ -127,10 +127,15 @@ def judge_claims(d: dict) -> list[tuple[str, list[str]]]:
           f"{a['higfa-judged+judge=seed21']['judge_fooling_gap']:+.2f}",
           pct(a["higfa-judged+judge=convnext"]["oracle_species"]),
           f"{100 * a['higfa-judged+judge=convnext']['gated_fraction']:.1f}"]),
+        (r"a third architecture is hardly fooled \(judge's gap ([+-]\d+\.\d+)\) and gates as often \(([\d.]+) %\), "
+         r"at (\d+) %",
+         [f"{a['higfa-judged+judge=efficientnet']['judge_fooling_gap']:+.2f}",
+          f"{100 * a['higfa-judged+judge=efficientnet']['gated_fraction']:.1f}",
+          pct(a["higfa-judged+judge=efficientnet"]["oracle_species"])]),
     ]
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_readme_judge_numbers_match_the_judge_probe(index):
     pattern, expected = judge_claims(json.loads(PROBE.read_text()))[index]
     match = re.search(pattern, _text())
@@ -152,9 +157,11 @@ def test_readme_judge_claims_hold():
     assert judged["judge_species"] == 1.0
     assert a["higfa"]["settings"]["judge"] is None and a["higfa-robust"]["settings"]["judge"] is None
     # the independent judges README names: another seed of the guide's architecture, another architecture
-    seed, arch = (a[f"higfa-judged+judge={n}"]["judge_classifier"] for n in ("seed21", "convnext"))
-    assert seed["architecture"] == "test_resnet" and seed["seed"] != 20 and arch["architecture"] != "test_resnet"
-    assert seed["train_images"] == arch["train_images"] == 160
+    seed, arch, third = (a[f"higfa-judged+judge={n}"]["judge_classifier"] for n in ("seed21", "convnext",
+                                                                                      "efficientnet"))
+    assert seed["architecture"] == "test_resnet" and seed["seed"] != 20
+    assert len({"test_resnet", arch["architecture"], third["architecture"]}) == 3
+    assert seed["train_images"] == arch["train_images"] == third["train_images"] == 160
 
 
 def test_readme_caveat_numbers_are_the_step_ladders():
