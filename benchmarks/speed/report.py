@@ -169,7 +169,7 @@ def _sdxl(r: dict) -> list[str]:
     if not s:
         return lines
     med, cpu, mem = s["median_seconds"], s.get("median_cpu_seconds", {}), s.get("peak_memory_mb", {})
-    plain = med.get("plain")
+    plain = cpu.get("plain")
     lines += ["## SDXL size, CPU", "",
               f"`python -m benchmarks.speed.sdxl`: random-init SDXL base UNet (2.57 B), SDXL ControlNet (its copy "
               f"of the UNet encoder shares the UNet's weights: {_f(s.get('controlnet_shared_mb'), 0)} MB not "
@@ -179,19 +179,21 @@ def _sdxl(r: dict) -> list[str]:
               f"Two phases in fresh processes (the UNet's weights and a full-VAE backward do not fit together): the "
               f"model calls (one step of `sample_with_scheduler`) and the guidance parts (`Guide.plan` + `refine`); "
               f"median of each operation's runs (at least {s['rounds']}).", "",
-              "| operation | ÷ one plain step | median s | median CPU s | peak extra memory (MB) | 1-min load |",
+              "| operation | ÷ one plain step (CPU time) | median s | median CPU s | peak extra memory (MB) | "
+              "1-min load |",
               "|---|---|---|---|---|---|"]
     rows = (("plain step: ControlNet + UNet on cond + uncond", "plain"),
             ("HiGFA stage-1 step (same model call, Guide.plan/refine)", "stage1"),
             ("stage-2 guidance part, full VAE: decode + resnet50, forward + backward", "guide_full"),
-            ("the same with activation checkpointing in the decoder", "guide_full_ckpt"),
+            ("stage-2 guidance part, full VAE with activation checkpointing in the decoder: decode + resnet50, "
+             "forward + backward", "guide_full_ckpt"),
             ("stage-2 guidance part, taesdxl: forward + backward", "guide_tiny"),
             ("gated stage-2 guidance part, full VAE (forward only)", "gated_full"),
             ("gated stage-2 guidance part, taesdxl (forward only)", "gated_tiny"))
     for label, key in rows:
         if key in med:
             loads = s.get("load_average_1min", {}).get(key, [])
-            lines.append(f"| {label} | {_f(med[key] / plain) if plain else '–'} | {_f(med[key], 1)} | "
+            lines.append(f"| {label} | {_f(cpu[key] / plain) if plain and key in cpu else '–'} | {_f(med[key], 1)} | "
                          f"{_f(cpu.get(key), 1)} | {_f(mem.get(key), 0)} | "
                          f"{'–'.join(_f(x, 1) for x in (min(loads), max(loads))) if loads else '–'} |")
     if "ratio_guidance_decoder" in s:
@@ -200,7 +202,8 @@ def _sdxl(r: dict) -> list[str]:
         lines += ["", f"Whole run, {s['steps']} DDIM steps, π_c = {s['stage_boundary']}: {s['stage1_steps']} stage-1 "
                   f"and {s['stage2_steps']} stage-2 steps (SDXL's β schedule is SD's)"
                   + (f"; the stage-1 step: {s['stage1_from']}" if "stage1_from" in s else "")
-                  + (f"; the full VAE's backward {s['full_vae_backward']}" if full else "")
+                  + (f"; the full VAE's backward {'with ' if s['full_vae_backward'] != 'as is' else ''}"
+                     f"{s['full_vae_backward']}" if full else "")
                   + (f"; the full VAE's gated part from {s['gated_full_from']}" if "gated_full_from" in s else "")
                   + ".", "",
                   "| HiGFA ÷ plain sampling | full VAE on the classifier path | taesdxl on the classifier path |",
