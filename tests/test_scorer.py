@@ -1,4 +1,4 @@
-"""higfa/world/scorer.py: the per-world scorer config and its images (no training here)."""
+"""higfa/world/scorer.py: the per-world scorer config, its images and the shipped scorers (no training here)."""
 
 import json
 from dataclasses import asdict
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from higfa.world.catalog import assets, make_world
-from higfa.world.scorer import ScorerConfig, own_images, scorer_for_world
+from higfa.training import evaluate
+from higfa.world.scorer import SCORER, ScorerConfig, load_scorer, own_images, scorer_for_world
 from higfa.world.train_common import for_world
 
 
@@ -45,3 +46,13 @@ def test_own_images_are_the_splits_images_after_the_first_ones():
     split = world.split("train", 3)
     keep = np.tile(np.arange(3) == 2, world.num_classes)
     assert np.array_equal(images, split.images[keep]) and np.array_equal(labels, split.labels[keep])
+
+
+def test_shipped_finebirds_scorer_matches_its_config_and_reads_real_test_images():
+    folder = assets("finebirds")
+    info = json.loads((folder / "scorer_training.json").read_text())
+    assert info["config"] == as_json(scorer_for_world("finebirds"))
+    scorer = load_scorer(folder / SCORER)
+    assert scorer.architecture == "test_byobnet" and scorer.num_classes == 48
+    test = make_world("finebirds").split("test", 5)  # 240 real test images; it reads ~0.95 of the full 2400
+    assert evaluate(scorer, test.images, test.labels)["accuracy"] >= 0.85  # tinybirds' config read 0.27
