@@ -25,6 +25,7 @@ Peak memory: each kind once in a fresh process (`--probe KIND`), RSS sampled eve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import inspect
 import json
@@ -156,6 +157,28 @@ def _rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+@contextlib.contextmanager
+def peak_rss():
+    """While the block runs, sample this process's RSS every 5 ms in a thread; yields a one-item list that holds,
+    after the block, the peak RSS above the RSS on entry (bytes). The sd15 and sdxl memory probes share it."""
+    base, peak, stop = _rss(), [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.005)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    out = [0]
+    try:
+        yield out
+    finally:
+        stop.set()
+        t.join()
+        out[0] = max(peak[0], _rss()) - base
+
+
 def probe(kind: str, device: str, dtype: torch.dtype) -> dict:
     """Child process: peak extra memory (MB) of one `kind` operation over the loaded-model baseline."""
     models = build(parts_for([kind]), device, dtype)
@@ -168,20 +191,9 @@ def probe(kind: str, device: str, dtype: torch.dtype) -> dict:
         bench.run(kind)
         torch.cuda.synchronize()
         return {"peak_extra_mb": (torch.cuda.max_memory_allocated() - base) / 2**20, "weights_mb": weights / 2**20}
-    base, peak, stop = _rss(), [0], threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.005)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    bench.run(kind)
-    stop.set()
-    t.join()
-    peak[0] = max(peak[0], _rss())
-    return {"peak_extra_mb": (peak[0] - base) / 2**20, "weights_mb": weights / 2**20}
+    with peak_rss() as extra:
+        bench.run(kind)
+    return {"peak_extra_mb": extra[0] / 2**20, "weights_mb": weights / 2**20}
 
 
 def guide_overhead(bench: "Bench", n: int = 200) -> float:

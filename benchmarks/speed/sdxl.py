@@ -45,7 +45,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -59,7 +58,7 @@ from higfa.schedule import Schedule
 from higfa.sigmas import NoiseSchedule
 
 from .parts import OUTPUTS, ROOT, write_part
-from .sd15 import whole_run
+from .sd15 import peak_rss, whole_run
 
 # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the keys that differ from diffusers' defaults)
 UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280],
@@ -212,13 +211,6 @@ class Bench:
         return self.guidance(kind)
 
 
-def _rss() -> int:
-    import resource
-
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def _trim() -> None:
     """Give the heap's free memory back to the OS (glibc), so the RSS before an operation is what is live."""
     import ctypes
@@ -232,22 +224,12 @@ def _trim() -> None:
 def timed(bench: Bench, kind: str) -> dict:
     """One operation: wall and CPU seconds, peak RSS above the RSS right before it (MB), the 1-min load."""
     _trim()
-    base, peak, stop = _rss(), [0], threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.005)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    w0, c0 = time.perf_counter(), time.process_time()
-    out = bench.run(kind)
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    stop.set()
-    t.join()
+    with peak_rss() as extra:
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = bench.run(kind)
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     assert torch.isfinite(out).all(), kind
-    return {"wall": wall, "cpu": cpu, "peak_extra_mb": (max(peak[0], _rss()) - base) / 2**20,
+    return {"wall": wall, "cpu": cpu, "peak_extra_mb": extra[0] / 2**20,
             "load": os.getloadavg()[0], **({"guide_costs": bench.costs} if bench.costs else {})}
 
 
