@@ -1,6 +1,6 @@
-"""A quick probe of the judge (issue 25) on the CURRENT built-in world: not the acceptance bench, no downstream.
+"""A quick probe of the judge (issue 25) on a shipped world: not the acceptance bench, no downstream.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.judge_probe [--per-species 8] [--arms NAME,...]
+    OMP_NUM_THREADS=1 python -m benchmarks.judge_probe [--world tinybirds|finebirds] [--per-species 8] [--arms NAME,...]
 
 Every arm generates the same few-shot sources with the same contour and noise seeds (`benchmarks.seeds`, paired
 across arms), 30 DDIM steps, x̂0 decoded by the world VAE on the classifier path (as the quality bench), and differs
@@ -19,8 +19,8 @@ seed (trained into .cache/judge_probe/ when missing). Per arm:
 - the guided (stage-2) step time, whole step (model call + guidance), and seconds per image;
 - with a judge, what the judge's filter at p ≥ 0.5 on the final image keeps and the oracle's accuracy on it.
 
-Writes benchmarks/results/judge_probe.json after every arm (a rerun skips arms already there with the same
-settings and preset values); docs/quality.md "Judge probe" reads it.
+Writes benchmarks/results/judge_probe.json (tinybirds; another world: judge_probe_<world>.json) after every arm
+(a rerun skips arms already there with the same settings and preset values); docs/quality.md "Judge probe" reads it.
 """
 
 from __future__ import annotations
@@ -41,19 +41,38 @@ SHIPPED = ("guidance", "guidance_robust")  # the world's two classifiers (guidan
 # Independent judges (issue 25 item 2): trained on the guide's own 160 few-shot images by the pack's one command, as
 # the world's guide was trained (`guidance`: test_resnet, seed 20, the same options; tests/test_classifier_commands
 # checks that command reproduces the world stage), with another architecture or another seed. No label the guide did
-# not have. The probe trains a missing one into TRAINED_DIR (about 3 CPU-minutes each).
+# not have. The probe trains a missing one into trained_dir(world) (about 3 CPU-minutes each).
 TRAINED_DIR = ROOT / ".cache" / "judge_probe"
-TRAIN_OPTIONS = ("--data", "builtin:fewshot:10", "--val", "builtin:test", "--input-size", "64", "--mean", ".5", ".5",
-                 ".5", "--std", ".5", ".5", ".5", "--augment", "robust", "--steps", "500")
+DEFAULT_WORLD = "tinybirds"
 TRAINED = {"fewshot_resnet_seed21": ("--architecture", "test_resnet", "--seed", "21"),  # the guide's, another seed
            "fewshot_convnext": ("--architecture", "test_convnext", "--seed", "20"),  # another architecture
            "fewshot_efficientnet": ("--architecture", "test_efficientnet", "--seed", "20")}  # another architecture
 GUIDES = SHIPPED + tuple(TRAINED)
 
 
-def train_command(name: str, folder: Path = TRAINED_DIR) -> list[str]:
-    """The `higfa train-classifier` arguments that make the independent judge `name` (TRAINED) in `folder`."""
-    return ["train-classifier", *TRAIN_OPTIONS, *TRAINED[name], "--threads", "1", "--no-progress",
+def trained_dir(world: str = DEFAULT_WORLD) -> Path:
+    """Where the independent judges of `world` (and its arms' batches) are kept: TRAINED_DIR for the default world,
+    TRAINED_DIR/<world> for another."""
+    return TRAINED_DIR if world == DEFAULT_WORLD else TRAINED_DIR / world
+
+
+def train_options(world: str = DEFAULT_WORLD) -> tuple[str, ...]:
+    """The world guide's recipe (its `guidance` stage: shots, steps) as `higfa train-classifier` options, on the
+    world's few-shot images, validated on its test split."""
+    from higfa.world.train_common import for_world
+
+    cfg = for_world(world)
+    data = "builtin" if world == DEFAULT_WORLD else world
+    return ("--data", f"{data}:fewshot:{cfg.guidance_shots}", "--val", f"{data}:test", "--input-size", "64",
+            "--mean", ".5", ".5", ".5", "--std", ".5", ".5", ".5", "--augment", "robust",
+            "--steps", str(cfg.guidance_steps))
+
+
+def train_command(name: str, folder: Path | None = None, world: str = DEFAULT_WORLD) -> list[str]:
+    """The `higfa train-classifier` arguments that make the independent judge `name` (TRAINED) of `world` in
+    `folder` (default `trained_dir(world)`)."""
+    folder = trained_dir(world) if folder is None else folder
+    return ["train-classifier", *train_options(world), *TRAINED[name], "--threads", "1", "--no-progress",
             "--out", str(folder / name)]
 
 
@@ -106,24 +125,31 @@ def load_classifier_named(models, name: str):
     if name == "guidance":
         return models.guidance
     if name in SHIPPED:
-        return load_classifier(models.path / f"{name}.safetensors").float()
-    path = TRAINED_DIR / f"{name}.safetensors"
+        file = models.path / f"{name}.safetensors"
+        if not file.is_file():
+            raise SystemExit(f"{file} is missing: the world {models.world.name!r} ships no {name}; choose arms "
+                             "without it")
+        return load_classifier(file).float()
+    world = models.world.name
+    path = trained_dir(world) / f"{name}.safetensors"
     if not path.is_file():
         from higfa.jobs.cli import main as higfa
 
-        print("training judge:", "higfa", " ".join(train_command(name)), flush=True)
-        if higfa(train_command(name)) != 0:
-            raise RuntimeError(f"`higfa {' '.join(train_command(name))}` failed (its message is above)")
+        command = train_command(name, world=world)
+        print("training judge:", "higfa", " ".join(command), flush=True)
+        if higfa(command) != 0:
+            raise RuntimeError(f"`higfa {' '.join(command)}` failed (its message is above)")
     return load_classifier(path).float()
 
 
-def judge_provenance(name: str | None) -> dict | None:
+def judge_provenance(name: str | None, world: str = DEFAULT_WORLD) -> dict | None:
     """What an independent judge is (its sidecar's command, seed and held-out accuracy); None for the others."""
     if name not in TRAINED:
         return None
-    sidecar = json.loads((TRAINED_DIR / f"{name}.json").read_text())
+    folder = trained_dir(world)
+    sidecar = json.loads((folder / f"{name}.json").read_text())
     prov = sidecar.get("provenance", {})
-    return {"command": "higfa " + " ".join(train_command(name, TRAINED_DIR.relative_to(ROOT))),
+    return {"command": "higfa " + " ".join(train_command(name, folder.relative_to(ROOT), world)),
             "architecture": sidecar["architecture"], "seed": prov.get("seed"),
             "train_images": prov.get("train_images"), "test_accuracy": prov.get("val_accuracy"),
             "test_images": prov.get("val_images")}
@@ -200,7 +226,8 @@ def batch_dir(arm: Arm, schedule_dict: dict, head: dict) -> Path:
     import hashlib
 
     key = json.dumps({"arm": arm.settings(), "schedule": schedule_dict, "head": head}, sort_keys=True)
-    return TRAINED_DIR / "batches" / f"{arm.name.replace('/', '_')}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    name = f"{arm.name.replace('/', '_')}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return trained_dir(head.get("world", DEFAULT_WORLD)) / "batches" / name
 
 
 def run_arm(models, arm: Arm, sources, batch: int, folder: Path, shard: tuple[int, int] = (0, 1)) -> dict | None:
@@ -243,8 +270,8 @@ def run_arm(models, arm: Arm, sources, batch: int, folder: Path, shard: tuple[in
     seconds = float(sum(float(z["seconds"]) for z in loaded))
     labels = np.asarray(sources.labels)
     out = {"settings": arm.settings(), "schedule": schedule.to_dict(), "images": len(images)}
-    if judge_provenance(arm.judge) is not None:
-        out["judge_classifier"] = judge_provenance(arm.judge)
+    if arm.judge in TRAINED:
+        out["judge_classifier"] = judge_provenance(arm.judge, models.world.name)
     out |= verdicts(models, images, labels, guide_clf, judge_clf) | trace_stats(traces)
     out["seconds_per_image"] = round(seconds / len(images), 3)
     return out
@@ -298,12 +325,21 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--arms", help="comma-separated arm names (default: all)")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--world", default=DEFAULT_WORLD, help="a shipped world (higfa.world.catalog.WORLDS); its "
+                   "shipped models")
+    p.add_argument("--out", type=Path, default=None, help=f"default {OUT.relative_to(ROOT)}; another world: "
+                   "judge_probe_<world>.json beside it")
     p.add_argument("--table", action="store_true", help="only print --out's result as docs/quality.md's table")
     p.add_argument("--fresh", action="store_true", help="start --out over when its arms ran with other settings")
     p.add_argument("--shard", default="0/1", help="I/N: make only batches k with k %% N == I (run N processes, "
                    "each with its own I; the one that ends last writes the arm; default 0/1: every batch)")
     args = p.parse_args(argv)
+    from higfa.world.catalog import WORLDS, assets
+
+    if args.world not in WORLDS:
+        raise SystemExit(f"--world {args.world!r}: choose one of {list(WORLDS)}")
+    if args.out is None:
+        args.out = OUT if args.world == DEFAULT_WORLD else OUT.with_name(f"judge_probe_{args.world}.json")
     if args.table:
         result = json.loads(args.out.read_text())
         print(table(result))
@@ -322,6 +358,9 @@ def main(argv=None) -> int:
     head = {"what": "judge probe on the current world (not the acceptance bench; no downstream)",
             "per_species": args.per_species, "steps": 30, "batch": args.batch, "threads": args.threads,
             "decoder": "vae", "models": "shipped"}
+    if args.world != DEFAULT_WORLD:  # the default world's file (and its batches' keys) as before
+        head |= {"what": f"judge probe on {args.world} (not the acceptance bench; no downstream)",
+                 "world": args.world}
     result = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if {k: result.get(k) for k in head} != head:
         if result.get("arms") and not args.fresh:
@@ -329,7 +368,7 @@ def main(argv=None) -> int:
                              f"({ {k: result.get(k) for k in head if result.get(k) != head[k]} }): give those "
                              "settings, another --out, or --fresh to start it over")
         result = dict(head)
-    models = load_world()
+    models = load_world(assets(args.world))
     sources = models.world.split("fewshot", args.per_species)
     result["images_per_arm"] = len(sources.labels)
     result.setdefault("arms", {})

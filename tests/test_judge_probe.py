@@ -112,3 +112,24 @@ def test_an_arm_split_over_shards_is_written_by_the_shard_that_ends_last(tmp_pat
     assert len(made) == 3 and out["n"] == 5 and out["images"] == 5
     assert out["stage2_sample_steps"] == 5 and out["final_p_guide"] == 0.5
     assert probe.run_arm(models, arm, src, 2, tmp_path, (0, 1))["n"] == 5 and len(made) == 3  # nothing redone
+
+
+def test_another_world_has_its_own_judges_file_and_batches_and_the_default_world_keeps_its_own(tmp_path):
+    """--world finebirds: judges trained on finebirds' few-shot images by its guide's recipe, kept apart from
+    tinybirds' (whose commands, folder and result file stay as recorded); an unknown world is refused."""
+    from higfa.jobs.cli import build_parser
+    from higfa.world.train_common import for_world
+
+    import benchmarks.judge_probe as probe
+
+    fine = build_parser().parse_args(train_command("fewshot_efficientnet", world="finebirds"))
+    cfg = for_world("finebirds")
+    assert (fine.data, fine.val, fine.steps) == (f"finebirds:fewshot:{cfg.guidance_shots}", "finebirds:test",
+                                                 cfg.guidance_steps)
+    assert fine.out == str(probe.TRAINED_DIR / "finebirds" / "fewshot_efficientnet")
+    tiny = build_parser().parse_args(train_command("fewshot_efficientnet"))
+    assert (tiny.data, tiny.out) == ("builtin:fewshot:10", str(probe.TRAINED_DIR / "fewshot_efficientnet"))
+    assert probe.batch_dir(ARMS[0], {}, {"world": "finebirds"}).parent == probe.TRAINED_DIR / "finebirds" / "batches"
+    assert probe.batch_dir(ARMS[0], {}, {}).parent == probe.TRAINED_DIR / "batches"
+    with pytest.raises(SystemExit, match="--world 'nobirds'"):
+        main(["--world", "nobirds", "--out", str(tmp_path / "x.json")])
