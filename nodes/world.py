@@ -59,8 +59,8 @@ class LoadedWorld:
 
 
 # The world's judge (issue 25; docs/method.md "The judge"): the shipped guide's copy PGD-tuned by `higfa tune-classifier
-# --adversarial` (docs/world.md). It never guides when the loader's `classifier` does, and it is the harder one to
-# fool of the two (docs/quality.md "Judge probe").
+# --adversarial` (docs/world.md). It never guides when the loader's `classifier` does; on tinybirds it is the harder
+# one to fool of the two, on finebirds it is fooled as much as the guide (docs/quality.md "Judge probe").
 JUDGE_FILE = "guidance_robust.safetensors"
 
 
@@ -112,10 +112,11 @@ class HiGFAWorldLoader(io.ComfyNode):
             node_id="HiGFA_WorldLoader",
             display_name="HiGFA World Loader (built-in tiny world)",
             category=f"{CATEGORY}/world",
-            description="Loads the built-in tiny world shipped with the pack (no downloads): a 64 px 'tiny birds' "
-                        "diffusion model that knows bird families but not species, its contour ControlNet, an "
-                        "8-channel 4x VAE, and the few-shot guidance classifier of its 16 species. Use HiGFA "
-                        "World Empty Latent for its latents (64 px = 16x16 latent).",
+            description="Loads a tiny world shipped with the pack (no downloads): a 64 px 'tiny birds' diffusion "
+                        "model that knows bird families but not species, its contour ControlNet, a 4x VAE, the "
+                        "few-shot guidance classifier of its species and a judge. tinybirds (the default): 16 "
+                        "species, 8-channel latent; finebirds: 48 species, 16-channel latent. Use HiGFA World "
+                        "Empty Latent for its latents (64 px = 16x16 latent).",
             inputs=[io.String.Input("path", default="", optional=True,
                                     tooltip="Empty: the built-in world. Otherwise a folder written by `higfa "
                                             "train-world --out`, inside ComfyUI's models folder (other folders "
@@ -132,7 +133,8 @@ class HiGFAWorldLoader(io.ComfyNode):
                                                                           "(10 real images per species)."),
                      WORLD.Output(display_name="world", tooltip="Text encoder and images of this world: "
                                                                 "HiGFA World Text Encode, HiGFA World Image."),
-                     io.String.Output(display_name="class_names", tooltip="The 16 species, one per line."),
+                     io.String.Output(display_name="class_names",
+                                      tooltip="The world's species (tinybirds 16, finebirds 48), one per line."),
                      io.Vae.Output(display_name="guidance_vae",
                                    tooltip="The world's distilled tiny decoder (tiny_decoder/, a TAESD-architecture "
                                            "AutoencoderTiny) for HiGFA Guider / Sampler's guidance_vae input: the "
@@ -142,8 +144,9 @@ class HiGFAWorldLoader(io.ComfyNode):
                      CLASSIFIER.Output(display_name="judge",
                                        tooltip="A classifier that did not guide, for HiGFA Guider / Sampler's judge "
                                                "input beside this loader's classifier: the world's few-shot guide "
-                                               "tuned by `higfa tune-classifier --adversarial` (guidance_robust), "
-                                               "harder to fool. Its confidence drives the ramp and the gate "
+                                               "tuned by `higfa tune-classifier --adversarial` (guidance_robust; on "
+                                               "tinybirds harder to fool than the guide, on finebirds not). Its "
+                                               "confidence drives the ramp and the gate "
                                                "(preset higfa-judged). None when the world folder has none.")],
         )
 
