@@ -53,12 +53,14 @@ demo: setup
 # --adversarial 0.031`; higfa-tuned-*: the PGD-tuned guides with the higfa-tuned preset (w_cls 2, no modulation),
 # -filtered keeping only the images the shipped few-shot guide (which did not guide them) gives p(target) >= 0.5;
 # *-judged: the higfa-judged preset (modulation and gate on), its confidence measured by a classifier that did not
-# guide (issue 25): the shipped first guide judging the second-round guide (boot), or its own PGD-tuned copy (pgd).
+# guide (issue 25): the shipped first guide judging the second-round guide (boot), or its own PGD-tuned copy (pgd);
+# higfa-judged-robust: the World Loader's pairing (the shipped guide judged by its PGD-tuned copy, guidance_robust).
 # The whole run takes days of this CPU: DEVICE=cuda (or auto) runs it on a GPU, see docs/quality.md "Running it on a
 # GPU" and scripts/device_bench.sh.
 QUALITY_ASSETS = higfa/world/$(if $(filter finebirds,$(WORLD)),assets_finebirds,assets)
 QUALITY_JUDGE_ARMS = higfa-judged-boot-pgd=higfa-judged,guide=boot:higfa,tune=0.031,judge=$(QUALITY_ASSETS)/guidance.safetensors \
-		higfa-judged-pgd=higfa-judged,tune=0.031,judge=$(QUALITY_ASSETS)/guidance.safetensors
+		higfa-judged-pgd=higfa-judged,tune=0.031,judge=$(QUALITY_ASSETS)/guidance.safetensors \
+		higfa-judged-robust=higfa-judged,judge=$(QUALITY_ASSETS)/guidance_robust.safetensors
 QUALITY_ARMS_tinybirds = higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/guidance_robust.safetensors \
 		higfa-robust-pgd16=higfa-robust,views=16,guide=higfa/world/assets/guidance_robust.safetensors \
 		higfa-robust-filtered=higfa-robust,filter=higfa/world/assets/guidance_robust.safetensors \
@@ -69,12 +71,12 @@ QUALITY_ARMS_tinybirds = higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/
 		higfa-tuned-pgd=higfa-tuned,guide=higfa/world/assets/guidance_robust.safetensors $(QUALITY_JUDGE_ARMS)
 QUALITY_DOWNSTREAM_tinybirds = cfg higfa higfa-robust higfa-robust-pgd higfa-robust-filtered higfa-oracle higfa-boot \
 		higfa-boot-pgd higfa-tuned-boot-pgd higfa-tuned-boot-pgd-filtered higfa-tuned-pgd higfa-judged-boot-pgd \
-		higfa-judged-pgd
-# finebirds ships no guidance_robust: its arms are the recipe's and the judges'
+		higfa-judged-pgd higfa-judged-robust
+# finebirds: the recipe's arms and the judges' (its guidance_robust is as fooled as its guide: judge_probe_finebirds)
 QUALITY_ARMS_finebirds = higfa-oracle=higfa-robust,guide=oracle higfa-boot=higfa,guide=boot:higfa \
 		higfa-tuned-boot-pgd=higfa-tuned,guide=boot:higfa,tune=0.031 $(QUALITY_JUDGE_ARMS)
 QUALITY_DOWNSTREAM_finebirds = cfg higfa higfa-robust higfa-oracle higfa-boot higfa-tuned-boot-pgd \
-		higfa-judged-boot-pgd higfa-judged-pgd
+		higfa-judged-boot-pgd higfa-judged-pgd higfa-judged-robust
 DEVICE ?= cpu
 bench-quality: setup
 	$(PY) -m benchmarks.quality --world $(WORLD) --device $(DEVICE) --threads 1 --jobs 2 --extra $(QUALITY_ARMS_$(WORLD)) \

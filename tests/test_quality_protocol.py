@@ -121,16 +121,22 @@ def test_pretrained_weights_are_cached_under_their_key(tmp_path):
 
 
 def test_converged_steps_are_the_ladders_choice_where_it_chose():
-    """downstream.CONVERGED_STEPS holds what benchmarks/results/downstream_protocol.json's ladder chose."""
-    measured = json.loads((ROOT / "benchmarks" / "results" / "downstream_protocol.json").read_text())
-    chose = 0
-    for arch, by_shots in measured["worlds"]["tinybirds"].items():
-        for shots, block in by_shots.items():
-            if block.get("choice") and block["choice"]["steps"] is not None:
-                assert CONVERGED_STEPS[arch][int(shots.split("-")[0])] == block["choice"]["steps"], (arch, shots)
-                assert (arch, int(shots.split("-")[0])) in LADDER_CHOSEN
-                chose += 1
-    assert chose >= 1 and len(LADDER_CHOSEN) == chose  # every other block is marked provisional
+    """downstream.CONVERGED_STEPS holds what each world's ladder file (protocol.ladder_file) chose, and marks
+    every other block provisional."""
+    chose = set()
+    for world in CONVERGED_STEPS:
+        path = protocol.ladder_file(world)
+        measured = json.loads(path.read_text()) if path.is_file() else {"worlds": {}}
+        assert set(measured["worlds"]) <= {world}, path  # a world's file holds only its ladder
+        for arch, by_shots in measured["worlds"].get(world, {}).items():
+            for shots, block in by_shots.items():
+                if block.get("choice") and block["choice"]["steps"] is not None:
+                    n = int(shots.split("-")[0])
+                    assert CONVERGED_STEPS[world][arch][n] == block["choice"]["steps"], (world, arch, shots)
+                    chose.add((world, arch, n))
+    assert chose and LADDER_CHOSEN == chose  # every other block is marked provisional
+    assert protocol.ladder_file("tinybirds").name == "downstream_protocol.json"
+    assert protocol.ladder_file("finebirds").name == "downstream_protocol_finebirds.json"
 
 
 def test_results_are_per_world_with_converged_blocks(tmp_path, monkeypatch):

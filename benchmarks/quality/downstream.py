@@ -142,14 +142,18 @@ def paired_on_common_seeds(res: dict, a: str, b: str) -> dict:
     return paired(pick[a], pick[b]) | {"seeds": common}
 
 
-# The converged protocol's steps per architecture and shots: the smallest length at which the real-only arm's
-# held-out accuracy moved < 0.005 over the last quarter (protocol.choose_steps) on the tinybirds ladder in
-# benchmarks/results/downstream_protocol.json (docs/quality.md "The converged protocol's step count"; tests check
-# the two agree where the ladder chose one). Where the ladder has not plateaued yet: twice its longest length,
-# provisional; resnet18-pre (not measured yet) takes test_resnet's lengths, provisional too.
-CONVERGED_STEPS = {"test_resnet": {10: 4800, 5: 2400, 2: 600}, "resnet18-pre": {10: 4800, 5: 2400, 2: 600}}
-# The (architecture, shots) whose CONVERGED_STEPS the ladder chose; the others are provisional (each block says which).
-LADDER_CHOSEN: set[tuple[str, int]] = {("test_resnet", 2)}
+# The converged protocol's steps per world, architecture and shots: the smallest length at which the real-only arm's
+# held-out accuracy moved < 0.005 over the last quarter (protocol.choose_steps) on the world's ladder
+# (benchmarks/results/downstream_protocol.json, finebirds: downstream_protocol_finebirds.json; docs/quality.md "The
+# converged protocol's step count"; tests check the two agree where the ladder chose one). Where the ladder has not
+# plateaued yet: twice its longest length, provisional; where it has not run, the other network's, provisional too.
+CONVERGED_STEPS = {
+    "tinybirds": {"test_resnet": {10: 4800, 5: 2400, 2: 600}, "resnet18-pre": {10: 4800, 5: 2400, 2: 600}},
+    "finebirds": {"test_resnet": {10: 9600, 5: 4800, 2: 1200}, "resnet18-pre": {10: 4800, 5: 2400, 2: 600}},
+}
+# The (world, architecture, shots) whose CONVERGED_STEPS the ladder chose; the others are provisional (each block says
+# which).
+LADDER_CHOSEN: set[tuple[str, str, int]] = {("tinybirds", "test_resnet", 2)}
 CONVERGED_SHOTS = (10, 5, 2)
 CURVE_POINTS = 8  # held-out evaluations along the real arm's run (the block's curve)
 
@@ -195,7 +199,7 @@ def run_converged(args, world, world_name: str, generated: dict, settings: dict,
         pre_id = None if pre is None else pre.name
         out[arch] = {}
         for shots in shots_list:
-            steps = steps_for(args, arch, shots)
+            steps = steps_for(args, world_name, arch, shots)
             arms, keys = converged_sets(args, world, real_all, shots, generated, settings)
             key_of = {(arm, s): converged_key(args, world_name, arch, pre_id, shots, arm, keys[arm], s, steps,
                                               len(test)) for arm in arms for s in args.seeds}
@@ -210,19 +214,19 @@ def run_converged(args, world, world_name: str, generated: dict, settings: dict,
                 bar.update(1)
             out[arch][f"{shots}-shot"] = converged_block(arms, key_of, cache, args.seeds, steps, oracle_arms) | {
                 "steps_from": ("--downstream-steps" if args.downstream_steps else
-                               "ladder" if (arch, shots) in LADDER_CHOSEN else "provisional")}
+                               "ladder" if (world_name, arch, shots) in LADDER_CHOSEN else "provisional")}
     return out
 
 
-def steps_for(args, arch: str, shots: int) -> int:
-    """--downstream-steps when given, else CONVERGED_STEPS (the ladder's choice)."""
+def steps_for(args, world_name: str, arch: str, shots: int) -> int:
+    """--downstream-steps when given, else CONVERGED_STEPS (the world's ladder's choice)."""
     if args.downstream_steps:
         return args.downstream_steps
-    if shots not in CONVERGED_STEPS.get(arch, {}):
+    if shots not in CONVERGED_STEPS.get(world_name, {}).get(arch, {}):
         raise ValueError(f"--downstream-shots {shots}: the converged protocol has no step count for {arch} at "
-                         f"{shots}-shot (CONVERGED_STEPS); measure it (python -m benchmarks.quality.protocol) or "
-                         "pass --downstream-steps")
-    return CONVERGED_STEPS[arch][shots]
+                         f"{shots}-shot on {world_name} (CONVERGED_STEPS); measure it (python -m "
+                         "benchmarks.quality.protocol --world ...) or pass --downstream-steps")
+    return CONVERGED_STEPS[world_name][arch][shots]
 
 
 def converged_block(arms: dict, key_of: dict, cache: dict, seeds, steps: int, oracle_arms) -> dict:

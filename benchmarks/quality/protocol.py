@@ -6,7 +6,8 @@ number of steps, chosen so that the real-only arm has plateaued; two architectur
   between 0.75·S (linearly interpolated) and S. The step count of a block is the smallest S of a ladder of full
   runs (each a whole cosine schedule of S steps, the protocol's) at which the ladder's mean-over-seeds curve has
   plateaued. `python -m benchmarks.quality.protocol` measures that ladder for the real-only arm and writes
-  benchmarks/results/downstream_protocol.json (docs/quality.md "The converged protocol's step count").
+  benchmarks/results/downstream_protocol.json (another world: downstream_protocol_<world>.json; `ladder_file`;
+  docs/quality.md "The converged protocol's step count").
 - Architectures (`ARCHITECTURES`): `test_resnet` from scratch (the bench's network until now) and `resnet18-pre`,
   the ResNet-18 a user would fine-tune, started from weights pretrained on species of the world that are not
   among its test classes (`pretraining_world`, `pretrained_file`: a cached, seeded step), the way users start
@@ -339,6 +340,15 @@ def merge(results: list[dict]) -> dict:
     return out
 
 
+def ladder_file(world: str = "tinybirds", device="cpu") -> Path:
+    """Where a world's ladder is kept: benchmarks/results/downstream_protocol.json for tinybirds on the CPU,
+    downstream_protocol_<world>.json for another world (its test split differs, so its runs cannot share a file's
+    settings), _cuda appended for GPU runs."""
+    name = "downstream_protocol" + ("" if world == "tinybirds" else f"_{world}")
+    name += "" if on.resolve(device).type == "cpu" else "_cuda"
+    return ROOT / "benchmarks" / "results" / f"{name}.json"
+
+
 def ladder_table(result: dict) -> str:
     """downstream_protocol.json as docs/quality.md's table: per world, architecture and shots the ladder's mean
     accuracies, the rule's verdict at each length and its choice."""
@@ -369,8 +379,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=Path, default=ROOT / "outputs" / "bench_quality", help="pretrained weights")
-    p.add_argument("--out", type=Path, default=None, help="the ladder's file (default benchmarks/results/"
-                   "downstream_protocol.json; on a GPU downstream_protocol_cuda.json: GPU runs are not CPU runs)")
+    p.add_argument("--out", type=Path, default=None, help="the ladder's file (default `ladder_file`: benchmarks/"
+                   "results/downstream_protocol.json; another world _<world>, on a GPU _cuda: GPU runs are not CPU "
+                   "runs)")
     p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (CUDA when available); see "
                    "benchmarks/quality/device.py")
     p.add_argument("--table", action="store_true", help="only print --out's ladder as docs/quality.md's table")
@@ -379,8 +390,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.device = on.resolve(args.device)
     if args.out is None:
-        name = "downstream_protocol.json" if args.device.type == "cpu" else "downstream_protocol_cuda.json"
-        args.out = ROOT / "benchmarks" / "results" / name
+        args.out = ladder_file(args.world, args.device)
     if args.merge:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         merged = merge([json.loads(f.read_text()) for f in args.merge])
