@@ -46,7 +46,13 @@ TRAINED_DIR = ROOT / ".cache" / "judge_probe"
 DEFAULT_WORLD = "tinybirds"
 TRAINED = {"fewshot_resnet_seed21": ("--architecture", "test_resnet", "--seed", "21"),  # the guide's, another seed
            "fewshot_convnext": ("--architecture", "test_convnext", "--seed", "20"),  # another architecture
-           "fewshot_efficientnet": ("--architecture", "test_efficientnet", "--seed", "20")}  # another architecture
+           "fewshot_efficientnet": ("--architecture", "test_efficientnet", "--seed", "20"),  # another architecture
+           # the quality bench's stronger downstream network: a ResNet-18 started from weights pretrained on the
+           # world's species outside its test classes (benchmarks.quality.protocol, the way users start from
+           # ImageNet), fine-tuned on the same few-shot images at the protocol's fine-tuning rate
+           "fewshot_resnet18_pre": ("--architecture", "resnet18", "--seed", "20", "--lr", "1e-3",
+                                    "--init", "PRETRAINED")}
+PRETRAINED_CACHE = ROOT / "outputs" / "bench_quality"  # where the quality bench keeps its pretrained weights
 GUIDES = SHIPPED + tuple(TRAINED)
 
 
@@ -72,8 +78,22 @@ def train_command(name: str, folder: Path | None = None, world: str = DEFAULT_WO
     """The `higfa train-classifier` arguments that make the independent judge `name` (TRAINED) of `world` in
     `folder` (default `trained_dir(world)`)."""
     folder = trained_dir(world) if folder is None else folder
-    return ["train-classifier", *train_options(world), *TRAINED[name], "--threads", "1", "--no-progress",
+    extra = [pretrained_weights(world, make=False).as_posix() if x == "PRETRAINED" else x for x in TRAINED[name]]
+    return ["train-classifier", *train_options(world), *extra, "--threads", "1", "--no-progress",
             "--out", str(folder / name)]
+
+
+def pretrained_weights(world: str, make: bool = True) -> Path:
+    """The quality bench's resnet18-pre start for `world` (protocol.pretrained_file: pretrained on the world's
+    disjoint species, cached in PRETRAINED_CACHE): trained first when `make` and missing; else only its path."""
+    from higfa.world.catalog import make_world
+
+    from .quality import protocol
+
+    arch, w = protocol.architecture("resnet18-pre"), make_world(world)
+    if make:
+        return protocol.pretrained_file(arch, w, PRETRAINED_CACHE)
+    return protocol.pretrained_path(arch, w, PRETRAINED_CACHE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +133,7 @@ ARMS = [
     Arm("higfa+judge=efficientnet", "higfa", "guidance", "fewshot_efficientnet"),
     Arm("higfa-judged/robust-guide+judge=seed21", "higfa-judged", "guidance_robust", "fewshot_resnet_seed21"),
     Arm("higfa+judge=convnext", "higfa", "guidance", "fewshot_convnext"),
+    Arm("higfa-judged+judge=resnet18-pre", "higfa-judged", "guidance", "fewshot_resnet18_pre"),
 ]
 
 
@@ -135,6 +156,8 @@ def load_classifier_named(models, name: str):
     if not path.is_file():
         from higfa.jobs.cli import main as higfa
 
+        if "PRETRAINED" in TRAINED[name]:
+            pretrained_weights(world)  # the start it names, pretrained when missing
         command = train_command(name, world=world)
         print("training judge:", "higfa", " ".join(command), flush=True)
         if higfa(command) != 0:

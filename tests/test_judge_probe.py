@@ -36,7 +36,7 @@ def test_arms_pair_the_shipped_guides_and_independent_judges_and_the_table_has_a
     assert {(a.guide, a.judge) for a in ARMS if a.judge} == {
         ("guidance", "guidance_robust"), ("guidance_robust", "guidance"), ("guidance", "fewshot_convnext"),
         ("guidance", "fewshot_resnet_seed21"), ("guidance", "fewshot_efficientnet"),
-        ("guidance_robust", "fewshot_resnet_seed21")}
+        ("guidance_robust", "fewshot_resnet_seed21"), ("guidance", "fewshot_resnet18_pre")}
     arm = {"settings": ARMS[0].settings(), "oracle_species": 0.5, "oracle_family": 1.0, "guide_species": 0.9,
            "guide_fooling_gap": 0.4, "final_p_guide": 0.8, "final_p_judge": None, "gated_fraction": 0.0,
            "no_backward_fraction": 0.1, "batch_steps_without_backward_fraction": 0.0, "mean_stage2_w_cls": 0.5,
@@ -60,6 +60,12 @@ def test_independent_judges_are_trained_like_the_world_guide_with_another_archit
         differs = {k for k in guide if getattr(a, k) != guide[k]}
         assert len(differs) == 1, (name, differs)  # one thing changed: architecture or seed
         assert a.out == "/tmp/x/" + name
+        # ... and the pretrained network also its start (the bench's weights from disjoint species) and its rate
+        assert (a.init is None and a.lr == 3e-3) == (name != "fewshot_resnet18_pre"), name
+    from benchmarks.judge_probe import pretrained_weights
+
+    a = build_parser().parse_args(train_command("fewshot_resnet18_pre", Path("/tmp/x")))
+    assert a.init == pretrained_weights("tinybirds", make=False).as_posix() and "pretrain-resnet18-pre" in a.init
 
 
 def test_a_result_file_of_other_settings_is_refused_not_overwritten(tmp_path):

@@ -252,3 +252,26 @@ def test_jobs_name_the_shipped_worlds_for_model_and_data(tmp_path, monkeypatch):
     assert read_labelled("builtin:test:1", 64).classes == TinyBirds().class_names
     with pytest.raises(ValueError, match="finebirds:<split>"):
         read_labelled("finebirds:holdout", 64)
+
+
+def test_higfa_augment_on_the_finebirds_models_with_its_judge(tmp_path):
+    """`higfa augment --model finebirds` (the shipped folder: 16-channel latent, 48-species guide) on an ImageFolder
+    of its few-shot images, judged by the world's judge: family prompts, 64 px outputs, the judge's p recorded."""
+    from higfa.jobs.cli import main
+
+    world, data = make_world("finebirds"), tmp_path / "data"
+    few = world.split("fewshot", 1)
+    for i in (0, 47):
+        name = world.class_names[int(few.labels[i])]
+        (data / name).mkdir(parents=True)
+        cv2.imwrite(str(data / name / f"{i}.png"), cv2.cvtColor(few.images[i], cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    assert main(["augment", "--data", str(data), "--model", "finebirds", "--out", str(out), "--steps", "4",
+                 "--preset", "higfa-judged", "--judge", str(assets("finebirds") / "guidance_robust.safetensors"),
+                 "--threads", "1", "--no-progress"]) == 0
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {r["label"] for r in rows} == {world.class_names[i] for i in (0, 47)}
+    for r in rows:
+        assert r["status"] == "ok" and r["prompt"] == f"a photo of a {r['label'].split()[-1]}"
+        assert r["trace_judge_confidence"] is not None
+        assert cv2.imread(str(out / r["output"])).shape == (64, 64, 3)
