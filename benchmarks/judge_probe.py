@@ -134,6 +134,8 @@ ARMS = [
     Arm("higfa-judged/robust-guide+judge=seed21", "higfa-judged", "guidance_robust", "fewshot_resnet_seed21"),
     Arm("higfa+judge=convnext", "higfa", "guidance", "fewshot_convnext"),
     Arm("higfa-judged+judge=resnet18-pre", "higfa-judged", "guidance", "fewshot_resnet18_pre"),
+    # the stronger few-shot classifier as the guide (finebirds: its guide is the bottleneck, not its judge)
+    Arm("higfa-robust/resnet18-pre-guide", "higfa-robust", "fewshot_resnet18_pre"),
 ]
 
 
