@@ -139,3 +139,14 @@ def test_another_world_has_its_own_judges_file_and_batches_and_the_default_world
     assert probe.batch_dir(ARMS[0], {}, {}).parent == probe.TRAINED_DIR / "batches"
     with pytest.raises(SystemExit, match="--world 'nobirds'"):
         main(["--world", "nobirds", "--out", str(tmp_path / "x.json")])
+
+
+def test_docs_show_the_recorded_probes_tables():
+    """docs/quality.md's probe tables are what the result files give (`--table`), for each world with a file."""
+    from benchmarks.judge_probe import OUT
+
+    doc = (OUT.parents[2] / "docs" / "quality.md").read_text()
+    for path in sorted(OUT.parent.glob("judge_probe*.json")):
+        result = json.loads(path.read_text())
+        assert table(result) in doc, f"docs/quality.md lacks {path.name}'s table: python -m benchmarks.judge_probe " \
+                                     "--world ... --table"
