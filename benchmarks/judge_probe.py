@@ -136,6 +136,8 @@ ARMS = [
     Arm("higfa-judged+judge=resnet18-pre", "higfa-judged", "guidance", "fewshot_resnet18_pre"),
     # the stronger few-shot classifier as the guide (finebirds: its guide is the bottleneck, not its judge)
     Arm("higfa-robust/resnet18-pre-guide", "higfa-robust", "fewshot_resnet18_pre"),
+    Arm("higfa-tuned/resnet18-pre-guide", "higfa-tuned", "fewshot_resnet18_pre"),  # half the push (w_cls 2)
+    Arm("higfa-robust/resnet18-pre-guide/views16", "higfa-robust", "fewshot_resnet18_pre", None, (("views", 16),)),
 ]
 
 
@@ -343,6 +345,22 @@ def judges_table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def split_arms(text: str) -> tuple[set[str], list[str]]:
+    """--arms' comma-separated names, some of which hold commas themselves ('higfa-judged+judge=robust,lo0.5'):
+    at each piece the longest run of pieces that names an arm. Returns (the arms named, the pieces naming none)."""
+    names, parts = {a.name for a in ARMS}, text.split(",")
+    chosen, unknown, i = set(), [], 0
+    while i < len(parts):
+        j = next((j for j in range(len(parts), i, -1) if ",".join(parts[i:j]) in names), None)
+        if j is None:
+            unknown.append(parts[i])
+            i += 1
+        else:
+            chosen.add(",".join(parts[i:j]))
+            i = j
+    return chosen, unknown
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--per-species", type=int, default=8,
@@ -375,10 +393,10 @@ def main(argv=None) -> int:
     from higfa.schedule import Schedule
     from higfa.world.models import load_world
 
-    arms = ARMS if not args.arms else [a for a in ARMS if a.name in args.arms.split(",")]
-    unknown = sorted(set(args.arms.split(",")) - {a.name for a in ARMS}) if args.arms else []
+    chosen, unknown = split_arms(args.arms) if args.arms else ({a.name for a in ARMS}, [])
     if unknown:
         raise SystemExit(f"--arms: unknown {unknown}; the arms are {[a.name for a in ARMS]}")
+    arms = [a for a in ARMS if a.name in chosen]
     # the recorded settings (images_per_arm follows from per_species): checked before the world loads
     head = {"what": "judge probe on the current world (not the acceptance bench; no downstream)",
             "per_species": args.per_species, "steps": 30, "batch": args.batch, "threads": args.threads,

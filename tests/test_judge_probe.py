@@ -150,3 +150,11 @@ def test_docs_show_the_recorded_probes_tables():
         result = json.loads(path.read_text())
         assert table(result) in doc, f"docs/quality.md lacks {path.name}'s table: python -m benchmarks.judge_probe " \
                                      "--world ... --table"
+
+
+def test_arms_whose_names_hold_commas_can_be_chosen():
+    from benchmarks.judge_probe import split_arms
+
+    assert split_arms("higfa,higfa-judged+judge=robust,lo0.5,higfa-robust") == (
+        {"higfa", "higfa-judged+judge=robust,lo0.5", "higfa-robust"}, [])
+    assert split_arms("higfa,nope,x") == ({"higfa"}, ["nope", "x"])
