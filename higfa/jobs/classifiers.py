@@ -206,8 +206,8 @@ def read_class_list(spec: str) -> list[str]:
 
 def load_state(checkpoint: str) -> tuple[dict[str, torch.Tensor], str | None]:
     """(state dict, architecture recorded in the checkpoint or None) of a .safetensors / .pth / .bin file.
-    Read with weights_only=True: nothing in the file is unpickled as code (a whole pickled model is refused
-    with the one line that converts it, to run where the user trusts the file)."""
+    Read with weights_only=True: nothing in the file is unpickled as code (a whole pickled model is refused,
+    asking for its state dict saved by the code that built the model)."""
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"--checkpoint {checkpoint} not found")
@@ -221,11 +221,11 @@ def load_state(checkpoint: str) -> tuple[dict[str, torch.Tensor], str | None]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle refuses a module under weights_only
-        # The text below is a command for the user to run on a file they trust; the pack never unpickles it.
+        # No advice to unpickle: a whole pickled model is re-saved from the code that built it, never loaded as code.
         raise ValueError(f"--checkpoint {path} could not be read as a state dict ({type(e).__name__}); if it is a "
-                         "whole model saved with torch.save and you trust the file, save its state dict once: python "
-                         f"-c \"import torch; torch.save(torch.load('{path}', weights_only=False).state_dict(), "
-                         f"'{path.with_suffix('.state.pth')}')\"") from e
+                         "whole model saved with torch.save(model, ...), save its weights instead where the model "
+                         f"is built: torch.save(model.state_dict(), '{path.with_suffix('.state.pth')}') (or "
+                         "safetensors' save_file), and pass that file") from e
     arch = None  # weights_only=True never returns a whole module, so the dict is all there is to read
     if isinstance(obj, dict):
         arch = obj["arch"] if isinstance(obj.get("arch"), str) else None
