@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from higfa.world.catalog import DEFAULT
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "judge_probe.json"
 SHIPPED = ("guidance", "guidance_robust")  # the world's two classifiers (guidance_robust: the guide PGD-tuned)
@@ -43,7 +45,7 @@ SHIPPED = ("guidance", "guidance_robust")  # the world's two classifiers (guidan
 # checks that command reproduces the world stage), with another architecture or another seed. No label the guide did
 # not have. The probe trains a missing one into trained_dir(world) (about 3 CPU-minutes each).
 TRAINED_DIR = ROOT / ".cache" / "judge_probe"
-DEFAULT_WORLD = "tinybirds"
+DEFAULT_WORLD = DEFAULT  # the demo's world: its probe file, judges and batches keep their recorded places
 TRAINED = {"fewshot_resnet_seed21": ("--architecture", "test_resnet", "--seed", "21"),  # the guide's, another seed
            "fewshot_convnext": ("--architecture", "test_convnext", "--seed", "20"),  # another architecture
            "fewshot_efficientnet": ("--architecture", "test_efficientnet", "--seed", "20"),  # another architecture

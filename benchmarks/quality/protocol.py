@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from higfa.files import atomic_write_bytes
+from higfa.world.catalog import DEFAULT
 from higfa.jobs.evaluate import paired
 from higfa.training import Augment, evaluate, train_classifier
 
@@ -340,11 +341,11 @@ def merge(results: list[dict]) -> dict:
     return out
 
 
-def ladder_file(world: str = "tinybirds", device="cpu") -> Path:
-    """Where a world's ladder is kept: benchmarks/results/downstream_protocol.json for tinybirds on the CPU,
+def ladder_file(world: str = DEFAULT, device="cpu") -> Path:
+    """Where a world's ladder is kept: benchmarks/results/downstream_protocol.json for the default world on the CPU,
     downstream_protocol_<world>.json for another world (its test split differs, so its runs cannot share a file's
     settings), _cuda appended for GPU runs."""
-    name = "downstream_protocol" + ("" if world == "tinybirds" else f"_{world}")
+    name = "downstream_protocol" + ("" if world == DEFAULT else f"_{world}")
     name += "" if on.resolve(device).type == "cpu" else "_cuda"
     return ROOT / "benchmarks" / "results" / f"{name}.json"
 
@@ -369,7 +370,7 @@ def ladder_table(result: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality.protocol", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--world", default="tinybirds")
+    p.add_argument("--world", default=DEFAULT)
     p.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), help=f"of {list(ARCHITECTURES)}")
     p.add_argument("--shots", type=int, nargs="+", default=[10, 5, 2])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
