@@ -11,7 +11,6 @@ import copy
 import json
 import tempfile
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
@@ -52,29 +51,89 @@ def wait_app(page) -> None:
     page.wait_for_load_state("networkidle")  # the default graph finishes loading first
 
 
-@contextmanager
-def chromium_page(url: str, console: list[str], served: list[tuple[int, str]] | None = None):
-    """A page with the ComfyUI app booted; console errors/warnings and page errors go to `console`,
-    (status, url) of every response to `served`."""
-    from playwright.sync_api import sync_playwright
+# Polled on a timer: the first call (of a token) asks for an animation frame, later calls see whether it came.
+FRAME_PROBE = """token => {
+    const f = window.__higfaFrame;
+    if (f?.token !== token) {
+        const ask = window.__higfaFrame = {token, seen: false};
+        requestAnimationFrame(() => { ask.seen = true; });
+        return false;
+    }
+    return f.seen;
+}"""
 
-    apply_settings(url)
-    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="higfa-chromium-") as profile:
-        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
-                                                   viewport=VIEWPORT)
+
+def draws_frames(page, timeout_ms: int = 20_000) -> bool:
+    """Whether the page still draws: an animation frame within `timeout_ms` (a blocked page, a crashed or
+    closed one answer False; none of them hangs). The canvas, the DOM widgets' layout and every screenshot
+    wait on frames; a page that stopped drawing (seen once on a loaded CI machine: every later raf-polled
+    wait and screenshot timed out) still answers evaluate() but draws nothing."""
+    import uuid
+
+    try:
+        page.wait_for_function(FRAME_PROBE, arg=uuid.uuid4().hex, polling=50, timeout=timeout_ms)
+        return True
+    except Exception:  # timed out, crashed or closed page
+        return False
+
+
+class ChromiumApp:
+    """Headless Chromium with the ComfyUI app booted in one page (`.page`); console errors/warnings, page
+    errors and renderer crashes go to `console`, (status, url) of every response to `served`.
+    `relaunch()` replaces the browser and the page (the test fixture does so when a page stopped drawing, so
+    one stalled browser fails one test, not every test after it)."""
+
+    def __init__(self, url: str, console: list[str], served: list[tuple[int, str]] | None = None):
+        from playwright.sync_api import sync_playwright
+
+        self.url, self.console, self.served = url, console, served
+        apply_settings(url)
+        self._pw = sync_playwright().start()
+        self._profile = None
+        self._ctx = None
+        self.page = None
         try:
-            ctx.add_init_script(INIT_SCRIPT)
-            page = ctx.new_page()
-            page.on("console", lambda m: m.type in ("error", "warning")
-                    and console.append(f"{m.type}: {m.text} (at {m.location.get('url', '?')})"))
-            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-            if served is not None:
-                page.on("response", lambda r: served.append((r.status, r.url)))
-            page.goto(url + "/")
-            wait_app(page)
-            yield page
-        finally:
-            ctx.close()
+            self._launch()
+        except BaseException:
+            self.close()
+            raise
+
+    def _launch(self) -> None:
+        self._profile = tempfile.TemporaryDirectory(prefix="higfa-chromium-")
+        self._ctx = self._pw.chromium.launch_persistent_context(
+            self._profile.name, executable_path=CHROMIUM, headless=True, args=FLAGS, viewport=VIEWPORT)
+        self._ctx.add_init_script(INIT_SCRIPT)
+        page = self._ctx.new_page()
+        console, served = self.console, self.served
+        page.on("console", lambda m: m.type in ("error", "warning")
+                and console.append(f"{m.type}: {m.text} (at {m.location.get('url', '?')})"))
+        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+        page.on("crash", lambda _: console.append("crash: the page's renderer crashed"))
+        if served is not None:
+            page.on("response", lambda r: served.append((r.status, r.url)))
+        page.goto(self.url + "/")
+        wait_app(page)
+        self.page = page
+
+    def _close_browser(self) -> None:
+        if self._ctx is not None:
+            try:
+                self._ctx.close()
+            except Exception:  # a browser that died is already closed
+                pass
+            self._ctx = None
+        if self._profile is not None:
+            self._profile.cleanup()
+            self._profile = None
+
+    def relaunch(self) -> None:
+        self.console.append("warning: the page stopped drawing frames; Chromium was relaunched")
+        self._close_browser()
+        self._launch()
+
+    def close(self) -> None:
+        self._close_browser()
+        self._pw.stop()
 
 
 def tiny(workflow: dict) -> dict:
@@ -181,8 +240,21 @@ def node_ids(page, kind: str) -> list[int]:
 
 
 def screenshot(page, path: Path) -> Path:
+    """A screenshot of the page. One that times out because the page stopped drawing is retried once after
+    waking the page (a repeated viewport size, bring-to-front); a page that still does not draw fails here
+    with that said, not as a bare timeout."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(path))
+    try:
+        page.screenshot(path=str(path))
+    except PlaywrightTimeout:
+        if draws_frames(page, 5_000):
+            raise
+        page.set_viewport_size(page.viewport_size)
+        page.bring_to_front()
+        assert draws_frames(page), f"screenshot {path.name}: the page stopped drawing frames (Chromium stalled)"
+        page.screenshot(path=str(path))
     return path
 
 
@@ -205,5 +277,6 @@ def queue_and_wait(page, timeout_s: float = 300) -> dict:
     node_errors = page.evaluate("window.app.lastNodeErrors")
     if node_errors:
         return {"node_errors": node_errors, "run": None}
-    page.wait_for_function(f"window.__higfaRuns.length > {before}", timeout=timeout_s * 1000)
+    # polled on a timer, not on animation frames: the run's end does not depend on the page drawing
+    page.wait_for_function(f"window.__higfaRuns.length > {before}", timeout=timeout_s * 1000, polling=250)
     return {"node_errors": node_errors, "run": page.evaluate(f"window.__higfaRuns[{before}]")}

@@ -19,14 +19,26 @@ sys.path.insert(0, str(HERE))
 
 
 @pytest.fixture(scope="module")
-def ui(server):
-    """One Chromium page with the ComfyUI app booted, for a test module. `ui.console` collects the
-    page's console errors/warnings and uncaught exceptions, `ui.served` (status, url) of responses."""
-    from comfy_page import CHROMIUM, chromium_page
+def chromium(server):
+    """Headless Chromium with the ComfyUI app booted, one per test module (comfy_page.ChromiumApp)."""
+    from comfy_page import CHROMIUM, ChromiumApp
 
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/browser_setup.sh (make test does)")
-    console: list[str] = []
-    served: list[tuple[int, str]] = []
-    with chromium_page(server.url, console, served) as page:
-        yield SimpleNamespace(page=page, console=console, served=served, server=server)
+    app = ChromiumApp(server.url, [], [])
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+@pytest.fixture
+def ui(chromium, server):
+    """The module's page for one test. `ui.console` collects the page's console errors/warnings, uncaught
+    exceptions and renderer crashes, `ui.served` (status, url) of responses. A page that stopped drawing
+    frames (or crashed) in an earlier test is replaced first, so a stalled browser fails one test only."""
+    from comfy_page import draws_frames
+
+    if not draws_frames(chromium.page):
+        chromium.relaunch()
+    return SimpleNamespace(page=chromium.page, console=chromium.console, served=chromium.served, server=server)

@@ -65,3 +65,18 @@ def test_world_workflow_runs_out_of_the_box_and_shows_its_images(ui, world_path)
     screenshot(page, ARTIFACTS / f"{NAME}-run-images.png")
     higfa = next(n for n, t in zip(node_ids(page, "HiGFA_Sampler"), traces) if t["preset"] == "higfa-judged")
     screenshot_chart(page, higfa, ARTIFACTS / f"{NAME}-trace-chart.png")
+
+
+def test_a_page_that_stops_drawing_is_detected_and_replaced(chromium):
+    """The harness's guard (conftest `ui`): a page that draws no frame (here its main thread spins) reads as
+    stalled within the probe's timeout instead of hanging, and relaunch() gives a fresh app that draws."""
+    from comfy_page import draws_frames
+
+    page = chromium.page
+    assert draws_frames(page)
+    page.evaluate("() => { setTimeout(() => { for (;;) {} }, 0); }")  # never yields to the renderer again
+    assert not draws_frames(page, 3_000)
+    chromium.relaunch()
+    assert chromium.page is not page and draws_frames(chromium.page)
+    assert chromium.page.evaluate("() => window.app.graph.nodes.length") > 0
+    assert any(m.endswith("Chromium was relaunched") for m in chromium.console)
