@@ -120,7 +120,7 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
                      checkpoint: str | Path | None = None, checkpoint_every: int = 0,
                      checkpoint_seconds: float = 0.0, run_config: dict[str, Any] | None = None,
                      progress: bool = False, amp: bool = True,
-                     adversarial: float = 0.0, adversarial_steps: int = 3) -> TrainResult:
+                     adversarial: float = 0.0, adversarial_steps: int = 3, head_only: bool = False) -> TrainResult:
     """Train `classifier` in place with AdamW, a linear warm-up and cosine decay. The one training loop
     of the project: `higfa train-classifier`, `higfa tune-classifier`, the built-in world's guide and
     oracle, the quality bench and `higfa evaluate` all call it.
@@ -138,7 +138,9 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
     weights). It is read with `torch.load(weights_only=True)`: tensors and plain containers, no code.
     progress: a tqdm bar. amp: autocast on CUDA (bfloat16 where supported, else float16 with loss
     scaling); no effect on the CPU. adversarial: ε (image in [0,1]) of an L∞ PGD attack with
-    `adversarial_steps` steps applied to every training batch (robust training; 0: off).
+    `adversarial_steps` steps applied to every training batch (robust training; 0: off). head_only: train
+    only the model's final classifier layer (timm's `get_classifier()`) on frozen features, a linear probe of
+    pretrained weights; the frozen layers stay in eval mode (their BatchNorm statistics are kept).
     It stays one long function because resuming must rebuild exactly the state the loop keeps (optimiser,
     schedule, batch generator, the epoch's order), which is easiest to check for completeness in one place.
     Under torchrun (an initialised torch.distributed process group) the model is wrapped in
@@ -165,7 +167,18 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
     if w is not None and (len(w) != len(y) or bool((w < 0).any()) or float(w.sum()) <= 0):
         raise ValueError("train_classifier: weights must be [N] non-negative with a positive sum")
     rank, world = _dist_rank()
-    classifier.requires_grad_(True).train()
+    head = _head(classifier) if head_only else None
+
+    def train_mode() -> None:
+        classifier.train()
+        if head is not None:
+            classifier.model.eval()
+            head.train()
+
+    classifier.requires_grad_(head is None)
+    if head is not None:
+        head.requires_grad_(True)
+    train_mode()
     net: torch.nn.Module = classifier
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -184,7 +197,8 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
     history: list[dict[str, float]] = []
     order = torch.empty(0, dtype=torch.long)
     first = 0
-    config = {**(run_config or {}), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "n": len(y)}
+    config = {**(run_config or {}), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "n": len(y),
+              **({"head_only": True} if head_only else {})}  # absent when off: older resume files still match
     if checkpoint is not None and Path(checkpoint).is_file():
         state = _load_checkpoint(Path(checkpoint), config)
         classifier.load_state_dict(state["model"], strict=False)
@@ -226,7 +240,7 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
         if eval_images is not None and eval_labels is not None and (
                 last or (eval_every and (step + 1) % eval_every == 0)):
             row["accuracy"] = evaluate(classifier, eval_images, eval_labels)["accuracy"]
-            classifier.train()
+            train_mode()
         history.append(row)
         if bar is not None:
             bar.update(1)
@@ -246,6 +260,16 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
         bar.close()
     classifier.eval().requires_grad_(False)
     return TrainResult(classifier, history, time.perf_counter() - started, steps)
+
+
+def _head(classifier: Classifier) -> torch.nn.Module:
+    """The model's final classifier layer (timm's `get_classifier()`), for a linear probe."""
+    get = getattr(classifier.model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, torch.nn.Module) or not any(True for _ in head.parameters()):
+        raise ValueError(f"head_only: the model ({classifier.architecture or type(classifier.model).__name__}) has "
+                         "no trainable final layer from timm's get_classifier(); train the whole model instead")
+    return head
 
 
 def pgd_attack(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 3,

@@ -168,6 +168,29 @@ def test_import_round_trips_a_timm_checkpoint_with_the_same_logits(folder, tmp_p
         assert clf.provenance["val_images"] == 12 and clf.provenance["command"] == "import-classifier"
 
 
+def test_train_classifier_head_only_is_a_linear_probe_of_init(folder, tmp_path, capsys):
+    """--head-only: only the final layer learns; every other weight and BatchNorm statistic is --init's.
+    Without --init it is refused before anything is read or written."""
+    import timm
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(5)
+    start = timm.create_model("test_resnet", num_classes=7).state_dict()  # another task's head: replaced
+    init = tmp_path / "pre.safetensors"
+    save_file(start, str(init))
+    out = tmp_path / "probe"
+    assert main(["train-classifier", "--data", str(folder), "--epochs", "3", "--val-fraction", "0", "--init",
+                 str(init), "--head-only", "--lr", "0.05", "--out", str(out), *TINY]) == 0
+    got = load_file(str(out.with_suffix(".safetensors")))
+    body = [k for k in start if not k.startswith("fc.")]
+    assert body and all(torch.equal(got[k], start[k]) for k in body)  # running_mean/var included
+    assert got["fc.weight"].shape == (3, start["fc.weight"].shape[1])
+    assert json.loads(out.with_suffix(".json").read_text())["provenance"]["head_only"] is True
+    assert main(["train-classifier", "--data", str(folder), "--head-only", "--out", str(tmp_path / "x"), *TINY]) == 2
+    assert "--head-only trains only the final layer on the features of --init" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 @pytest.mark.parametrize("case", ["class_count", "no_class_names", "unknown_arch", "non_image"])
 def test_user_errors_are_one_line(case, folder, tmp_path, capsys):
     import timm

@@ -123,3 +123,18 @@ def test_fooling_gap_is_the_guides_accuracy_minus_an_independent_ones_on_the_sam
     assert gap == {"guided_accuracy": 1.0, "independent_accuracy": 0.5, "fooling_gap": 0.5}
     # an independent classifier with its own class order: its targets are given in its indexing
     assert fooling_gap([0, 1], [5, 7], [0, 1], independent_targets=[5, 6])["fooling_gap"] == 0.5
+
+
+def test_head_only_trains_the_final_layer_on_frozen_features():
+    x, y = _squares(10, 0)
+    clf = _clf()
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    res = train_classifier(clf, x, y, steps=5, batch_size=8, lr=0.05, head_only=True)
+    after = res.classifier.state_dict()
+    head = {k for k in after if k.startswith("model.fc.")}
+    assert head == {"model.fc.weight", "model.fc.bias"}
+    assert all(not torch.equal(after[k], before[k]) for k in head)
+    assert all(torch.equal(after[k], before[k]) for k in after if k not in head)  # BatchNorm statistics too
+    with pytest.raises(ValueError, match="no trainable final layer"):
+        plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1))  # no get_classifier()
+        train_classifier(_clf().__class__(plain, ["a"], 32), x[:2], y[:2] * 0, steps=1, head_only=True)

@@ -54,6 +54,9 @@ def check_train_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--checkpoint-minutes {args.checkpoint_minutes}: must be >= 0 (0: only --checkpoint-every)")
     if not 0.0 <= args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction {args.val_fraction}: must lie in [0, 1), e.g. 0.1 (0: no validation)")
+    if getattr(args, "head_only", False) and not args.init:
+        raise ValueError("--head-only trains only the final layer on the features of --init: give --init "
+                         "(pretrained weights), or drop --head-only to train the whole model")
 
 
 def split_val(train: Labelled, args: argparse.Namespace) -> tuple[Labelled, Labelled | None]:
@@ -106,7 +109,8 @@ def run_train(args: argparse.Namespace) -> int:
     run_config = {"command": RESUME_COMMAND, "data": str(args.data), "val": str(args.val or args.val_fraction),
                   "architecture": arch, "init": args.init, "classes": classes, "input_size": args.input_size,
                   "epochs": epochs, "augment": args.augment, "world_size": ranks.world_size,
-                  "steps_option": args.steps, "synthetic": str(args.synthetic), "alpha": args.alpha}
+                  "steps_option": args.steps, "synthetic": str(args.synthetic), "alpha": args.alpha,
+                  **({"head_only": True} if args.head_only else {})}
     if resume.exists() and ranks.is_main:
         print(f"resuming from {resume}", flush=True)
     options = dict(steps=steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
@@ -115,7 +119,7 @@ def run_train(args: argparse.Namespace) -> int:
                    eval_labels=None if val is None else val.targets(classes, "--val"), eval_every=per_epoch,
                    checkpoint=resume, checkpoint_every=args.checkpoint_every or 0,
                    checkpoint_seconds=60.0 * args.checkpoint_minutes, run_config=run_config,
-                   progress=not args.no_progress, amp=not args.no_amp)
+                   progress=not args.no_progress, amp=not args.no_amp, head_only=args.head_only)
     try:
         with stop_on_sigterm():
             if synthetic is None:
@@ -133,6 +137,7 @@ def run_train(args: argparse.Namespace) -> int:
     clf.provenance = provenance(str(args.data), classes, ev, command="train-classifier", val_data=val_data,
                                 train_images=len(train), **run, steps=steps, init=args.init,
                                 augment=args.augment, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                                **({"head_only": True} if args.head_only else {}),
                                 **({"synthetic": str(args.synthetic), "synthetic_images": len(synthetic.labels),
                                     "alpha": args.alpha} if args.synthetic else {}))
     if ranks.is_main:
@@ -322,6 +327,8 @@ def register(sub) -> None:
                    "images, SaSPA style: each real image replaced by one of its variants with probability --alpha; "
                    "e.g. a second-round guide trained on the first round's images (docs/classifiers.md)")
     p.add_argument("--alpha", type=float, default=0.4, help="with --synthetic: replacement probability (default 0.4)")
+    p.add_argument("--head-only", action="store_true", help="train only the final layer on the frozen features of "
+                   "--init (a linear probe: few images, pretrained features kept)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="models/classifiers/NAME: writes NAME.safetensors + NAME.json; "
                    f"NAME{RESUME_SUFFIX} beside it while training (a rerun of the same command resumes from it)")
