@@ -53,9 +53,19 @@ TRAINED = {"fewshot_resnet_seed21": ("--architecture", "test_resnet", "--seed", 
            # world's species outside its test classes (benchmarks.quality.protocol, the way users start from
            # ImageNet), fine-tuned on the same few-shot images at the protocol's fine-tuning rate
            "fewshot_resnet18_pre": ("--architecture", "resnet18", "--seed", "20", "--lr", "1e-3",
-                                    "--init", "PRETRAINED")}
+                                    "--init", "PRETRAINED"),
+           # the same start as a linear probe: only the final layer learns, on the pretrained (frozen) features
+           "fewshot_resnet18_probe": ("--architecture", "resnet18", "--seed", "20", "--lr", "3e-2",
+                                      "--init", "PRETRAINED", "--head-only")}
+# several guides as one (higfa.classifier.ClassifierEnsemble: the mean of their log-softmax); a push that one
+# network's adversarial directions make and the others' do not averages out (the probe's question: does it?)
+ENSEMBLES = {"ensemble3": ("fewshot_resnet18_pre", "fewshot_efficientnet", "guidance"),
+             "ensemble5": ("fewshot_resnet18_pre", "fewshot_efficientnet", "guidance", "fewshot_convnext",
+                           "fewshot_resnet_seed21"),
+             # a judge for ensemble3's images: the two few-shot classifiers it does not hold
+             "ensemble-others": ("fewshot_convnext", "fewshot_resnet_seed21")}
 PRETRAINED_CACHE = ROOT / "outputs" / "bench_quality"  # where the quality bench keeps its pretrained weights
-GUIDES = SHIPPED + tuple(TRAINED)
+GUIDES = SHIPPED + tuple(TRAINED) + tuple(ENSEMBLES)
 
 
 def trained_dir(world: str = DEFAULT_WORLD) -> Path:
@@ -140,6 +150,24 @@ ARMS = [
     Arm("higfa-robust/resnet18-pre-guide", "higfa-robust", "fewshot_resnet18_pre"),
     Arm("higfa-tuned/resnet18-pre-guide", "higfa-tuned", "fewshot_resnet18_pre"),  # half the push (w_cls 2)
     Arm("higfa-robust/resnet18-pre-guide/views16", "higfa-robust", "fewshot_resnet18_pre", None, (("views", 16),)),
+    # the pretrained features frozen (a linear probe) as the guide: its push goes through features learnt from
+    # many images of other species, where the markings sit
+    Arm("higfa-robust/resnet18-probe-guide", "higfa-robust", "fewshot_resnet18_probe"),
+    # where and how hard the resnet18-pre guide pushes: twice the push, guided over the last 60 % of the steps,
+    # the gradient through the denoiser (x_t -> x̂0 -> image, not x̂0 alone)
+    Arm("higfa-robust/resnet18-pre-guide/w8", "higfa-robust", "fewshot_resnet18_pre", None,
+        (("classifier_scale", 8.0),)),
+    Arm("higfa-robust/resnet18-pre-guide/boundary0.4", "higfa-robust", "fewshot_resnet18_pre", None,
+        (("stage_boundary", 0.4),)),
+    Arm("higfa-robust/resnet18-pre-guide/through-denoiser", "higfa-robust", "fewshot_resnet18_pre", None,
+        (("grad_through_denoiser", True),)),
+    Arm("higfa-robust/ensemble3-guide", "higfa-robust", "ensemble3"),
+    Arm("higfa-robust/ensemble3-guide/through-denoiser", "higfa-robust", "ensemble3", None,
+        (("grad_through_denoiser", True),)),
+    Arm("higfa-robust/ensemble5-guide", "higfa-robust", "ensemble5"),
+    # the paper's mechanism on the ensemble: its own confidence, or a judge of classifiers that did not guide
+    Arm("higfa/ensemble3-guide", "higfa", "ensemble3"),
+    Arm("higfa-judged/ensemble3-guide+judge=ensemble-others", "higfa-judged", "ensemble3", "ensemble-others"),
 ]
 
 
@@ -151,6 +179,10 @@ def load_classifier_named(models, name: str):
         raise ValueError(f"guide/judge {name!r}: choose one of {GUIDES}")
     if name == "guidance":
         return models.guidance
+    if name in ENSEMBLES:
+        from higfa.classifier import ClassifierEnsemble
+
+        return ClassifierEnsemble([load_classifier_named(models, m) for m in ENSEMBLES[name]])
     if name in SHIPPED:
         file = models.path / f"{name}.safetensors"
         if not file.is_file():
@@ -182,6 +214,16 @@ def judge_provenance(name: str | None, world: str = DEFAULT_WORLD) -> dict | Non
             "architecture": sidecar["architecture"], "seed": prov.get("seed"),
             "train_images": prov.get("train_images"), "test_accuracy": prov.get("val_accuracy"),
             "test_images": prov.get("val_images")}
+
+
+def trained_used(arm: Arm) -> list[str]:
+    """The classifiers of TRAINED that `arm` guides or judges with (an ensemble's members included), in order."""
+    names = []
+    for n in (arm.guide, arm.judge):
+        for m in ENSEMBLES.get(n, (n,)):
+            if m in TRAINED and m not in names:
+                names.append(m)
+    return names
 
 
 def generate(models, schedule, guide_clf, judge_clf, judge_name, targets, contours, seeds, steps: int = 30):
@@ -301,9 +343,21 @@ def run_arm(models, arm: Arm, sources, batch: int, folder: Path, shard: tuple[in
     out = {"settings": arm.settings(), "schedule": schedule.to_dict(), "images": len(images)}
     if arm.judge in TRAINED:
         out["judge_classifier"] = judge_provenance(arm.judge, models.world.name)
+    out["trained_classifiers"] = {n: judge_provenance(n, models.world.name) for n in trained_used(arm)}
     out |= verdicts(models, images, labels, guide_clf, judge_clf) | trace_stats(traces)
     out["seconds_per_image"] = round(seconds / len(images), 3)
     return out
+
+
+def paired_difference(right_a: np.ndarray, right_b: np.ndarray, resamples: int = 10_000, seed: int = 0) -> dict:
+    """Arm A's oracle accuracy minus arm B's on the same sources and seeds (right_*: [N] bool per image) with a
+    percentile-bootstrap 95 % CI over images (seeded)."""
+    d = right_a.astype(np.float64) - right_b.astype(np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))
+    lo, hi = np.percentile(d[idx].mean(1), [2.5, 97.5])
+    return {"a": round(float(right_a.mean()), 4), "b": round(float(right_b.mean()), 4),
+            "difference": round(float(d.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "images": len(d), "resamples": resamples}
 
 
 def table(result: dict) -> str:
@@ -332,15 +386,17 @@ def table(result: dict) -> str:
 
 
 def judges_table(result: dict) -> str:
-    """The independent judges the arms used (architecture, seed, training images, held-out accuracy), a markdown
-    table; empty when no arm used one."""
+    """The classifiers the probe trained that the arms guided or judged with (architecture, seed, training images,
+    held-out accuracy), a markdown table; empty when no arm used one."""
     seen = {}
     for a in result["arms"].values():
         if a.get("judge_classifier"):
             seen.setdefault(a["settings"]["judge"], a["judge_classifier"])
+        for name, j in (a.get("trained_classifiers") or {}).items():
+            seen.setdefault(name, j)
     if not seen:
         return ""
-    rows = ["| judge | architecture | seed | trained on | test accuracy |", "|---|---|---|---|---|"]
+    rows = ["| trained guide or judge | architecture | seed | trained on | test accuracy |", "|---|---|---|---|---|"]
     for name, j in seen.items():
         rows.append(f"| {name} | {j['architecture']} | {j['seed']} | {j['train_images']} few-shot images | "
                     f"{j['test_accuracy']:.3f} ({j['test_images']} images) |")
@@ -375,6 +431,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help=f"default {OUT.relative_to(ROOT)}; another world: "
                    "judge_probe_<world>.json beside it")
     p.add_argument("--table", action="store_true", help="only print --out's result as docs/quality.md's table")
+    p.add_argument("--paired", nargs=2, metavar=("A", "B"), help="after the arms: the oracle's species accuracy of "
+                   "arm A minus arm B on the same images (both run with these settings), bootstrap 95 %% CI, "
+                   "recorded under 'paired'")
     p.add_argument("--fresh", action="store_true", help="start --out over when its arms ran with other settings")
     p.add_argument("--shard", default="0/1", help="I/N: make only batches k with k %% N == I (run N processes, "
                    "each with its own I; the one that ends last writes the arm; default 0/1: every batch)")
@@ -424,6 +483,10 @@ def main(argv=None) -> int:
         done = result["arms"].get(arm.name)
         schedule = Schedule.from_preset(arm.preset, **dict(arm.overrides)).to_dict()
         if done is not None and done["settings"] == arm.settings() and done["schedule"] == schedule:
+            if "trained_classifiers" not in done:  # recorded before arms named their trained guides: add them
+                result["arms"][arm.name]["trained_classifiers"] = {n: judge_provenance(n, args.world)
+                                                                   for n in trained_used(arm)}
+                write_result(args.out, result)
             continue  # the same arm, the preset's values included
         numbers = run_arm(models, arm, sources, args.batch, batch_dir(arm, schedule, head), shard)
         if numbers is None:
@@ -433,11 +496,34 @@ def main(argv=None) -> int:
         # read again before writing: other processes (shards, other arms) may have written meanwhile
         result = json.loads(args.out.read_text()) if args.out.is_file() else result
         result.setdefault("arms", {})[arm.name] = numbers
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(args.out)
+        write_result(args.out, result)
+    if args.paired:
+        from higfa.training import predict
+
+        right = []
+        for name in args.paired:
+            arm = next((a for a in ARMS if a.name == name), None)
+            if arm is None:
+                raise SystemExit(f"--paired: unknown arm {name!r}")
+            folder = batch_dir(arm, Schedule.from_preset(arm.preset, **dict(arm.overrides)).to_dict(), head)
+            files = [folder / f"batch{k:03d}.npz" for k in range(-(-len(sources.labels) // args.batch))]
+            if not all(f.is_file() for f in files):
+                raise SystemExit(f"--paired: arm {name!r} has not run with these settings; run it first (--arms)")
+            images = np.concatenate([np.load(f)["images"] for f in files])
+            right.append(predict(models.oracle, images).argmax(1).numpy() == np.asarray(sources.labels))
+        numbers = paired_difference(*right)
+        print(f"paired: {args.paired[0]} - {args.paired[1]}", json.dumps(numbers), flush=True)
+        result = json.loads(args.out.read_text()) if args.out.is_file() else result
+        result.setdefault("paired", {})[f"{args.paired[0]} - {args.paired[1]}"] = numbers
+        write_result(args.out, result)
     return 0
+
+
+def write_result(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

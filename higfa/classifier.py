@@ -102,6 +102,46 @@ class Classifier(torch.nn.Module):
         return f"{self.architecture}, {self.num_classes} classes, {acc_text}"
 
 
+class ClassifierEnsemble(Classifier):
+    """Several classifiers as one guide (or judge): image [B,3,H,W] in [0,1] -> the mean of the members'
+    log-softmax [B,K], i.e. their probabilities' geometric mean, normalised by the softmax that follows.
+    Each member resizes and normalises the image itself, so members may differ in architecture and input size;
+    they must share their class names in order. Why: a few-shot classifier's gradient is partly adversarial,
+    and such directions transfer weakly between differently trained networks, so the part of the push that the
+    members share is more often the class's own features (docs/method.md "Ensemble guide" [ours])."""
+
+    def __init__(self, members: Sequence[Classifier]):
+        members = list(members)
+        if len(members) < 2:
+            raise ValueError(f"a classifier ensemble needs at least 2 members, got {len(members)}")
+        names = [list(m.class_names) for m in members]
+        for i, n in enumerate(names[1:], 2):
+            if [normalise_name(x) for x in n] != [normalise_name(x) for x in names[0]]:
+                raise ValueError(f"ensemble member {i} ({getattr(members[i - 1], 'architecture', '?')}) has other "
+                                 f"class names than member 1 ({len(n)} vs {len(names[0])} classes, or another "
+                                 "order): every member must be trained on the same classes, in the same order")
+        archs = [getattr(m, "architecture", "") or type(m).__name__ for m in members]
+        super().__init__(torch.nn.ModuleList(members), names[0], members[0].input_size,
+                         architecture="ensemble(" + "+".join(archs) + ")")
+        self.provenance = {"ensemble": [dict(getattr(m, "provenance", {}) or {}) for m in members]}
+
+    @property
+    def members(self) -> list[Classifier]:
+        return list(self.model)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"classifier input must be [B,3,H,W] in [0,1], got shape {tuple(image.shape)}")
+        return torch.stack([torch.log_softmax(m(image).float(), -1) for m in self.model]).mean(0)
+
+    def sidecar(self) -> dict[str, Any]:
+        raise ValueError("a classifier ensemble has no single file: save its members, and build the ensemble "
+                         "from them when loading (ClassifierEnsemble([load_classifier(a), load_classifier(b)]))")
+
+    def summary(self) -> str:
+        return f"ensemble of {len(self.model)}: " + "; ".join(m.summary() for m in self.model)
+
+
 def normalise_name(name: str) -> str:
     """'Red_crowned-Finch ' -> 'red crowned finch': how class names are compared everywhere."""
     return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())

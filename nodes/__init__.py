@@ -2,7 +2,7 @@
 
 from ._comfy import ComfyExtension, io
 from . import routes
-from .classifier import HiGFAClassifierLoader
+from .classifier import HiGFAClassifierEnsemble, HiGFAClassifierLoader
 from .contour import HiGFAContourRanges, HiGFAContourTransform
 from .dataset import HiGFALoadImageFolder, HiGFASaveImageFolder
 from .filter import HiGFAConfidenceFilter
@@ -15,6 +15,7 @@ from .world import NODES as WORLD_NODES
 NODES: list[type[io.ComfyNode]] = [
     HiGFASchedule, HiGFAContourTransform, HiGFAContourRanges, HiGFAClassifierLoader, HiGFAGuider, HiGFASampler,
     HiGFATrace, HiGFALoadImageFolder, HiGFASaveImageFolder, *WORLD_NODES, HiGFAConfidenceFilter,
+    HiGFAClassifierEnsemble,
 ]
 
 

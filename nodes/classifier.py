@@ -7,7 +7,7 @@ import os
 import folder_paths
 import torch
 
-from ..higfa.classifier import load_classifier
+from ..higfa.classifier import ClassifierEnsemble, load_classifier
 from ._comfy import CATEGORY, CLASSIFIER, io
 
 # ComfyUI registers models/classifiers for extension-less files only. Keep its paths (they already
@@ -58,3 +58,36 @@ def _probe(clf, name: str) -> None:
         raise ValueError(f"classifier {name}: its model rejects {list(clf.input_size)} images ({e}). Set "
                          f"'input_size' in its .json sidecar to the size the {clf.architecture} was trained at "
                          f"(or 'model_kwargs', e.g. img_size for a ViT)") from e
+
+
+class HiGFAClassifierEnsemble(io.ComfyNode):
+    """Several loaded classifiers as one (higfa.classifier.ClassifierEnsemble): a guide or a judge."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        member = "A classifier from HiGFA Classifier Loader; every member must have the same classes in the same order."
+        return io.Schema(
+            node_id="HiGFA_ClassifierEnsemble",
+            display_name="HiGFA Classifier Ensemble",
+            category=f"{CATEGORY}/loaders",
+            description="Two to four classifiers as one: the mean of their log-probabilities (a geometric mean of "
+                        "their beliefs). As the guide, only the push they agree on is applied: a few-shot "
+                        "classifier's push is partly adversarial and such directions carry over little between "
+                        "differently trained networks (docs/method.md, Ensemble guide). Members may differ in "
+                        "architecture and input size. A judge should not be a member of the guide.",
+            inputs=[CLASSIFIER.Input("classifier_1", tooltip=member),
+                    CLASSIFIER.Input("classifier_2", tooltip=member),
+                    CLASSIFIER.Input("classifier_3", optional=True, tooltip=member + " Optional."),
+                    CLASSIFIER.Input("classifier_4", optional=True, tooltip=member + " Optional.")],
+            outputs=[CLASSIFIER.Output(display_name="classifier"),
+                     io.String.Output(display_name="info", tooltip="Each member's architecture, class count and "
+                                      "recorded validation accuracy.")],
+        )
+
+    @classmethod
+    def execute(cls, classifier_1, classifier_2, classifier_3=None, classifier_4=None) -> io.NodeOutput:
+        members = [c for c in (classifier_1, classifier_2, classifier_3, classifier_4) if c is not None]
+        with torch.inference_mode(False):
+            ens = ClassifierEnsemble(members)
+        ens.source = "+".join(str(getattr(m, "source", m.architecture)) for m in members)
+        return io.NodeOutput(ens, ens.summary())

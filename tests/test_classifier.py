@@ -93,3 +93,42 @@ def test_provenance_round_trips_and_summarises(saved, tmp_path):
     assert loaded.provenance["val_accuracy"] == 0.8125
     assert loaded.summary() == "test_resnet, 3 classes, val accuracy 0.812 on val"
     assert "val accuracy unknown" in clf.summary() and "provenance" not in clf.sidecar()
+
+
+def test_an_ensemble_is_the_mean_of_its_members_log_softmax_and_guides_through_all_of_them():
+    from higfa.classifier import ClassifierEnsemble
+    from higfa.guidance import classifier_log_prob
+
+    torch.manual_seed(0)
+    a = build_classifier("test_resnet", ["Red finch", "blue_finch"], 32).eval()
+    b = build_classifier("test_resnet", ["red finch", "Blue Finch"], 48, mean=(0.5,) * 3, std=(0.5,) * 3).eval()
+    ens = ClassifierEnsemble([a, b])
+    x = torch.rand(3, 3, 40, 40)
+    want = (torch.log_softmax(a(x), -1) + torch.log_softmax(b(x), -1)) / 2  # each member at its own size
+    torch.testing.assert_close(ens(x), want)
+    assert ens.class_names == a.class_names and ens.resolve("blue finch") == 1 and ens.num_classes == 2
+    assert ens.architecture == "ensemble(test_resnet+test_resnet)" and ens.summary().startswith("ensemble of 2: ")
+    # the guidance path: p and g of the normalised geometric mean, through every member
+    z = torch.rand(2, 3, 40, 40)
+    target = torch.tensor([0, 1])
+    p, g = classifier_log_prob(z, lambda v: v, ens, target, grad=True)
+    leaf = z.clone().requires_grad_(True)
+    mean = (torch.log_softmax(a(leaf), -1) + torch.log_softmax(b(leaf), -1)) / 2
+    lp = torch.log_softmax(mean, -1)[torch.arange(2), target]
+    (want_g,) = torch.autograd.grad(lp.sum(), leaf)
+    torch.testing.assert_close(p, lp.exp().detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, want_g, rtol=1e-4, atol=1e-7)
+    _, ga = classifier_log_prob(z, lambda v: v, a, target, grad=True)
+    assert not torch.allclose(g, ga, atol=1e-6)  # not member 1's push alone
+
+
+def test_an_ensemble_refuses_members_of_other_classes_or_a_single_member():
+    from higfa.classifier import ClassifierEnsemble
+
+    a = build_classifier("test_resnet", ["a", "b"], 32)
+    with pytest.raises(ValueError, match="member 2 .* other class names"):
+        ClassifierEnsemble([a, build_classifier("test_resnet", ["b", "a"], 32)])
+    with pytest.raises(ValueError, match="at least 2 members"):
+        ClassifierEnsemble([a])
+    with pytest.raises(ValueError, match="save its members"):
+        ClassifierEnsemble([a, a]).sidecar()

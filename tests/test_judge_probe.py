@@ -36,7 +36,13 @@ def test_arms_pair_the_shipped_guides_and_independent_judges_and_the_table_has_a
     assert {(a.guide, a.judge) for a in ARMS if a.judge} == {
         ("guidance", "guidance_robust"), ("guidance_robust", "guidance"), ("guidance", "fewshot_convnext"),
         ("guidance", "fewshot_resnet_seed21"), ("guidance", "fewshot_efficientnet"),
-        ("guidance_robust", "fewshot_resnet_seed21"), ("guidance", "fewshot_resnet18_pre")}
+        ("guidance_robust", "fewshot_resnet_seed21"), ("guidance", "fewshot_resnet18_pre"),
+        ("ensemble3", "ensemble-others")}
+    from benchmarks.judge_probe import ENSEMBLES
+
+    for a in ARMS:  # a judge did not guide: no classifier is in both
+        if a.judge:
+            assert not set(ENSEMBLES.get(a.guide, (a.guide,))) & set(ENSEMBLES.get(a.judge, (a.judge,))), a.name
     arm = {"settings": ARMS[0].settings(), "oracle_species": 0.5, "oracle_family": 1.0, "guide_species": 0.9,
            "guide_fooling_gap": 0.4, "final_p_guide": 0.8, "final_p_judge": None, "gated_fraction": 0.0,
            "no_backward_fraction": 0.1, "batch_steps_without_backward_fraction": 0.0, "mean_stage2_w_cls": 0.5,
@@ -61,7 +67,9 @@ def test_independent_judges_are_trained_like_the_world_guide_with_another_archit
         assert len(differs) == 1, (name, differs)  # one thing changed: architecture or seed
         assert a.out == "/tmp/x/" + name
         # ... and the pretrained network also its start (the bench's weights from disjoint species) and its rate
-        assert (a.init is None and a.lr == 3e-3) == (name != "fewshot_resnet18_pre"), name
+        pre = name.startswith("fewshot_resnet18_")
+        assert (a.init is None and a.lr == 3e-3) == (not pre), name
+        assert a.head_only == (name == "fewshot_resnet18_probe"), name  # the linear probe: only its head learns
     from benchmarks.judge_probe import pretrained_weights
 
     a = build_parser().parse_args(train_command("fewshot_resnet18_pre", Path("/tmp/x")))
@@ -87,6 +95,21 @@ def test_the_judges_table_lists_each_independent_judge_once():
     lines = judges_table({"arms": arms}).splitlines()
     assert lines[2:] == ["| fewshot_convnext | test_convnext | 20 | 160 few-shot images | 0.316 (800 images) |"]
     assert judges_table({"arms": {"c": arms["c"]}}) == ""
+    # the trained classifiers an arm guides with (an ensemble's members) are listed too, once
+    k = dict(j, architecture="resnet18", seed=21)
+    arms["d"] = {"settings": {"judge": None}, "trained_classifiers": {"fewshot_convnext": j, "fewshot_x": k}}
+    assert judges_table({"arms": arms}).splitlines()[2:] == [
+        "| fewshot_convnext | test_convnext | 20 | 160 few-shot images | 0.316 (800 images) |",
+        "| fewshot_x | resnet18 | 21 | 160 few-shot images | 0.316 (800 images) |"]
+
+
+def test_an_arm_names_the_trained_classifiers_it_uses_an_ensembles_members_included():
+    from benchmarks.judge_probe import Arm, trained_used
+
+    assert trained_used(Arm("x", "higfa-robust", "ensemble3")) == ["fewshot_resnet18_pre", "fewshot_efficientnet"]
+    assert trained_used(Arm("y", "higfa-judged", "guidance", "fewshot_convnext")) == ["fewshot_convnext"]
+    assert trained_used(Arm("z", "higfa-judged", "ensemble3", "ensemble-others")) == [
+        "fewshot_resnet18_pre", "fewshot_efficientnet", "fewshot_convnext", "fewshot_resnet_seed21"]
 
 
 def test_an_arm_split_over_shards_is_written_by_the_shard_that_ends_last(tmp_path, monkeypatch):
@@ -158,3 +181,22 @@ def test_arms_whose_names_hold_commas_can_be_chosen():
     assert split_arms("higfa,higfa-judged+judge=robust,lo0.5,higfa-robust") == (
         {"higfa", "higfa-judged+judge=robust,lo0.5", "higfa-robust"}, [])
     assert split_arms("higfa,nope,x") == ({"higfa"}, ["nope", "x"])
+
+
+def test_ensembles_are_made_of_the_probes_own_classifiers():
+    from benchmarks.judge_probe import ENSEMBLES, GUIDES
+
+    assert all(len(ms) >= 2 and all(m in GUIDES and m not in ENSEMBLES for m in ms) for ms in ENSEMBLES.values())
+
+
+def test_the_paired_difference_is_per_image_with_a_seeded_bootstrap_interval():
+    import numpy as np
+
+    from benchmarks.judge_probe import paired_difference
+
+    a = np.array([1, 1, 1, 0, 1, 0, 1, 1], bool)
+    b = np.array([1, 0, 1, 0, 0, 0, 1, 0], bool)
+    d = paired_difference(a, b, resamples=2000)
+    assert d["difference"] == 0.375 and d["a"] == 0.75 and d["b"] == 0.375 and d["images"] == 8
+    assert d["ci95"][0] < 0.375 < d["ci95"][1] and d == paired_difference(a, b, resamples=2000)
+    assert paired_difference(a, a, resamples=100)["ci95"] == [0.0, 0.0]

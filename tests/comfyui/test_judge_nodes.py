@@ -237,3 +237,31 @@ def test_a_judged_prompt_with_the_filter_runs_on_the_server(server):
     rows = [r for r in trace["steps"] if r["confidence"] is not None]
     assert trace["judge"] and rows and all(r["judge_confidence"] == r["confidence"] for r in rows)
     assert len(entry["outputs"]["judge_kept"]["images"]) == 2  # the classifier is sure of class 0 (make_classifier)
+
+
+def test_classifier_ensemble_node_guides_as_the_core_ensemble(w):
+    """HiGFA Classifier Ensemble (run under inference mode, as ComfyUI runs nodes) gives a guide whose run
+    agrees with the core sampler guided by higfa.classifier.ClassifierEnsemble of the same classifiers; its
+    log-probabilities are the members' mean; members of other classes are refused with the fix."""
+    from higfa.classifier import ClassifierEnsemble
+
+    node = w["pack"].nodes.classifier.HiGFAClassifierEnsemble
+    with torch.inference_mode():
+        ens, info = node.execute(w["guide"], w["judge"]).args
+    assert info.startswith("ensemble of 2: ") and ens.class_names == w["guide"].class_names
+    x = torch.rand(2, 3, 32, 32)
+    want = (torch.log_softmax(w["guide"](x), -1) + torch.log_softmax(w["judge"](x), -1)) / 2
+    torch.testing.assert_close(ens(x).detach(), want.detach())
+    sched = schedule(w, "higfa-robust", stage_boundary=0.3)
+    ours = w["pack"].nodes.cfg_guider.HiGFACFGGuider(w["model"], sched, w["pos"], w["neg"], w["cnet"], w["contour"],
+                                                     w["vae"], ens, [1, 2], None)
+    a = run(w, ours)
+    b, result = reference_sample(w, sched, ClassifierEnsemble([w["guide"], w["judge"]]), [1, 2], CLASSES)
+    ra, rb = ours.guide.trace.steps, result.trace.steps
+    guided = [(x, y) for x, y in zip(ra, rb) if x.confidence is not None]
+    assert guided and all(x.confidence == pytest.approx(y.confidence, abs=1e-5) for x, y in guided)
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    other = copy.deepcopy(w["judge"])
+    other.class_names = list(reversed(other.class_names))
+    with pytest.raises(ValueError, match="member 2 .* other class names"):
+        node.execute(w["guide"], other)

@@ -19,7 +19,7 @@ WF = load_script("comfyui_workflows")
 HIGFA_NODES = {"HiGFA_Schedule", "HiGFA_ContourTransform", "HiGFA_ContourRanges", "HiGFA_ClassifierLoader",
                "HiGFA_Guider", "HiGFA_Sampler", "HiGFA_Trace", "HiGFA_LoadImageFolder", "HiGFA_SaveImageFolder",
                "HiGFA_WorldLoader", "HiGFA_WorldTextEncode", "HiGFA_WorldImage", "HiGFA_WorldEmptyLatent",
-               "HiGFA_ConfidenceFilter"}
+               "HiGFA_ConfidenceFilter", "HiGFA_ClassifierEnsemble"}
 
 
 def load(name: str) -> dict:
