@@ -167,7 +167,38 @@ def test_one_round_with_a_judge(data, tmp_path):
     assert json.loads((plain / row["trace"]).read_text()).get("judge") is None
 
 
+def test_one_round_with_an_ensemble_guide(data, tmp_path):
+    """--ensemble: the world's guide and its PGD-tuned copy push as one; the run's fingerprint names the member,
+    and the manifest's confidence is the ensemble's (not the guide's alone); without it, as before."""
+    import numpy as np
+
+    from higfa.classifier import ClassifierEnsemble
+    from higfa.training import predict
+
+    member = ASSETS / "guidance_robust.safetensors"
+    out, plain = tmp_path / "ensemble", tmp_path / "plain"
+    for folder, extra in ((out, ["--ensemble", str(member)]), (plain, [])):
+        assert main(["augment", "--data", str(data), "--out", str(folder), *TINY, "--preset", "higfa-robust",
+                     *extra]) == 0
+    assert json.loads((out / "run.json").read_text())["fingerprint"]["ensemble"] == [str(member.resolve())]
+    assert "ensemble" not in json.loads((plain / "run.json").read_text())["fingerprint"]
+    rows, rows_plain = manifest(out), manifest(plain)
+    assert [r["output"] for r in rows] == [r["output"] for r in rows_plain]
+    assert any((out / r["output"]).read_bytes() != (plain / r["output"]).read_bytes() for r in rows)  # another push
+    from PIL import Image
+
+    ens = ClassifierEnsemble([load_classifier(ASSETS / "guidance.safetensors"), load_classifier(member)])
+    img = np.stack([np.asarray(Image.open(out / r["output"]).convert("RGB")) for r in rows])
+    p = predict(ens, img)[torch.arange(len(rows)), torch.tensor([ens.resolve(r["label"]) for r in rows])]
+    assert [float(r["confidence"]) for r in rows] == pytest.approx(p.tolist(), abs=1e-3)
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--ensemble", str(ASSETS / "guidance_robust.safetensors"), "--preset", "cfg"],
+     "its members guide together with --classifier"),
+    (["--ensemble", str(ASSETS / "guidance_robust.safetensors"), "--judge", str(ASSETS / "guidance_robust.safetensors"),
+      "--preset", "higfa-judged"], "it also guides (--classifier or --ensemble)"),
+    (["--rounds", "2", "--ensemble", str(ASSETS / "guidance_robust.safetensors")], "--ensemble with --rounds 2"),
     (["--judge", str(ASSETS / "guidance_robust.safetensors"), "--preset", "cfg"], "nothing to judge"),
     (["--round2-filter", "0.5"], "--round2-filter is an option of the second round: add --rounds 2"),
     (["--rounds", "2", "--round2-filter", "1.5"], "--round2-filter 1.5"),

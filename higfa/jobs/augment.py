@@ -42,7 +42,7 @@ def settings_from_args(args: argparse.Namespace) -> AugmentSettings:
         size=args.size, seed=args.seed, batch_size=args.batch_size, edges=args.edges, canny_low=args.canny_low,
         canny_high=args.canny_high, auto_canny=args.auto_canny, edge_blur=args.edge_blur,
         contour_amount=args.contour_amount, min_confidence=args.min_confidence, filter=args.filter,
-        filter_classifier=args.filter_classifier, judge=args.judge,
+        filter_classifier=args.filter_classifier, judge=args.judge, ensemble=tuple(args.ensemble or ()),
         overwrite=args.overwrite, device=args.device, dtype=args.dtype, vae_dtype=args.vae_dtype, shard=args.shard,
         threads=args.threads, deterministic=args.deterministic, progress=not args.no_progress, quiet=args.quiet,
     ).validate()
@@ -81,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     if recipe is None:
         return run_augment(settings)
+    if settings.ensemble:
+        raise ValueError("--ensemble with --rounds 2: the recipe trains its own second-round guide; run round 2 "
+                         "with `higfa augment --classifier ROUND2_GUIDE --ensemble ...` instead")
     from .recipe import run_recipe
 
     return run_recipe(settings, recipe)
@@ -117,6 +120,10 @@ def register(subparsers) -> None:
     m.add_argument("--controlnet", help="ControlNet folder or single file (default: MODEL/controlnet)")
     m.add_argument("--controlnet-config", help="config folder for a single-file ControlNet (default: from the UNet)")
     m.add_argument("--classifier", help="fine-grained classifier .safetensors (+ .json sidecar)")
+    m.add_argument("--ensemble", action="append", metavar="PATH.safetensors", help="another classifier (same "
+                   "classes, any architecture) that guides together with --classifier: the guide is the mean of their "
+                   "log-probabilities, so only the push they agree on is applied (docs/method.md, Ensemble guide); "
+                   "repeat for more")
     m.add_argument("--guidance-vae", help="decoder for the classifier path only: a diffusers AutoencoderTiny (TAESD) "
                                           "or AutoencoderKL folder, or taesd_decoder.safetensors; much faster at SD "
                                           "size (docs/speed.md). 'none': the model's VAE (default; the built-in "

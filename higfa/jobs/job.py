@@ -124,6 +124,12 @@ def _run(s: AugmentSettings) -> int:
     if s.judge and not schedule.uses_classifier:
         raise ValueError(f"--judge {s.judge}: preset/schedule '{schedule.preset}' takes no classifier step, so "
                          "there is nothing to judge: choose a preset with classifier guidance (e.g. higfa-judged)")
+    if s.ensemble and not (classifier_path and schedule.uses_classifier):
+        raise ValueError(f"--ensemble {s.ensemble[0]}: its members guide together with --classifier; pass "
+                         "--classifier PATH.safetensors and a preset with classifier guidance (e.g. higfa-robust)")
+    if s.judge and any(Path(s.judge).resolve() == Path(m).resolve() for m in (classifier_path, *s.ensemble)):
+        raise ValueError(f"--judge {s.judge}: it also guides (--classifier or --ensemble); a judge is a classifier "
+                         "that did not guide: choose another")
     if schedule.uses_classifier and not classifier_path:
         raise ValueError(f"preset/schedule '{schedule.preset}' uses classifier guidance: pass --classifier "
                          "PATH.safetensors (timm weights + .json sidecar), or choose --preset cfg or contour")
@@ -143,7 +149,7 @@ def _run(s: AugmentSettings) -> int:
         raise ValueError(f"--size {s.size}: must be a multiple of {multiple} for this model")
     content, cache = safety.content_fingerprint(safety.model_files(
         [model_dir, s.config, s.controlnet, s.controlnet_config, classifier_path,
-         None if s.guidance_vae in (None, "none") else s.guidance_vae, s.filter_classifier, s.judge]),
+         None if s.guidance_vae in (None, "none") else s.guidance_vae, s.filter_classifier, s.judge, *s.ensemble]),
         records.file_cache(out))
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -155,6 +161,10 @@ def _run(s: AugmentSettings) -> int:
     lock = safety.ShardLock(out, info.rank, info.world_size).acquire()
     try:
         classifier = load_classifier(classifier_path, device) if classifier_path else None
+        if s.ensemble:
+            from ..classifier import ClassifierEnsemble
+
+            classifier = ClassifierEnsemble([classifier, *(load_classifier(m, device) for m in s.ensemble)])
         sources = make_sources(found, names, classifier)
         judge = None
         if s.filter_classifier:  # --filter-classifier: final images are scored by a classifier that did not guide
@@ -186,6 +196,8 @@ def _run(s: AugmentSettings) -> int:
             fp["filter_classifier"] = str(Path(s.filter_classifier).resolve())
         if s.judge:
             fp["judge"] = str(Path(s.judge).resolve())
+        if s.ensemble:
+            fp["ensemble"] = [str(Path(m).resolve()) for m in s.ensemble]
         sampler = ItemSampler(components, schedule, classifier, size=size, steps=s.steps, eta=s.eta,
                               prompt=PromptText(prompt, s.super_name, s.negative_prompt),
                               edges=s.edge_detector(), transform=s.contour_transform(), device=device,

@@ -65,6 +65,7 @@ class AugmentSettings:
     filter: str = "drop"
     filter_classifier: str | None = None  # scores the final images instead of the guide (None: the judge, or the guide)
     judge: str | None = None  # a classifier that did not guide: its p drives the ramp and the gate (Guide(judge=))
+    ensemble: tuple[str, ...] = ()  # more guides, pushing with the classifier as one (ClassifierEnsemble)
     # run
     overwrite: bool = False
     device: str = "auto"
