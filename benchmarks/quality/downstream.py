@@ -153,7 +153,7 @@ CONVERGED_STEPS = {
 }
 # The (world, architecture, shots) whose CONVERGED_STEPS the ladder chose; the others are provisional (each block says
 # which).
-LADDER_CHOSEN: set[tuple[str, str, int]] = {("tinybirds", "test_resnet", 2)}
+LADDER_CHOSEN: set[tuple[str, str, int]] = {("tinybirds", "test_resnet", 2), ("finebirds", "resnet18-pre", 10)}
 CONVERGED_SHOTS = (10, 5, 2)
 CURVE_POINTS = 8  # held-out evaluations along the real arm's run (the block's curve)
 
