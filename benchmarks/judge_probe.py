@@ -432,8 +432,8 @@ def main(argv=None) -> int:
                    "judge_probe_<world>.json beside it")
     p.add_argument("--table", action="store_true", help="only print --out's result as docs/quality.md's table")
     p.add_argument("--paired", nargs=2, metavar=("A", "B"), help="after the arms: the oracle's species accuracy of "
-                   "arm A minus arm B on the same images (both run with these settings), bootstrap 95 %% CI, "
-                   "recorded under 'paired'")
+                   "arm A minus arm B on the same images (an arm's batches missing for these settings are made "
+                   "first), bootstrap 95 %% CI, recorded under 'paired'")
     p.add_argument("--fresh", action="store_true", help="start --out over when its arms ran with other settings")
     p.add_argument("--shard", default="0/1", help="I/N: make only batches k with k %% N == I (run N processes, "
                    "each with its own I; the one that ends last writes the arm; default 0/1: every batch)")
@@ -507,8 +507,9 @@ def main(argv=None) -> int:
                 raise SystemExit(f"--paired: unknown arm {name!r}")
             folder = batch_dir(arm, Schedule.from_preset(arm.preset, **dict(arm.overrides)).to_dict(), head)
             files = [folder / f"batch{k:03d}.npz" for k in range(-(-len(sources.labels) // args.batch))]
-            if not all(f.is_file() for f in files):
-                raise SystemExit(f"--paired: arm {name!r} has not run with these settings; run it first (--arms)")
+            if not all(f.is_file() for f in files):  # recorded before these settings' batches were kept: made now
+                print(f"--paired: making {name}'s batches (the same sources and seeds)", flush=True)
+                run_arm(models, arm, sources, args.batch, folder)
             images = np.concatenate([np.load(f)["images"] for f in files])
             right.append(predict(models.oracle, images).argmax(1).numpy() == np.asarray(sources.labels))
         numbers = paired_difference(*right)
