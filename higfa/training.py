@@ -228,6 +228,7 @@ def train_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray, 
             xb, yb = xb[rank::world], yb[rank::world]
         if adversarial > 0:
             xb = pgd_attack(classifier, xb, yb, adversarial, adversarial_steps)
+            train_mode()  # pgd_attack restores train() on every module; a linear probe keeps its body in eval
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             loss = F.cross_entropy(net(xb).float(), yb, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)

@@ -135,6 +135,9 @@ def test_head_only_trains_the_final_layer_on_frozen_features():
     assert head == {"model.fc.weight", "model.fc.bias"}
     assert all(not torch.equal(after[k], before[k]) for k in head)
     assert all(torch.equal(after[k], before[k]) for k in after if k not in head)  # BatchNorm statistics too
+    clf = _clf()  # with PGD batches too: the attack's own mode switch does not wake the body's BatchNorm
+    after = train_classifier(clf, x, y, steps=3, batch_size=8, lr=0.05, head_only=True, adversarial=0.03)
+    assert all(torch.equal(after.classifier.state_dict()[k], before[k]) for k in before if k not in head)
     with pytest.raises(ValueError, match="no trainable final layer"):
         plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 1))  # no get_classifier()
         train_classifier(_clf().__class__(plain, ["a"], 32), x[:2], y[:2] * 0, steps=1, head_only=True)
