@@ -214,6 +214,17 @@ def test_bad_options_are_one_line_errors(data, tmp_path, capsys, extra, message)
     assert not out.exists()
 
 
+def test_a_judge_without_any_guide_asks_for_the_classifier(data, tmp_path, capsys):
+    """Not the built-in world (whose guide is the default): a judge with no --classifier is the missing-guide error,
+    before the judge is compared with the guides."""
+    out = tmp_path / "bad"
+    assert main(["augment", "--data", str(data), "--out", str(out), "--model", str(tmp_path / "no_model"),
+                 "--preset", "higfa-judged", "--judge", str(ASSETS / "guidance_robust.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "uses classifier guidance: pass --classifier" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
 def test_overwrite_redoes_the_stages_whose_inputs_changed(recipe, data, tmp_path):
     import shutil
 

@@ -127,12 +127,12 @@ def _run(s: AugmentSettings) -> int:
     if s.ensemble and not (classifier_path and schedule.uses_classifier):
         raise ValueError(f"--ensemble {s.ensemble[0]}: its members guide together with --classifier; pass "
                          "--classifier PATH.safetensors and a preset with classifier guidance (e.g. higfa-robust)")
-    if s.judge and any(Path(s.judge).resolve() == Path(m).resolve() for m in (classifier_path, *s.ensemble)):
-        raise ValueError(f"--judge {s.judge}: it also guides (--classifier or --ensemble); a judge is a classifier "
-                         "that did not guide: choose another")
     if schedule.uses_classifier and not classifier_path:
         raise ValueError(f"preset/schedule '{schedule.preset}' uses classifier guidance: pass --classifier "
                          "PATH.safetensors (timm weights + .json sidecar), or choose --preset cfg or contour")
+    if s.judge and any(Path(s.judge).resolve() == Path(m).resolve() for m in (classifier_path, *s.ensemble)):
+        raise ValueError(f"--judge {s.judge}: it also guides (--classifier or --ensemble); a judge is a classifier "
+                         "that did not guide: choose another")
     safety.check_folders(data, out)
     device = pick_device(s.device, info)
     dtype, vae_dtype = parse_dtype(s.dtype), parse_dtype(s.vae_dtype)
