@@ -301,6 +301,11 @@ def batch_dir(arm: Arm, schedule_dict: dict, head: dict) -> Path:
     return trained_dir(head.get("world", DEFAULT_WORLD)) / "batches" / name
 
 
+def batch_files(folder: Path, images: int, batch: int) -> list[Path]:
+    """An arm's batch files in `folder`: one per `batch` images (the last one may hold fewer)."""
+    return [folder / f"batch{k:03d}.npz" for k in range(-(-images // batch))]
+
+
 def run_arm(models, arm: Arm, sources, batch: int, folder: Path, shard: tuple[int, int] = (0, 1)) -> dict | None:
     """Generate this shard's batches of `arm` (batch k when k % n == i for shard (i, n)) into `folder` (one
     .npz per batch: images, trace JSON, seconds; a finished batch is not redone), then, when every batch is there
@@ -317,8 +322,8 @@ def run_arm(models, arm: Arm, sources, batch: int, folder: Path, shard: tuple[in
     judge_clf = None if arm.judge is None else load_classifier_named(models, arm.judge)
     folder.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, len(sources), batch))
-    for k, b in enumerate(starts):
-        file = folder / f"batch{k:03d}.npz"
+    files = batch_files(folder, len(sources), batch)
+    for k, (b, file) in enumerate(zip(starts, files)):
         if k % shard[1] != shard[0] or file.is_file():
             continue
         idx = list(range(b, min(b + batch, len(sources))))
@@ -332,7 +337,6 @@ def run_arm(models, arm: Arm, sources, batch: int, folder: Path, shard: tuple[in
         np.savez(tmp, images=img, trace=np.array(res.trace.to_json()), seconds=time.perf_counter() - t0)
         tmp.replace(file)  # atomic: a batch file is whole or absent
         print(f"{arm.name}: batch {k + 1}/{len(starts)}", flush=True)
-    files = [folder / f"batch{k:03d}.npz" for k in range(len(starts))]
     if not all(f.is_file() for f in files):
         return None
     loaded = [np.load(f) for f in files]
@@ -506,7 +510,7 @@ def main(argv=None) -> int:
             if arm is None:
                 raise SystemExit(f"--paired: unknown arm {name!r}")
             folder = batch_dir(arm, Schedule.from_preset(arm.preset, **dict(arm.overrides)).to_dict(), head)
-            files = [folder / f"batch{k:03d}.npz" for k in range(-(-len(sources.labels) // args.batch))]
+            files = batch_files(folder, len(sources.labels), args.batch)
             if not all(f.is_file() for f in files):  # recorded before these settings' batches were kept: made now
                 print(f"--paired: making {name}'s batches (the same sources and seeds)", flush=True)
                 run_arm(models, arm, sources, args.batch, folder)
