@@ -113,6 +113,29 @@ def test_higfa_augment_guides_with_a_trained_classifier(trained, folder, tmp_pat
     assert json.loads((tmp_path / "round2.json").read_text())["provenance"]["synthetic_images"] == 1
 
 
+def test_eval_every_sets_how_often_val_is_measured_and_changes_no_weight(folder, tmp_path, monkeypatch):
+    """--eval-every N: the held-out set is evaluated every N steps and at the end (default once per epoch: 3 steps
+    here; 0: only at the end); the trained weights are byte-identical whatever N."""
+    import higfa.training as training
+
+    calls: list[int] = []
+    real = training.evaluate
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    runs = {}
+    for every in (None, "0", "2"):
+        calls.clear()
+        out = tmp_path / f"e{every}"
+        opt = [] if every is None else ["--eval-every", every]
+        assert main(["train-classifier", "--data", str(folder), "--epochs", "2", "--val-fraction", "0.25",
+                     "--out", str(out), *opt, *TINY]) == 0
+        runs[every] = (len(calls), out.with_suffix(".safetensors").read_bytes())
+    # 9 training images, batch 4: 3 steps per epoch, 6 steps; +1: the command's final measurement for the sidecar
+    assert [runs[e][0] for e in (None, "0", "2")] == [2 + 1, 1 + 1, 3 + 1]
+    assert runs[None][1] == runs["0"][1] == runs["2"][1]
+    assert main(["train-classifier", "--data", str(folder), "--eval-every", "-1", "--out", str(tmp_path / "bad"),
+                 *TINY]) == 2
+
+
 def test_resume_after_kill_continues_from_the_last_checkpoint(folder, tmp_path):
     from higfa.training import CHECKPOINT_FORMAT
 

@@ -54,6 +54,9 @@ def check_train_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--checkpoint-minutes {args.checkpoint_minutes}: must be >= 0 (0: only --checkpoint-every)")
     if not 0.0 <= args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction {args.val_fraction}: must lie in [0, 1), e.g. 0.1 (0: no validation)")
+    if getattr(args, "eval_every", None) is not None and args.eval_every < 0:
+        raise ValueError(f"--eval-every {args.eval_every}: must be >= 0 (steps between validation passes; 0: only "
+                         "at the end)")
     if getattr(args, "head_only", False) and not args.init:
         raise ValueError("--head-only trains only the final layer on the features of --init: give --init "
                          "(pretrained weights), or drop --head-only to train the whole model")
@@ -106,6 +109,8 @@ def run_train(args: argparse.Namespace) -> int:
     per_epoch = math.ceil(len(train) / args.batch_size)  # epochs count the real images (SaSPA: replacement)
     epochs = None if args.steps else (args.epochs or DEFAULT_EPOCHS)  # what ran: steps, or epochs of steps
     steps = args.steps or per_epoch * epochs
+    # how often the progress bar's val accuracy is refreshed: it changes nothing that is trained or written
+    eval_every = per_epoch if args.eval_every is None else args.eval_every
     run_config = {"command": RESUME_COMMAND, "data": str(args.data), "val": str(args.val or args.val_fraction),
                   "architecture": arch, "init": args.init, "classes": classes, "input_size": args.input_size,
                   "epochs": epochs, "augment": args.augment, "world_size": ranks.world_size,
@@ -116,7 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
     options = dict(steps=steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                    weight_decay=args.weight_decay, augment=augment_preset(args.augment), seed=args.seed,
                    eval_images=None if val is None else val.images,
-                   eval_labels=None if val is None else val.targets(classes, "--val"), eval_every=per_epoch,
+                   eval_labels=None if val is None else val.targets(classes, "--val"), eval_every=eval_every,
                    checkpoint=resume, checkpoint_every=args.checkpoint_every or 0,
                    checkpoint_seconds=60.0 * args.checkpoint_minutes, run_config=run_config,
                    progress=not args.no_progress, amp=not args.no_amp, head_only=args.head_only)
@@ -309,6 +314,9 @@ def register(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="without --val: this share of each class's "
                    "images is held out (not trained on) to measure validation accuracy; the command says how many "
                    "(default 0.1; 0: train on every image, no validation)")
+    p.add_argument("--eval-every", type=int, help="with a validation set: measure its accuracy (shown on the "
+                   "progress bar) every N optimiser steps (default: once per epoch; 0: only at the end). Costs time "
+                   "only: the weights are the same whatever N")
     p.add_argument("--architecture", required=True, help="any timm model name, e.g. resnet50, convnext_tiny")
     p.add_argument("--init", help="pretrained start: a local .pth/.bin/.safetensors file, or a timm name whose "
                    "weights are in the local Hugging Face cache (nothing is downloaded); default: from scratch")
