@@ -63,7 +63,10 @@ ENSEMBLES = {"ensemble3": ("fewshot_resnet18_pre", "fewshot_efficientnet", "guid
              "ensemble5": ("fewshot_resnet18_pre", "fewshot_efficientnet", "guidance", "fewshot_convnext",
                            "fewshot_resnet_seed21"),
              # a judge for ensemble3's images: the two few-shot classifiers it does not hold
-             "ensemble-others": ("fewshot_convnext", "fewshot_resnet_seed21")}
+             "ensemble-others": ("fewshot_convnext", "fewshot_resnet_seed21"),
+             # ensemble3 with the seed-21 test_resnet in place of the ResNet-18, so that the strongest few-shot
+             # classifier (the pretrained ResNet-18) is free to judge
+             "ensemble3b": ("guidance", "fewshot_efficientnet", "fewshot_resnet_seed21")}
 PRETRAINED_CACHE = ROOT / "outputs" / "bench_quality"  # where the quality bench keeps its pretrained weights
 GUIDES = SHIPPED + tuple(TRAINED) + tuple(ENSEMBLES)
 
@@ -168,6 +171,11 @@ ARMS = [
     # the paper's mechanism on the ensemble: its own confidence, or a judge of classifiers that did not guide
     Arm("higfa/ensemble3-guide", "higfa", "ensemble3"),
     Arm("higfa-judged/ensemble3-guide+judge=ensemble-others", "higfa-judged", "ensemble3", "ensemble-others"),
+    # the mechanism with a judge that is itself strong: ensemble3 judged by one classifier it does not hold, and an
+    # ensemble without the ResNet-18 judged by it (with its unmodulated control: same guide, same images' seeds)
+    Arm("higfa-judged/ensemble3-guide+judge=seed21", "higfa-judged", "ensemble3", "fewshot_resnet_seed21"),
+    Arm("higfa-robust/ensemble3b-guide", "higfa-robust", "ensemble3b"),
+    Arm("higfa-judged/ensemble3b-guide+judge=resnet18-pre", "higfa-judged", "ensemble3b", "fewshot_resnet18_pre"),
 ]
 
 

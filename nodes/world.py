@@ -17,7 +17,7 @@ import torch
 from ..higfa.classifier import Classifier, load_classifier
 from ..higfa.world.birds import SPLITS, TinyBirds, model_path
 from ..higfa.world.catalog import DEFAULT, WORLDS, assets
-from ..higfa.world.models import WorldModels
+from ..higfa.world.models import JUDGE_FILE, WorldModels
 from ._comfy import CATEGORY, CLASSIFIER, WORLD, io
 from ._paths import ALLOWED_ROOTS_ENV, confine
 from .world_adapters import load
@@ -58,10 +58,9 @@ class LoadedWorld:
         return self.models.encode_prompts([text])
 
 
-# The world's judge (issue 25; docs/method.md "The judge"): the shipped guide's copy PGD-tuned by `higfa tune-classifier
-# --adversarial` (docs/world.md). It never guides when the loader's `classifier` does; on tinybirds it is the harder
-# one to fool of the two, on finebirds it is fooled as much as the guide (docs/quality.md "Judge probe").
-JUDGE_FILE = "guidance_robust.safetensors"
+# The world's judge, JUDGE_FILE (higfa.world.models: the demo's too). It never guides when the loader's `classifier`
+# does; on tinybirds it is the harder one to fool of the two, on finebirds it is fooled as much as the guide
+# (docs/quality.md "Judge probe").
 
 
 @lru_cache(maxsize=2)

@@ -37,7 +37,8 @@ def test_arms_pair_the_shipped_guides_and_independent_judges_and_the_table_has_a
         ("guidance", "guidance_robust"), ("guidance_robust", "guidance"), ("guidance", "fewshot_convnext"),
         ("guidance", "fewshot_resnet_seed21"), ("guidance", "fewshot_efficientnet"),
         ("guidance_robust", "fewshot_resnet_seed21"), ("guidance", "fewshot_resnet18_pre"),
-        ("ensemble3", "ensemble-others")}
+        ("ensemble3", "ensemble-others"), ("ensemble3", "fewshot_resnet_seed21"),
+        ("ensemble3b", "fewshot_resnet18_pre")}
     from benchmarks.judge_probe import ENSEMBLES
 
     for a in ARMS:  # a judge did not guide: no classifier is in both

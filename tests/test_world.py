@@ -234,13 +234,16 @@ def test_demo_writes_its_files(tmp_path):
 
 
 def test_the_demo_judges_with_the_world_loaders_judge():
-    """The demo's judge is the file the World Loader offers as `judge` (the core cannot import the nodes)."""
+    """The demo's judge is the file the World Loader offers as `judge`: one name, in the core (higfa.world.models),
+    which both import (a node file cannot be imported without ComfyUI, so its source is read)."""
     import re
 
-    from higfa.world.demo import JUDGE_FILE
+    from higfa.world import demo, models
 
+    assert demo.JUDGE_FILE is models.JUDGE_FILE
     nodes = (Path(__file__).parents[1] / "nodes" / "world.py").read_text()
-    assert re.search(r'^JUDGE_FILE = "([^"]+)"', nodes, re.M).group(1) == JUDGE_FILE
+    assert re.search(r"^from \.\.higfa\.world\.models import .*\bJUDGE_FILE\b", nodes, re.M)
+    assert not re.search(r"^JUDGE_FILE\s*=", nodes, re.M)
 
 
 def test_demo_threads_leave_busy_cores_alone(monkeypatch):

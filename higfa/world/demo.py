@@ -31,13 +31,11 @@ import torch
 from ..classifier import find_name
 from ..contour import ContourTransform
 from ..schedule import Schedule
+from .models import JUDGE_FILE
 
 PRESETS = ("cfg", "contour", "higfa", "higfa-robust", "higfa-judged")
 TRACED = "higfa-judged"  # the preset whose batch (every row) is drawn in trace.png
 JUDGED = ("higfa-judged",)  # the presets sampled with the world's judge
-# The world's judge: the file the World Loader offers as `judge` (nodes/world.py JUDGE_FILE; the core cannot import
-# the nodes, so the name is repeated here and a test checks the two agree).
-JUDGE_FILE = "guidance_robust.safetensors"
 # Two species per family, chosen so every marking kind appears.
 DEFAULT_SPECIES = ("red-crowned finch", "orange-billed finch", "spectacled warbler", "white-winged warbler",
                    "spectacled jay", "plain jay", "red-crowned dove", "orange-billed dove")

@@ -161,6 +161,12 @@ class WorldModels:
         return predict(self.oracle, images)
 
 
+# The world's judge (issue 25; docs/method.md "The judge"): the shipped guide's copy PGD-tuned by `higfa tune-classifier
+# --adversarial` (docs/world.md); `make demo` judges with it and the World Loader offers it as `judge`. Optional: a
+# world folder without it still loads.
+JUDGE_FILE = "guidance_robust.safetensors"
+
+
 def missing_parts(path: Path) -> list[str]:
     """The parts of a world folder (diffusers components, world.json, the two classifiers) that are absent."""
     return [c for c in (*COMPONENTS, "world.json", "guidance.safetensors", "oracle.safetensors")
