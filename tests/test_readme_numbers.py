@@ -104,6 +104,7 @@ def test_every_claim_is_checked():
 # ---------------------------------------------------------------- the judge probe (issue 25): README's headline
 PROBE = ROOT / "benchmarks" / "results" / "judge_probe.json"
 JUDGED = "higfa-judged+judge=robust,skip0.8"  # the probe arm that ran the shipped higfa-judged preset
+STRONG = "higfa-judged/ensemble3b-guide+judge=resnet18-pre"  # the mechanism with a strong, independent judge
 
 
 def judge_claims(d: dict) -> list[tuple[str, list[str]]]:
@@ -132,10 +133,15 @@ def judge_claims(d: dict) -> list[tuple[str, list[str]]]:
          [f"{a['higfa-judged+judge=efficientnet']['judge_fooling_gap']:+.2f}",
           f"{100 * a['higfa-judged+judge=efficientnet']['gated_fraction']:.1f}",
           pct(a["higfa-judged+judge=efficientnet"]["oracle_species"])]),
+        (r"with modulation and\s+gate on, shows the species in (\d+) % of its images against (\d+) % for the same "
+         r"guide without the\s+mechanism, the judge\s+fooled by ([+-]\d+\.\d+) only and the gate skipping ([\d.]+) % "
+         r"of the stage-2 sample-steps",
+         [pct(a[STRONG]["oracle_species"]), pct(a["higfa-robust/ensemble3b-guide"]["oracle_species"]),
+          f"{a[STRONG]['judge_fooling_gap']:+.3f}", f"{100 * a[STRONG]['gated_fraction']:.1f}"]),
     ]
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(6))
 def test_readme_judge_numbers_match_the_judge_probe(index):
     pattern, expected = judge_claims(json.loads(PROBE.read_text()))[index]
     match = re.search(pattern, _text())
@@ -162,6 +168,18 @@ def test_readme_judge_claims_hold():
     assert seed["architecture"] == "test_resnet" and seed["seed"] != 20
     assert len({"test_resnet", arch["architecture"], third["architecture"]}) == 3
     assert seed["train_images"] == arch["train_images"] == third["train_images"] == 160
+    # the strong judge README names: higfa-judged's values on an ensemble of three, judged by the pretrained ResNet-18
+    # that is none of its members, against the same ensemble under higfa-robust
+    from benchmarks.judge_probe import ENSEMBLES
+
+    strong, control = a[STRONG], a["higfa-robust/ensemble3b-guide"]
+    assert strong["schedule"]["modulate"] and strong["schedule"]["gating"]
+    assert {k: v for k, v in strong["schedule"].items() if k != "preset"} == \
+        {k: v for k, v in Schedule.from_preset("higfa-judged").to_dict().items() if k != "preset"}
+    assert strong["settings"]["guide"] == control["settings"]["guide"] == "ensemble3b"
+    assert len(ENSEMBLES["ensemble3b"]) == 3 and strong["settings"]["judge"] not in ENSEMBLES["ensemble3b"]
+    judge = strong["judge_classifier"]
+    assert judge["architecture"] == "resnet18" and "pretrain" in judge["command"] and judge["train_images"] == 160
 
 
 def test_readme_caveat_numbers_are_the_step_ladders():
