@@ -193,6 +193,24 @@ def test_one_round_with_an_ensemble_guide(data, tmp_path):
     assert [float(r["confidence"]) for r in rows] == pytest.approx(p.tolist(), abs=1e-3)
 
 
+def test_an_ensemble_guide_judged_by_a_classifier_in_none_of_its_members(data, tmp_path):
+    """docs/classifiers.md's command: --classifier + --ensemble guide together under higfa-judged, --judge (not a
+    member) drives the ramp and the gate; the trace names the judge, its confidence is the judge's (not the
+    guide's: the traces record both)."""
+    out = tmp_path / "ens_judged"
+    member, judge = ASSETS / "guidance_robust.safetensors", ASSETS / "oracle.safetensors"
+    assert main(["augment", "--data", str(data), "--out", str(out), *TINY, "--preset", "higfa-judged",
+                 "--ensemble", str(member), "--judge", str(judge), "--traces"]) == 0
+    fp = json.loads((out / "run.json").read_text())["fingerprint"]
+    assert fp["ensemble"] == [str(member.resolve())] and fp["judge"] == str(judge.resolve())
+    for r in manifest(out):
+        trace = json.loads((out / r["trace"]).read_text())
+        assert trace["judge"] == "oracle.safetensors"
+        judged = [s for s in trace["steps"] if s.get("judge_confidence") is not None]
+        assert judged and r["trace_judge_confidence"] == judged[-1]["judge_confidence"][0]
+        assert any(s["judge_confidence"] != s["confidence"] for s in judged)  # two classifiers, two readings
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--ensemble", str(ASSETS / "guidance_robust.safetensors"), "--preset", "cfg"],
      "its members guide together with --classifier"),
