@@ -109,6 +109,14 @@ def _diagnosis(r: dict) -> list[str]:
     return lines
 
 
+def _chance(r: dict) -> tuple[str, int, float]:
+    """(world name, species, species per family) of the results' world (settings.world; before worlds: tinybirds)."""
+    from higfa.world.catalog import make_world
+
+    world = make_world(r["settings"].get("world", "tinybirds"))
+    return world.name, world.num_classes, world.num_classes / len({s.family for s in world.species})
+
+
 def _fidelity(r: dict) -> list[str]:
     arms = r["settings"]["arms"]
     lines = ["", "## Fidelity, fooling gap, diversity", "",
@@ -126,8 +134,9 @@ def _fidelity(r: dict) -> list[str]:
                      f"{_fmt(f['feature_diversity'])} | {f['contour_f1']['2px']:.3f} | "
                      f"{_fmt(1000 * f['kid_oracle'], 2) if 'kid_oracle' in f else '–'} | "
                      f"{f['seconds_per_image']:.2f} |")
-    lines += ["", "Chance is 1 / the number of species (tinybirds: 1/16 = 0.0625); the right family with random "
-             "markings scores about 1 / its species per family (tinybirds: 0.25). "
+    name, species, per_family = _chance(r)
+    lines += ["", f"Chance is 1 / the number of species ({name}: 1/{species} = {1 / species:.4f}); the right family "
+             f"with random markings scores about 1 / its species per family ({name}: {1 / per_family:.2f}). "
              "Guide accuracy: the arm's guide's verdict on its own images (for cfg and contour, which take no "
              "classifier step, the shipped guide's). Fooling gap = guide − oracle species accuracy."]
     return lines
