@@ -105,10 +105,14 @@ def pretrained_weights(world: str, make: bool = True) -> Path:
 
     from .quality import protocol
 
-    arch, w = protocol.architecture("resnet18-pre"), make_world(world)
+    from .quality import device as on
+
+    # on a GPU machine (the quality bench's probe:NAME classifiers there) pretrained on the GPU, under its own key;
+    # on a CPU the weights and key as before
+    arch, w, dev = protocol.architecture("resnet18-pre"), make_world(world), on.resolve("auto")
     if make:
-        return protocol.pretrained_file(arch, w, PRETRAINED_CACHE)
-    return protocol.pretrained_path(arch, w, PRETRAINED_CACHE)
+        return protocol.pretrained_file(arch, w, PRETRAINED_CACHE, device=dev)
+    return protocol.pretrained_path(arch, w, PRETRAINED_CACHE, device=dev)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +201,14 @@ def load_classifier_named(models, name: str):
             raise SystemExit(f"{file} is missing: the world {models.world.name!r} ships no {name}; choose arms "
                              "without it")
         return load_classifier(file).float()
-    world = models.world.name
+    return load_classifier(trained_file(name, models.world.name)).float()
+
+
+def trained_file(name: str, world: str = DEFAULT_WORLD) -> Path:
+    """The file of the independent classifier `name` (TRAINED) of `world`: trained_dir(world)/<name>.safetensors,
+    made first by `higfa train-classifier` (train_command) when missing. The quality bench's `probe:NAME` too."""
+    if name not in TRAINED:
+        raise ValueError(f"{name!r} is not one of the judge probe's trained classifiers {sorted(TRAINED)}")
     path = trained_dir(world) / f"{name}.safetensors"
     if not path.is_file():
         from higfa.jobs.cli import main as higfa
@@ -208,7 +219,7 @@ def load_classifier_named(models, name: str):
         print("training judge:", "higfa", " ".join(command), flush=True)
         if higfa(command) != 0:
             raise RuntimeError(f"`higfa {' '.join(command)}` failed (its message is above)")
-    return load_classifier(path).float()
+    return path
 
 
 def judge_provenance(name: str | None, world: str = DEFAULT_WORLD) -> dict | None:

@@ -2,6 +2,7 @@
 caches, the report; and its cache keys, unchanged since the bench was one file."""
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -189,6 +190,84 @@ def test_a_tuned_arm_guides_with_its_guide_tuned_by_tune_classifier(tmp_path, mo
                        ("t=higfa,guide=oracle,tune=0.03", "diagnosis only")):
         with pytest.raises(ValueError, match=match):
             arms.parse_extra(bad, {})
+
+
+def test_an_ensemble_arm_guides_with_its_members_as_one(tmp_path):
+    """ensemble=A+B: the guide and the named classifier files push as one (ClassifierEnsemble, as `higfa augment
+    --ensemble`); the arm's guide verdict is the ensemble's, its images are keyed by the members' weights (arms
+    without it keep their keys), and a member may neither be the guide nor judge or filter the arm."""
+    import numpy as np
+
+    from higfa.classifier import ClassifierEnsemble, load_classifier
+    from higfa.training import predict
+
+    folder = ROOT / "higfa" / "world" / "assets"
+    member, shipped = folder / "guidance_robust.safetensors", folder / "guidance.safetensors"
+    args, out, r = _one_source_run(f"ens=higfa-robust,ensemble={member}", tmp_path)
+    assert r["ens"]["guided_by"] == f"guidance+ensemble={member}"
+    saved = np.load(out / "ens.npz")
+    ens = ClassifierEnsemble([load_classifier(shipped).float(), load_classifier(member).float()])
+    right = predict(ens, saved["images"]).argmax(1).numpy() == saved["targets"]
+    assert r["ens"]["guide_species"] == pytest.approx(float(right.mean()))
+    meta = json.loads(str(saved["meta"]))["settings"]
+    assert meta["ensemble"] == [f"{member}#{hashlib.sha256(member.read_bytes()).hexdigest()[:16]}"]
+    ns = argparse.Namespace(shots=10, per_source=1, steps=30, batch=32, seed=0, models=None)
+    assert "ensemble" not in arms.gen_settings(ns, arms.parse_extra("a=higfa", {}))
+    for bad, match in ((f"e=higfa,ensemble={shipped}", "none of them the guide"),
+                       (f"e=higfa,ensemble={member}+{member}", "each once"),
+                       (f"e=higfa,guide=oracle,ensemble={member}", "none of them the guide or the oracle"),
+                       (f"e=higfa-judged,ensemble={member},judge={member}", "judge=.* guides in the ensemble"),
+                       (f"e=higfa,ensemble={member},filter={member}", "filter=.* guides in the ensemble"),
+                       ("e=higfa,ensemble=probe:no_such", "probe:no_such: not one of the judge probe's")):
+        with pytest.raises(ValueError, match=match):
+            arms.parse_extra(bad, {})
+
+
+def test_probe_classifiers_are_the_judge_probes_files_made_when_missing(tmp_path, monkeypatch):
+    """probe:NAME names a classifier the judge probe trains (benchmarks.judge_probe.TRAINED) for the run's world:
+    its file in the probe's folder; `build_arms` trains the missing ones before their digests key any image."""
+    from benchmarks import judge_probe
+
+    monkeypatch.setattr(judge_probe, "TRAINED_DIR", tmp_path / "probe")
+    arm = arms.parse_extra("e=higfa-judged,ensemble=probe:fewshot_efficientnet,judge=probe:fewshot_resnet_seed21",
+                           {}, world="finebirds")
+    assert arm.ensemble == (str(tmp_path / "probe" / "finebirds" / "fewshot_efficientnet.safetensors"),)
+    assert arm.judge == str(tmp_path / "probe" / "finebirds" / "fewshot_resnet_seed21.safetensors")
+    made = []
+    monkeypatch.setattr(judge_probe, "trained_file", lambda name, world: made.append((name, world)))
+    arms.make_probe_classifiers([arm], "finebirds")
+    assert made == [("fewshot_resnet_seed21", "finebirds"), ("fewshot_efficientnet", "finebirds")]
+
+
+@pytest.mark.parametrize("world", ["tinybirds", "finebirds"])
+def test_the_makefiles_arms_parse_for_each_world(world, tmp_path, monkeypatch):
+    """`make bench-quality WORLD=...`'s --extra arms and --downstream names, read from the Makefile as
+    scripts/device_bench.sh reads them: every arm parses, every downstream name is an arm, the probe classifiers
+    they name are the judge probe's for that world (made when missing: here recorded, not trained)."""
+    import subprocess
+
+    from benchmarks import judge_probe
+
+    def var(name: str) -> list[str]:
+        got = subprocess.run(["make", "-s", "--no-print-directory", "--eval=print-%: ; @echo $($*)",
+                              f"print-{name}", f"WORLD={world}"], cwd=ROOT, capture_output=True, text=True)
+        assert got.returncode == 0, got.stderr
+        return got.stdout.split()
+
+    made = []
+    monkeypatch.setattr(judge_probe, "trained_file", lambda name, w: made.append((name, w)))
+    monkeypatch.setattr(judge_probe, "TRAINED_DIR", tmp_path)  # nothing there: every probe classifier is "missing"
+    monkeypatch.chdir(ROOT)
+    args = argparse.Namespace(set=[], presets=list(arms.PRESETS), extra=var(f"QUALITY_ARMS_{world}"), sweep=[],
+                              downstream=var(f"QUALITY_DOWNSTREAM_{world}"), world=world)
+    built = {a.name: a for a in arms.build_arms(args, ROOT / "higfa" / "world" / ("assets" if world == "tinybirds"
+                                                                                    else "assets_finebirds"))}
+    ens = built["higfa-judged-ensemble"]
+    assert ens.preset == "higfa-judged" and len(ens.ensemble) == 2 and ens.judge.endswith("fewshot_resnet18_pre"
+                                                                                           ".safetensors")
+    assert built["higfa-robust-ensemble"].ensemble == ens.ensemble
+    assert sorted(set(made)) == [(n, world) for n in ("fewshot_efficientnet", "fewshot_resnet18_pre",
+                                                       "fewshot_resnet_seed21")]
 
 
 def test_an_arm_another_process_cached_meanwhile_is_not_generated_again(tmp_path, monkeypatch):

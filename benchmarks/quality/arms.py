@@ -44,6 +44,9 @@ class Arm:
     # a classifier file that did not guide: its p(target) on x̂0 drives the ramp, the gate and measure_every
     # (`Guide(judge=...)`, issue 25); the gradient stays the guide's
     judge: str | None = None
+    # classifier files that guide together with the guide (higfa.classifier.ClassifierEnsemble: the mean of their
+    # log-softmax; `higfa augment --ensemble`); none of them may judge or filter the arm
+    ensemble: tuple[str, ...] = ()
 
     @property
     def boot_of(self) -> str | None:
@@ -51,9 +54,34 @@ class Arm:
         return self.guide[5:] if self.guide.startswith("boot:") else None
 
     @property
-    def guide_key(self) -> str:
-        """The guide as this run builds it: the guide spec, plus the tuning when there is one."""
+    def base_key(self) -> str:
+        """The guide spec, plus the tuning when there is one (what `tuned_guide` makes)."""
         return self.guide if self.tune is None else f"{self.guide}+tune={self.tune}"
+
+    @property
+    def guide_key(self) -> str:
+        """The guide as this run builds it: `base_key`, plus the ensemble's other members when there are some."""
+        return self.base_key if not self.ensemble else f"{self.base_key}+ensemble={'+'.join(self.ensemble)}"
+
+
+# A classifier the judge probe trains on the world's few-shot images (benchmarks.judge_probe.TRAINED, e.g.
+# probe:fewshot_resnet18_pre), accepted wherever an --extra arm names a classifier file; `build_arms` makes a
+# missing one.
+PROBE = "probe:"
+
+
+def classifier_path(spec: str, world: str = DEFAULT) -> str:
+    """A classifier spec of an --extra arm as a file path: probe:NAME -> the judge probe's file of it for `world`
+    (made later, by `build_arms`, when missing); any other spec unchanged."""
+    if not spec.startswith(PROBE):
+        return spec
+    from ..judge_probe import TRAINED, trained_dir
+
+    name = spec[len(PROBE):]
+    if name not in TRAINED:
+        raise ValueError(f"{spec}: not one of the judge probe's trained classifiers; use probe:NAME with NAME of "
+                         f"{sorted(TRAINED)}, or a classifier file")
+    return str(trained_dir(world) / f"{name}.safetensors")
 
 
 def guide_file(guide: str, models_path: Path) -> Path:
@@ -61,16 +89,21 @@ def guide_file(guide: str, models_path: Path) -> Path:
     return models_path / "guidance.safetensors" if guide == "guidance" else Path(guide)
 
 
-def parse_extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
-    """NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,judge=PATH][,filter=PATH[,filter_threshold=T]] -> Arm
-    (guides, judges and filters named by file are compared with the world in `models_path`)."""
+def parse_extra(item: str, base: dict, models_path: Path = ASSETS, world: str = DEFAULT) -> Arm:
+    """NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,judge=PATH][,ensemble=PATH+PATH...]
+    [,filter=PATH[,filter_threshold=T]] -> Arm (guides, judges and filters named by file are compared with the world
+    in `models_path`; every PATH may be probe:NAME, a classifier the judge probe trains for `world`)."""
     name, _, rest = item.partition("=")
     parts = [x for x in rest.split(",") if x]
     if not name or not parts or parts[0] not in SCHEDULE_PRESETS:
         raise ValueError(f"--extra {item!r}: use NAME=PRESET[,FIELD=VALUE...][,guide=oracle|PATH|boot:ARM]"
                          f"[,tune=EPS][,filter=PATH] with a preset of {list(SCHEDULE_PRESETS)}")
-    own = {k: x.partition("=")[2] for x in parts[1:] for k in ("guide", "filter", "filter_threshold", "tune", "judge")
-           if x.startswith(k + "=")}
+    own = {k: x.partition("=")[2] for x in parts[1:]
+           for k in ("guide", "filter", "filter_threshold", "tune", "judge", "ensemble") if x.startswith(k + "=")}
+    for k in ("guide", "filter", "judge"):
+        if k in own:
+            own[k] = classifier_path(own[k], world)
+    members = tuple(classifier_path(m, world) for m in own.get("ensemble", "").split("+")) if "ensemble" in own else ()
     fields = [x for x in parts[1:] if x.partition("=")[0] not in own]
     tune = None
     if "tune" in own:
@@ -81,9 +114,19 @@ def parse_extra(item: str, base: dict, models_path: Path = ASSETS) -> Arm:
         if not tune >= 0:  # NaN (not a number) fails too
             raise ValueError(f"--extra {item!r}: tune={own['tune']} must be a PGD ε >= 0 (0: tuned without PGD)")
     arm = Arm(name, parts[0], base | Schedule.parse_overrides(fields, "--extra"), own.get("guide", "guidance"),
-              own.get("filter"), float(own.get("filter_threshold", 0.5)), tune, own.get("judge"))
+              own.get("filter"), float(own.get("filter_threshold", 0.5)), tune, own.get("judge"), members)
     if arm.tune is not None and arm.guide == "oracle":
         raise ValueError(f"--extra {item!r}: tune= tunes a guide the product could have; the oracle is diagnosis only")
+    if members:
+        files = [Path(m).resolve() for m in members]
+        if arm.guide == "oracle" or "" in members or "oracle" in members or len(set(files)) < len(files) or (
+                arm.boot_of is None and guide_file(arm.guide, models_path).resolve() in files):
+            raise ValueError(f"--extra {item!r}: ensemble=A+B... names other classifier files (or probe:NAME) that "
+                             "guide together with the guide, each once, none of them the guide or the oracle")
+        for k in ("judge", "filter"):
+            if own.get(k) is not None and Path(own[k]).resolve() in files:
+                raise ValueError(f"--extra {item!r}: {k}={own[k]} guides in the ensemble; a {k} must be a "
+                                 "classifier that did not guide the arm")
     if arm.boot_of == name:
         raise ValueError(f"--extra {item!r}: guide=boot:ARM names the first-round arm whose images train the guide, "
                          "not the arm itself")
@@ -152,6 +195,8 @@ def gen_settings(args, arm: Arm) -> dict:
         out["tune"] = TUNE | {"adversarial": arm.tune} | ({} if world == DEFAULT else {"data": f"{world}:fewshot"})
     if arm.judge is not None:  # only judged arms carry it: the others keep their cached images
         out["judge"] = f"{arm.judge}#{hashlib.sha256(Path(arm.judge).read_bytes()).hexdigest()[:16]}"
+    if arm.ensemble:  # only ensemble arms carry it: the others keep their cached images
+        out["ensemble"] = [f"{m}#{hashlib.sha256(Path(m).read_bytes()).hexdigest()[:16]}" for m in arm.ensemble]
     if arm.filter is not None:  # only filtered arms carry it: the others keep their cached images
         out["filter"] = [f"{arm.filter}#{hashlib.sha256(Path(arm.filter).read_bytes()).hexdigest()[:16]}",
                          arm.filter_threshold]
@@ -178,7 +223,10 @@ def build_arms(args, models_path: Path) -> list[Arm]:
     """The run's arms in order: --presets, --extra, then --sweep (`higfa` with one field at each value), each with
     the --set overrides; checks that --downstream names arms of the run and that a boot:ARM arm comes after ARM."""
     base = Schedule.parse_overrides(args.set)
-    arms = [Arm(pr, pr, base) for pr in args.presets] + [parse_extra(e, base, models_path) for e in args.extra]
+    world = getattr(args, "world", DEFAULT)
+    arms = [Arm(pr, pr, base) for pr in args.presets] + [parse_extra(e, base, models_path, world)
+                                                          for e in args.extra]
+    make_probe_classifiers(arms, world)
     arms += [Arm(f"{field}={value}", "higfa", base | {field: value}) for field, values in parse_sweeps(args.sweep)
              for value in values]
     unknown = sorted(set(args.downstream) - {a.name for a in arms})
@@ -190,6 +238,18 @@ def build_arms(args, models_path: Path) -> list[Arm]:
             raise ValueError(f"--extra {a.name}: guide={a.guide} needs the arm {a.boot_of!r} earlier in this run "
                              f"(its images train the guide); arms before it: {names[:i]}")
     return arms
+
+
+def make_probe_classifiers(arms: list[Arm], world: str) -> None:
+    """Train the judge probe's classifiers (probe:NAME) that the arms name and that are missing (their file
+    digests key the arms' images, so they must exist before `plan_arms`)."""
+    from ..judge_probe import trained_dir, trained_file
+
+    folder = trained_dir(world).resolve()
+    for a in arms:
+        for spec in (a.guide, a.judge, a.filter, *a.ensemble):
+            if spec is not None and Path(spec).resolve().parent == folder and not Path(spec).is_file():
+                trained_file(Path(spec).name.removesuffix(".safetensors"), world)
 
 
 @dataclasses.dataclass

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from higfa.classifier import load_classifier
+from higfa.classifier import ClassifierEnsemble, load_classifier
 from higfa.contour import ContourTransform
 from higfa.schedule import Schedule
 from higfa.training import features
@@ -142,13 +142,16 @@ def produce(args, models, real, plan: Plan, guides: dict) -> dict:
         if a.guide not in guides:  # boot:ARM, once ARM's images exist
             guides[a.guide] = boot_guide(models, real, generated[a.boot_of], args.alpha, plan.guide_files[a.guide],
                                          plan.settings[a.name]["guide"])
-        if a.guide_key not in guides:  # tune=EPS: the guide tuned on its own few-shot images' x̂0
+        if a.base_key not in guides:  # tune=EPS: the guide tuned on its own few-shot images' x̂0
             stem = Path(plan.guide_files[a.guide]).name.removesuffix(".safetensors")
             # the world's diffusion model ('builtin': tinybirds'; its key's device says where it is tuned)
             model = str(args.models or ("builtin" if args.world == DEFAULT else args.world))
-            guides[a.guide_key] = tuned_guide(model, plan.guide_files[a.guide], a.tune,
-                                              args.out / f"{stem}-tune{a.tune:g}.safetensors",
-                                              tune_key(plan.settings[a.name]))
+            guides[a.base_key] = tuned_guide(model, plan.guide_files[a.guide], a.tune,
+                                             args.out / f"{stem}-tune{a.tune:g}.safetensors",
+                                             tune_key(plan.settings[a.name]))
+        if a.guide_key not in guides:  # ensemble=...: the guide and the other members push as one
+            guides[a.guide_key] = ClassifierEnsemble([guides[a.base_key],
+                                                      *(load_guide(models, m) for m in a.ensemble)])
         cache, settings = plan.caches[a.name], plan.settings[a.name]
         if stale[a.name] and not args.regenerate and cache_ok(cache, settings):
             stale[a.name] = False  # another process (e.g. a --no-downstream prefill) cached it since the start
@@ -301,12 +304,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="*", default=list(PRESETS))
     p.add_argument("--extra", nargs="*", default=[],
-                   metavar="NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,judge=PATH]",
+                   metavar="NAME=PRESET[,FIELD=VALUE...][,guide=G][,tune=EPS][,judge=PATH][,ensemble=PATH+PATH]",
                    help="more arms: a preset with schedule overrides and/or another guide (guide=oracle: diagnosis "
                    "only; guide=PATH: a classifier file; guide=boot:ARM: a second-round guide trained on ARM's "
                    "images); tune=EPS: that guide tuned first by `higfa tune-classifier --adversarial EPS`; "
                    "judge=PATH: a classifier that did not guide drives the ramp and the gate (issue 25); "
-                   "filter=PATH: a confidence filter downstream; e.g. higfa-oracle=higfa,guide=oracle")
+                   "filter=PATH: a confidence filter downstream; ensemble=PATH+PATH: more classifiers that guide "
+                   "as one with the guide (the mean of their log-softmax); any PATH may be probe:NAME, a classifier "
+                   "the judge probe trains on the world's few-shot images (benchmarks.judge_probe.TRAINED); "
+                   "e.g. higfa-oracle=higfa,guide=oracle")
     p.add_argument("--shots", type=int, default=10, help="real images per species used as sources")
     p.add_argument("--fidelity-shots", type=int, default=None,
                    help="sources per species for arms not used downstream (default: --shots; fewer saves time)")
