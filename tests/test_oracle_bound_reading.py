@@ -1,0 +1,57 @@
+"""docs/quality.md's finebirds oracle-guided bound quotes benchmarks/results/oracle_bound_finebirds.json, which the
+quality bench wrote (its per-world layout and converged block), and the block is what the docs say it is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "oracle_bound_finebirds.json"
+
+
+def _block() -> dict:
+    return json.loads(RESULTS.read_text())["worlds"]["finebirds"]["downstream"]["converged"]["resnet18-pre"]["10-shot"]
+
+
+def test_the_reading_is_the_benches_converged_block_cut_down_as_the_docs_say():
+    world = json.loads(RESULTS.read_text())["worlds"]["finebirds"]
+    b = _block()
+    assert world["settings"]["downstream_steps"] == b["steps"] == 2400 and b["steps_from"] == "--downstream-steps"
+    assert world["settings"]["archs"] == ["resnet18-pre"] and world["settings"]["seeds"] == [0, 1]
+    assert list(world["presets"]) == ["higfa-oracle"] and world["presets"]["higfa-oracle"]["scored_by"] == "scorer"
+    for arm in ("real", "real+higfa-oracle"):
+        assert b["arms"][arm]["seeds"] == [0, 1]
+    assert all(p["plateaued"] for p in b["plateau"].values())
+    gain = b["paired"]["real+higfa-oracle - real"]
+    assert gain["mean"] >= 0.05 and gain["ci95"][0] > 0  # the acceptance's bar, on this reading
+
+
+def test_docs_quote_the_reading():
+    text = (ROOT / "docs" / "quality.md").read_text()
+    b = _block()
+    gain = b["paired"]["real+higfa-oracle - real"]
+    assert "benchmarks/results/oracle_bound_finebirds.json" in text
+    assert f"**real + higfa-oracle − real: {gain['mean']:+.3f}**" in text
+    assert f"[{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}]" in text
+    for arm in ("real", "real+higfa-oracle", "real_x4"):
+        if arm in b["arms"]:
+            assert f"| {b['arms'][arm]['mean']:.3f} | " in text, arm
+    if b.get("headroom"):
+        assert f"**{b['headroom']['fraction']['real+higfa-oracle']:.0%} of that headroom**" in text
+
+
+def test_readme_quotes_the_reading():
+    import re
+
+    b = _block()
+    text = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    match = re.search(r"reaches ([\d.]+) from 10 real images per species and ([\d.]+) from 40, and images guided "
+                      r"by the world oracle \(diagnosis only\) lift it to ([\d.]+) \(([+-][\d.]+), (\d) seeds at "
+                      r"(\d+) steps", text)
+    assert match, "README no longer quotes the finebirds oracle-guided reading (reword the test with the README)"
+    arms = b["arms"]
+    assert list(match.groups()) == [f"{arms['real']['mean']:.2f}", f"{arms['real_x4']['mean']:.2f}",
+                                    f"{arms['real+higfa-oracle']['mean']:.2f}",
+                                    f"{b['paired']['real+higfa-oracle - real']['mean']:+.3f}",
+                                    str(len(arms["real"]["seeds"])), str(b["steps"])]
