@@ -181,11 +181,16 @@ def models_label(args) -> str:
     return "shipped" if world == DEFAULT else f"shipped:{world}"
 
 
+def file_key(path: str) -> str:
+    """How an arm's cache key names a classifier file: '<path>#<sha256 of its bytes, 16 hex>'."""
+    return f"{path}#{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"
+
+
 def gen_settings(args, arm: Arm) -> dict:
     """What decides an arm's images (its cache key; `plan_arms` adds the sources and a boot guide's key)."""
     guide = arm.guide
     if arm.boot_of is None and guide not in ("guidance", "oracle"):  # boot:ARM: keyed in plan_arms
-        guide = f"{guide}#{hashlib.sha256(Path(guide).read_bytes()).hexdigest()[:16]}"
+        guide = file_key(guide)
     out = {"shots": args.shots, "per_source": args.per_source, "steps": args.steps, "batch": args.batch,
            "seed": args.seed, "contour_transform": ContourTransform().to_dict(), "preset": arm.preset,
            "schedule_overrides": arm.overrides, "guide": guide,
@@ -194,12 +199,11 @@ def gen_settings(args, arm: Arm) -> dict:
         world = getattr(args, "world", DEFAULT)  # another world's guide is tuned on that world's few-shot images
         out["tune"] = TUNE | {"adversarial": arm.tune} | ({} if world == DEFAULT else {"data": f"{world}:fewshot"})
     if arm.judge is not None:  # only judged arms carry it: the others keep their cached images
-        out["judge"] = f"{arm.judge}#{hashlib.sha256(Path(arm.judge).read_bytes()).hexdigest()[:16]}"
+        out["judge"] = file_key(arm.judge)
     if arm.ensemble:  # only ensemble arms carry it: the others keep their cached images
-        out["ensemble"] = [f"{m}#{hashlib.sha256(Path(m).read_bytes()).hexdigest()[:16]}" for m in arm.ensemble]
+        out["ensemble"] = [file_key(m) for m in arm.ensemble]
     if arm.filter is not None:  # only filtered arms carry it: the others keep their cached images
-        out["filter"] = [f"{arm.filter}#{hashlib.sha256(Path(arm.filter).read_bytes()).hexdigest()[:16]}",
-                         arm.filter_threshold]
+        out["filter"] = [file_key(arm.filter), arm.filter_threshold]
     return out
 
 
