@@ -204,7 +204,8 @@ def test_an_ensemble_arm_guides_with_its_members_as_one(tmp_path):
     folder = ROOT / "higfa" / "world" / "assets"
     member, shipped = folder / "guidance_robust.safetensors", folder / "guidance.safetensors"
     args, out, r = _one_source_run(f"ens=higfa-robust,ensemble={member}", tmp_path)
-    assert r["ens"]["guided_by"] == f"guidance+ensemble={member}"
+    # reports name files inside the repository from its root (no machine's folders in results files)
+    assert r["ens"]["guided_by"] == "guidance+ensemble=higfa/world/assets/guidance_robust.safetensors"
     saved = np.load(out / "ens.npz")
     ens = ClassifierEnsemble([load_classifier(shipped).float(), load_classifier(member).float()])
     right = predict(ens, saved["images"]).argmax(1).numpy() == saved["targets"]
@@ -233,6 +234,11 @@ def test_probe_classifiers_are_the_judge_probes_files_made_when_missing(tmp_path
                            {}, world="finebirds")
     assert arm.ensemble == (str(tmp_path / "probe" / "finebirds" / "fewshot_efficientnet.safetensors"),)
     assert arm.judge == str(tmp_path / "probe" / "finebirds" / "fewshot_resnet_seed21.safetensors")
+    # reports name them as they were asked for (quality.json's guided_by and judge), the cache keys by full path
+    assert arm.guide_label == "guidance+ensemble=probe:fewshot_efficientnet"
+    assert arms.shown(arm.judge) == "probe:fewshot_resnet_seed21"
+    assert arms.shown(str(tmp_path / "elsewhere.safetensors")) == str(tmp_path / "elsewhere.safetensors")
+    assert str(tmp_path) in arm.guide_key
     made = []
     monkeypatch.setattr(judge_probe, "trained_file", lambda name, world: made.append((name, world)))
     arms.make_probe_classifiers([arm], "finebirds")

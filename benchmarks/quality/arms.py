@@ -21,6 +21,8 @@ from higfa.world.catalog import DEFAULT, assets
 
 from .guides import BOOT, TUNE
 
+ROOT = Path(__file__).resolve().parents[2]
+
 # the arms every run has (--presets); an --extra arm may start from any schedule preset (higfa.schedule.PRESETS)
 PRESETS = ("cfg", "contour", "classifier-all-steps", "higfa", "higfa-robust")
 # What decodes x̂0 on the classifier path in every bench arm (the quality bench, guidance_options): the world VAE,
@@ -63,6 +65,12 @@ class Arm:
         """The guide as this run builds it: `base_key`, plus the ensemble's other members when there are some."""
         return self.base_key if not self.ensemble else f"{self.base_key}+ensemble={'+'.join(self.ensemble)}"
 
+    @property
+    def guide_label(self) -> str:
+        """`guide_key` as reports show it (quality.json's `guided_by`): each classifier file named by `shown`."""
+        base = shown(self.guide) + ("" if self.tune is None else f"+tune={self.tune}")
+        return base if not self.ensemble else f"{base}+ensemble={'+'.join(shown(m) for m in self.ensemble)}"
+
 
 # A classifier the judge probe trains on the world's few-shot images (benchmarks.judge_probe.TRAINED, e.g.
 # probe:fewshot_resnet18_pre), accepted wherever an --extra arm names a classifier file; `build_arms` makes a
@@ -82,6 +90,24 @@ def classifier_path(spec: str, world: str = DEFAULT) -> str:
         raise ValueError(f"{spec}: not one of the judge probe's trained classifiers; use probe:NAME with NAME of "
                          f"{sorted(TRAINED)}, or a classifier file")
     return str(trained_dir(world) / f"{name}.safetensors")
+
+
+def shown(spec: str | None) -> str | None:
+    """How reports name a classifier spec: the judge probe's files as probe:NAME (as the arm was asked for), other
+    files inside this repository by their path from its root, anything else unchanged. Results files then carry no
+    machine's folders; the cache keys (`file_key`) keep the full path."""
+    if spec is None or spec in ("guidance", "oracle") or spec.startswith("boot:"):
+        return spec
+    from ..judge_probe import TRAINED, TRAINED_DIR
+
+    path = Path(spec).resolve()
+    if path.suffix == ".safetensors" and path.stem in TRAINED and TRAINED_DIR.resolve() in (path.parent,
+                                                                                            path.parent.parent):
+        return PROBE + path.stem
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return spec
 
 
 def guide_file(guide: str, models_path: Path) -> Path:

@@ -58,7 +58,7 @@ from ..judge_probe import generate as judge_generate
 from ..judge_probe import verdicts
 from ..seeds import CONTOUR, NOISE, bench_seed
 from . import device as on
-from .arms import BENCH_DECODER, PRESETS, Arm, Plan, build_arms, cache_ok, plan_arms
+from .arms import BENCH_DECODER, PRESETS, Arm, Plan, build_arms, cache_ok, plan_arms, shown
 from .downstream import run_converged, run_downstream
 from .guides import boot_guide, load_guide, tune_key, tuned_guide
 from .protocol import ARCHITECTURES
@@ -221,7 +221,7 @@ def evaluate(args, models, plan: Plan, generated: dict, guides: dict, scorer_pat
 def arm_record(models, arm: Arm, g: dict, guide) -> dict:
     """Issue 25's per-arm record: the resolved schedule, the judge (its file or None), the judge's species accuracy
     on the final images (None without a judge), the stage-2 sample-steps guided and gated."""
-    out = {"schedule": Schedule.from_preset(arm.preset, **arm.overrides).to_dict(), "judge": arm.judge,
+    out = {"schedule": Schedule.from_preset(arm.preset, **arm.overrides).to_dict(), "judge": shown(arm.judge),
            "judge_species": None, "guided_sample_steps": g["guided_sample_steps"],
            "gated_sample_steps": g["gated_sample_steps"]}
     if arm.judge is not None:

@@ -14,7 +14,7 @@ from higfa.judge import confidence_filter
 from higfa.training import features, fooling_gap, to_tensor
 from higfa.world import metrics
 
-from .arms import Arm
+from .arms import Arm, shown
 
 
 def filter_keep(arm: Arm, g: dict, device="cpu") -> np.ndarray:
@@ -39,7 +39,7 @@ def score_arm(g: dict, arm: Arm, scorer, guide, oracle, fam, real, real_feats, t
     d = metrics.diversity(g["images"], t, feats, real.images[g["source"]], real_feats[g["source"]])
     out = {"oracle_species": f["species"], "oracle_family": f["family"], "oracle_p_target": f["p_target"],
            "scored_by": "scorer", "scorer_species": f["species"], "scorer_family": f["family"],
-           "guided_by": arm.guide_key, "guide_species": f["guide_species"],
+           "guided_by": arm.guide_label, "guide_species": f["guide_species"],
            "guide_p_target": f["guide_p_target"], "pixel_diversity": d["within_class_pixel"],
            "feature_diversity": d["within_class_feature"], "to_source_pixel": d["to_source_pixel"],
            "to_source_feature": d["to_source_feature"], "n": int(len(t)), "seconds_per_image": g["seconds"] / len(t),
@@ -69,7 +69,7 @@ def filter_record(g: dict, arm: Arm, pred: np.ndarray, guide_pred: np.ndarray, f
     user to train on."""
     t, kept = g["targets"], g["keep"]
     right, family_right = pred == t, fam[pred] == fam[t]
-    out = {"classifier": arm.filter, "threshold": arm.filter_threshold, "kept": float(kept.mean()),
+    out = {"classifier": shown(arm.filter), "threshold": arm.filter_threshold, "kept": float(kept.mean()),
            "oracle_species_dropped": float(right[~kept].mean()) if (~kept).any() else None}
     if kept.any():
         k = np.flatnonzero(kept)
