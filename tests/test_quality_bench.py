@@ -237,6 +237,10 @@ def test_probe_classifiers_are_the_judge_probes_files_made_when_missing(tmp_path
     # reports name them as they were asked for (quality.json's guided_by and judge), the cache keys by full path
     assert arm.guide_label == "guidance+ensemble=probe:fewshot_efficientnet"
     assert arms.shown(arm.judge) == "probe:fewshot_resnet_seed21"
+    assert arm.record() | {"name": None} == {"name": None, "preset": "higfa-judged", "overrides": {}, "guide": "guidance",
+                                             "filter": None, "filter_threshold": 0.5, "tune": None,
+                                             "judge": "probe:fewshot_resnet_seed21",
+                                             "ensemble": ["probe:fewshot_efficientnet"]}
     assert arms.shown(str(tmp_path / "elsewhere.safetensors")) == str(tmp_path / "elsewhere.safetensors")
     assert str(tmp_path) in arm.guide_key
     made = []

@@ -65,6 +65,11 @@ class Arm:
         """The guide as this run builds it: `base_key`, plus the ensemble's other members when there are some."""
         return self.base_key if not self.ensemble else f"{self.base_key}+ensemble={'+'.join(self.ensemble)}"
 
+    def record(self) -> dict:
+        """The arm as quality.json's settings.arms records it: its fields, classifier files named by `shown`."""
+        return dataclasses.asdict(self) | {"guide": shown(self.guide), "filter": shown(self.filter),
+                                           "judge": shown(self.judge), "ensemble": [shown(m) for m in self.ensemble]}
+
     @property
     def guide_label(self) -> str:
         """`guide_key` as reports show it (quality.json's `guided_by`): each classifier file named by `shown`."""

@@ -205,7 +205,7 @@ def evaluate(args, models, plan: Plan, generated: dict, guides: dict, scorer_pat
     results["settings"] = {"shots": args.shots, "per_source": args.per_source, "steps": args.steps,
                            "batch": args.batch, "seed": args.seed,
                            "schedule_overrides": Schedule.parse_overrides(args.set),
-                           "arms": {a.name: dataclasses.asdict(a) for a in plan.arms},
+                           "arms": {a.name: a.record() for a in plan.arms},
                            "sweep": [a.name for a in plan.arms if "=" in a.name],
                            "test_images": len(test), "downstream_arch": args.downstream_arch, "epochs": args.epochs,
                            "alpha": args.alpha, "seeds": args.seeds, "downstream_shots": args.downstream_shots,
