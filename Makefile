@@ -57,7 +57,9 @@ demo: setup
 # higfa-judged-robust: the World Loader's pairing (the shipped guide judged by its PGD-tuned copy, guidance_robust).
 # *-ensemble: the shipped guide and two more few-shot classifiers (another architecture, another seed; trained by the
 # judge probe, probe:NAME) guide as one; higfa-judged-ensemble judged by a ResNet-18 started from weights pretrained
-# on the world's other species, fine-tuned on the same few-shot images (the judge probe's best pairing on tinybirds).
+# on the world's other species, fine-tuned on the same few-shot images (the judge probe's best pairing on tinybirds);
+# -filtered: the same images, only those that judge gives p(target) >= 0.5 go downstream (the judge drives the ramp,
+# the gate and the filter).
 # The whole run takes days of this CPU: DEVICE=cuda (or auto) runs it on a GPU, see docs/quality.md "Running it on a
 # GPU" and scripts/device_bench.sh.
 QUALITY_ASSETS = higfa/world/$(if $(filter finebirds,$(WORLD)),assets_finebirds,assets)
@@ -65,7 +67,8 @@ QUALITY_JUDGE_ARMS = higfa-judged-boot-pgd=higfa-judged,guide=boot:higfa,tune=0.
 		higfa-judged-pgd=higfa-judged,tune=0.031,judge=$(QUALITY_ASSETS)/guidance.safetensors \
 		higfa-judged-robust=higfa-judged,judge=$(QUALITY_ASSETS)/guidance_robust.safetensors \
 		higfa-robust-ensemble=higfa-robust,ensemble=$(QUALITY_MEMBERS) \
-		higfa-judged-ensemble=higfa-judged,ensemble=$(QUALITY_MEMBERS),judge=probe:fewshot_resnet18_pre
+		higfa-judged-ensemble=higfa-judged,ensemble=$(QUALITY_MEMBERS),judge=probe:fewshot_resnet18_pre \
+		higfa-judged-ensemble-filtered=higfa-judged,ensemble=$(QUALITY_MEMBERS),judge=probe:fewshot_resnet18_pre,filter=probe:fewshot_resnet18_pre
 QUALITY_MEMBERS = probe:fewshot_efficientnet+probe:fewshot_resnet_seed21
 QUALITY_ARMS_tinybirds = higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/guidance_robust.safetensors \
 		higfa-robust-pgd16=higfa-robust,views=16,guide=higfa/world/assets/guidance_robust.safetensors \
@@ -77,12 +80,13 @@ QUALITY_ARMS_tinybirds = higfa-robust-pgd=higfa-robust,guide=higfa/world/assets/
 		higfa-tuned-pgd=higfa-tuned,guide=higfa/world/assets/guidance_robust.safetensors $(QUALITY_JUDGE_ARMS)
 QUALITY_DOWNSTREAM_tinybirds = cfg higfa higfa-robust higfa-robust-pgd higfa-robust-filtered higfa-oracle higfa-boot \
 		higfa-boot-pgd higfa-tuned-boot-pgd higfa-tuned-boot-pgd-filtered higfa-tuned-pgd higfa-judged-boot-pgd \
-		higfa-judged-pgd higfa-judged-robust higfa-robust-ensemble higfa-judged-ensemble
+		higfa-judged-pgd higfa-judged-robust higfa-robust-ensemble higfa-judged-ensemble higfa-judged-ensemble-filtered
 # finebirds: the recipe's arms and the judges' (its guidance_robust is as fooled as its guide: judge_probe_finebirds)
 QUALITY_ARMS_finebirds = higfa-oracle=higfa-robust,guide=oracle higfa-boot=higfa,guide=boot:higfa \
 		higfa-tuned-boot-pgd=higfa-tuned,guide=boot:higfa,tune=0.031 $(QUALITY_JUDGE_ARMS)
 QUALITY_DOWNSTREAM_finebirds = cfg higfa higfa-robust higfa-oracle higfa-boot higfa-tuned-boot-pgd \
-		higfa-judged-boot-pgd higfa-judged-pgd higfa-judged-robust higfa-robust-ensemble higfa-judged-ensemble
+		higfa-judged-boot-pgd higfa-judged-pgd higfa-judged-robust higfa-robust-ensemble higfa-judged-ensemble \
+		higfa-judged-ensemble-filtered
 DEVICE ?= cpu
 bench-quality: setup
 	$(PY) -m benchmarks.quality --world $(WORLD) --device $(DEVICE) --threads 1 --jobs 2 --extra $(QUALITY_ARMS_$(WORLD)) \

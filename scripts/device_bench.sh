@@ -39,7 +39,7 @@ PY=${PY:-python3}
 OUT=${OUT:-outputs/device_out}
 START=$(date +%s)
 CACHE=${CACHE:-outputs/bench_quality_${WORLD}_cuda}  # in the tree: kept on a warm machine, carried when small
-CORE=${CORE:-cfg higfa-oracle higfa-tuned-boot-pgd higfa-judged-boot-pgd higfa-judged-ensemble}
+CORE=${CORE:-cfg higfa-oracle higfa-tuned-boot-pgd higfa-judged-boot-pgd higfa-judged-ensemble higfa-judged-ensemble-filtered}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 mkdir -p "$OUT" "$CACHE"
 LOG=$OUT/bench.log
