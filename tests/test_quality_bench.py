@@ -420,3 +420,32 @@ def test_contours_are_computed_once_per_item_and_equal_the_worlds():
     mixed = quality.contours_of(models, images[[4, 1, 1]], [9, 8, 10])  # new image, cached item, new seed
     assert torch.equal(mixed, models.contours(images[[4, 1, 1]], [9, 8, 10], ContourTransform()))
     assert len(quality._CONTOURS) == 5
+
+
+def test_paired_fidelity_compares_arms_image_by_image(tmp_path):
+    """`python -m benchmarks.quality.paired_fidelity`: the world oracle's verdicts on two arms' cached images, paired
+    per image; an arm compared with its own images differs by exactly 0, one with other sources or no cache refuses."""
+    import numpy as np
+
+    from benchmarks.quality import paired_fidelity
+    from higfa.classifier import load_classifier
+    from higfa.world.catalog import assets
+
+    oracle = load_classifier(assets() / "oracle.safetensors").float().eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (12, 64, 64, 3), dtype=np.uint8)
+    targets, source = np.arange(12) % 4, np.arange(12) // 2
+    np.savez(tmp_path / "a.npz", images=images, targets=targets, source=source)
+    np.savez(tmp_path / "b.npz", images=images[::-1].copy(), targets=targets, source=source)
+    np.savez(tmp_path / "same.npz", images=images, targets=targets, source=source)
+    np.savez(tmp_path / "other.npz", images=images, targets=targets, source=source[::-1].copy())
+    out = paired_fidelity.compare(tmp_path, ["a", "same", "b"], oracle, resamples=200)
+    assert out["a - same"]["difference"] == 0 and out["a - same"]["ci95"] == [0, 0]
+    right = paired_fidelity.oracle_right(images, targets, oracle)
+    right_b = paired_fidelity.oracle_right(images[::-1].copy(), targets, oracle)
+    assert out["a - b"]["difference"] == pytest.approx(round(float(right.mean() - right_b.mean()), 4))
+    with pytest.raises(SystemExit, match="other sources or targets"):
+        paired_fidelity.compare(tmp_path, ["a", "other"], oracle)
+    with pytest.raises(SystemExit, match="missing: no cached images"):
+        paired_fidelity.compare(tmp_path, ["a", "missing"], oracle)
+    assert arms.cache_folder("finebirds").name == "bench_quality_finebirds" and arms.cache_folder().name == "bench_quality"

@@ -115,6 +115,11 @@ def shown(spec: str | None) -> str | None:
         return spec
 
 
+def cache_folder(world: str = DEFAULT) -> Path:
+    """Where the bench caches `world`'s generated images and downstream runs (its default --out)."""
+    return ROOT / "outputs" / ("bench_quality" if world == DEFAULT else f"bench_quality_{world}")
+
+
 def guide_file(guide: str, models_path: Path) -> Path:
     """The classifier file of a guide spec that names one: the world's shipped guide ("guidance") or a path."""
     return models_path / "guidance.safetensors" if guide == "guidance" else Path(guide)

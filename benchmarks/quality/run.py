@@ -58,7 +58,7 @@ from ..judge_probe import generate as judge_generate
 from ..judge_probe import verdicts
 from ..seeds import CONTOUR, NOISE, bench_seed
 from . import device as on
-from .arms import BENCH_DECODER, PRESETS, Arm, Plan, build_arms, cache_ok, plan_arms, shown
+from .arms import BENCH_DECODER, PRESETS, Arm, Plan, build_arms, cache_folder, cache_ok, plan_arms, shown
 from .downstream import run_converged, run_downstream
 from .guides import boot_guide, load_guide, tune_key, tuned_guide
 from .protocol import ARCHITECTURES
@@ -367,5 +367,5 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--regenerate", action="store_true", help="ignore cached generated images")
     args = p.parse_args(argv)
     if args.out is None:
-        args.out = ROOT / "outputs" / ("bench_quality" if args.world == DEFAULT else f"bench_quality_{args.world}")
+        args.out = cache_folder(args.world)
     return args
