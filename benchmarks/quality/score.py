@@ -111,5 +111,5 @@ def diagnosis(scorer, models, real, test, real_feats, test_oracle_feats, sample_
 
 def scorer_info(scorer, path: Path) -> dict:
     """The independent scorer's file, architecture and sha256 (16 hex)."""
-    return {"path": str(path), "architecture": scorer.architecture,
+    return {"path": shown(str(path)), "architecture": scorer.architecture,
             "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}
