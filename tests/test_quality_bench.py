@@ -237,10 +237,9 @@ def test_probe_classifiers_are_the_judge_probes_files_made_when_missing(tmp_path
     # reports name them as they were asked for (quality.json's guided_by and judge), the cache keys by full path
     assert arm.guide_label == "guidance+ensemble=probe:fewshot_efficientnet"
     assert arms.shown(arm.judge) == "probe:fewshot_resnet_seed21"
-    assert arm.record() | {"name": None} == {"name": None, "preset": "higfa-judged", "overrides": {}, "guide": "guidance",
-                                             "filter": None, "filter_threshold": 0.5, "tune": None,
-                                             "judge": "probe:fewshot_resnet_seed21",
-                                             "ensemble": ["probe:fewshot_efficientnet"]}
+    assert arm.record() == {"name": "e", "preset": "higfa-judged", "overrides": {}, "guide": "guidance",
+                            "filter": None, "filter_threshold": 0.5, "tune": None,
+                            "judge": "probe:fewshot_resnet_seed21", "ensemble": ["probe:fewshot_efficientnet"]}
     assert arms.shown(str(tmp_path / "elsewhere.safetensors")) == str(tmp_path / "elsewhere.safetensors")
     assert str(tmp_path) in arm.guide_key
     made = []
@@ -448,4 +447,5 @@ def test_paired_fidelity_compares_arms_image_by_image(tmp_path):
         paired_fidelity.compare(tmp_path, ["a", "other"], oracle)
     with pytest.raises(SystemExit, match="missing: no cached images"):
         paired_fidelity.compare(tmp_path, ["a", "missing"], oracle)
-    assert arms.cache_folder("finebirds").name == "bench_quality_finebirds" and arms.cache_folder().name == "bench_quality"
+    assert arms.cache_folder("finebirds").name == "bench_quality_finebirds"
+    assert arms.cache_folder().name == "bench_quality"
