@@ -55,15 +55,21 @@ class Arm:
         """The first-round arm whose images train this arm's guide (guide=boot:ARM), else None."""
         return self.guide[5:] if self.guide.startswith("boot:") else None
 
+    def _spec(self, name, members: bool = True) -> str:
+        """The guide spec with each classifier file written by `name`: the guide, +tune=EPS when tuned, and
+        +ensemble=A+B when `members` and the arm has an ensemble."""
+        spec = name(self.guide) + ("" if self.tune is None else f"+tune={self.tune}")
+        return spec if not (members and self.ensemble) else f"{spec}+ensemble={'+'.join(map(name, self.ensemble))}"
+
     @property
     def base_key(self) -> str:
         """The guide spec, plus the tuning when there is one (what `tuned_guide` makes)."""
-        return self.guide if self.tune is None else f"{self.guide}+tune={self.tune}"
+        return self._spec(str, members=False)
 
     @property
     def guide_key(self) -> str:
         """The guide as this run builds it: `base_key`, plus the ensemble's other members when there are some."""
-        return self.base_key if not self.ensemble else f"{self.base_key}+ensemble={'+'.join(self.ensemble)}"
+        return self._spec(str)
 
     def record(self) -> dict:
         """The arm as quality.json's settings.arms records it: its fields, classifier files named by `shown`."""
@@ -73,8 +79,7 @@ class Arm:
     @property
     def guide_label(self) -> str:
         """`guide_key` as reports show it (quality.json's `guided_by`): each classifier file named by `shown`."""
-        base = shown(self.guide) + ("" if self.tune is None else f"+tune={self.tune}")
-        return base if not self.ensemble else f"{base}+ensemble={'+'.join(shown(m) for m in self.ensemble)}"
+        return self._spec(shown)
 
 
 # A classifier the judge probe trains on the world's few-shot images (benchmarks.judge_probe.TRAINED, e.g.

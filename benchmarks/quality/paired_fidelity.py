@@ -41,16 +41,13 @@ def compare(folder: Path, arms: list[str], oracle, resamples: int = 10_000) -> d
                              "(`python -m benchmarks.quality --extra ... --no-downstream`)")
         caches[arm] = np.load(path)
     first = caches[arms[0]]
-    out = {}
-    right = {arms[0]: oracle_right(first["images"], first["targets"], oracle)}
     for arm in arms[1:]:
         c = caches[arm]
         if not (np.array_equal(c["targets"], first["targets"]) and np.array_equal(c["source"], first["source"])):
             raise SystemExit(f"{arm} and {arms[0]}: their caches hold other sources or targets per image (another "
                              "--shots, --per-source or --fidelity-shots); compare arms of one bench run")
-        right[arm] = oracle_right(c["images"], c["targets"], oracle)
-        out[f"{arms[0]} - {arm}"] = paired_difference(right[arms[0]], right[arm], resamples)
-    return out
+    right = {arm: oracle_right(c["images"], c["targets"], oracle) for arm, c in caches.items()}
+    return {f"{arms[0]} - {arm}": paired_difference(right[arms[0]], right[arm], resamples) for arm in arms[1:]}
 
 
 def main(argv=None) -> int:
